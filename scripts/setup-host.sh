@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything perfvmm's build, demo and tests need on a fresh Debian
+# bookworm machine, from Debian's packages only. Idempotent: a second run
+# installs nothing new.
+set -euo pipefail
+
+need_pkgs=(busybox-static acpica-tools cpio kmod)
+# QEMU 10 from bookworm-backports: it runs the nested-KVM harness (TCG + SVM).
+bpo_pkgs=(qemu-system-x86)
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for p in "${need_pkgs[@]}" "${bpo_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "setup-host: all host packages present"
+  exit 0
+fi
+
+. /etc/os-release
+if ! grep -rqs "${VERSION_CODENAME}-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  echo "deb http://deb.debian.org/debian ${VERSION_CODENAME}-backports main" |
+    as_root tee /etc/apt/sources.list.d/perfvmm-backports.list >/dev/null
+fi
+export DEBIAN_FRONTEND=noninteractive
+as_root apt-get update -qq
+as_root apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+as_root apt-get install -y -qq --no-install-recommends -t "${VERSION_CODENAME}-backports" "${bpo_pkgs[@]}" >/dev/null
+echo "setup-host: installed ${missing[*]}"

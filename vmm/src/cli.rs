@@ -1,0 +1,184 @@
+//! The `perfvmm` command line: parsing and validation of user input. Nothing
+//! here touches KVM; semantic limits that depend on the host (such as the
+//! number of vCPUs KVM allows) are checked when the VM is built.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::Parser;
+
+use crate::layout::MAX_APIC_ID;
+
+const AFTER_HELP: &str = "\
+SIZE is a number with an optional K, M, G or T suffix (powers of 1024, a
+trailing \"B\" or \"iB\" is accepted); a bare number means MiB.
+
+The guest's console is COM1 (ttyS0): its output goes to standard output, and
+when standard input is a terminal, keystrokes go to the guest.
+
+Exit status:
+  0    the guest powered off or rebooted (a reboot ends the VM too)
+  1    perfvmm could not start the VM (bad input, no /dev/kvm, ...)
+  2    the command line could not be parsed
+  3    the guest crashed: triple fault or a KVM internal error
+  130  stopped by SIGINT; 143 stopped by SIGTERM";
+
+/// A minimal KVM virtual machine monitor that boots a stock Linux guest.
+#[derive(Debug, Parser)]
+#[command(name = "perfvmm", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Guest kernel: a bzImage or an uncompressed ELF vmlinux.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// Initial ramdisk loaded for the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// Extra kernel command-line arguments, appended to the default
+    /// "console=ttyS0".
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
+
+    /// vCPUs at boot, and optionally the most the VM may grow to
+    /// (the extra ones are declared to the guest but not enabled).
+    #[arg(long, value_name = "N[,max=M]", default_value = "1")]
+    pub cpus: CpuSpec,
+
+    /// Guest memory size.
+    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    pub memory: MemSize,
+
+    /// Print boot timings (perfvmm start to first guest instruction and to
+    /// the guest's /init) and perfvmm's own memory use on standard error.
+    #[arg(long)]
+    pub boot_timer: bool,
+
+    /// More log output on standard error (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// `--cpus N[,max=M]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuSpec {
+    pub boot: u32,
+    pub max: u32,
+}
+
+impl FromStr for CpuSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(',');
+        let boot_str = parts.next().unwrap_or_default().trim();
+        let boot: u32 = boot_str
+            .parse()
+            .map_err(|_| format!("'{boot_str}' is not a vCPU count"))?;
+        let mut max = boot;
+        for part in parts {
+            match part.trim().split_once('=') {
+                Some(("max", v)) => {
+                    max = v.parse().map_err(|_| format!("'{v}' is not a vCPU count"))?;
+                }
+                _ => return Err(format!("unknown option '{part}' (expected max=M)")),
+            }
+        }
+        if boot == 0 {
+            return Err("a VM needs at least 1 vCPU".into());
+        }
+        if max < boot {
+            return Err(format!("max={max} is below the boot count {boot}"));
+        }
+        if max > MAX_APIC_ID + 1 {
+            return Err(format!("max={max} is above the {} vCPUs perfvmm supports", MAX_APIC_ID + 1));
+        }
+        Ok(CpuSpec { boot, max })
+    }
+}
+
+/// A memory size in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemSize(pub u64);
+
+/// Smallest guest perfvmm will build: below this a Linux guest cannot boot.
+pub const MIN_MEMORY: u64 = 32 << 20;
+/// Largest guest perfvmm will build.
+pub const MAX_MEMORY: u64 = 1 << 40;
+
+impl FromStr for MemSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes = parse_size(s)?;
+        if bytes < MIN_MEMORY {
+            return Err(format!("{s} is below the minimum of {} MiB", MIN_MEMORY >> 20));
+        }
+        if bytes > MAX_MEMORY {
+            return Err(format!("{s} is above the maximum of {} GiB", MAX_MEMORY >> 30));
+        }
+        if bytes % 4096 != 0 {
+            return Err(format!("{s} is not a multiple of 4 KiB"));
+        }
+        Ok(MemSize(bytes))
+    }
+}
+
+/// Parses SIZE (see the help text): `512M`, `1G`, `1GiB`, `2048` (MiB).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits_end);
+    if num.is_empty() {
+        return Err(format!("'{s}' is not a size (expected e.g. 512M or 2G)"));
+    }
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is too large"))?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" => 20,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("'{s}' has an unknown unit '{unit}' (use K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("'{s}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("64"), Ok(64 << 20));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert!(parse_size("12XB").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+        assert!(parse_size("17179869184T").is_err());
+        assert!("1K".parse::<MemSize>().is_err());
+        assert!("4T".parse::<MemSize>().is_err());
+        assert_eq!("1G".parse::<MemSize>(), Ok(MemSize(1 << 30)));
+    }
+
+    #[test]
+    fn cpus() {
+        assert_eq!("4".parse::<CpuSpec>(), Ok(CpuSpec { boot: 4, max: 4 }));
+        assert_eq!("2,max=8".parse::<CpuSpec>(), Ok(CpuSpec { boot: 2, max: 8 }));
+        assert!("0".parse::<CpuSpec>().is_err());
+        assert!("4,max=2".parse::<CpuSpec>().is_err());
+        assert!("2,min=1".parse::<CpuSpec>().is_err());
+        assert!("x".parse::<CpuSpec>().is_err());
+        assert!("1,max=256".parse::<CpuSpec>().is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

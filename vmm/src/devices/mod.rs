@@ -1,0 +1,6 @@
+//! Emulated devices and the buses they sit on. One device per module.
+
+pub mod boot_timer;
+pub mod bus;
+pub mod power;
+pub mod serial;

@@ -1,0 +1,15 @@
+//! perfvmm: a minimal KVM virtual machine monitor built on the rust-vmm
+//! crates. See `docs/architecture.md` for how the modules fit together.
+
+pub mod acpi;
+pub mod arch;
+pub mod boot;
+pub mod cli;
+pub mod devices;
+pub mod event_loop;
+pub mod exit;
+pub mod layout;
+pub mod memory;
+pub mod memstat;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,83 @@
+//! Guest RAM: how much goes where, creating the mapping, and the e820 map
+//! the guest is told about.
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::layout::{
+    ACPI_END, ACPI_START, EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START,
+};
+
+/// Guest RAM regions as `(start, size)` for a guest of `size` bytes: RAM
+/// below the MMIO gap, and whatever does not fit there above 4 GiB.
+pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
+    let low = size.min(MMIO_GAP_START);
+    let mut ranges = vec![(GuestAddress(0), low as usize)];
+    if size > MMIO_GAP_START {
+        ranges.push((GuestAddress(MMIO_GAP_END), (size - MMIO_GAP_START) as usize));
+    }
+    ranges
+}
+
+/// The first byte past RAM below the MMIO gap.
+pub fn low_ram_end(size: u64) -> u64 {
+    size.min(MMIO_GAP_START)
+}
+
+/// Maps guest RAM in the VMM's address space.
+pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, vm_memory::mmap::FromRangesError> {
+    GuestMemoryMmap::from_ranges(&ram_ranges(size))
+}
+
+/// e820 entry types from the boot protocol.
+pub const E820_RAM: u32 = 1;
+pub const E820_RESERVED: u32 = 2;
+
+/// One entry of the e820 map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct E820Entry {
+    pub addr: u64,
+    pub size: u64,
+    pub kind: u32,
+}
+
+/// The e820 map for a guest of `size` bytes: conventional memory, the
+/// reserved EBDA/BIOS area holding the ACPI tables, and high memory.
+pub fn e820_map(size: u64) -> Vec<E820Entry> {
+    let low_end = low_ram_end(size);
+    let mut map = vec![
+        E820Entry { addr: 0, size: EBDA_START, kind: E820_RAM },
+        E820Entry { addr: ACPI_START, size: ACPI_END - ACPI_START, kind: E820_RESERVED },
+        E820Entry { addr: HIMEM_START, size: low_end - HIMEM_START, kind: E820_RAM },
+    ];
+    if size > MMIO_GAP_START {
+        map.push(E820Entry { addr: MMIO_GAP_END, size: size - MMIO_GAP_START, kind: E820_RAM });
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guest_is_one_low_region() {
+        let r = ram_ranges(512 << 20);
+        assert_eq!(r, vec![(GuestAddress(0), 512 << 20)]);
+        let e = e820_map(512 << 20);
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[2].addr + e[2].size, 512 << 20);
+    }
+
+    #[test]
+    fn large_guest_skips_the_mmio_gap() {
+        let size = 4u64 << 30;
+        let r = ram_ranges(size);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].1 as u64, MMIO_GAP_START);
+        assert_eq!(r[1].0, GuestAddress(MMIO_GAP_END));
+        assert_eq!(r[0].1 as u64 + r[1].1 as u64, size);
+        let ram: u64 = e820_map(size).iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        // Only the EBDA..1 MiB hole is lost to the guest.
+        assert_eq!(ram, size - (HIMEM_START - EBDA_START));
+    }
+}

@@ -1,0 +1,134 @@
+//! vCPUs: per-vCPU setup (CPUID, MSRs, registers, LAPIC) and the run loop
+//! that dispatches port-I/O and MMIO exits to the buses and turns fatal
+//! exits into an [`ExitReason`].
+
+use std::sync::Arc;
+
+use kvm_bindings::CpuId;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::GuestAddress;
+
+use crate::arch::{cpuid, lapic, msrs, regs};
+use crate::devices::boot_timer::BootTimes;
+use crate::devices::bus::Bus;
+use crate::exit::{ExitNotifier, ExitReason};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("vCPU {index}: {what} failed: {source}")]
+    Kvm { index: u32, what: &'static str, source: kvm_ioctls::Error },
+    #[error("vCPU {index}: KVM accepted only {set} of {total} boot MSRs")]
+    Msrs { index: u32, set: usize, total: usize },
+}
+
+/// What a vCPU needs from the VM to run.
+#[derive(Clone)]
+pub struct VcpuContext {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub exit: ExitNotifier,
+    pub times: Arc<BootTimes>,
+}
+
+pub struct Vcpu {
+    fd: VcpuFd,
+    index: u32,
+    ctx: VcpuContext,
+}
+
+impl Vcpu {
+    pub fn new(fd: VcpuFd, index: u32, ctx: VcpuContext) -> Self {
+        Self { fd, index, ctx }
+    }
+
+    fn kvm<T>(&self, what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VcpuError> {
+        r.map_err(|source| VcpuError::Kvm { index: self.index, what, source })
+    }
+
+    /// Sets CPUID, MSRs, FPU and LAPIC; for the boot vCPU also the registers
+    /// that enter the kernel at `entry`.
+    pub fn configure(
+        &self,
+        supported: &CpuId,
+        max_vcpus: u32,
+        entry: Option<GuestAddress>,
+    ) -> Result<(), VcpuError> {
+        let mut cpuid = supported.clone();
+        cpuid::configure(&mut cpuid, self.index, max_vcpus);
+        self.kvm("KVM_SET_CPUID2", self.fd.set_cpuid2(&cpuid))?;
+
+        let msrs = msrs::boot_msrs();
+        let set = self.kvm("KVM_SET_MSRS", self.fd.set_msrs(&msrs))?;
+        if set != msrs.as_slice().len() {
+            return Err(VcpuError::Msrs { index: self.index, set, total: msrs.as_slice().len() });
+        }
+        self.kvm("KVM_SET_FPU", self.fd.set_fpu(&regs::boot_fpu()))?;
+
+        let mut lapic_state = self.kvm("KVM_GET_LAPIC", self.fd.get_lapic())?;
+        lapic::configure_lint(&mut lapic_state);
+        self.kvm("KVM_SET_LAPIC", self.fd.set_lapic(&lapic_state))?;
+
+        if let Some(entry) = entry {
+            let sregs = self.kvm("KVM_GET_SREGS", self.fd.get_sregs())?;
+            self.kvm("KVM_SET_SREGS", self.fd.set_sregs(&regs::boot_sregs(sregs)))?;
+            self.kvm("KVM_SET_REGS", self.fd.set_regs(&regs::boot_regs(entry.0)))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the vCPU until the VM must stop; reports why through the notifier.
+    pub fn run(mut self) {
+        if self.index == 0 {
+            self.ctx.times.mark_first_instruction();
+        }
+        let reason = loop {
+            match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    if !self.ctx.pio.read(u64::from(port), data) {
+                        // Nothing decodes this port: the bus floats high.
+                        data.fill(0xff);
+                    }
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    self.ctx.pio.write(u64::from(port), data);
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    if !self.ctx.mmio.read(addr, data) {
+                        data.fill(0);
+                    }
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.ctx.mmio.write(addr, data);
+                }
+                Ok(VcpuExit::Shutdown) => break ExitReason::TripleFault,
+                Ok(VcpuExit::InternalError) => {
+                    break ExitReason::InternalError(format!("vCPU {}", self.index))
+                }
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    break ExitReason::InternalError(format!(
+                        "vCPU {}: VM entry failed (hardware reason {reason:#x}, cpu {cpu})",
+                        self.index
+                    ))
+                }
+                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => break ExitReason::PowerOff,
+                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => break ExitReason::Reset,
+                    other => {
+                        break ExitReason::InternalError(format!("system event {other}"));
+                    }
+                },
+                Ok(VcpuExit::Hlt) => {
+                    // The in-kernel irqchip handles HLT; seeing it means the
+                    // vCPU can never wake again.
+                    break ExitReason::InternalError(format!("vCPU {} halted", self.index));
+                }
+                Ok(other) => log::debug!("vCPU {}: ignored exit {other:?}", self.index),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) => {
+                    break ExitReason::InternalError(format!("vCPU {}: KVM_RUN: {e}", self.index))
+                }
+            }
+        };
+        self.ctx.exit.notify(reason);
+    }
+}

@@ -1,0 +1,265 @@
+//! Building and running a VM: KVM setup, guest memory, boot data, ACPI,
+//! devices, vCPU threads, then the event loop until the guest ends.
+
+use std::io::{self, IsTerminal, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::acpi::{self, AcpiConfig};
+use crate::boot::{self, BootError};
+use crate::cli::CpuSpec;
+use crate::devices::boot_timer::{BootTimer, BootTimes, InitHook};
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::power::{self, PowerDevice};
+use crate::devices::serial::SerialDevice;
+use crate::event_loop::{self, ConsoleInput};
+use crate::exit::{ExitNotifier, ExitReason};
+use crate::layout::{
+    ACPI_SLEEP_CONTROL_PORT, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT, KVM_TSS_ADDR,
+};
+use crate::memory;
+use crate::memstat;
+use crate::vcpu::{Vcpu, VcpuContext, VcpuError};
+
+/// Everything needed to build a VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    pub cpus: CpuSpec,
+    pub memory: u64,
+    pub boot_timer: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("/dev/kvm does not exist: this host has no KVM (load kvm_intel or kvm_amd)")]
+    NoKvm,
+    #[error("no permission to open /dev/kvm (run as root or join the 'kvm' group)")]
+    KvmPermission,
+    #[error("cannot open /dev/kvm: {0}")]
+    KvmOpen(kvm_ioctls::Error),
+    #[error("KVM on this host lacks {0}, which perfvmm needs")]
+    MissingCap(&'static str),
+    #[error("--cpus: KVM on this host allows at most {limit} vCPUs, {asked} were asked for")]
+    TooManyVcpus { asked: u32, limit: usize },
+    #[error("cannot allocate {size} MiB of guest memory: {source}")]
+    Memory { size: u64, source: vm_memory::mmap::FromRangesError },
+    #[error("{what} failed: {source}")]
+    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("device layout: {0}")]
+    Bus(#[from] BusError),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+fn kvm_err<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VmError> {
+    r.map_err(|source| VmError::Kvm { what, source })
+}
+
+fn open_kvm() -> Result<Kvm, VmError> {
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => VmError::NoKvm,
+        libc::EACCES | libc::EPERM => VmError::KvmPermission,
+        _ => VmError::KvmOpen(e),
+    })
+}
+
+fn check_caps(kvm: &Kvm) -> Result<(), VmError> {
+    for (cap, name) in [
+        (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
+        (Cap::Irqfd, "irqfd (KVM_CAP_IRQFD)"),
+        (Cap::Ioeventfd, "ioeventfd (KVM_CAP_IOEVENTFD)"),
+        (Cap::UserMemory, "user memory regions (KVM_CAP_USER_MEMORY)"),
+        (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+        (Cap::Pit2, "an in-kernel PIT (KVM_CAP_PIT2)"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::MissingCap(name));
+        }
+    }
+    Ok(())
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let region_desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which outlives
+        // the VM: both are kept until the process exits.
+        kvm_err("KVM_SET_USER_MEMORY_REGION", unsafe { vm.set_user_memory_region(region_desc) })?;
+    }
+    Ok(())
+}
+
+/// Serial output: flushed on every write so the console is live.
+struct ConsoleOut(io::Stdout);
+
+impl Write for ConsoleOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut out = self.0.lock();
+        out.write_all(buf)?;
+        out.flush()?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Puts the terminal in raw mode while the VM runs, restoring it on drop.
+struct RawTerminal {
+    saved: libc::termios,
+}
+
+impl RawTerminal {
+    fn enter() -> Option<Self> {
+        let fd = io::stdin().as_raw_fd();
+        // SAFETY: termios is plain data, filled in by tcgetattr.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: fd is stdin; `saved` is a valid termios to write into.
+        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+            return None;
+        }
+        let mut raw = saved;
+        // SAFETY: `raw` is a valid termios copied from the terminal's own.
+        unsafe { libc::cfmakeraw(&mut raw) };
+        // Keep output post-processing so the host terminal renders newlines.
+        raw.c_oflag = saved.c_oflag;
+        // SAFETY: fd is stdin; `raw` is a valid termios.
+        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
+            return None;
+        }
+        Some(Self { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read in `enter` on the same fd.
+        unsafe { libc::tcsetattr(io::stdin().as_raw_fd(), libc::TCSANOW, &self.saved) };
+    }
+}
+
+/// Prints the boot-timer line: timings and perfvmm's own memory use.
+fn boot_timer_report(regions: Vec<(usize, usize)>) -> InitHook {
+    Box::new(move |t: &BootTimes| {
+        let first = t.first_instruction.get().map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0);
+        let init = t.init_reached.get().map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0);
+        let m = memstat::sample(&regions);
+        eprintln!(
+            "perfvmm: boot-timer: first_instruction_ms={first:.1} init_ms={init:.1} \
+             rss_kib={} guest_resident_kib={} vmm_own_kib={} peak_rss_kib={}",
+            m.rss_kib,
+            m.guest_resident_kib,
+            m.rss_kib.saturating_sub(m.guest_resident_kib),
+            m.peak_rss_kib
+        );
+    })
+}
+
+/// Builds the VM described by `cfg`, runs it to completion and returns why it ended.
+pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
+    let kvm = open_kvm()?;
+    check_caps(&kvm)?;
+    let limit = kvm.get_max_vcpus();
+    if cfg.cpus.max as usize > limit {
+        return Err(VmError::TooManyVcpus { asked: cfg.cpus.max, limit });
+    }
+
+    let mem = memory::create_guest_memory(cfg.memory)
+        .map_err(|source| VmError::Memory { size: cfg.memory >> 20, source })?;
+
+    // Boot data first: a bad kernel or initrd is reported before any KVM state exists.
+    let kernel = boot::load_kernel(&mem, &cfg.kernel)?;
+    let initrd = cfg.initrd.as_deref().map(|p| boot::load_initrd(&mem, p, &kernel)).transpose()?;
+    let cmdline = boot::build_cmdline(cfg.cmdline.as_deref())?;
+    boot::write_boot_params(&mem, &kernel, initrd, &cmdline, cfg.memory)?;
+    crate::arch::regs::write_boot_tables(&mem).map_err(BootError::Memory)?;
+    let tables = acpi::build_tables(&AcpiConfig {
+        boot_vcpus: cfg.cpus.boot,
+        max_vcpus: cfg.cpus.max,
+        virtio_mmio: Vec::new(),
+    })?;
+    acpi::write_tables(&mem, &tables)?;
+
+    let vm = kvm_err("KVM_CREATE_VM", kvm.create_vm())?;
+    kvm_err("KVM_SET_TSS_ADDR", vm.set_tss_address(KVM_TSS_ADDR as usize))?;
+    kvm_err("KVM_CREATE_IRQCHIP", vm.create_irq_chip())?;
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    kvm_err("KVM_CREATE_PIT2", vm.create_pit2(pit))?;
+    register_memory(&vm, &mem)?;
+
+    let exit = ExitNotifier::new()?;
+    let times = BootTimes::new(start);
+
+    let mut pio = Bus::new();
+    let com1_irq = EventFd::new(libc::EFD_NONBLOCK)?;
+    kvm_err("KVM_IRQFD", vm.register_irqfd(&com1_irq, COM1_IRQ))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(com1_irq, ConsoleOut(io::stdout()))));
+    pio.insert(serial.clone(), u64::from(COM1_PORT), 8)?;
+    pio.insert(
+        Arc::new(Mutex::new(PowerDevice::new(exit.clone()))),
+        u64::from(ACPI_SLEEP_CONTROL_PORT),
+        power::PORT_COUNT,
+    )?;
+
+    let mut mmio = Bus::new();
+    let regions: Vec<(usize, usize)> =
+        mem.iter().map(|r| (r.as_ptr() as usize, r.len() as usize)).collect();
+    let hook = cfg.boot_timer.then(|| boot_timer_report(regions));
+    mmio.insert(Arc::new(Mutex::new(BootTimer::new(times.clone(), hook))), BOOT_TIMER_ADDR, BOOT_TIMER_SIZE)?;
+
+    let ctx = VcpuContext { pio: Arc::new(pio), mmio: Arc::new(mmio), exit: exit.clone(), times };
+    let supported = kvm_err("KVM_GET_SUPPORTED_CPUID", kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES))?;
+    let mut vcpus = Vec::with_capacity(cfg.cpus.boot as usize);
+    for index in 0..cfg.cpus.boot {
+        let fd = kvm_err("KVM_CREATE_VCPU", vm.create_vcpu(u64::from(index)))?;
+        let vcpu = Vcpu::new(fd, index, ctx.clone());
+        let entry = (index == 0).then_some(kernel.entry);
+        vcpu.configure(&supported, cfg.cpus.max, entry)?;
+        vcpus.push(vcpu);
+    }
+
+    // Signals are blocked before any vCPU thread exists, so they inherit the mask
+    // and SIGINT/SIGTERM reach only the event loop's signalfd.
+    let signals = event_loop::block_stop_signals()?;
+    for vcpu in vcpus {
+        thread::Builder::new().name("vcpu".into()).spawn(move || vcpu.run())?;
+    }
+
+    let stdin = io::stdin();
+    let raw = stdin.is_terminal().then(RawTerminal::enter).flatten();
+    let console = raw.as_ref().map(|_| {
+        Box::new(ConsoleInput::new(stdin.as_raw_fd(), serial.clone()))
+            as Box<dyn event_manager::MutEventSubscriber>
+    });
+    let reason = event_loop::run_until_exit(&exit, &signals, console);
+    drop(raw);
+    let _ = io::stdout().flush();
+    // The VM's memory and KVM objects are released when the process exits.
+    std::mem::forget(vm);
+    std::mem::forget(mem);
+    Ok(reason?)
+}
