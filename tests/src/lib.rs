@@ -1,1 +1,401 @@
+//! perfvmm's end-to-end test harness.
+//!
+//! A test describes one perfvmm run ([`GuestRun`]) and gets back the console
+//! and perfvmm's exit code ([`RunOutput`]). Where the host has hardware KVM
+//! (`kvm_intel` or `kvm_amd` loaded) perfvmm runs directly; elsewhere (such as
+//! the development machines, whose `/dev/kvm` cannot boot Linux) it runs
+//! inside an L1 Linux host under QEMU TCG with nested SVM, where `/dev/kvm`
+//! is real. `PERFVMM_TEST_MODE=direct|nested` overrides the choice.
 
+pub mod cpio;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use cpio::CpioWriter;
+
+/// Where things are.
+#[derive(Debug)]
+pub struct Workspace {
+    pub root: PathBuf,
+    pub build: PathBuf,
+}
+
+/// The workspace this crate belongs to, with its `build/` directory.
+pub fn workspace() -> &'static Workspace {
+    static WS: OnceLock<Workspace> = OnceLock::new();
+    WS.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).to_owned();
+        let build = std::env::var_os("PERFVMM_BUILD_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("build"));
+        Workspace { root, build }
+    })
+}
+
+/// How perfvmm is run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// On this host's hardware KVM.
+    Direct,
+    /// Inside an L1 host in QEMU TCG with nested SVM.
+    Nested,
+}
+
+/// Hardware KVM is loaded on this host (not an emulating or paravirtual one).
+pub fn host_has_hardware_kvm() -> bool {
+    Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists()
+}
+
+pub fn mode() -> Mode {
+    match std::env::var("PERFVMM_TEST_MODE").as_deref() {
+        Ok("direct") => Mode::Direct,
+        Ok("nested") => Mode::Nested,
+        _ if host_has_hardware_kvm() => Mode::Direct,
+        _ => Mode::Nested,
+    }
+}
+
+fn run_checked(cmd: &mut Command, what: &str) {
+    let status = cmd.status().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    assert!(status.success(), "{what} failed ({status})");
+}
+
+/// Builds the demo guest (kernel + initramfs) with `images/build.sh`, once per process.
+pub fn guest_image() -> &'static (PathBuf, PathBuf) {
+    static IMG: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    IMG.get_or_init(|| {
+        let ws = workspace();
+        run_checked(
+            Command::new("bash").arg(ws.root.join("images/build.sh")).env("PERFVMM_BUILD_DIR", &ws.build),
+            "images/build.sh",
+        );
+        (ws.build.join("kernel/vmlinuz"), ws.build.join("guest/initramfs.cpio.gz"))
+    })
+}
+
+/// Builds a statically linked release perfvmm (runs in the L1 initramfs,
+/// which has no libc), once per process.
+pub fn static_perfvmm() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let ws = workspace();
+        let target_dir = ws.build.join("static-target");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run_checked(
+            Command::new(cargo)
+                .current_dir(&ws.root)
+                .args(["build", "--release", "-p", "perfvmm", "--target", "x86_64-unknown-linux-gnu"])
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .env("RUSTFLAGS", "-C target-feature=+crt-static"),
+            "static perfvmm build",
+        );
+        target_dir.join("x86_64-unknown-linux-gnu/release/perfvmm")
+    })
+}
+
+/// One perfvmm run.
+///
+/// In `args`, `@KERNEL@` and `@INITRD@` stand for the demo guest's kernel
+/// and initramfs, and `@FILES@/NAME` for a file given in `files`; the
+/// harness substitutes the paths valid where perfvmm runs.
+#[derive(Clone, Debug)]
+pub struct GuestRun {
+    pub args: Vec<String>,
+    pub files: Vec<(String, Vec<u8>)>,
+    pub timeout: Duration,
+    /// vCPUs of the L1 host (nested mode only).
+    pub l1_cpus: u32,
+    /// Memory of the L1 host in MiB (nested mode only).
+    pub l1_memory_mib: u32,
+    /// Load the KVM modules in L1 (nested mode only); off to test a host without KVM.
+    pub load_kvm: bool,
+    /// Echo the console to this process's stdout as it arrives.
+    pub stream: bool,
+}
+
+impl GuestRun {
+    /// Boots the demo guest with `--cmdline "quiet <cmdline>"` and the given extra arguments.
+    pub fn demo(cmdline: &str, extra: &[&str]) -> Self {
+        let mut args: Vec<String> =
+            ["--kernel", "@KERNEL@", "--initrd", "@INITRD@"].iter().map(|s| s.to_string()).collect();
+        args.push("--cmdline".into());
+        args.push(format!("quiet {cmdline}").trim().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::raw(args)
+    }
+
+    /// A run with exactly these perfvmm arguments.
+    pub fn raw(args: Vec<String>) -> Self {
+        Self {
+            args,
+            files: Vec::new(),
+            timeout: Duration::from_secs(240),
+            l1_cpus: 2,
+            l1_memory_mib: 2048,
+            load_kvm: true,
+            stream: false,
+        }
+    }
+
+    pub fn streaming(mut self) -> Self {
+        self.stream = true;
+        self
+    }
+
+    pub fn file(mut self, name: &str, data: Vec<u8>) -> Self {
+        self.files.push((name.to_string(), data));
+        self
+    }
+
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    pub fn without_kvm(mut self) -> Self {
+        self.load_kvm = false;
+        self
+    }
+
+    /// Runs it in the harness's mode.
+    pub fn run(&self) -> RunOutput {
+        // One VM at a time: nested runs use both cores of a CI machine.
+        static SERIAL: Mutex<()> = Mutex::new(());
+        let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        match mode() {
+            Mode::Direct => self.run_direct(),
+            Mode::Nested => self.run_nested(),
+        }
+    }
+
+    fn substitute(&self, kernel: &str, initrd: &str, files: &str) -> Vec<String> {
+        self.args
+            .iter()
+            .map(|a| a.replace("@KERNEL@", kernel).replace("@INITRD@", initrd).replace("@FILES@", files))
+            .collect()
+    }
+
+    fn run_direct(&self) -> RunOutput {
+        let (kernel, initrd) = guest_image();
+        let dir = scratch_dir("direct");
+        for (name, data) in &self.files {
+            std::fs::write(dir.join(name), data).expect("write test file");
+        }
+        let args = self.substitute(
+            &kernel.to_string_lossy(),
+            &initrd.to_string_lossy(),
+            &dir.to_string_lossy(),
+        );
+        let child = Command::new(static_perfvmm())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start perfvmm");
+        let out = collect(child, self.timeout, self.stream, |status| status.code());
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    }
+
+    fn run_nested(&self) -> RunOutput {
+        let ws = workspace();
+        let l1_kernel = ws.build.join("kernel/vmlinuz");
+        let base = l1_base_initramfs();
+        let mut run = CpioWriter::new();
+        run.dir("run").dir("files");
+        let args = self.substitute("/l2/vmlinuz", "/l2/initrd", "/files");
+        let cmd = format!("exec /perfvmm {} </dev/null\n", args.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "));
+        run.file("run/cmd", 0o644, cmd.as_bytes());
+        run.file("run/load-kvm", 0o644, if self.load_kvm { b"1" } else { b"0" });
+        for (name, data) in &self.files {
+            run.file(&format!("files/{name}"), 0o644, data);
+        }
+        let dir = scratch_dir("nested");
+        let initrd = dir.join("l1.cpio");
+        let mut bytes = std::fs::read(base).expect("read L1 base initramfs");
+        bytes.extend_from_slice(&run.finish());
+        std::fs::write(&initrd, bytes).expect("write L1 initramfs");
+
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-M", "q35", "-accel", "tcg,thread=multi", "-cpu", "EPYC,+svm"])
+            .args(["-m", &self.l1_memory_mib.to_string(), "-smp", &self.l1_cpus.to_string()])
+            .args(["-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&l1_kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start qemu-system-x86_64 (installed by scripts/setup-host.sh)");
+        let out = collect(child, self.timeout, self.stream, |_| None);
+        let _ = std::fs::remove_dir_all(&dir);
+        // perfvmm's status is the one L1's init reported.
+        let code = out
+            .console
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix("PERFVMM_EXIT=").and_then(|c| c.trim().parse().ok()));
+        RunOutput { exit_code: code, ..out }
+    }
+}
+
+fn scratch_dir(kind: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = workspace().build.join("runs").join(format!("{kind}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// Quotes a word for /bin/sh.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The L1 initramfs without the per-run part: busybox, KVM modules,
+/// perfvmm and the L2 guest. Rebuilt when any input changes.
+pub fn l1_base_initramfs() -> &'static PathBuf {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let ws = workspace();
+        let (l2_kernel, l2_initrd) = guest_image();
+        let perfvmm = static_perfvmm();
+        let modules = ws.build.join("kernel/modules/kernel");
+        let mut c = CpioWriter::new();
+        c.dir("bin").dir("lib").dir("lib/modules").dir("l2").dir("proc").dir("sys").dir("dev");
+        let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+        c.file("bin/busybox", 0o755, &read(Path::new("/bin/busybox")));
+        c.file("init", 0o755, include_str!("../l1-init.sh").as_bytes());
+        for m in ["virt/lib/irqbypass.ko", "arch/x86/kvm/kvm.ko", "arch/x86/kvm/kvm-amd.ko", "arch/x86/kvm/kvm-intel.ko"] {
+            let name = Path::new(m).file_name().and_then(|n| n.to_str()).unwrap_or(m);
+            c.file(&format!("lib/modules/{name}"), 0o644, &read(&modules.join(m)));
+        }
+        c.file("perfvmm", 0o755, &read(perfvmm));
+        c.file("l2/vmlinuz", 0o644, &read(l2_kernel));
+        c.file("l2/initrd", 0o644, &read(l2_initrd));
+        let path = ws.build.join("nested/l1-base.cpio");
+        std::fs::create_dir_all(path.parent().unwrap_or(&ws.build)).expect("create build/nested");
+        std::fs::write(&path, c.finish()).expect("write L1 base initramfs");
+        path
+    })
+}
+
+/// What a run produced.
+#[derive(Clone, Debug)]
+pub struct RunOutput {
+    /// Everything printed: the guest console (and, nested, L1's console).
+    pub console: String,
+    /// perfvmm's exit status, when it exited.
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub wall: Duration,
+}
+
+impl RunOutput {
+    /// The last `n` lines, for failure messages.
+    pub fn tail(&self, n: usize) -> String {
+        let lines: Vec<&str> = self.console.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Panics with the console tail unless the output contains `needle`.
+    pub fn expect_contains(&self, needle: &str) -> &Self {
+        assert!(
+            self.console.contains(needle),
+            "expected {needle:?} in the console; exit={:?} timed_out={}; console tail:\n{}",
+            self.exit_code,
+            self.timed_out,
+            self.tail(40)
+        );
+        self
+    }
+
+    /// Panics with the console tail unless perfvmm exited with `code`.
+    pub fn expect_exit(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.exit_code,
+            Some(code),
+            "perfvmm exit code; timed_out={}; console tail:\n{}",
+            self.timed_out,
+            self.tail(40)
+        );
+        self
+    }
+
+    /// The value of `key=VALUE` on the last guest line that has it.
+    pub fn guest_value(&self, key: &str) -> Option<String> {
+        let pat = format!("{key}=");
+        self.console.lines().rev().find_map(|l| {
+            let i = l.find(&pat)?;
+            Some(l[i + pat.len()..].split_whitespace().next()?.to_string())
+        })
+    }
+}
+
+/// Reads a child's stdout and stderr until it exits or `timeout` passes.
+fn collect(
+    mut child: Child,
+    timeout: Duration,
+    stream: bool,
+    code: impl Fn(std::process::ExitStatus) -> Option<i32>,
+) -> RunOutput {
+    let start = Instant::now();
+    let console = Arc::new(Mutex::new(Vec::new()));
+    let readers: Vec<_> = [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|mut r| {
+        let console = console.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if stream {
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&buf[..n]);
+                    let _ = out.flush();
+                }
+                console.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&buf[..n]);
+            }
+        })
+    })
+    .collect();
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if start.elapsed() > timeout => {
+                timed_out = true;
+                let _ = child.kill();
+                break child.wait().ok();
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => break None,
+        }
+    };
+    for r in readers {
+        let _ = r.join();
+    }
+    let bytes = console.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    RunOutput {
+        console: String::from_utf8_lossy(&bytes).replace('\r', ""),
+        exit_code: if timed_out { None } else { status.and_then(code) },
+        timed_out,
+        wall: start.elapsed(),
+    }
+}

@@ -279,6 +279,8 @@ mod tests {
             let dsl = std::fs::read_to_string(dir.join(format!("{name}.dsl"))).unwrap();
             assert!(!dsl.contains("**** Unknown"), "iasl could not decode part of {name}:\n{dsl}");
         }
-        std::fs::remove_dir_all(&dir).unwrap();
+        if std::env::var_os("PERFVMM_KEEP_ACPI").is_none() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 }

@@ -10,7 +10,10 @@ use linux_loader::loader::bootparam::{boot_params, setup_header};
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::layout::{ACPI_START, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, ZERO_PAGE_START};
+use crate::layout::{
+    ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_START, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START,
+    RESET_VECTOR, ZERO_PAGE_START,
+};
 use crate::memory::{e820_map, low_ram_end};
 
 /// The command line every guest gets; `--cmdline` is appended to it.
@@ -205,6 +208,20 @@ pub fn write_boot_params(
     Ok(())
 }
 
+/// Real-mode code at the reset vector: `mov dx, RESET_PORT; mov al, VALUE;
+/// out dx, al; hlt`. A guest that reboots through its "BIOS" lands here and
+/// resets the VM through the ACPI reset register.
+pub fn reset_vector_stub() -> [u8; 7] {
+    let [lo, hi] = ACPI_RESET_PORT.to_le_bytes();
+    [0xba, lo, hi, 0xb0, ACPI_RESET_VALUE, 0xee, 0xf4]
+}
+
+/// Writes [`reset_vector_stub`] at the reset vector.
+pub fn write_reset_vector(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    mem.write_slice(&reset_vector_stub(), GuestAddress(RESET_VECTOR))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +237,17 @@ mod tests {
         assert_eq!(detect_format(&mut Cursor::new(bz)).unwrap(), Some(KernelFormat::BzImage));
         assert_eq!(detect_format(&mut Cursor::new(vec![0u8; 16])).unwrap(), None);
         assert_eq!(detect_format(&mut Cursor::new(b"hello".to_vec())).unwrap(), None);
+    }
+
+    #[test]
+    fn reset_vector_writes_the_reset_register() {
+        let stub = reset_vector_stub();
+        assert_eq!(stub, [0xba, 0x02, 0x06, 0xb0, 0x01, 0xee, 0xf4]);
+        let mem = crate::memory::create_guest_memory(32 << 20).unwrap();
+        write_reset_vector(&mem).unwrap();
+        let mut b = [0u8; 7];
+        mem.read_slice(&mut b, GuestAddress(RESET_VECTOR)).unwrap();
+        assert_eq!(b, stub);
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub const EBDA_START: u64 = 0x9_fc00;
 /// the RSDP; the zero page's `acpi_rsdp_addr` points at it too.
 pub const ACPI_START: u64 = 0xe_0000;
 pub const ACPI_END: u64 = 0x10_0000;
+/// The x86 reset vector (real mode F000:FFF0). Linux on a hardware-reduced
+/// ACPI platform without EFI reboots by jumping here ("BIOS" reboot), so a
+/// tiny stub here writes the ACPI reset register.
+pub const RESET_VECTOR: u64 = 0xf_fff0;
 /// Where high memory (and the kernel) starts.
 pub const HIMEM_START: u64 = 0x10_0000;
 

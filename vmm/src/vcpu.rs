@@ -90,7 +90,9 @@ impl Vcpu {
                     }
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
-                    self.ctx.pio.write(u64::from(port), data);
+                    if !self.ctx.pio.write(u64::from(port), data) {
+                        log::trace!("vCPU {}: unhandled write to port {port:#x}", self.index);
+                    }
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     if !self.ctx.mmio.read(addr, data) {

@@ -181,21 +181,16 @@ fn boot_timer_report(regions: Vec<(usize, usize)>) -> InitHook {
 
 /// Builds the VM described by `cfg`, runs it to completion and returns why it ended.
 pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
-    let kvm = open_kvm()?;
-    check_caps(&kvm)?;
-    let limit = kvm.get_max_vcpus();
-    if cfg.cpus.max as usize > limit {
-        return Err(VmError::TooManyVcpus { asked: cfg.cpus.max, limit });
-    }
-
     let mem = memory::create_guest_memory(cfg.memory)
         .map_err(|source| VmError::Memory { size: cfg.memory >> 20, source })?;
 
-    // Boot data first: a bad kernel or initrd is reported before any KVM state exists.
+    // Boot data first: a bad kernel or initrd is reported before KVM is touched,
+    // so input errors are the same on every host.
     let kernel = boot::load_kernel(&mem, &cfg.kernel)?;
     let initrd = cfg.initrd.as_deref().map(|p| boot::load_initrd(&mem, p, &kernel)).transpose()?;
     let cmdline = boot::build_cmdline(cfg.cmdline.as_deref())?;
     boot::write_boot_params(&mem, &kernel, initrd, &cmdline, cfg.memory)?;
+    boot::write_reset_vector(&mem)?;
     crate::arch::regs::write_boot_tables(&mem).map_err(BootError::Memory)?;
     let tables = acpi::build_tables(&AcpiConfig {
         boot_vcpus: cfg.cpus.boot,
@@ -203,6 +198,13 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
         virtio_mmio: Vec::new(),
     })?;
     acpi::write_tables(&mem, &tables)?;
+
+    let kvm = open_kvm()?;
+    check_caps(&kvm)?;
+    let limit = kvm.get_max_vcpus();
+    if cfg.cpus.max as usize > limit {
+        return Err(VmError::TooManyVcpus { asked: cfg.cpus.max, limit });
+    }
 
     let vm = kvm_err("KVM_CREATE_VM", kvm.create_vm())?;
     kvm_err("KVM_SET_TSS_ADDR", vm.set_tss_address(KVM_TSS_ADDR as usize))?;

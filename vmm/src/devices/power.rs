@@ -46,6 +46,7 @@ impl<S: PowerEventSink> BusDevice for PowerDevice<S> {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else { return };
+        log::debug!("power: write {value:#x} at offset {offset}");
         match offset {
             SLEEP_CONTROL if value & SLP_EN != 0 => {
                 let typ = (value >> SLP_TYP_SHIFT) & SLP_TYP_MASK;

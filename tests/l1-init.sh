@@ -1,0 +1,26 @@
+#!/bin/busybox sh
+# /init of the nested harness's L1 host: load KVM, run the perfvmm command the
+# harness wrote to /run/cmd, report its exit status, power off.
+/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /tmp && mount -t tmpfs tmpfs /tmp
+
+if [ "$(cat /run/load-kvm)" = 1 ]; then
+  insmod /lib/modules/irqbypass.ko
+  insmod /lib/modules/kvm.ko
+  if grep -q svm /proc/cpuinfo; then
+    insmod /lib/modules/kvm-amd.ko
+  else
+    insmod /lib/modules/kvm-intel.ko
+  fi
+  [ -c /dev/kvm ] || echo "L1: /dev/kvm did not appear"
+fi
+
+echo "L1: starting perfvmm"
+sh /run/cmd
+echo "PERFVMM_EXIT=$?"
+poweroff -f
