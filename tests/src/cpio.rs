@@ -15,11 +15,14 @@ const S_IFLNK: u32 = 0o120000;
 
 impl CpioWriter {
     pub fn new() -> Self {
-        Self { buf: Vec::new(), ino: 1 }
+        Self {
+            buf: Vec::new(),
+            ino: 1,
+        }
     }
 
     fn pad4(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -70,7 +73,7 @@ impl CpioWriter {
     pub fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, &[]);
         // The kernel accepts archives padded to any size; 512 keeps tools happy.
-        while self.buf.len() % 512 != 0 {
+        while !self.buf.len().is_multiple_of(512) {
             self.buf.push(0);
         }
         self.buf
@@ -88,7 +91,9 @@ mod tests {
     #[test]
     fn cpio_tool_lists_the_archive() {
         let mut c = CpioWriter::new();
-        c.dir("bin").file("bin/hello", 0o755, b"hi\n").symlink("sh", "bin/hello");
+        c.dir("bin")
+            .file("bin/hello", 0o755, b"hi\n")
+            .symlink("sh", "bin/hello");
         let bytes = c.finish();
         assert_eq!(&bytes[..6], b"070701");
         let dir = std::env::temp_dir().join(format!("cpio-test-{}", std::process::id()));
@@ -102,7 +107,10 @@ mod tests {
             .expect("cpio is installed by scripts/setup-host.sh");
         let listing = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success());
-        assert_eq!(listing.lines().collect::<Vec<_>>(), ["bin", "bin/hello", "sh"]);
+        assert_eq!(
+            listing.lines().collect::<Vec<_>>(),
+            ["bin", "bin/hello", "sh"]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

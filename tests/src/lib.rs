@@ -28,7 +28,10 @@ pub struct Workspace {
 pub fn workspace() -> &'static Workspace {
     static WS: OnceLock<Workspace> = OnceLock::new();
     WS.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).to_owned();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_owned();
         let build = std::env::var_os("PERFVMM_BUILD_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("build"));
@@ -60,7 +63,9 @@ pub fn mode() -> Mode {
 }
 
 fn run_checked(cmd: &mut Command, what: &str) {
-    let status = cmd.status().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
     assert!(status.success(), "{what} failed ({status})");
 }
 
@@ -70,10 +75,15 @@ pub fn guest_image() -> &'static (PathBuf, PathBuf) {
     IMG.get_or_init(|| {
         let ws = workspace();
         run_checked(
-            Command::new("bash").arg(ws.root.join("images/build.sh")).env("PERFVMM_BUILD_DIR", &ws.build),
+            Command::new("bash")
+                .arg(ws.root.join("images/build.sh"))
+                .env("PERFVMM_BUILD_DIR", &ws.build),
             "images/build.sh",
         );
-        (ws.build.join("kernel/vmlinuz"), ws.build.join("guest/initramfs.cpio.gz"))
+        (
+            ws.build.join("kernel/vmlinuz"),
+            ws.build.join("guest/initramfs.cpio.gz"),
+        )
     })
 }
 
@@ -88,7 +98,14 @@ pub fn static_perfvmm() -> &'static PathBuf {
         run_checked(
             Command::new(cargo)
                 .current_dir(&ws.root)
-                .args(["build", "--release", "-p", "perfvmm", "--target", "x86_64-unknown-linux-gnu"])
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "perfvmm",
+                    "--target",
+                    "x86_64-unknown-linux-gnu",
+                ])
                 .arg("--target-dir")
                 .arg(&target_dir)
                 .env("RUSTFLAGS", "-C target-feature=+crt-static"),
@@ -121,8 +138,10 @@ pub struct GuestRun {
 impl GuestRun {
     /// Boots the demo guest with `--cmdline "quiet <cmdline>"` and the given extra arguments.
     pub fn demo(cmdline: &str, extra: &[&str]) -> Self {
-        let mut args: Vec<String> =
-            ["--kernel", "@KERNEL@", "--initrd", "@INITRD@"].iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = ["--kernel", "@KERNEL@", "--initrd", "@INITRD@"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         args.push("--cmdline".into());
         args.push(format!("quiet {cmdline}").trim().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -176,7 +195,11 @@ impl GuestRun {
     fn substitute(&self, kernel: &str, initrd: &str, files: &str) -> Vec<String> {
         self.args
             .iter()
-            .map(|a| a.replace("@KERNEL@", kernel).replace("@INITRD@", initrd).replace("@FILES@", files))
+            .map(|a| {
+                a.replace("@KERNEL@", kernel)
+                    .replace("@INITRD@", initrd)
+                    .replace("@FILES@", files)
+            })
             .collect()
     }
 
@@ -210,9 +233,19 @@ impl GuestRun {
         let mut run = CpioWriter::new();
         run.dir("run").dir("files");
         let args = self.substitute("/l2/vmlinuz", "/l2/initrd", "/files");
-        let cmd = format!("exec /perfvmm {} </dev/null\n", args.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "));
+        let cmd = format!(
+            "exec /perfvmm {} </dev/null\n",
+            args.iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         run.file("run/cmd", 0o644, cmd.as_bytes());
-        run.file("run/load-kvm", 0o644, if self.load_kvm { b"1" } else { b"0" });
+        run.file(
+            "run/load-kvm",
+            0o644,
+            if self.load_kvm { b"1" } else { b"0" },
+        );
         for (name, data) in &self.files {
             run.file(&format!("files/{name}"), 0o644, data);
         }
@@ -223,9 +256,27 @@ impl GuestRun {
         std::fs::write(&initrd, bytes).expect("write L1 initramfs");
 
         let child = Command::new("qemu-system-x86_64")
-            .args(["-M", "q35", "-accel", "tcg,thread=multi", "-cpu", "EPYC,+svm"])
-            .args(["-m", &self.l1_memory_mib.to_string(), "-smp", &self.l1_cpus.to_string()])
-            .args(["-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot"])
+            .args([
+                "-M",
+                "q35",
+                "-accel",
+                "tcg,thread=multi",
+                "-cpu",
+                "EPYC,+svm",
+            ])
+            .args([
+                "-m",
+                &self.l1_memory_mib.to_string(),
+                "-smp",
+                &self.l1_cpus.to_string(),
+            ])
+            .args([
+                "-nographic",
+                "-nodefaults",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+            ])
             .arg("-kernel")
             .arg(&l1_kernel)
             .arg("-initrd")
@@ -239,19 +290,25 @@ impl GuestRun {
         let out = collect(child, self.timeout, self.stream, |_| None);
         let _ = std::fs::remove_dir_all(&dir);
         // perfvmm's status is the one L1's init reported.
-        let code = out
-            .console
-            .lines()
-            .rev()
-            .find_map(|l| l.trim().strip_prefix("PERFVMM_EXIT=").and_then(|c| c.trim().parse().ok()));
-        RunOutput { exit_code: code, ..out }
+        let code = out.console.lines().rev().find_map(|l| {
+            l.trim()
+                .strip_prefix("PERFVMM_EXIT=")
+                .and_then(|c| c.trim().parse().ok())
+        });
+        RunOutput {
+            exit_code: code,
+            ..out
+        }
     }
 }
 
 fn scratch_dir(kind: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let dir = workspace().build.join("runs").join(format!("{kind}-{}-{n}", std::process::id()));
+    let dir = workspace()
+        .build
+        .join("runs")
+        .join(format!("{kind}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
 }
@@ -271,13 +328,32 @@ pub fn l1_base_initramfs() -> &'static PathBuf {
         let perfvmm = static_perfvmm();
         let modules = ws.build.join("kernel/modules/kernel");
         let mut c = CpioWriter::new();
-        c.dir("bin").dir("lib").dir("lib/modules").dir("l2").dir("proc").dir("sys").dir("dev");
-        let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+        c.dir("bin")
+            .dir("lib")
+            .dir("lib/modules")
+            .dir("l2")
+            .dir("proc")
+            .dir("sys")
+            .dir("dev");
+        let read =
+            |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
         c.file("bin/busybox", 0o755, &read(Path::new("/bin/busybox")));
         c.file("init", 0o755, include_str!("../l1-init.sh").as_bytes());
-        for m in ["virt/lib/irqbypass.ko", "arch/x86/kvm/kvm.ko", "arch/x86/kvm/kvm-amd.ko", "arch/x86/kvm/kvm-intel.ko"] {
-            let name = Path::new(m).file_name().and_then(|n| n.to_str()).unwrap_or(m);
-            c.file(&format!("lib/modules/{name}"), 0o644, &read(&modules.join(m)));
+        for m in [
+            "virt/lib/irqbypass.ko",
+            "arch/x86/kvm/kvm.ko",
+            "arch/x86/kvm/kvm-amd.ko",
+            "arch/x86/kvm/kvm-intel.ko",
+        ] {
+            let name = Path::new(m)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(m);
+            c.file(
+                &format!("lib/modules/{name}"),
+                0o644,
+                &read(&modules.join(m)),
+            );
         }
         c.file("perfvmm", 0o755, &read(perfvmm));
         c.file("l2/vmlinuz", 0o644, &read(l2_kernel));
@@ -351,8 +427,14 @@ fn collect(
     let start = Instant::now();
     let console = Arc::new(Mutex::new(Vec::new()));
     let readers: Vec<_> = [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -370,7 +452,10 @@ fn collect(
                     let _ = out.write_all(&buf[..n]);
                     let _ = out.flush();
                 }
-                console.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&buf[..n]);
+                console
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&buf[..n]);
             }
         })
     })
@@ -394,7 +479,11 @@ fn collect(
     let bytes = console.lock().unwrap_or_else(|p| p.into_inner()).clone();
     RunOutput {
         console: String::from_utf8_lossy(&bytes).replace('\r', ""),
-        exit_code: if timed_out { None } else { status.and_then(code) },
+        exit_code: if timed_out {
+            None
+        } else {
+            status.and_then(code)
+        },
         timed_out,
         wall: start.elapsed(),
     }

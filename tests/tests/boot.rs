@@ -9,32 +9,49 @@ const MARKER: &str = "perfvmm-guest: init reached";
 fn boots_one_vcpu_to_init_and_powers_off() {
     let out = GuestRun::demo("pvrun=poweroff", &["--cpus", "1", "--memory", "512M"]).run();
     out.expect_contains(MARKER).expect_exit(0);
-    assert_eq!(out.guest_value("nproc").as_deref(), Some("1"), "{}", out.tail(20));
+    assert_eq!(
+        out.guest_value("nproc").as_deref(),
+        Some("1"),
+        "{}",
+        out.tail(20)
+    );
 }
 
 #[test]
 fn boots_four_vcpus_and_the_guest_sees_them() {
     let out = GuestRun::demo("pvrun=poweroff", &["--cpus", "4,max=8", "--memory", "512M"]).run();
     out.expect_contains(MARKER).expect_exit(0);
-    assert_eq!(out.guest_value("nproc").as_deref(), Some("4"), "{}", out.tail(20));
+    assert_eq!(
+        out.guest_value("nproc").as_deref(),
+        Some("4"),
+        "{}",
+        out.tail(20)
+    );
 }
 
 #[test]
 fn memtotal_matches_memory_flag() {
     let out = GuestRun::demo("pvrun=poweroff", &["--memory", "1G"]).run();
     out.expect_contains(MARKER).expect_exit(0);
-    let kib: u64 = out.guest_value("memtotal_kib").and_then(|v| v.parse().ok()).expect("memtotal in console");
+    let kib: u64 = out
+        .guest_value("memtotal_kib")
+        .and_then(|v| v.parse().ok())
+        .expect("memtotal in console");
     let asked = 1u64 << 20; // KiB
-    // MemTotal is RAM less what the kernel reserves for itself (its image,
-    // early allocations): a few percent of 1 GiB, never more than asked.
+                            // MemTotal is RAM less what the kernel reserves for itself (its image,
+                            // early allocations): a few percent of 1 GiB, never more than asked.
     assert!(kib <= asked, "MemTotal {kib} KiB above the 1 GiB asked");
-    assert!(kib >= asked * 92 / 100, "MemTotal {kib} KiB is far below 1 GiB");
+    assert!(
+        kib >= asked * 92 / 100,
+        "MemTotal {kib} KiB is far below 1 GiB"
+    );
 }
 
 #[test]
 fn guest_reboot_exits_zero() {
     let out = GuestRun::demo("pvrun=reboot", &[]).run();
-    out.expect_contains("perfvmm-guest: rebooting").expect_exit(0);
+    out.expect_contains("perfvmm-guest: rebooting")
+        .expect_exit(0);
 }
 
 #[test]
@@ -48,10 +65,13 @@ fn bad_kernel_file_gives_a_clear_error() {
 
 #[test]
 fn host_without_kvm_gives_a_clear_error() {
-    let out = GuestRun::demo("pvrun=poweroff", &[]).without_kvm().run();
     if perfvmm_tests::mode() == perfvmm_tests::Mode::Direct {
-        // A host with hardware KVM cannot be made to lack it.
+        // A host with hardware KVM cannot be made to lack it; the nested
+        // harness's L1 can (it simply does not load the modules).
+        eprintln!("skipped: needs the nested harness");
         return;
     }
-    out.expect_contains("/dev/kvm does not exist").expect_exit(1);
+    let out = GuestRun::demo("pvrun=poweroff", &[]).without_kvm().run();
+    out.expect_contains("/dev/kvm does not exist")
+        .expect_exit(1);
 }

@@ -3,13 +3,15 @@
 //! the FADT's sleep-control and reset registers, which perfvmm's power
 //! device implements.
 
-use acpi_tables::{aml, Aml, AmlSink};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, Aml, AmlSink};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 
 use crate::layout::{
@@ -18,6 +20,11 @@ use crate::layout::{
 };
 
 const OEM_ID: [u8; 6] = *b"PERFVM";
+/// IA-PC boot architecture flags: no VGA, no CMOS RTC (the guest takes wall
+/// time from kvm-clock). Without the RTC flag Linux probes ports 0x70/0x71
+/// and waits seconds for an update cycle that never ends.
+const IAPC_BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
+const IAPC_BOOT_ARCH_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
 const OEM_TABLE_ID: [u8; 8] = *b"PERFVMM ";
 const OEM_REVISION: u32 = 1;
 
@@ -59,7 +66,13 @@ fn to_bytes(t: &dyn Aml) -> Vec<u8> {
 }
 
 fn io_gas(port: u16) -> GAS {
-    GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, u64::from(port))
+    GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        u64::from(port),
+    )
 }
 
 fn build_fadt(dsdt: u64) -> Vec<u8> {
@@ -73,17 +86,26 @@ fn build_fadt(dsdt: u64) -> Vec<u8> {
     fadt.sleep_status_reg = io_gas(ACPI_SLEEP_STATUS_PORT);
     fadt.reset_reg = io_gas(ACPI_RESET_PORT);
     fadt.reset_value = ACPI_RESET_VALUE;
+    fadt.iapc_boot_arch =
+        (IAPC_BOOT_ARCH_VGA_NOT_PRESENT | IAPC_BOOT_ARCH_CMOS_RTC_NOT_PRESENT).into();
     to_bytes(&fadt.finalize())
 }
 
 fn build_madt(cfg: &AcpiConfig) -> Vec<u8> {
-    let mut madt =
-        MADT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION, LocalInterruptController::Address(LAPIC_ADDR));
+    let mut madt = MADT::new(
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+        LocalInterruptController::Address(LAPIC_ADDR),
+    );
     for id in 0..cfg.max_vcpus {
         // vCPUs above the boot count are present but not enabled, so the
         // guest counts them as possible CPUs for hotplug.
-        let status =
-            if id < cfg.boot_vcpus { EnabledStatus::Enabled } else { EnabledStatus::Disabled };
+        let status = if id < cfg.boot_vcpus {
+            EnabledStatus::Enabled
+        } else {
+            EnabledStatus::Disabled
+        };
         madt.add_structure(ProcessorLocalApic::new(id as u8, id as u8, status));
     }
     madt.add_structure(IoApic::new(0, IOAPIC_ADDR, 0));
@@ -178,7 +200,10 @@ pub fn build_tables(cfg: &AcpiConfig) -> Result<AcpiTables, AcpiError> {
     next += xsdt.len() as u64;
 
     if next > ACPI_END {
-        return Err(AcpiError::TooLarge(next - ACPI_START, ACPI_END - ACPI_START));
+        return Err(AcpiError::TooLarge(
+            next - ACPI_START,
+            ACPI_END - ACPI_START,
+        ));
     }
     let rsdp = to_bytes(&Rsdp::new(OEM_ID, xsdt_addr));
     Ok(AcpiTables {
@@ -210,7 +235,11 @@ mod tests {
         AcpiConfig {
             boot_vcpus: 2,
             max_vcpus: 8,
-            virtio_mmio: vec![MmioDeviceInfo { base: 0xd000_0000, size: 0x1000, irq: 5 }],
+            virtio_mmio: vec![MmioDeviceInfo {
+                base: 0xd000_0000,
+                size: 0x1000,
+                irq: 5,
+            }],
         }
     }
 
@@ -268,16 +297,27 @@ mod tests {
             }
             let path = dir.join(format!("{name}.dat"));
             std::fs::write(&path, bytes).unwrap();
-            let out = Command::new("iasl").arg("-d").arg(&path).current_dir(&dir).output().unwrap();
+            let out = Command::new("iasl")
+                .arg("-d")
+                .arg(&path)
+                .current_dir(&dir)
+                .output()
+                .unwrap();
             let text = format!(
                 "{}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
             assert!(out.status.success(), "iasl failed on {name}:\n{text}");
-            assert!(!text.contains("Error"), "iasl reported errors on {name}:\n{text}");
+            assert!(
+                !text.contains("Error"),
+                "iasl reported errors on {name}:\n{text}"
+            );
             let dsl = std::fs::read_to_string(dir.join(format!("{name}.dsl"))).unwrap();
-            assert!(!dsl.contains("**** Unknown"), "iasl could not decode part of {name}:\n{dsl}");
+            assert!(
+                !dsl.contains("**** Unknown"),
+                "iasl could not decode part of {name}:\n{dsl}"
+            );
         }
         if std::env::var_os("PERFVMM_KEEP_ACPI").is_none() {
             std::fs::remove_dir_all(&dir).unwrap();

@@ -22,15 +22,25 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error("cannot read kernel {path}: {source}")]
-    KernelRead { path: PathBuf, source: std::io::Error },
+    KernelRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a Linux kernel (neither a bzImage nor an ELF vmlinux)")]
     NotAKernel { path: PathBuf },
     #[error("cannot load kernel {path}: {reason}")]
     KernelLoad { path: PathBuf, reason: String },
     #[error("cannot read initrd {path}: {source}")]
-    InitrdRead { path: PathBuf, source: std::io::Error },
+    InitrdRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("initrd {path} ({size} MiB) does not fit in guest memory below {limit} MiB next to the kernel; give the VM more --memory")]
-    InitrdTooBig { path: PathBuf, size: u64, limit: u64 },
+    InitrdTooBig {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("kernel command line: {0}")]
     Cmdline(String),
     #[error("writing boot data to guest memory: {0}")]
@@ -73,14 +83,22 @@ pub fn detect_format<R: Read + Seek>(image: &mut R) -> std::io::Result<Option<Ke
 
 /// Loads a bzImage or ELF vmlinux into guest memory.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
-    let read_err = |source| BootError::KernelRead { path: path.to_owned(), source };
+    let read_err = |source| BootError::KernelRead {
+        path: path.to_owned(),
+        source,
+    };
     let mut file = File::open(path).map_err(read_err)?;
     if !file.metadata().map_err(read_err)?.is_file() {
-        return Err(BootError::NotAKernel { path: path.to_owned() });
+        return Err(BootError::NotAKernel {
+            path: path.to_owned(),
+        });
     }
-    let format = detect_format(&mut file)
-        .map_err(read_err)?
-        .ok_or_else(|| BootError::NotAKernel { path: path.to_owned() })?;
+    let format =
+        detect_format(&mut file)
+            .map_err(read_err)?
+            .ok_or_else(|| BootError::NotAKernel {
+                path: path.to_owned(),
+            })?;
     let load_err = |e: linux_loader::loader::Error| BootError::KernelLoad {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -99,7 +117,12 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
         }
         KernelFormat::Elf => {
             let r = Elf::load(mem, None, &mut file, himem).map_err(load_err)?;
-            Ok(LoadedKernel { format, entry: r.kernel_load, end: r.kernel_end, header: None })
+            Ok(LoadedKernel {
+                format,
+                entry: r.kernel_load,
+                end: r.kernel_end,
+                header: None,
+            })
         }
     }
 }
@@ -117,7 +140,10 @@ pub fn load_initrd(
     path: &Path,
     kernel: &LoadedKernel,
 ) -> Result<LoadedInitrd, BootError> {
-    let read_err = |source| BootError::InitrdRead { path: path.to_owned(), source };
+    let read_err = |source| BootError::InitrdRead {
+        path: path.to_owned(),
+        source,
+    };
     let mut file = File::open(path).map_err(read_err)?;
     let size = file.metadata().map_err(read_err)?.len();
     let addr_max = kernel
@@ -141,16 +167,23 @@ pub fn load_initrd(
             vm_memory::GuestMemoryError::IOError(source) => read_err(source),
             other => BootError::Memory(other),
         })?;
-    Ok(LoadedInitrd { addr: GuestAddress(addr), size })
+    Ok(LoadedInitrd {
+        addr: GuestAddress(addr),
+        size,
+    })
 }
 
 /// Builds the kernel command line: the default plus the user's extra arguments.
 pub fn build_cmdline(extra: Option<&str>) -> Result<Cmdline, BootError> {
     let mut cmdline =
         Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
-    cmdline.insert_str(DEFAULT_CMDLINE).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    cmdline
+        .insert_str(DEFAULT_CMDLINE)
+        .map_err(|e| BootError::Cmdline(e.to_string()))?;
     if let Some(extra) = extra.map(str::trim).filter(|s| !s.is_empty()) {
-        cmdline.insert_str(extra).map_err(|e| BootError::Cmdline(e.to_string()))?;
+        cmdline
+            .insert_str(extra)
+            .map_err(|e| BootError::Cmdline(e.to_string()))?;
     }
     Ok(cmdline)
 }
@@ -231,12 +264,24 @@ mod tests {
     fn formats_are_recognised() {
         let mut elf = vec![0u8; 0x300];
         elf[..4].copy_from_slice(b"\x7fELF");
-        assert_eq!(detect_format(&mut Cursor::new(elf)).unwrap(), Some(KernelFormat::Elf));
+        assert_eq!(
+            detect_format(&mut Cursor::new(elf)).unwrap(),
+            Some(KernelFormat::Elf)
+        );
         let mut bz = vec![0u8; 0x300];
         bz[0x202..0x206].copy_from_slice(b"HdrS");
-        assert_eq!(detect_format(&mut Cursor::new(bz)).unwrap(), Some(KernelFormat::BzImage));
-        assert_eq!(detect_format(&mut Cursor::new(vec![0u8; 16])).unwrap(), None);
-        assert_eq!(detect_format(&mut Cursor::new(b"hello".to_vec())).unwrap(), None);
+        assert_eq!(
+            detect_format(&mut Cursor::new(bz)).unwrap(),
+            Some(KernelFormat::BzImage)
+        );
+        assert_eq!(
+            detect_format(&mut Cursor::new(vec![0u8; 16])).unwrap(),
+            None
+        );
+        assert_eq!(
+            detect_format(&mut Cursor::new(b"hello".to_vec())).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -253,7 +298,10 @@ mod tests {
     #[test]
     fn cmdline_extends_default() {
         let c = build_cmdline(Some("quiet  ")).unwrap();
-        assert_eq!(c.as_cstring().unwrap().to_str().unwrap(), "console=ttyS0 quiet");
+        assert_eq!(
+            c.as_cstring().unwrap().to_str().unwrap(),
+            "console=ttyS0 quiet"
+        );
         assert!(build_cmdline(Some(&"x".repeat(4096))).is_err());
     }
 

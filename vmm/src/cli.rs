@@ -79,7 +79,9 @@ impl FromStr for CpuSpec {
         for part in parts {
             match part.trim().split_once('=') {
                 Some(("max", v)) => {
-                    max = v.parse().map_err(|_| format!("'{v}' is not a vCPU count"))?;
+                    max = v
+                        .parse()
+                        .map_err(|_| format!("'{v}' is not a vCPU count"))?;
                 }
                 _ => return Err(format!("unknown option '{part}' (expected max=M)")),
             }
@@ -91,7 +93,10 @@ impl FromStr for CpuSpec {
             return Err(format!("max={max} is below the boot count {boot}"));
         }
         if max > MAX_APIC_ID + 1 {
-            return Err(format!("max={max} is above the {} vCPUs perfvmm supports", MAX_APIC_ID + 1));
+            return Err(format!(
+                "max={max} is above the {} vCPUs perfvmm supports",
+                MAX_APIC_ID + 1
+            ));
         }
         Ok(CpuSpec { boot, max })
     }
@@ -112,10 +117,16 @@ impl FromStr for MemSize {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bytes = parse_size(s)?;
         if bytes < MIN_MEMORY {
-            return Err(format!("{s} is below the minimum of {} MiB", MIN_MEMORY >> 20));
+            return Err(format!(
+                "{s} is below the minimum of {} MiB",
+                MIN_MEMORY >> 20
+            ));
         }
         if bytes > MAX_MEMORY {
-            return Err(format!("{s} is above the maximum of {} GiB", MAX_MEMORY >> 30));
+            return Err(format!(
+                "{s} is above the maximum of {} GiB",
+                MAX_MEMORY >> 30
+            ));
         }
         if bytes % 4096 != 0 {
             return Err(format!("{s} is not a multiple of 4 KiB"));
@@ -139,9 +150,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
         "T" | "TB" | "TIB" => 40,
-        _ => return Err(format!("'{s}' has an unknown unit '{unit}' (use K, M, G or T)")),
+        _ => {
+            return Err(format!(
+                "'{s}' has an unknown unit '{unit}' (use K, M, G or T)"
+            ))
+        }
     };
-    n.checked_mul(1u64 << shift).ok_or_else(|| format!("'{s}' is too large"))
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 #[cfg(test)]
@@ -168,7 +184,10 @@ mod tests {
     #[test]
     fn cpus() {
         assert_eq!("4".parse::<CpuSpec>(), Ok(CpuSpec { boot: 4, max: 4 }));
-        assert_eq!("2,max=8".parse::<CpuSpec>(), Ok(CpuSpec { boot: 2, max: 8 }));
+        assert_eq!(
+            "2,max=8".parse::<CpuSpec>(),
+            Ok(CpuSpec { boot: 2, max: 8 })
+        );
         assert!("0".parse::<CpuSpec>().is_err());
         assert!("4,max=2".parse::<CpuSpec>().is_err());
         assert!("2,min=1".parse::<CpuSpec>().is_err());

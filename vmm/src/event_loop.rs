@@ -49,7 +49,10 @@ impl SignalSource {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: signalfd just returned this descriptor and nothing else owns it.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) }, exit })
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            exit,
+        })
     }
 }
 
@@ -60,7 +63,11 @@ impl MutEventSubscriber for SignalSource {
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
         // SAFETY: reading at most `size` bytes into `info`, which is that large.
         let n = unsafe {
-            libc::read(self.fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size)
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
         };
         if n as usize == size {
             self.exit.notify(ExitReason::Signal(info.ssi_signo as i32));
@@ -140,6 +147,7 @@ pub fn run_until_exit(
         if let Some(reason) = exit.reason() {
             return Ok(reason);
         }
-        em.run().map_err(|e| io::Error::other(format!("event loop: {e:?}")))?;
+        em.run()
+            .map_err(|e| io::Error::other(format!("event loop: {e:?}")))?;
     }
 }

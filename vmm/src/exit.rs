@@ -52,7 +52,9 @@ pub struct ExitNotifier {
 
 impl ExitNotifier {
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self { inner: Arc::new((Mutex::new(None), EventFd::new(libc::EFD_NONBLOCK)?)) })
+        Ok(Self {
+            inner: Arc::new((Mutex::new(None), EventFd::new(libc::EFD_NONBLOCK)?)),
+        })
     }
 
     pub fn notify(&self, reason: ExitReason) {

@@ -3,9 +3,7 @@
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use crate::layout::{
-    ACPI_END, ACPI_START, EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START,
-};
+use crate::layout::{ACPI_END, ACPI_START, EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START};
 
 /// Guest RAM regions as `(start, size)` for a guest of `size` bytes: RAM
 /// below the MMIO gap, and whatever does not fit there above 4 GiB.
@@ -45,12 +43,28 @@ pub struct E820Entry {
 pub fn e820_map(size: u64) -> Vec<E820Entry> {
     let low_end = low_ram_end(size);
     let mut map = vec![
-        E820Entry { addr: 0, size: EBDA_START, kind: E820_RAM },
-        E820Entry { addr: ACPI_START, size: ACPI_END - ACPI_START, kind: E820_RESERVED },
-        E820Entry { addr: HIMEM_START, size: low_end - HIMEM_START, kind: E820_RAM },
+        E820Entry {
+            addr: 0,
+            size: EBDA_START,
+            kind: E820_RAM,
+        },
+        E820Entry {
+            addr: ACPI_START,
+            size: ACPI_END - ACPI_START,
+            kind: E820_RESERVED,
+        },
+        E820Entry {
+            addr: HIMEM_START,
+            size: low_end - HIMEM_START,
+            kind: E820_RAM,
+        },
     ];
     if size > MMIO_GAP_START {
-        map.push(E820Entry { addr: MMIO_GAP_END, size: size - MMIO_GAP_START, kind: E820_RAM });
+        map.push(E820Entry {
+            addr: MMIO_GAP_END,
+            size: size - MMIO_GAP_START,
+            kind: E820_RAM,
+        });
     }
     map
 }
@@ -76,7 +90,11 @@ mod tests {
         assert_eq!(r[0].1 as u64, MMIO_GAP_START);
         assert_eq!(r[1].0, GuestAddress(MMIO_GAP_END));
         assert_eq!(r[0].1 as u64 + r[1].1 as u64, size);
-        let ram: u64 = e820_map(size).iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        let ram: u64 = e820_map(size)
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
         // Only the EBDA..1 MiB hole is lost to the guest.
         assert_eq!(ram, size - (HIMEM_START - EBDA_START));
     }

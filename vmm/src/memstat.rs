@@ -39,7 +39,11 @@ pub fn sample(guest: &[(usize, usize)]) -> MemSample {
     MemSample {
         rss_kib: status_field(&status, "VmRSS:"),
         peak_rss_kib: status_field(&status, "VmHWM:"),
-        guest_resident_kib: guest.iter().map(|&(a, l)| resident_bytes(a, l)).sum::<u64>() / 1024,
+        guest_resident_kib: guest
+            .iter()
+            .map(|&(a, l)| resident_bytes(a, l))
+            .sum::<u64>()
+            / 1024,
     }
 }
 
@@ -55,7 +59,8 @@ mod tests {
         let (addr, len) = (r.as_ptr() as usize, r.len() as usize);
         let before = resident_bytes(addr, len);
         for i in 0..16u64 {
-            mem.write_obj(1u8, GuestAddress(i * 4096 + (1 << 20))).unwrap();
+            mem.write_obj(1u8, GuestAddress(i * 4096 + (1 << 20)))
+                .unwrap();
         }
         assert_eq!(resident_bytes(addr, len) - before, 16 * 4096);
         let s = sample(&[(addr, len)]);

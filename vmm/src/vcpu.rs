@@ -16,9 +16,17 @@ use crate::exit::{ExitNotifier, ExitReason};
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
     #[error("vCPU {index}: {what} failed: {source}")]
-    Kvm { index: u32, what: &'static str, source: kvm_ioctls::Error },
+    Kvm {
+        index: u32,
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
     #[error("vCPU {index}: KVM accepted only {set} of {total} boot MSRs")]
-    Msrs { index: u32, set: usize, total: usize },
+    Msrs {
+        index: u32,
+        set: usize,
+        total: usize,
+    },
 }
 
 /// What a vCPU needs from the VM to run.
@@ -42,7 +50,11 @@ impl Vcpu {
     }
 
     fn kvm<T>(&self, what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VcpuError> {
-        r.map_err(|source| VcpuError::Kvm { index: self.index, what, source })
+        r.map_err(|source| VcpuError::Kvm {
+            index: self.index,
+            what,
+            source,
+        })
     }
 
     /// Sets CPUID, MSRs, FPU and LAPIC; for the boot vCPU also the registers
@@ -60,7 +72,11 @@ impl Vcpu {
         let msrs = msrs::boot_msrs();
         let set = self.kvm("KVM_SET_MSRS", self.fd.set_msrs(&msrs))?;
         if set != msrs.as_slice().len() {
-            return Err(VcpuError::Msrs { index: self.index, set, total: msrs.as_slice().len() });
+            return Err(VcpuError::Msrs {
+                index: self.index,
+                set,
+                total: msrs.as_slice().len(),
+            });
         }
         self.kvm("KVM_SET_FPU", self.fd.set_fpu(&regs::boot_fpu()))?;
 

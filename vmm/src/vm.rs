@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -53,9 +55,15 @@ pub enum VmError {
     #[error("--cpus: KVM on this host allows at most {limit} vCPUs, {asked} were asked for")]
     TooManyVcpus { asked: u32, limit: usize },
     #[error("cannot allocate {size} MiB of guest memory: {source}")]
-    Memory { size: u64, source: vm_memory::mmap::FromRangesError },
+    Memory {
+        size: u64,
+        source: vm_memory::mmap::FromRangesError,
+    },
     #[error("{what} failed: {source}")]
-    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
     #[error(transparent)]
     Boot(#[from] BootError),
     #[error(transparent)]
@@ -107,7 +115,9 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
         };
         // SAFETY: the region is a live mapping owned by `mem`, which outlives
         // the VM: both are kept until the process exits.
-        kvm_err("KVM_SET_USER_MEMORY_REGION", unsafe { vm.set_user_memory_region(region_desc) })?;
+        kvm_err("KVM_SET_USER_MEMORY_REGION", unsafe {
+            vm.set_user_memory_region(region_desc)
+        })?;
     }
     Ok(())
 }
@@ -165,8 +175,16 @@ impl Drop for RawTerminal {
 /// Prints the boot-timer line: timings and perfvmm's own memory use.
 fn boot_timer_report(regions: Vec<(usize, usize)>) -> InitHook {
     Box::new(move |t: &BootTimes| {
-        let first = t.first_instruction.get().map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0);
-        let init = t.init_reached.get().map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0);
+        let first = t
+            .first_instruction
+            .get()
+            .map(|d| d.as_secs_f64() * 1e3)
+            .unwrap_or(0.0);
+        let init = t
+            .init_reached
+            .get()
+            .map(|d| d.as_secs_f64() * 1e3)
+            .unwrap_or(0.0);
         let m = memstat::sample(&regions);
         eprintln!(
             "perfvmm: boot-timer: first_instruction_ms={first:.1} init_ms={init:.1} \
@@ -181,13 +199,19 @@ fn boot_timer_report(regions: Vec<(usize, usize)>) -> InitHook {
 
 /// Builds the VM described by `cfg`, runs it to completion and returns why it ended.
 pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
-    let mem = memory::create_guest_memory(cfg.memory)
-        .map_err(|source| VmError::Memory { size: cfg.memory >> 20, source })?;
+    let mem = memory::create_guest_memory(cfg.memory).map_err(|source| VmError::Memory {
+        size: cfg.memory >> 20,
+        source,
+    })?;
 
     // Boot data first: a bad kernel or initrd is reported before KVM is touched,
     // so input errors are the same on every host.
     let kernel = boot::load_kernel(&mem, &cfg.kernel)?;
-    let initrd = cfg.initrd.as_deref().map(|p| boot::load_initrd(&mem, p, &kernel)).transpose()?;
+    let initrd = cfg
+        .initrd
+        .as_deref()
+        .map(|p| boot::load_initrd(&mem, p, &kernel))
+        .transpose()?;
     let cmdline = boot::build_cmdline(cfg.cmdline.as_deref())?;
     boot::write_boot_params(&mem, &kernel, initrd, &cmdline, cfg.memory)?;
     boot::write_reset_vector(&mem)?;
@@ -203,13 +227,22 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     check_caps(&kvm)?;
     let limit = kvm.get_max_vcpus();
     if cfg.cpus.max as usize > limit {
-        return Err(VmError::TooManyVcpus { asked: cfg.cpus.max, limit });
+        return Err(VmError::TooManyVcpus {
+            asked: cfg.cpus.max,
+            limit,
+        });
     }
 
     let vm = kvm_err("KVM_CREATE_VM", kvm.create_vm())?;
-    kvm_err("KVM_SET_TSS_ADDR", vm.set_tss_address(KVM_TSS_ADDR as usize))?;
+    kvm_err(
+        "KVM_SET_TSS_ADDR",
+        vm.set_tss_address(KVM_TSS_ADDR as usize),
+    )?;
     kvm_err("KVM_CREATE_IRQCHIP", vm.create_irq_chip())?;
-    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
     kvm_err("KVM_CREATE_PIT2", vm.create_pit2(pit))?;
     register_memory(&vm, &mem)?;
 
@@ -219,7 +252,10 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     let mut pio = Bus::new();
     let com1_irq = EventFd::new(libc::EFD_NONBLOCK)?;
     kvm_err("KVM_IRQFD", vm.register_irqfd(&com1_irq, COM1_IRQ))?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(com1_irq, ConsoleOut(io::stdout()))));
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        com1_irq,
+        ConsoleOut(io::stdout()),
+    )));
     pio.insert(serial.clone(), u64::from(COM1_PORT), 8)?;
     pio.insert(
         Arc::new(Mutex::new(PowerDevice::new(exit.clone()))),
@@ -228,13 +264,27 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     )?;
 
     let mut mmio = Bus::new();
-    let regions: Vec<(usize, usize)> =
-        mem.iter().map(|r| (r.as_ptr() as usize, r.len() as usize)).collect();
+    let regions: Vec<(usize, usize)> = mem
+        .iter()
+        .map(|r| (r.as_ptr() as usize, r.len() as usize))
+        .collect();
     let hook = cfg.boot_timer.then(|| boot_timer_report(regions));
-    mmio.insert(Arc::new(Mutex::new(BootTimer::new(times.clone(), hook))), BOOT_TIMER_ADDR, BOOT_TIMER_SIZE)?;
+    mmio.insert(
+        Arc::new(Mutex::new(BootTimer::new(times.clone(), hook))),
+        BOOT_TIMER_ADDR,
+        BOOT_TIMER_SIZE,
+    )?;
 
-    let ctx = VcpuContext { pio: Arc::new(pio), mmio: Arc::new(mmio), exit: exit.clone(), times };
-    let supported = kvm_err("KVM_GET_SUPPORTED_CPUID", kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES))?;
+    let ctx = VcpuContext {
+        pio: Arc::new(pio),
+        mmio: Arc::new(mmio),
+        exit: exit.clone(),
+        times,
+    };
+    let supported = kvm_err(
+        "KVM_GET_SUPPORTED_CPUID",
+        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
+    )?;
     let mut vcpus = Vec::with_capacity(cfg.cpus.boot as usize);
     for index in 0..cfg.cpus.boot {
         let fd = kvm_err("KVM_CREATE_VCPU", vm.create_vcpu(u64::from(index)))?;
@@ -248,7 +298,9 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     // and SIGINT/SIGTERM reach only the event loop's signalfd.
     let signals = event_loop::block_stop_signals()?;
     for vcpu in vcpus {
-        thread::Builder::new().name("vcpu".into()).spawn(move || vcpu.run())?;
+        thread::Builder::new()
+            .name("vcpu".into())
+            .spawn(move || vcpu.run())?;
     }
 
     let stdin = io::stdin();

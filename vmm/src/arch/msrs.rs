@@ -20,7 +20,11 @@ const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
 
 /// The MSRs set on every vCPU before its first run.
 pub fn boot_msrs() -> Msrs {
-    let entry = |index, data| kvm_msr_entry { index, data, ..Default::default() };
+    let entry = |index, data| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
     let entries = [
         entry(MSR_IA32_SYSENTER_CS, 0),
         entry(MSR_IA32_SYSENTER_ESP, 0),

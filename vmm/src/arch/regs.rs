@@ -37,7 +37,7 @@ const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 fn segment_from_gdt(entry: u64, index: usize) -> kvm_segment {
     let bit = |shift: u64, mask: u64| ((entry >> shift) & mask) as u8;
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
     let g = bit(55, 1);
     kvm_segment {
@@ -117,7 +117,11 @@ pub fn boot_regs(entry: u64) -> kvm_regs {
 
 /// x87/SSE control words as after `FNINIT`.
 pub fn boot_fpu() -> kvm_fpu {
-    kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }
+    kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

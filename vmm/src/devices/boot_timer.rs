@@ -18,7 +18,11 @@ pub struct BootTimes {
 
 impl BootTimes {
     pub fn new(start: Instant) -> Arc<Self> {
-        Arc::new(Self { start, first_instruction: OnceLock::new(), init_reached: OnceLock::new() })
+        Arc::new(Self {
+            start,
+            first_instruction: OnceLock::new(),
+            init_reached: OnceLock::new(),
+        })
     }
 
     /// Records the first guest instruction (the boot vCPU's first `KVM_RUN`).
@@ -50,7 +54,12 @@ impl BusDevice for BootTimer {
         if offset != 0 || data.first() != Some(&BOOT_TIMER_MAGIC) {
             return;
         }
-        if self.times.init_reached.set(self.times.start.elapsed()).is_ok() {
+        if self
+            .times
+            .init_reached
+            .set(self.times.start.elapsed())
+            .is_ok()
+        {
             if let Some(hook) = &self.on_init {
                 hook(&self.times);
             }

@@ -26,7 +26,9 @@ pub struct SerialDevice<W: Write + Send> {
 
 impl<W: Write + Send> SerialDevice<W> {
     pub fn new(irq: EventFd, out: W) -> Self {
-        Self { uart: Serial::new(IrqTrigger(irq), out) }
+        Self {
+            uart: Serial::new(IrqTrigger(irq), out),
+        }
     }
 
     /// Queues console input for the guest; returns how many bytes fit.
