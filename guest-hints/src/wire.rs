@@ -1,0 +1,833 @@
+//! The perf-hint wire format, shared by guests and the device.
+//!
+//! `no_std`, no allocation, no `unsafe`. All integers are little-endian and
+//! fields have fixed offsets; nothing relies on alignment. A *message* is one
+//! virtqueue buffer:
+//!
+//! ```text
+//! message  = header record*
+//! header   = magic:u16 ("PH" = 0x4850) version:u8 flags:u8 count:u16
+//!            reserved:u16 seq:u32 total_len:u32            (16 bytes)
+//! record   = kind:u16 len:u16 body[len]                    (4 + len bytes)
+//! ```
+//!
+//! `seq` numbers the message's first record; record *i* has `seq + i`, the
+//! number its outcome on the event queue carries. Readers skip records of
+//! unknown kinds (their length says how far) and ignore body bytes past the
+//! fields they know, so old devices work with new guests and the reverse.
+//! See `docs/wire-format.md`.
+
+/// `"PH"` read as a little-endian u16.
+pub const MAGIC: u16 = 0x4850;
+/// Protocol version this crate writes and reads.
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 16;
+pub const RECORD_HEADER_LEN: usize = 4;
+/// Largest message a device must accept (also in config space).
+pub const MAX_MESSAGE_LEN: usize = 4096;
+/// Most records one message may carry.
+pub const MAX_RECORDS: usize = 256;
+/// Longest phase or application name, in bytes of UTF-8.
+pub const MAX_NAME_LEN: usize = 48;
+/// Serial fraction is in parts per million.
+pub const PPM: u32 = 1_000_000;
+
+/// Record kinds.
+pub mod kind {
+    pub const PARALLELISM: u16 = 1;
+    pub const MEMORY: u16 = 2;
+    pub const IO: u16 = 3;
+    pub const PHASE_BEGIN: u16 = 4;
+    pub const PHASE_END: u16 = 5;
+    pub const PLACEMENT: u16 = 6;
+    pub const MANIFEST: u16 = 7;
+}
+
+/// Minimum body lengths of the version-1 kinds.
+const PARALLELISM_LEN: usize = 12;
+const MEMORY_LEN: usize = 24;
+const IO_LEN: usize = 12;
+const PHASE_BEGIN_FIXED: usize = 12;
+const PHASE_END_LEN: usize = 4;
+const PLACEMENT_LEN: usize = 4;
+const MANIFEST_FIXED: usize = 4;
+
+/// Why a message or record could not be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than a header, or longer than [`MAX_MESSAGE_LEN`].
+    BadLength,
+    BadMagic,
+    /// A major version this reader does not know.
+    UnsupportedVersion,
+    /// `total_len` disagrees with the buffer.
+    LengthMismatch,
+    TooManyRecords,
+    /// A record runs past the end of the message.
+    TruncatedRecord,
+    /// A known kind whose body is shorter than its fixed fields.
+    ShortBody,
+    /// A field value out of its range (for example a name that is not UTF-8).
+    BadValue,
+    /// A manifest nested inside a manifest.
+    NestedManifest,
+}
+
+impl DecodeError {
+    /// A short, stable name (used in logs and counters).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DecodeError::BadLength => "bad_length",
+            DecodeError::BadMagic => "bad_magic",
+            DecodeError::UnsupportedVersion => "unsupported_version",
+            DecodeError::LengthMismatch => "length_mismatch",
+            DecodeError::TooManyRecords => "too_many_records",
+            DecodeError::TruncatedRecord => "truncated_record",
+            DecodeError::ShortBody => "short_body",
+            DecodeError::BadValue => "bad_value",
+            DecodeError::NestedManifest => "nested_manifest",
+        }
+    }
+}
+
+/// Why an encoder refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The output buffer or [`MAX_MESSAGE_LEN`] is too small.
+    NoSpace,
+    TooManyRecords,
+    NameTooLong,
+}
+
+/// I/O classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum IoClass {
+    None = 0,
+    Light = 1,
+    Sequential = 2,
+    Random = 3,
+    Network = 4,
+}
+
+impl IoClass {
+    pub const ALL: [IoClass; 5] =
+        [IoClass::None, IoClass::Light, IoClass::Sequential, IoClass::Random, IoClass::Network];
+
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(IoClass::None),
+            1 => Some(IoClass::Light),
+            2 => Some(IoClass::Sequential),
+            3 => Some(IoClass::Random),
+            4 => Some(IoClass::Network),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IoClass::None => "none",
+            IoClass::Light => "light",
+            IoClass::Sequential => "sequential",
+            IoClass::Random => "random",
+            IoClass::Network => "network",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+/// Data locality preference for placement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Locality {
+    Any = 0,
+    /// Threads share data: keep them on one cache domain.
+    SharedCache = 1,
+    /// Memory-bound: keep vCPUs and memory on one NUMA node.
+    SameNode = 2,
+}
+
+impl Locality {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Locality::Any),
+            1 => Some(Locality::SharedCache),
+            2 => Some(Locality::SameNode),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Locality::Any => "any",
+            Locality::SharedCache => "shared_cache",
+            Locality::SameNode => "same_node",
+        }
+    }
+}
+
+/// A UTF-8 name of at most [`MAX_NAME_LEN`] bytes, stored inline.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Name {
+    bytes: [u8; MAX_NAME_LEN],
+    len: u8,
+}
+
+impl Name {
+    pub const EMPTY: Name = Name { bytes: [0; MAX_NAME_LEN], len: 0 };
+
+    pub fn new(s: &str) -> Result<Self, EncodeError> {
+        match Self::from_bytes(s.as_bytes()) {
+            Some(n) => Ok(n),
+            None => Err(EncodeError::NameTooLong),
+        }
+    }
+
+    /// For constants: fails to compile when `s` is longer than [`MAX_NAME_LEN`].
+    pub const fn from_static(s: &'static str) -> Self {
+        match Self::from_bytes(s.as_bytes()) {
+            Some(n) => n,
+            None => panic!("perf-hint name longer than MAX_NAME_LEN bytes"),
+        }
+    }
+
+    /// Truncates at a character boundary instead of failing.
+    pub fn truncated(s: &str) -> Self {
+        let mut end = s.len().min(MAX_NAME_LEN);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self::from_bytes(&s.as_bytes()[..end]).unwrap_or(Self::EMPTY)
+    }
+
+    const fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() > MAX_NAME_LEN || core::str::from_utf8(b).is_err() {
+            return None;
+        }
+        let mut bytes = [0; MAX_NAME_LEN];
+        let mut i = 0;
+        while i < b.len() {
+            bytes[i] = b[i];
+            i += 1;
+        }
+        Some(Name { bytes, len: b.len() as u8 })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only valid UTF-8 is ever stored.
+        core::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl core::fmt::Debug for Name {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// How much parallelism the work has now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Parallelism {
+    /// Independent tasks ready to run now.
+    pub runnable_tasks: u32,
+    /// The most threads that still help (0: no limit known).
+    pub max_useful: u32,
+    /// Serial fraction of the work, in parts per million (Amdahl's `s`).
+    pub serial_ppm: u32,
+}
+
+/// Memory the work needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Memory {
+    pub working_set_bytes: u64,
+    pub peak_bytes: u64,
+    /// Expected growth, bytes per second (0: steady).
+    pub growth_bytes_per_sec: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Io {
+    pub class: IoClass,
+    pub bytes_per_sec: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PhaseBegin {
+    pub id: u32,
+    /// Expected duration in milliseconds (0: unknown).
+    pub expected_ms: u32,
+    pub name: Name,
+    /// Set for phases declared in a manifest rather than begun.
+    pub declared_only: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Placement {
+    /// The work may move between hosts or NUMA nodes.
+    pub relocatable: bool,
+    /// The work cannot be split across machines.
+    pub monolithic: bool,
+    pub locality: Locality,
+}
+
+/// Phases a manifest can declare.
+pub const MAX_MANIFEST_PHASES: usize = 8;
+
+/// An application's declared needs, embedded at compile time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Manifest {
+    pub app: Name,
+    pub parallelism: Option<Parallelism>,
+    pub memory: Option<Memory>,
+    pub io: Option<Io>,
+    pub placement: Option<Placement>,
+    pub phases: [Option<PhaseBegin>; MAX_MANIFEST_PHASES],
+}
+
+impl Manifest {
+    pub const fn empty(app: Name) -> Self {
+        Manifest {
+            app,
+            parallelism: None,
+            memory: None,
+            io: None,
+            placement: None,
+            phases: [None; MAX_MANIFEST_PHASES],
+        }
+    }
+}
+
+/// One decoded hint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hint {
+    Parallelism(Parallelism),
+    Memory(Memory),
+    Io(Io),
+    PhaseBegin(PhaseBegin),
+    PhaseEnd { id: u32 },
+    Placement(Placement),
+    Manifest(Manifest),
+}
+
+impl Hint {
+    /// The record kind this hint is encoded as.
+    pub const fn kind(&self) -> u16 {
+        match self {
+            Hint::Parallelism(_) => kind::PARALLELISM,
+            Hint::Memory(_) => kind::MEMORY,
+            Hint::Io(_) => kind::IO,
+            Hint::PhaseBegin(_) => kind::PHASE_BEGIN,
+            Hint::PhaseEnd { .. } => kind::PHASE_END,
+            Hint::Placement(_) => kind::PLACEMENT,
+            Hint::Manifest(_) => kind::MANIFEST,
+        }
+    }
+
+    pub const fn kind_name(&self) -> &'static str {
+        match self {
+            Hint::Parallelism(_) => "parallelism",
+            Hint::Memory(_) => "memory",
+            Hint::Io(_) => "io",
+            Hint::PhaseBegin(_) => "phase_begin",
+            Hint::PhaseEnd { .. } => "phase_end",
+            Hint::Placement(_) => "placement",
+            Hint::Manifest(_) => "manifest",
+        }
+    }
+}
+
+// ---------------------------------------------------------------- reading
+
+fn u16_at(b: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes([b[off], b[off + 1]])
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// A message's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub version: u8,
+    pub flags: u8,
+    pub count: u16,
+    pub seq: u32,
+    pub total_len: u32,
+}
+
+/// Checks a message's header against the buffer it came in.
+pub fn decode_header(msg: &[u8]) -> Result<Header, DecodeError> {
+    if msg.len() < HEADER_LEN || msg.len() > MAX_MESSAGE_LEN {
+        return Err(DecodeError::BadLength);
+    }
+    if u16_at(msg, 0) != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let h = Header {
+        version: msg[2],
+        flags: msg[3],
+        count: u16_at(msg, 4),
+        seq: u32_at(msg, 8),
+        total_len: u32_at(msg, 12),
+    };
+    if h.version != VERSION {
+        return Err(DecodeError::UnsupportedVersion);
+    }
+    if h.total_len as usize != msg.len() {
+        return Err(DecodeError::LengthMismatch);
+    }
+    if h.count as usize > MAX_RECORDS {
+        return Err(DecodeError::TooManyRecords);
+    }
+    Ok(h)
+}
+
+/// A record as found in a message: its kind and body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawRecord<'a> {
+    pub kind: u16,
+    pub body: &'a [u8],
+}
+
+/// Iterates over the records of a message (or of a manifest's body),
+/// stopping at the first framing error.
+#[derive(Clone, Debug)]
+pub struct Records<'a> {
+    rest: &'a [u8],
+    remaining: u16,
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<RawRecord<'a>, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        if self.rest.len() < RECORD_HEADER_LEN {
+            self.remaining = 0;
+            return Some(Err(DecodeError::TruncatedRecord));
+        }
+        let kind = u16_at(self.rest, 0);
+        let len = u16_at(self.rest, 2) as usize;
+        let end = RECORD_HEADER_LEN + len;
+        if end > self.rest.len() {
+            self.remaining = 0;
+            return Some(Err(DecodeError::TruncatedRecord));
+        }
+        let body = &self.rest[RECORD_HEADER_LEN..end];
+        self.rest = &self.rest[end..];
+        Some(Ok(RawRecord { kind, body }))
+    }
+}
+
+/// Validates a message's header and returns it with an iterator over its records.
+pub fn decode_message(msg: &[u8]) -> Result<(Header, Records<'_>), DecodeError> {
+    let h = decode_header(msg)?;
+    Ok((h, Records { rest: &msg[HEADER_LEN..], remaining: h.count }))
+}
+
+fn need(body: &[u8], len: usize) -> Result<(), DecodeError> {
+    if body.len() < len {
+        Err(DecodeError::ShortBody)
+    } else {
+        Ok(())
+    }
+}
+
+fn decode_parallelism(b: &[u8]) -> Result<Parallelism, DecodeError> {
+    need(b, PARALLELISM_LEN)?;
+    let p = Parallelism { runnable_tasks: u32_at(b, 0), max_useful: u32_at(b, 4), serial_ppm: u32_at(b, 8) };
+    if p.serial_ppm > PPM {
+        return Err(DecodeError::BadValue);
+    }
+    Ok(p)
+}
+
+fn decode_memory(b: &[u8]) -> Result<Memory, DecodeError> {
+    need(b, MEMORY_LEN)?;
+    Ok(Memory { working_set_bytes: u64_at(b, 0), peak_bytes: u64_at(b, 8), growth_bytes_per_sec: u64_at(b, 16) })
+}
+
+fn decode_io(b: &[u8]) -> Result<Io, DecodeError> {
+    need(b, IO_LEN)?;
+    let class = IoClass::from_u8(b[0]).ok_or(DecodeError::BadValue)?;
+    Ok(Io { class, bytes_per_sec: u64_at(b, 4) })
+}
+
+fn decode_name(b: &[u8]) -> Result<Name, DecodeError> {
+    Name::from_bytes(b).ok_or(DecodeError::BadValue)
+}
+
+fn decode_phase_begin(b: &[u8]) -> Result<PhaseBegin, DecodeError> {
+    need(b, PHASE_BEGIN_FIXED)?;
+    let name_len = u16_at(b, 8) as usize;
+    let flags = b[10];
+    let name_bytes = b.get(PHASE_BEGIN_FIXED..PHASE_BEGIN_FIXED + name_len).ok_or(DecodeError::ShortBody)?;
+    Ok(PhaseBegin {
+        id: u32_at(b, 0),
+        expected_ms: u32_at(b, 4),
+        name: decode_name(name_bytes)?,
+        declared_only: flags & 1 != 0,
+    })
+}
+
+fn decode_placement(b: &[u8]) -> Result<Placement, DecodeError> {
+    need(b, PLACEMENT_LEN)?;
+    if b[0] > 1 || b[1] > 1 {
+        return Err(DecodeError::BadValue);
+    }
+    Ok(Placement {
+        relocatable: b[0] == 1,
+        monolithic: b[1] == 1,
+        locality: Locality::from_u8(b[2]).ok_or(DecodeError::BadValue)?,
+    })
+}
+
+fn decode_manifest(b: &[u8]) -> Result<Manifest, DecodeError> {
+    need(b, MANIFEST_FIXED)?;
+    let name_len = u16_at(b, 0) as usize;
+    let count = u16_at(b, 2);
+    let name = decode_name(b.get(MANIFEST_FIXED..MANIFEST_FIXED + name_len).ok_or(DecodeError::ShortBody)?)?;
+    let mut m = Manifest::empty(name);
+    let mut phases = 0;
+    let records = Records { rest: &b[MANIFEST_FIXED + name_len..], remaining: count };
+    for rec in records {
+        let rec = rec?;
+        match decode_record(rec)? {
+            Some(Hint::Parallelism(p)) => m.parallelism = Some(p),
+            Some(Hint::Memory(x)) => m.memory = Some(x),
+            Some(Hint::Io(x)) => m.io = Some(x),
+            Some(Hint::Placement(x)) => m.placement = Some(x),
+            Some(Hint::PhaseBegin(p)) if phases < MAX_MANIFEST_PHASES => {
+                m.phases[phases] = Some(p);
+                phases += 1;
+            }
+            Some(Hint::Manifest(_)) => return Err(DecodeError::NestedManifest),
+            // Extra phases, phase ends and unknown kinds are skipped.
+            _ => {}
+        }
+    }
+    Ok(m)
+}
+
+/// Decodes one record; `Ok(None)` for a kind this reader does not know.
+pub fn decode_record(rec: RawRecord<'_>) -> Result<Option<Hint>, DecodeError> {
+    let b = rec.body;
+    Ok(Some(match rec.kind {
+        kind::PARALLELISM => Hint::Parallelism(decode_parallelism(b)?),
+        kind::MEMORY => Hint::Memory(decode_memory(b)?),
+        kind::IO => Hint::Io(decode_io(b)?),
+        kind::PHASE_BEGIN => Hint::PhaseBegin(decode_phase_begin(b)?),
+        kind::PHASE_END => {
+            need(b, PHASE_END_LEN)?;
+            Hint::PhaseEnd { id: u32_at(b, 0) }
+        }
+        kind::PLACEMENT => Hint::Placement(decode_placement(b)?),
+        kind::MANIFEST => Hint::Manifest(decode_manifest(b)?),
+        _ => return Ok(None),
+    }))
+}
+
+// ---------------------------------------------------------------- writing
+//
+// The encoder is `const fn` so that the manifest macro can build an ELF note
+// at compile time with the very same code that encodes hints at run time.
+
+/// A fixed-capacity output buffer usable in `const` contexts. Writes past
+/// the end are dropped and remembered in `overflow`.
+#[derive(Clone, Copy)]
+pub struct Buf<const N: usize> {
+    pub bytes: [u8; N],
+    pub len: usize,
+    pub overflow: bool,
+}
+
+impl<const N: usize> Default for Buf<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> Buf<N> {
+    pub const fn new() -> Self {
+        Buf { bytes: [0; N], len: 0, overflow: false }
+    }
+
+    const fn put(&mut self, b: u8) {
+        if self.len < N {
+            self.bytes[self.len] = b;
+            self.len += 1;
+        } else {
+            self.overflow = true;
+        }
+    }
+
+    const fn put_slice(&mut self, s: &[u8]) {
+        let mut i = 0;
+        while i < s.len() {
+            self.put(s[i]);
+            i += 1;
+        }
+    }
+
+    const fn put_u16(&mut self, v: u16) {
+        let b = v.to_le_bytes();
+        self.put_slice(&b);
+    }
+
+    const fn put_u32(&mut self, v: u32) {
+        let b = v.to_le_bytes();
+        self.put_slice(&b);
+    }
+
+    const fn put_u64(&mut self, v: u64) {
+        let b = v.to_le_bytes();
+        self.put_slice(&b);
+    }
+
+    const fn set_u16(&mut self, at: usize, v: u16) {
+        let b = v.to_le_bytes();
+        if at + 2 <= N {
+            self.bytes[at] = b[0];
+            self.bytes[at + 1] = b[1];
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+const fn name_bytes(n: &Name) -> &[u8] {
+    n.bytes.split_at(n.len as usize).0
+}
+
+const fn min_u32(a: u32, b: u32) -> u32 {
+    if a < b {
+        a
+    } else {
+        b
+    }
+}
+
+/// Appends one record (header and body) for `hint`.
+pub const fn write_record<const N: usize>(out: &mut Buf<N>, hint: &Hint) {
+    let start = out.len;
+    out.put_u16(hint.kind());
+    out.put_u16(0); // body length, patched below
+    match hint {
+        Hint::Parallelism(p) => {
+            out.put_u32(p.runnable_tasks);
+            out.put_u32(p.max_useful);
+            out.put_u32(min_u32(p.serial_ppm, PPM));
+        }
+        Hint::Memory(m) => {
+            out.put_u64(m.working_set_bytes);
+            out.put_u64(m.peak_bytes);
+            out.put_u64(m.growth_bytes_per_sec);
+        }
+        Hint::Io(io) => {
+            out.put_slice(&[io.class as u8, 0, 0, 0]);
+            out.put_u64(io.bytes_per_sec);
+        }
+        Hint::PhaseBegin(p) => {
+            out.put_u32(p.id);
+            out.put_u32(p.expected_ms);
+            out.put_u16(p.name.len as u16);
+            out.put_slice(&[p.declared_only as u8, 0]);
+            out.put_slice(name_bytes(&p.name));
+        }
+        Hint::PhaseEnd { id } => out.put_u32(*id),
+        Hint::Placement(p) => {
+            out.put_slice(&[p.relocatable as u8, p.monolithic as u8, p.locality as u8, 0]);
+        }
+        Hint::Manifest(m) => {
+            out.put_u16(m.app.len as u16);
+            let count_at = out.len;
+            out.put_u16(0);
+            out.put_slice(name_bytes(&m.app));
+            let mut count = 0u16;
+            if let Some(p) = m.parallelism {
+                write_record(out, &Hint::Parallelism(p));
+                count += 1;
+            }
+            if let Some(x) = m.memory {
+                write_record(out, &Hint::Memory(x));
+                count += 1;
+            }
+            if let Some(x) = m.io {
+                write_record(out, &Hint::Io(x));
+                count += 1;
+            }
+            if let Some(x) = m.placement {
+                write_record(out, &Hint::Placement(x));
+                count += 1;
+            }
+            let mut i = 0;
+            while i < MAX_MANIFEST_PHASES {
+                if let Some(mut p) = m.phases[i] {
+                    p.declared_only = true;
+                    write_record(out, &Hint::PhaseBegin(p));
+                    count += 1;
+                }
+                i += 1;
+            }
+            out.set_u16(count_at, count);
+        }
+    }
+    let body = out.len - start - RECORD_HEADER_LEN;
+    if body > u16::MAX as usize {
+        out.overflow = true;
+    }
+    out.set_u16(start + 2, body as u16);
+}
+
+/// Writes a message header at the start of `out` (whose first
+/// [`HEADER_LEN`] bytes were reserved).
+pub const fn write_header<const N: usize>(out: &mut Buf<N>, count: u16, seq: u32) {
+    let total = out.len as u32;
+    let mut h = Buf::<HEADER_LEN>::new();
+    h.put_u16(MAGIC);
+    h.put_slice(&[VERSION, 0]);
+    h.put_u16(count);
+    h.put_u16(0);
+    h.put_u32(seq);
+    h.put_u32(total);
+    let mut i = 0;
+    while i < HEADER_LEN && i < N {
+        out.bytes[i] = h.bytes[i];
+        i += 1;
+    }
+}
+
+/// Builds messages of up to [`MAX_MESSAGE_LEN`] bytes, one record at a time.
+pub struct MessageWriter {
+    buf: Buf<MAX_MESSAGE_LEN>,
+    count: u16,
+    seq: u32,
+}
+
+impl MessageWriter {
+    /// Starts a message whose first record will have sequence number `seq`.
+    pub const fn new(seq: u32) -> Self {
+        let mut buf = Buf::new();
+        buf.len = HEADER_LEN;
+        MessageWriter { buf, count: 0, seq }
+    }
+
+    /// Appends a hint; the message is unchanged if it does not fit.
+    pub fn push(&mut self, hint: &Hint) -> Result<(), EncodeError> {
+        if self.count as usize >= MAX_RECORDS {
+            return Err(EncodeError::TooManyRecords);
+        }
+        let before = self.buf.len;
+        write_record(&mut self.buf, hint);
+        if self.buf.overflow {
+            self.buf.len = before;
+            self.buf.overflow = false;
+            return Err(EncodeError::NoSpace);
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    pub fn count(&self) -> u16 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Writes the header and returns the finished message.
+    pub fn finish(&mut self) -> &[u8] {
+        write_header(&mut self.buf, self.count, self.seq);
+        self.buf.as_slice()
+    }
+}
+
+/// Encodes a single hint as a whole message.
+pub fn encode_message(hint: &Hint, seq: u32) -> Result<MessageWriter, EncodeError> {
+    let mut w = MessageWriter::new(seq);
+    w.push(hint)?;
+    Ok(w)
+}
+
+/// Encodes one message holding one record at compile time (see the
+/// `manifest!` macro); `N` must be at least [`message_len`].
+pub const fn const_message<const N: usize>(hint: &Hint) -> Buf<N> {
+    let mut b = Buf::<N>::new();
+    b.len = HEADER_LEN;
+    write_record(&mut b, hint);
+    write_header(&mut b, 1, 0);
+    b
+}
+
+/// The length of the one-record message [`const_message`] builds.
+pub const fn message_len(hint: &Hint) -> usize {
+    const_message::<MAX_MESSAGE_LEN>(hint).len
+}
+
+// ---------------------------------------------------------------- outcomes
+
+/// What the host did with one record, as reported on the event queue. It
+/// never says anything about the host's capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Outcome {
+    Accepted = 0,
+    /// Accepted with values brought within the host's policy.
+    Clamped = 1,
+    RateLimited = 2,
+    /// Malformed or refused.
+    Rejected = 3,
+}
+
+impl Outcome {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Outcome::Accepted),
+            1 => Some(Outcome::Clamped),
+            2 => Some(Outcome::RateLimited),
+            3 => Some(Outcome::Rejected),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Clamped => "clamped",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// One event-queue entry: `seq:u32 outcome:u8 reserved[3]`.
+pub const OUTCOME_LEN: usize = 8;
+
+pub fn encode_outcome(seq: u32, outcome: Outcome) -> [u8; OUTCOME_LEN] {
+    let s = seq.to_le_bytes();
+    [s[0], s[1], s[2], s[3], outcome as u8, 0, 0, 0]
+}
+
+pub fn decode_outcome(b: &[u8]) -> Option<(u32, Outcome)> {
+    if b.len() < OUTCOME_LEN {
+        return None;
+    }
+    Some((u32_at(b, 0), Outcome::from_u8(b[4])?))
+}
