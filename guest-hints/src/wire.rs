@@ -111,8 +111,13 @@ pub enum IoClass {
 }
 
 impl IoClass {
-    pub const ALL: [IoClass; 5] =
-        [IoClass::None, IoClass::Light, IoClass::Sequential, IoClass::Random, IoClass::Network];
+    pub const ALL: [IoClass; 5] = [
+        IoClass::None,
+        IoClass::Light,
+        IoClass::Sequential,
+        IoClass::Random,
+        IoClass::Network,
+    ];
 
     pub const fn from_u8(v: u8) -> Option<Self> {
         match v {
@@ -136,7 +141,9 @@ impl IoClass {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.as_str().eq_ignore_ascii_case(s))
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str().eq_ignore_ascii_case(s))
     }
 }
 
@@ -178,7 +185,10 @@ pub struct Name {
 }
 
 impl Name {
-    pub const EMPTY: Name = Name { bytes: [0; MAX_NAME_LEN], len: 0 };
+    pub const EMPTY: Name = Name {
+        bytes: [0; MAX_NAME_LEN],
+        len: 0,
+    };
 
     pub fn new(s: &str) -> Result<Self, EncodeError> {
         match Self::from_bytes(s.as_bytes()) {
@@ -214,7 +224,10 @@ impl Name {
             bytes[i] = b[i];
             i += 1;
         }
-        Some(Name { bytes, len: b.len() as u8 })
+        Some(Name {
+            bytes,
+            len: b.len() as u8,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -436,7 +449,13 @@ impl<'a> Iterator for Records<'a> {
 /// Validates a message's header and returns it with an iterator over its records.
 pub fn decode_message(msg: &[u8]) -> Result<(Header, Records<'_>), DecodeError> {
     let h = decode_header(msg)?;
-    Ok((h, Records { rest: &msg[HEADER_LEN..], remaining: h.count }))
+    Ok((
+        h,
+        Records {
+            rest: &msg[HEADER_LEN..],
+            remaining: h.count,
+        },
+    ))
 }
 
 fn need(body: &[u8], len: usize) -> Result<(), DecodeError> {
@@ -449,7 +468,11 @@ fn need(body: &[u8], len: usize) -> Result<(), DecodeError> {
 
 fn decode_parallelism(b: &[u8]) -> Result<Parallelism, DecodeError> {
     need(b, PARALLELISM_LEN)?;
-    let p = Parallelism { runnable_tasks: u32_at(b, 0), max_useful: u32_at(b, 4), serial_ppm: u32_at(b, 8) };
+    let p = Parallelism {
+        runnable_tasks: u32_at(b, 0),
+        max_useful: u32_at(b, 4),
+        serial_ppm: u32_at(b, 8),
+    };
     if p.serial_ppm > PPM {
         return Err(DecodeError::BadValue);
     }
@@ -458,13 +481,20 @@ fn decode_parallelism(b: &[u8]) -> Result<Parallelism, DecodeError> {
 
 fn decode_memory(b: &[u8]) -> Result<Memory, DecodeError> {
     need(b, MEMORY_LEN)?;
-    Ok(Memory { working_set_bytes: u64_at(b, 0), peak_bytes: u64_at(b, 8), growth_bytes_per_sec: u64_at(b, 16) })
+    Ok(Memory {
+        working_set_bytes: u64_at(b, 0),
+        peak_bytes: u64_at(b, 8),
+        growth_bytes_per_sec: u64_at(b, 16),
+    })
 }
 
 fn decode_io(b: &[u8]) -> Result<Io, DecodeError> {
     need(b, IO_LEN)?;
     let class = IoClass::from_u8(b[0]).ok_or(DecodeError::BadValue)?;
-    Ok(Io { class, bytes_per_sec: u64_at(b, 4) })
+    Ok(Io {
+        class,
+        bytes_per_sec: u64_at(b, 4),
+    })
 }
 
 fn decode_name(b: &[u8]) -> Result<Name, DecodeError> {
@@ -475,7 +505,9 @@ fn decode_phase_begin(b: &[u8]) -> Result<PhaseBegin, DecodeError> {
     need(b, PHASE_BEGIN_FIXED)?;
     let name_len = u16_at(b, 8) as usize;
     let flags = b[10];
-    let name_bytes = b.get(PHASE_BEGIN_FIXED..PHASE_BEGIN_FIXED + name_len).ok_or(DecodeError::ShortBody)?;
+    let name_bytes = b
+        .get(PHASE_BEGIN_FIXED..PHASE_BEGIN_FIXED + name_len)
+        .ok_or(DecodeError::ShortBody)?;
     Ok(PhaseBegin {
         id: u32_at(b, 0),
         expected_ms: u32_at(b, 4),
@@ -500,10 +532,16 @@ fn decode_manifest(b: &[u8]) -> Result<Manifest, DecodeError> {
     need(b, MANIFEST_FIXED)?;
     let name_len = u16_at(b, 0) as usize;
     let count = u16_at(b, 2);
-    let name = decode_name(b.get(MANIFEST_FIXED..MANIFEST_FIXED + name_len).ok_or(DecodeError::ShortBody)?)?;
+    let name = decode_name(
+        b.get(MANIFEST_FIXED..MANIFEST_FIXED + name_len)
+            .ok_or(DecodeError::ShortBody)?,
+    )?;
     let mut m = Manifest::empty(name);
     let mut phases = 0;
-    let records = Records { rest: &b[MANIFEST_FIXED + name_len..], remaining: count };
+    let records = Records {
+        rest: &b[MANIFEST_FIXED + name_len..],
+        remaining: count,
+    };
     for rec in records {
         let rec = rec?;
         match decode_record(rec)? {
@@ -563,7 +601,11 @@ impl<const N: usize> Default for Buf<N> {
 
 impl<const N: usize> Buf<N> {
     pub const fn new() -> Self {
-        Buf { bytes: [0; N], len: 0, overflow: false }
+        Buf {
+            bytes: [0; N],
+            len: 0,
+            overflow: false,
+        }
     }
 
     const fn put(&mut self, b: u8) {

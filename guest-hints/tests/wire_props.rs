@@ -9,8 +9,13 @@ fn name() -> impl Strategy<Value = Name> {
 }
 
 fn parallelism() -> impl Strategy<Value = Parallelism> {
-    (any::<u32>(), any::<u32>(), 0..=PPM)
-        .prop_map(|(runnable_tasks, max_useful, serial_ppm)| Parallelism { runnable_tasks, max_useful, serial_ppm })
+    (any::<u32>(), any::<u32>(), 0..=PPM).prop_map(|(runnable_tasks, max_useful, serial_ppm)| {
+        Parallelism {
+            runnable_tasks,
+            max_useful,
+            serial_ppm,
+        }
+    })
 }
 
 fn memory() -> impl Strategy<Value = Memory> {
@@ -22,7 +27,10 @@ fn memory() -> impl Strategy<Value = Memory> {
 }
 
 fn io() -> impl Strategy<Value = Io> {
-    (0usize..IoClass::ALL.len(), any::<u64>()).prop_map(|(c, r)| Io { class: IoClass::ALL[c], bytes_per_sec: r })
+    (0usize..IoClass::ALL.len(), any::<u64>()).prop_map(|(c, r)| Io {
+        class: IoClass::ALL[c],
+        bytes_per_sec: r,
+    })
 }
 
 fn placement() -> impl Strategy<Value = Placement> {
@@ -147,7 +155,11 @@ fn unknown_kinds_are_skipped_and_extra_fields_ignored() {
     let (_, hints) = decode_all(&msg).unwrap();
     assert_eq!(
         hints,
-        vec![Hint::Parallelism(Parallelism { runnable_tasks: 8, max_useful: 16, serial_ppm: 1000 })]
+        vec![Hint::Parallelism(Parallelism {
+            runnable_tasks: 8,
+            max_useful: 16,
+            serial_ppm: 1000
+        })]
     );
 }
 
@@ -168,13 +180,20 @@ fn malformed_messages_are_named() {
     let mut bad = good.clone();
     bad[4] = 2; // claims two records, holds one
     assert_eq!(decode_all(&bad).unwrap_err(), DecodeError::TruncatedRecord);
-    assert_eq!(decode_header(&vec![0u8; MAX_MESSAGE_LEN + 1]), Err(DecodeError::BadLength));
+    assert_eq!(
+        decode_header(&vec![0u8; MAX_MESSAGE_LEN + 1]),
+        Err(DecodeError::BadLength)
+    );
 }
 
 #[test]
 fn full_message_refuses_more() {
     let mut w = MessageWriter::new(0);
-    let h = Hint::Memory(Memory { working_set_bytes: 1, peak_bytes: 2, growth_bytes_per_sec: 3 });
+    let h = Hint::Memory(Memory {
+        working_set_bytes: 1,
+        peak_bytes: 2,
+        growth_bytes_per_sec: 3,
+    });
     let mut n = 0;
     while w.push(&h).is_ok() {
         n += 1;

@@ -1,1 +1,45 @@
+//! The virtio perf-hint device: guest software writes hints into `hintq`;
+//! the device decodes them with the shared wire format
+//! ([`guest_hints::wire`]) and hands each typed hint to a [`HintSink`] (the
+//! VMM's policy engine), then reports per-hint outcomes on `eventq`.
+//!
+//! Everything the guest controls — descriptor addresses, lengths, chain
+//! shape, payload bytes, register writes — is checked; a malformed message is
+//! dropped and counted, the queue keeps moving, and nothing panics.
+//!
+//! The spec is `docs/perf-hint-device.md`.
 
+pub mod counters;
+pub mod device;
+pub mod mmio;
+#[doc(hidden)]
+pub mod testing;
+pub mod virtio;
+
+pub use counters::{Counters, CountersSnapshot, DropReason};
+pub use device::{HintSink, PerfHintDevice};
+pub use guest_hints::wire::{Hint, Outcome};
+
+/// Experimental virtio device ID, counted down from 65535 as the virtio
+/// spec's "Creating New Device Types" appendix asks.
+pub const PERFHINT_DEVICE_ID: u32 = 65535;
+/// Vendor ID reported in the virtio-mmio `VendorID` register ("PFVM").
+pub const PERFHINT_VENDOR_ID: u32 = 0x4d56_4650;
+
+/// Feature bits.
+pub mod features {
+    /// The device has an event queue and reports an outcome for every record.
+    pub const EVENTQ: u32 = 0;
+    /// The device accepts manifest records.
+    pub const MANIFEST: u32 = 1;
+    /// VIRTIO_F_VERSION_1: required.
+    pub const VERSION_1: u32 = 32;
+}
+
+/// Queue indices and sizes.
+pub const HINTQ: usize = 0;
+pub const EVENTQ: usize = 1;
+pub const QUEUE_SIZE: u16 = 256;
+
+/// Longest descriptor chain the device follows for one message.
+pub const MAX_CHAIN_DESCRIPTORS: usize = 16;

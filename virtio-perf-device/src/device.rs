@@ -1,0 +1,332 @@
+//! The perf-hint device model: decodes `hintq` messages into typed hints
+//! for a [`HintSink`] and reports their outcomes on `eventq`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use guest_hints::wire::{self, Hint, Outcome, MAX_MESSAGE_LEN, OUTCOME_LEN};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+
+use crate::counters::{Counters, DropReason};
+use crate::virtio::{Mem, VirtioDevice};
+use crate::{features, EVENTQ, HINTQ, MAX_CHAIN_DESCRIPTORS, PERFHINT_DEVICE_ID, QUEUE_SIZE};
+
+/// Receives every decoded hint and decides its outcome (the policy engine).
+pub trait HintSink: Send {
+    /// `seq` is the guest's sequence number for this record.
+    fn hint(&mut self, seq: u32, hint: &Hint) -> Outcome;
+
+    /// A message was dropped before its records could be read.
+    fn dropped(&mut self, _reason: DropReason, _detail: &str) {}
+}
+
+/// Config space (read-only, little-endian): see `docs/perf-hint-device.md`.
+pub const CONFIG_LEN: usize = 16;
+
+/// Outcomes waiting for event-queue buffers, at most this many.
+pub const MAX_PENDING_OUTCOMES: usize = 4096;
+
+/// Sequence number reported for a message whose header could not be read.
+pub const UNKNOWN_SEQ: u32 = u32::MAX;
+
+pub struct PerfHintDevice<S: HintSink> {
+    sink: S,
+    counters: Arc<Counters>,
+    config: [u8; CONFIG_LEN],
+    mem: Option<Mem>,
+    queues: Vec<Queue>,
+    eventq_enabled: bool,
+    pending: VecDeque<[u8; OUTCOME_LEN]>,
+    /// Reused message buffer.
+    buf: Vec<u8>,
+}
+
+impl<S: HintSink> PerfHintDevice<S> {
+    pub fn new(sink: S) -> Self {
+        let mut config = [0u8; CONFIG_LEN];
+        config[0..4].copy_from_slice(&u32::from(wire::VERSION).to_le_bytes());
+        config[4..8].copy_from_slice(&(MAX_MESSAGE_LEN as u32).to_le_bytes());
+        config[8..10].copy_from_slice(&QUEUE_SIZE.to_le_bytes());
+        config[10..12].copy_from_slice(&QUEUE_SIZE.to_le_bytes());
+        config[12..14].copy_from_slice(&(wire::MAX_RECORDS as u16).to_le_bytes());
+        Self {
+            sink,
+            counters: Arc::new(Counters::default()),
+            config,
+            mem: None,
+            queues: Vec::new(),
+            eventq_enabled: false,
+            pending: VecDeque::new(),
+            buf: Vec::with_capacity(MAX_MESSAGE_LEN),
+        }
+    }
+
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
+    fn push_outcome(&mut self, seq: u32, outcome: Outcome) {
+        self.counters.outcome(outcome);
+        if !self.eventq_enabled {
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING_OUTCOMES {
+            self.pending.pop_front();
+            self.counters
+                .outcomes_lost
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.pending.push_back(wire::encode_outcome(seq, outcome));
+    }
+
+    fn drop_message(&mut self, reason: DropReason, detail: &str, seq: u32) {
+        self.counters.record_drop(reason);
+        self.sink.dropped(reason, detail);
+        self.push_outcome(seq, Outcome::Rejected);
+    }
+
+    /// Reads a chain's readable buffers into `self.buf`, enforcing every limit.
+    fn gather(
+        &mut self,
+        mem: &GuestMemoryMmap<()>,
+        chain: DescriptorChain<&GuestMemoryMmap<()>>,
+    ) -> Result<(), (DropReason, String)> {
+        self.buf.clear();
+        let mut descriptors = 0;
+        for desc in chain {
+            descriptors += 1;
+            if descriptors > MAX_CHAIN_DESCRIPTORS {
+                return Err((
+                    DropReason::ChainTooLong,
+                    format!("more than {MAX_CHAIN_DESCRIPTORS} descriptors"),
+                ));
+            }
+            if desc.is_write_only() {
+                return Err((
+                    DropReason::WritableBuffer,
+                    format!("descriptor at {:#x} is device-writable", desc.addr().0),
+                ));
+            }
+            let len = desc.len() as usize;
+            if len == 0 {
+                return Err((DropReason::ZeroLength, "zero-length descriptor".into()));
+            }
+            let start = self.buf.len();
+            if start + len > MAX_MESSAGE_LEN {
+                return Err((
+                    DropReason::TooLarge,
+                    format!("message longer than {MAX_MESSAGE_LEN} bytes"),
+                ));
+            }
+            self.buf.resize(start + len, 0);
+            if mem.read_slice(&mut self.buf[start..], desc.addr()).is_err() {
+                return Err((
+                    DropReason::BadAddress,
+                    format!(
+                        "buffer {:#x}+{len:#x} is outside guest memory",
+                        desc.addr().0
+                    ),
+                ));
+            }
+        }
+        if descriptors == 0 {
+            return Err((DropReason::ZeroLength, "empty chain".into()));
+        }
+        Ok(())
+    }
+
+    /// Decodes `self.buf` and hands its hints to the sink.
+    fn handle_message(&mut self) {
+        self.counters
+            .messages
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let buf = std::mem::take(&mut self.buf);
+        match wire::decode_message(&buf) {
+            Err(e) => self.drop_message(DropReason::Malformed, e.as_str(), UNKNOWN_SEQ),
+            Ok((header, records)) => {
+                let mut seq = header.seq;
+                let mut seen = 0u16;
+                for rec in records {
+                    seen += 1;
+                    self.counters
+                        .hints
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let outcome = match rec.map(wire::decode_record) {
+                        Ok(Ok(Some(hint))) => self.sink.hint(seq, &hint),
+                        Ok(Ok(None)) => {
+                            self.counters
+                                .unknown_kind
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            Outcome::Rejected
+                        }
+                        Ok(Err(e)) | Err(e) => {
+                            self.counters.record_drop(DropReason::Malformed);
+                            self.sink.dropped(DropReason::Malformed, e.as_str());
+                            Outcome::Rejected
+                        }
+                    };
+                    self.push_outcome(seq, outcome);
+                    seq = seq.wrapping_add(1);
+                }
+                // Records the header promised but the framing did not hold.
+                for _ in seen..header.count {
+                    self.push_outcome(seq, Outcome::Rejected);
+                    seq = seq.wrapping_add(1);
+                }
+            }
+        }
+        self.buf = buf;
+    }
+
+    fn process_hintq(&mut self) -> bool {
+        let Some(mem) = self.mem.clone() else {
+            return false;
+        };
+        let mut used = false;
+        loop {
+            let Some(queue) = self.queues.get_mut(HINTQ) else {
+                return used;
+            };
+            let Some(chain) = queue.pop_descriptor_chain(mem.as_ref()) else {
+                break;
+            };
+            let head = chain.head_index();
+            match self.gather(mem.as_ref(), chain) {
+                Ok(()) => self.handle_message(),
+                Err((reason, detail)) => {
+                    self.counters
+                        .messages
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.drop_message(reason, &detail, UNKNOWN_SEQ)
+                }
+            }
+            let queue = &mut self.queues[HINTQ];
+            if let Err(e) = queue.add_used(mem.as_ref(), head, 0) {
+                log::warn!("perf-hint: hintq used ring: {e}");
+                break;
+            }
+            used = true;
+        }
+        let notify = used
+            && self.queues[HINTQ]
+                .needs_notification(mem.as_ref())
+                .unwrap_or(true);
+        self.flush_outcomes() || notify
+    }
+
+    /// Writes pending outcomes into event-queue buffers the driver posted.
+    fn flush_outcomes(&mut self) -> bool {
+        let Some(mem) = self.mem.clone() else {
+            return false;
+        };
+        if !self.eventq_enabled || self.pending.is_empty() {
+            return false;
+        }
+        let mut used = false;
+        while !self.pending.is_empty() {
+            let Some(queue) = self.queues.get_mut(EVENTQ) else {
+                break;
+            };
+            let Some(chain) = queue.pop_descriptor_chain(mem.as_ref()) else {
+                break;
+            };
+            let head = chain.head_index();
+            let mut written = 0u32;
+            let mut descriptors = 0;
+            for desc in chain.writable() {
+                descriptors += 1;
+                if descriptors > MAX_CHAIN_DESCRIPTORS {
+                    break;
+                }
+                let mut off = 0u64;
+                while off + OUTCOME_LEN as u64 <= u64::from(desc.len()) {
+                    let Some(entry) = self.pending.front() else {
+                        break;
+                    };
+                    let Some(addr) = desc.addr().0.checked_add(off) else {
+                        break;
+                    };
+                    if mem
+                        .write_slice(entry, vm_memory::GuestAddress(addr))
+                        .is_err()
+                    {
+                        break;
+                    }
+                    self.pending.pop_front();
+                    off += OUTCOME_LEN as u64;
+                    written += OUTCOME_LEN as u32;
+                }
+            }
+            if let Err(e) = self.queues[EVENTQ].add_used(mem.as_ref(), head, written) {
+                log::warn!("perf-hint: eventq used ring: {e}");
+                break;
+            }
+            used = true;
+            if written == 0 {
+                // A buffer that holds no outcome: the driver gets it back empty.
+                continue;
+            }
+        }
+        used && self.queues[EVENTQ]
+            .needs_notification(mem.as_ref())
+            .unwrap_or(true)
+    }
+}
+
+impl<S: HintSink> VirtioDevice for PerfHintDevice<S> {
+    fn device_id(&self) -> u32 {
+        PERFHINT_DEVICE_ID
+    }
+
+    fn features(&self) -> u64 {
+        (1 << features::VERSION_1) | (1 << features::EVENTQ) | (1 << features::MANIFEST)
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| self.config.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(&mut self, mem: Mem, acked_features: u64, queues: Vec<Queue>) {
+        self.eventq_enabled = acked_features & (1 << features::EVENTQ) != 0;
+        self.mem = Some(mem);
+        self.queues = queues;
+    }
+
+    fn process_queue(&mut self, index: usize) -> bool {
+        match index {
+            HINTQ => self.process_hintq(),
+            EVENTQ => self.flush_outcomes(),
+            _ => false,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.mem = None;
+        self.queues.clear();
+        self.pending.clear();
+        self.eventq_enabled = false;
+    }
+}
+
+#[cfg(test)]
+mod tests;

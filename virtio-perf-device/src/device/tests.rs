@@ -1,0 +1,493 @@
+//! Device tests driven through virtio-queue's mock split queues: good
+//! messages, batches, and every kind of hostile chain.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use guest_hints::wire::{self, Hint, MessageWriter, Outcome, Parallelism};
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::*;
+use crate::testing::{self, Desc, DriverRing};
+use crate::virtio::VirtioDevice;
+
+const MEM_SIZE: usize = 0x100_0000;
+const HINTQ_ADDR: u64 = 0x0;
+const EVENTQ_ADDR: u64 = 0x10_0000;
+const DATA_ADDR: u64 = 0x20_0000;
+const EVENT_BUF_ADDR: u64 = 0x80_0000;
+
+/// Records what the device handed over.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub hints: Arc<Mutex<Vec<(u32, Hint)>>>,
+    pub drops: Arc<Mutex<Vec<DropReason>>>,
+}
+
+impl HintSink for Recorder {
+    fn hint(&mut self, seq: u32, hint: &Hint) -> Outcome {
+        self.hints.lock().unwrap().push((seq, *hint));
+        match hint {
+            Hint::Parallelism(p) if p.runnable_tasks > 64 => Outcome::Clamped,
+            _ => Outcome::Accepted,
+        }
+    }
+
+    fn dropped(&mut self, reason: DropReason, _detail: &str) {
+        self.drops.lock().unwrap().push(reason);
+    }
+}
+
+pub struct Fixture {
+    pub mem: Arc<GuestMemoryMmap<()>>,
+    pub dev: PerfHintDevice<Recorder>,
+    pub rec: Recorder,
+    hintq: DriverRing,
+    eventq: DriverRing,
+    next_data: u64,
+    /// Event buffers by descriptor head, for reading outcomes back.
+    event_bufs: Vec<(u32, u64)>,
+    next_event_buf: u64,
+}
+
+impl Fixture {
+    pub fn new(eventq: bool) -> Self {
+        let mem =
+            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
+        let rec = Recorder::default();
+        let mut dev = PerfHintDevice::new(rec.clone());
+        let hintq = DriverRing::new(&mem, HINTQ_ADDR, QUEUE_SIZE);
+        let eventq_ring = DriverRing::new(&mem, EVENTQ_ADDR, QUEUE_SIZE);
+        let queues: Vec<Queue> = vec![hintq.queue(), eventq_ring.queue()];
+        let features = if eventq {
+            dev.features()
+        } else {
+            dev.features() & !(1 << crate::features::EVENTQ)
+        };
+        dev.activate(mem.clone(), features, queues);
+        Fixture {
+            mem,
+            dev,
+            rec,
+            hintq,
+            eventq: eventq_ring,
+            next_data: DATA_ADDR,
+            event_bufs: Vec::new(),
+            next_event_buf: EVENT_BUF_ADDR,
+        }
+    }
+
+    /// Places `bytes` in guest memory and returns their address.
+    pub fn data(&mut self, bytes: &[u8]) -> u64 {
+        let addr = self.next_data;
+        self.mem.write_slice(bytes, GuestAddress(addr)).unwrap();
+        self.next_data += (bytes.len() as u64 + 15) & !15;
+        addr
+    }
+
+    /// Makes a chain available on hintq.
+    pub fn post_chain(&mut self, descs: &[Desc]) {
+        self.hintq.add(&self.mem, descs);
+    }
+
+    /// Posts one message as a single readable buffer.
+    pub fn post_message(&mut self, msg: &[u8]) {
+        let addr = self.data(msg);
+        self.post_chain(&[Desc::readable(addr, msg.len() as u32)]);
+    }
+
+    /// Posts `n` empty event buffers of `len` bytes.
+    pub fn post_event_buffers(&mut self, n: u16, len: u32) {
+        for _ in 0..n {
+            let addr = self.next_event_buf;
+            self.next_event_buf += u64::from(len).max(16);
+            let head = self.eventq.add(&self.mem, &[Desc::writable(addr, len)]);
+            self.event_bufs.push((u32::from(head), addr));
+        }
+    }
+
+    /// Outcomes written into event buffers since the last call, in order.
+    pub fn outcomes(&mut self) -> Vec<(u32, Outcome)> {
+        let mut out = Vec::new();
+        for (id, len) in self.eventq.take_used(&self.mem) {
+            let addr = self
+                .event_bufs
+                .iter()
+                .rev()
+                .find(|b| b.0 == id)
+                .map(|b| b.1)
+                .unwrap();
+            let mut buf = vec![0u8; len as usize];
+            self.mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+            out.extend(
+                buf.chunks(wire::OUTCOME_LEN)
+                    .filter_map(wire::decode_outcome),
+            );
+        }
+        out
+    }
+
+    pub fn used_hintq(&self) -> u16 {
+        self.hintq.used_idx(&self.mem)
+    }
+
+    pub fn process(&mut self) -> bool {
+        self.dev.process_queue(HINTQ)
+    }
+}
+
+fn par(n: u32) -> Hint {
+    Hint::Parallelism(Parallelism {
+        runnable_tasks: n,
+        max_useful: n,
+        serial_ppm: 50_000,
+    })
+}
+
+fn message(hints: &[Hint], seq: u32) -> Vec<u8> {
+    let mut w = MessageWriter::new(seq);
+    for h in hints {
+        w.push(h).unwrap();
+    }
+    w.finish().to_vec()
+}
+
+#[test]
+fn hints_arrive_in_order_with_outcomes() {
+    let mut f = Fixture::new(true);
+    f.post_event_buffers(4, 64);
+    f.post_message(&message(&[par(4), Hint::PhaseEnd { id: 9 }], 100));
+    f.post_message(&message(&[par(128)], 102));
+    assert!(f.process(), "the driver is interrupted");
+    let got = f.rec.hints.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        vec![
+            (100, par(4)),
+            (101, Hint::PhaseEnd { id: 9 }),
+            (102, par(128))
+        ]
+    );
+    assert_eq!(f.used_hintq(), 2);
+    assert_eq!(
+        f.outcomes(),
+        vec![
+            (100, Outcome::Accepted),
+            (101, Outcome::Accepted),
+            (102, Outcome::Clamped)
+        ]
+    );
+    let c = f.dev.counters().snapshot();
+    assert_eq!(
+        (
+            c.messages,
+            c.hints,
+            c.accepted,
+            c.clamped,
+            c.dropped_total()
+        ),
+        (2, 3, 2, 1, 0)
+    );
+}
+
+#[test]
+fn message_split_over_several_buffers() {
+    let mut f = Fixture::new(false);
+    let msg = message(&[par(1), par(2), par(3)], 0);
+    let (a, b) = msg.split_at(10);
+    let (a, b) = (f.data(a), f.data(b));
+    f.post_chain(&[
+        Desc::readable(a, 10),
+        Desc::readable(b, (msg.len() - 10) as u32),
+    ]);
+    f.process();
+    assert_eq!(f.rec.hints.lock().unwrap().len(), 3);
+}
+
+fn expect_drop(f: &mut Fixture, reason: DropReason) {
+    f.process();
+    assert_eq!(f.rec.drops.lock().unwrap().last(), Some(&reason));
+    assert_eq!(f.dev.counters().snapshot().dropped(reason), 1);
+    assert!(
+        f.rec.hints.lock().unwrap().is_empty(),
+        "no hint from a dropped message"
+    );
+    assert_eq!(f.used_hintq(), 1, "the chain is returned to the driver");
+    // The queue keeps moving: a good message afterwards is accepted.
+    f.post_message(&message(&[par(2)], 5));
+    f.process();
+    assert_eq!(f.rec.hints.lock().unwrap().clone(), vec![(5, par(2))]);
+}
+
+#[test]
+fn writable_buffer_is_dropped() {
+    let mut f = Fixture::new(true);
+    let msg = message(&[par(1)], 0);
+    let addr = f.data(&msg);
+    f.post_chain(&[Desc::writable(addr, msg.len() as u32)]);
+    expect_drop(&mut f, DropReason::WritableBuffer);
+}
+
+#[test]
+fn zero_length_is_dropped() {
+    let mut f = Fixture::new(true);
+    f.post_chain(&[Desc::readable(DATA_ADDR, 0)]);
+    expect_drop(&mut f, DropReason::ZeroLength);
+}
+
+#[test]
+fn oversized_message_is_dropped() {
+    let mut f = Fixture::new(true);
+    f.post_chain(&[Desc::readable(
+        DATA_ADDR,
+        (wire::MAX_MESSAGE_LEN + 1) as u32,
+    )]);
+    expect_drop(&mut f, DropReason::TooLarge);
+}
+
+#[test]
+fn huge_length_is_dropped_without_allocating_it() {
+    let mut f = Fixture::new(true);
+    f.post_chain(&[Desc::readable(DATA_ADDR, u32::MAX)]);
+    expect_drop(&mut f, DropReason::TooLarge);
+}
+
+#[test]
+fn address_outside_memory_is_dropped() {
+    let mut f = Fixture::new(true);
+    f.post_chain(&[Desc::readable(MEM_SIZE as u64 - 8, 64)]);
+    expect_drop(&mut f, DropReason::BadAddress);
+}
+
+#[test]
+fn descriptor_loop_is_dropped() {
+    let mut f = Fixture::new(true);
+    let addr = f.data(&[0u8; 4]);
+    // Descriptor 0 points at itself: the chain never ends.
+    f.hintq.write_desc(
+        &f.mem,
+        0,
+        Desc {
+            addr,
+            len: 4,
+            flags: testing::F_NEXT,
+        },
+        0,
+    );
+    f.hintq.publish(&f.mem, 0);
+    f.process();
+    let drops = f.rec.drops.lock().unwrap().clone();
+    assert_eq!(drops, vec![DropReason::ChainTooLong]);
+    assert_eq!(f.used_hintq(), 1);
+}
+
+#[test]
+fn over_long_chain_is_dropped() {
+    let mut f = Fixture::new(true);
+    let descs: Vec<Desc> = (0..MAX_CHAIN_DESCRIPTORS as u64 + 1)
+        .map(|i| Desc::readable(DATA_ADDR + i, 1))
+        .collect();
+    f.post_chain(&descs);
+    expect_drop(&mut f, DropReason::ChainTooLong);
+}
+
+#[test]
+fn garbage_payload_is_dropped() {
+    let mut f = Fixture::new(true);
+    f.post_message(b"definitely not a perf-hint message");
+    expect_drop(&mut f, DropReason::Malformed);
+}
+
+#[test]
+fn bad_record_is_rejected_and_the_rest_kept() {
+    let mut f = Fixture::new(true);
+    f.post_event_buffers(1, 64);
+    let mut msg = message(&[par(1), par(2)], 10);
+    // Make the first record's serial fraction out of range.
+    let off = wire::HEADER_LEN + wire::RECORD_HEADER_LEN + 8;
+    msg[off..off + 4].copy_from_slice(&(wire::PPM + 1).to_le_bytes());
+    f.post_message(&msg);
+    f.process();
+    assert_eq!(f.rec.hints.lock().unwrap().clone(), vec![(11, par(2))]);
+    assert_eq!(
+        f.outcomes(),
+        vec![(10, Outcome::Rejected), (11, Outcome::Accepted)]
+    );
+}
+
+#[test]
+fn outcomes_wait_for_event_buffers() {
+    let mut f = Fixture::new(true);
+    f.post_message(&message(&[par(1), par(2), par(3)], 0));
+    f.process();
+    assert!(f.outcomes().is_empty());
+    // One 16-byte buffer takes two outcomes, the next the third.
+    f.post_event_buffers(2, 16);
+    assert!(f.dev.process_queue(EVENTQ));
+    let seqs: Vec<u32> = f.outcomes().iter().map(|o| o.0).collect();
+    assert_eq!(seqs, vec![0, 1, 2]);
+}
+
+#[test]
+fn without_eventq_feature_no_outcomes_are_kept() {
+    let mut f = Fixture::new(false);
+    f.post_event_buffers(1, 64);
+    f.post_message(&message(&[par(1)], 0));
+    f.process();
+    assert!(f.outcomes().is_empty());
+    assert_eq!(f.dev.counters().snapshot().accepted, 1);
+}
+
+/// Counts interrupts.
+#[derive(Default)]
+struct IrqCount(AtomicU32);
+impl crate::virtio::Interrupt for IrqCount {
+    fn trigger(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+mod transport {
+    use super::*;
+    use crate::mmio::{reg, MmioTransport, MAGIC_VALUE};
+    use crate::virtio::status::*;
+
+    fn r(t: &mut MmioTransport<PerfHintDevice<Recorder>>, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn w(t: &mut MmioTransport<PerfHintDevice<Recorder>>, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    fn transport() -> (
+        MmioTransport<PerfHintDevice<Recorder>>,
+        Arc<GuestMemoryMmap<()>>,
+        Arc<IrqCount>,
+    ) {
+        let mem =
+            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
+        let irq = Arc::new(IrqCount::default());
+        let t = MmioTransport::new(
+            PerfHintDevice::new(Recorder::default()),
+            mem.clone(),
+            irq.clone(),
+            0x1234,
+        );
+        (t, mem, irq)
+    }
+
+    /// Negotiates features and sets up both queues as a Linux driver would.
+    fn bring_up(t: &mut MmioTransport<PerfHintDevice<Recorder>>, driver_features_hi: u32) {
+        w(t, reg::STATUS, ACKNOWLEDGE);
+        w(t, reg::STATUS, ACKNOWLEDGE | DRIVER);
+        w(t, reg::DEVICE_FEATURES_SEL, 0);
+        let lo = r(t, reg::DEVICE_FEATURES);
+        w(t, reg::DRIVER_FEATURES_SEL, 0);
+        w(t, reg::DRIVER_FEATURES, lo);
+        w(t, reg::DRIVER_FEATURES_SEL, 1);
+        w(t, reg::DRIVER_FEATURES, driver_features_hi);
+        w(t, reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        if r(t, reg::STATUS) & FEATURES_OK == 0 {
+            return;
+        }
+        for (q, base) in [(0u32, HINTQ_ADDR), (1, EVENTQ_ADDR)] {
+            w(t, reg::QUEUE_SEL, q);
+            assert_eq!(r(t, reg::QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
+            w(t, reg::QUEUE_NUM, 16);
+            w(t, reg::QUEUE_DESC_LOW, base as u32);
+            w(t, reg::QUEUE_DESC_HIGH, 0);
+            w(t, reg::QUEUE_DRIVER_LOW, (base + 0x1000) as u32);
+            w(t, reg::QUEUE_DRIVER_HIGH, 0);
+            w(t, reg::QUEUE_DEVICE_LOW, (base + 0x2000) as u32);
+            w(t, reg::QUEUE_DEVICE_HIGH, 0);
+            w(t, reg::QUEUE_READY, 1);
+        }
+        w(
+            t,
+            reg::STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+    }
+
+    #[test]
+    fn identity_registers_and_config() {
+        let (mut t, _, _) = transport();
+        assert_eq!(r(&mut t, reg::MAGIC), MAGIC_VALUE);
+        assert_eq!(r(&mut t, reg::VERSION), 2);
+        assert_eq!(r(&mut t, reg::DEVICE_ID), crate::PERFHINT_DEVICE_ID);
+        assert_eq!(r(&mut t, reg::VENDOR_ID), 0x1234);
+        assert_eq!(r(&mut t, reg::CONFIG), u32::from(wire::VERSION));
+        assert_eq!(r(&mut t, reg::CONFIG + 4), wire::MAX_MESSAGE_LEN as u32);
+        // Past the end of config space, and odd-sized register reads, read 0.
+        assert_eq!(r(&mut t, reg::CONFIG + 0x800), 0);
+        let mut b = [0xffu8; 2];
+        t.read(reg::MAGIC, &mut b);
+        assert_eq!(b, [0, 0]);
+    }
+
+    #[test]
+    fn negotiation_and_activation() {
+        let (mut t, _, _) = transport();
+        bring_up(&mut t, 1); // VERSION_1 is bit 32
+        assert_eq!(t.status(), ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        assert_eq!(t.acked_features() & (1 << crate::features::EVENTQ), 1);
+    }
+
+    #[test]
+    fn legacy_driver_is_refused() {
+        let (mut t, _, _) = transport();
+        bring_up(&mut t, 0);
+        assert_eq!(t.status() & FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn out_of_order_status_is_ignored_and_zero_resets() {
+        let (mut t, _, _) = transport();
+        w(&mut t, reg::STATUS, DRIVER_OK);
+        assert_eq!(t.status(), 0);
+        w(&mut t, reg::STATUS, ACKNOWLEDGE);
+        w(&mut t, reg::STATUS, ACKNOWLEDGE | FEATURES_OK);
+        assert_eq!(t.status(), ACKNOWLEDGE);
+        w(&mut t, reg::STATUS, 0);
+        assert_eq!(t.status(), 0);
+    }
+
+    #[test]
+    fn invalid_queue_needs_reset() {
+        let (mut t, _, irq) = transport();
+        w(&mut t, reg::STATUS, ACKNOWLEDGE);
+        w(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER);
+        w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+        w(&mut t, reg::DRIVER_FEATURES, 1);
+        w(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        w(&mut t, reg::QUEUE_SEL, 0);
+        w(&mut t, reg::QUEUE_NUM, 3); // not a power of two
+        w(&mut t, reg::QUEUE_READY, 1);
+        w(
+            &mut t,
+            reg::STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        assert_ne!(t.status() & DEVICE_NEEDS_RESET, 0);
+        assert_eq!(irq.0.load(Ordering::SeqCst), 1);
+        // Notifications to a device that never activated do nothing.
+        w(&mut t, reg::QUEUE_NOTIFY, 0);
+        w(&mut t, reg::QUEUE_NOTIFY, 0xffff_ffff);
+    }
+
+    #[test]
+    fn hostile_register_writes_do_not_panic() {
+        let (mut t, _, _) = transport();
+        for off in (0..0x200u64).step_by(4) {
+            for v in [0u32, 1, 0xffff_ffff, 0x8000_0000] {
+                w(&mut t, off, v);
+                t.write(off, &[1, 2]);
+                let _ = r(&mut t, off);
+            }
+        }
+    }
+}

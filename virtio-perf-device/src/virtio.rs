@@ -1,0 +1,46 @@
+//! What a virtio device model implements to sit behind the virtio-mmio
+//! transport, and the transport's interrupt hook.
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+/// Device status bits (virtio 1.2, 2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    pub const FAILED: u32 = 128;
+}
+
+/// Interrupt status bits (virtio-mmio `InterruptStatus`).
+pub const INT_USED_RING: u32 = 1;
+pub const INT_CONFIG: u32 = 2;
+
+/// Raises the device's interrupt line (an irqfd in perfvmm, a counter in tests).
+pub trait Interrupt: Send + Sync {
+    fn trigger(&self);
+}
+
+/// Guest memory as devices see it.
+pub type Mem = Arc<GuestMemoryMmap<()>>;
+
+/// A device behind the virtio-mmio transport.
+pub trait VirtioDevice: Send {
+    fn device_id(&self) -> u32;
+    /// Features offered, as a 64-bit mask.
+    fn features(&self) -> u64;
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Reads device config space at `offset` into `data` (bytes past the end read as 0).
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Called when the driver sets DRIVER_OK with valid queues.
+    fn activate(&mut self, mem: Mem, acked_features: u64, queues: Vec<Queue>);
+    /// Called when the driver notifies queue `index`; returns true when the
+    /// used ring changed and the driver should be interrupted.
+    fn process_queue(&mut self, index: usize) -> bool;
+    /// Back to the state before activation.
+    fn reset(&mut self);
+}
