@@ -100,6 +100,11 @@ pub enum EncodeError {
 }
 
 /// I/O classes.
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum IoClass {
@@ -148,6 +153,11 @@ impl IoClass {
 }
 
 /// Data locality preference for placement.
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Locality {
@@ -236,6 +246,13 @@ impl Name {
     }
 }
 
+#[cfg(feature = "serde")]
+impl serde::Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl core::fmt::Debug for Name {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         core::fmt::Debug::fmt(self.as_str(), f)
@@ -243,6 +260,7 @@ impl core::fmt::Debug for Name {
 }
 
 /// How much parallelism the work has now.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Parallelism {
     /// Independent tasks ready to run now.
@@ -254,6 +272,7 @@ pub struct Parallelism {
 }
 
 /// Memory the work needs.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Memory {
     pub working_set_bytes: u64,
@@ -262,12 +281,14 @@ pub struct Memory {
     pub growth_bytes_per_sec: u64,
 }
 
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Io {
     pub class: IoClass,
     pub bytes_per_sec: u64,
 }
 
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PhaseBegin {
     pub id: u32,
@@ -278,6 +299,7 @@ pub struct PhaseBegin {
     pub declared_only: bool,
 }
 
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Placement {
     /// The work may move between hosts or NUMA nodes.
@@ -291,6 +313,7 @@ pub struct Placement {
 pub const MAX_MANIFEST_PHASES: usize = 8;
 
 /// An application's declared needs, embedded at compile time.
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Manifest {
     pub app: Name,
@@ -315,6 +338,10 @@ impl Manifest {
 }
 
 /// One decoded hint.
+///
+/// `Copy` and allocation-free so that it works in `no_std` guests; the
+/// manifest variant is large, but manifests are rare (once per program).
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Hint {
     Parallelism(Parallelism),
@@ -827,6 +854,11 @@ pub const fn message_len(hint: &Hint) -> usize {
 
 /// What the host did with one record, as reported on the event queue. It
 /// never says anything about the host's capacity.
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Outcome {

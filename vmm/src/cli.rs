@@ -49,6 +49,12 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", default_value = "512M")]
     pub memory: MemSize,
 
+    /// Write every hint the guest sends through the perf-hint device as one
+    /// JSON line to this file (time, sequence number, kind, fields, outcome),
+    /// and the device's counters as the last line when the VM ends.
+    #[arg(long, value_name = "PATH")]
+    pub hint_log: Option<PathBuf>,
+
     /// Print boot timings (perfvmm start to first guest instruction and to
     /// the guest's /init) and perfvmm's own memory use on standard error.
     #[arg(long)]

@@ -130,18 +130,44 @@ impl<W: io::Write + Send + 'static> MutEventSubscriber for ConsoleInput<W> {
     }
 }
 
+/// Calls a handler each time an eventfd (such as a device's queue-notify
+/// ioeventfd) fires.
+pub struct EventFdHandler {
+    evt: vmm_sys_util::eventfd::EventFd,
+    handler: Box<dyn FnMut() + Send>,
+}
+
+impl EventFdHandler {
+    pub fn new(evt: vmm_sys_util::eventfd::EventFd, handler: Box<dyn FnMut() + Send>) -> Self {
+        Self { evt, handler }
+    }
+}
+
+impl MutEventSubscriber for EventFdHandler {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.evt.read();
+        (self.handler)();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            log::error!("cannot watch a device eventfd: {e:?}");
+        }
+    }
+}
+
 /// Runs until some thread reports the end of the VM, and returns why.
 pub fn run_until_exit(
     exit: &ExitNotifier,
     signals: &libc::sigset_t,
-    console: Option<Box<dyn MutEventSubscriber>>,
+    subscribers: Vec<Box<dyn MutEventSubscriber>>,
 ) -> io::Result<ExitReason> {
     let mut em = EventManager::<Box<dyn MutEventSubscriber>>::new()
         .map_err(|e| io::Error::other(format!("event manager: {e:?}")))?;
     em.add_subscriber(Box::new(SignalSource::new(signals, exit.clone())?));
     em.add_subscriber(Box::new(ExitWatcher { exit: exit.clone() }));
-    if let Some(console) = console {
-        em.add_subscriber(console);
+    for s in subscribers {
+        em.add_subscriber(s);
     }
     loop {
         if let Some(reason) = exit.reason() {

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         cpus: cli.cpus,
         memory: cli.memory.0,
         boot_timer: cli.boot_timer,
+        hint_log: cli.hint_log,
     };
     match vm::run(&cfg, start) {
         Ok(reason) => {

@@ -11,21 +11,23 @@ use std::time::Instant;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::acpi::{self, AcpiConfig};
+use crate::acpi::{self, AcpiConfig, MmioDeviceInfo};
 use crate::boot::{self, BootError};
 use crate::cli::CpuSpec;
 use crate::devices::boot_timer::{BootTimer, BootTimes, InitHook};
-use crate::devices::bus::{Bus, BusError};
+use crate::devices::bus::{lock, Bus, BusError};
+use crate::devices::perf_hint::{self, HintLog, IrqFdInterrupt, PerfHintMmio};
 use crate::devices::power::{self, PowerDevice};
 use crate::devices::serial::SerialDevice;
-use crate::event_loop::{self, ConsoleInput};
+use crate::event_loop::{self, ConsoleInput, EventFdHandler};
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::layout::{
-    ACPI_SLEEP_CONTROL_PORT, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT, KVM_TSS_ADDR,
+    ACPI_SLEEP_CONTROL_PORT, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT,
+    FIRST_VIRTIO_IRQ, KVM_TSS_ADDR, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
 use crate::memory;
 use crate::memstat;
@@ -40,6 +42,7 @@ pub struct VmConfig {
     pub cpus: CpuSpec,
     pub memory: u64,
     pub boot_timer: bool,
+    pub hint_log: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +75,8 @@ pub enum VmError {
     Vcpu(#[from] VcpuError),
     #[error("device layout: {0}")]
     Bus(#[from] BusError),
+    #[error("cannot create hint log {path}: {source}")]
+    HintLog { path: PathBuf, source: io::Error },
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -199,10 +204,24 @@ fn boot_timer_report(regions: Vec<(usize, usize)>) -> InitHook {
 
 /// Builds the VM described by `cfg`, runs it to completion and returns why it ended.
 pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
-    let mem = memory::create_guest_memory(cfg.memory).map_err(|source| VmError::Memory {
-        size: cfg.memory >> 20,
-        source,
-    })?;
+    let mem =
+        Arc::new(
+            memory::create_guest_memory(cfg.memory).map_err(|source| VmError::Memory {
+                size: cfg.memory >> 20,
+                source,
+            })?,
+        );
+    // Output files next: a path that cannot be written is an input error too.
+    let hint_log =
+        HintLog::new(cfg.hint_log.as_deref(), start).map_err(|source| VmError::HintLog {
+            path: cfg.hint_log.clone().unwrap_or_default(),
+            source,
+        })?;
+    let perf_hint_slot = MmioDeviceInfo {
+        base: VIRTIO_MMIO_BASE,
+        size: VIRTIO_MMIO_SIZE,
+        irq: FIRST_VIRTIO_IRQ,
+    };
 
     // Boot data first: a bad kernel or initrd is reported before KVM is touched,
     // so input errors are the same on every host.
@@ -215,13 +234,13 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     let cmdline = boot::build_cmdline(cfg.cmdline.as_deref())?;
     boot::write_boot_params(&mem, &kernel, initrd, &cmdline, cfg.memory)?;
     boot::write_reset_vector(&mem)?;
-    crate::arch::regs::write_boot_tables(&mem).map_err(BootError::Memory)?;
+    crate::arch::regs::write_boot_tables(mem.as_ref()).map_err(BootError::Memory)?;
     let tables = acpi::build_tables(&AcpiConfig {
         boot_vcpus: cfg.cpus.boot,
         max_vcpus: cfg.cpus.max,
-        virtio_mmio: Vec::new(),
+        virtio_mmio: vec![perf_hint_slot],
     })?;
-    acpi::write_tables(&mem, &tables)?;
+    acpi::write_tables(mem.as_ref(), &tables)?;
 
     let kvm = open_kvm()?;
     check_caps(&kvm)?;
@@ -264,6 +283,39 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     )?;
 
     let mut mmio = Bus::new();
+
+    // The perf-hint device: irqfd for its interrupt, ioeventfd for queue notifications.
+    let hint_irq = EventFd::new(libc::EFD_NONBLOCK)?;
+    kvm_err(
+        "KVM_IRQFD",
+        vm.register_irqfd(&hint_irq, perf_hint_slot.irq),
+    )?;
+    let hint_device = virtio_perf_device::PerfHintDevice::new(hint_log);
+    let hint_counters = hint_device.counters();
+    let hint_transport = Arc::new(Mutex::new(virtio_perf_device::mmio::MmioTransport::new(
+        hint_device,
+        mem.clone(),
+        Arc::new(IrqFdInterrupt(hint_irq)),
+        virtio_perf_device::PERFHINT_VENDOR_ID,
+    )));
+    mmio.insert(
+        Arc::new(Mutex::new(PerfHintMmio(hint_transport.clone()))),
+        perf_hint_slot.base,
+        perf_hint_slot.size,
+    )?;
+    let hint_notify = EventFd::new(libc::EFD_NONBLOCK)?;
+    let notify_addr =
+        IoEventAddress::Mmio(perf_hint_slot.base + virtio_perf_device::mmio::reg::QUEUE_NOTIFY);
+    kvm_err(
+        "KVM_IOEVENTFD",
+        vm.register_ioevent(&hint_notify, &notify_addr, NoDatamatch),
+    )?;
+    let notify_transport = hint_transport.clone();
+    let mut subscribers: Vec<Box<dyn event_manager::MutEventSubscriber>> =
+        vec![Box::new(EventFdHandler::new(
+            hint_notify,
+            Box::new(move || perf_hint::on_queue_notify(&notify_transport)),
+        ))];
     let regions: Vec<(usize, usize)> = mem
         .iter()
         .map(|r| (r.as_ptr() as usize, r.len() as usize))
@@ -305,13 +357,23 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
 
     let stdin = io::stdin();
     let raw = stdin.is_terminal().then(RawTerminal::enter).flatten();
-    let console = raw.as_ref().map(|_| {
-        Box::new(ConsoleInput::new(stdin.as_raw_fd(), serial.clone()))
-            as Box<dyn event_manager::MutEventSubscriber>
-    });
-    let reason = event_loop::run_until_exit(&exit, &signals, console);
+    if raw.is_some() {
+        subscribers.push(Box::new(ConsoleInput::new(
+            stdin.as_raw_fd(),
+            serial.clone(),
+        )));
+    }
+    let reason = event_loop::run_until_exit(&exit, &signals, subscribers);
     drop(raw);
     let _ = io::stdout().flush();
+    lock(&hint_transport)
+        .device_mut()
+        .sink_mut()
+        .finish(&hint_counters);
+    let counters = hint_counters.snapshot();
+    if cfg.hint_log.is_some() || counters.messages > 0 {
+        log::info!("perf-hint counters: {}", counters.to_json());
+    }
     // The VM's memory and KVM objects are released when the process exits.
     std::mem::forget(vm);
     std::mem::forget(mem);

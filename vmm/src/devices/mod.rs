@@ -2,5 +2,6 @@
 
 pub mod boot_timer;
 pub mod bus;
+pub mod perf_hint;
 pub mod power;
 pub mod serial;
