@@ -1,7 +1,38 @@
-#![no_std]
+#![cfg_attr(not(feature = "std"), no_std)]
 //! guest-hints: declare what your program needs — parallelism, memory, I/O,
 //! phases, placement — to a hypervisor that can act on it, without learning
 //! anything about the host. Where no perf-hint device exists every call is a
 //! silent no-op, so the same binary runs anywhere.
+//!
+//! ```no_run
+//! use guest_hints as hints;
+//! hints::parallelism(8);
+//! {
+//!     let _p = hints::Phase::new("compute").parallelism(16).begin();
+//!     // ... the phase's work; it ends when `_p` is dropped
+//! }
+//! hints::working_set(512 << 20);
+//! ```
+//!
+//! Layers: [`wire`] (the message format, shared with the device), [`client`]
+//! (numbering and batching over any [`client::Transport`]), [`mmio`] (a
+//! bare-metal virtio-mmio driver for `no_std` guests) — all `no_std`; and with
+//! the `std` feature, the `/dev/perfhint` transport and a process-wide
+//! client. The C ABI is the `perfhint-capi` crate (`guest-hints/capi`).
 
+pub mod client;
+pub mod manifest;
+pub mod mmio;
+pub mod note;
+pub mod size;
 pub mod wire;
+
+pub use manifest::ManifestBuilder;
+
+#[cfg(feature = "std")]
+mod global;
+#[cfg(feature = "std")]
+pub mod linux;
+
+#[cfg(feature = "std")]
+pub use global::*;

@@ -192,7 +192,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     fn activate(&mut self) {
         let mem = self.mem.clone();
-        let valid = self.queues.iter().all(|q| q.is_valid(mem.as_ref()));
+        // Queues the driver left unused (not ready) are fine; ready ones must be valid.
+        let valid = self
+            .queues
+            .iter()
+            .all(|q| !q.ready() || q.is_valid(mem.as_ref()));
         if !valid {
             log::info!("virtio-mmio: driver set DRIVER_OK with invalid queues");
             self.status |= status::DEVICE_NEEDS_RESET;

@@ -143,27 +143,7 @@ impl FromStr for MemSize {
 
 /// Parses SIZE (see the help text): `512M`, `1G`, `1GiB`, `2048` (MiB).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits_end);
-    if num.is_empty() {
-        return Err(format!("'{s}' is not a size (expected e.g. 512M or 2G)"));
-    }
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is too large"))?;
-    let shift = match unit.to_ascii_uppercase().as_str() {
-        "" => 20,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => {
-            return Err(format!(
-                "'{s}' has an unknown unit '{unit}' (use K, M, G or T)"
-            ))
-        }
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("'{s}' is too large"))
+    guest_hints::size::parse_size(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

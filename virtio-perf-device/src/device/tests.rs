@@ -465,7 +465,8 @@ mod transport {
         w(&mut t, reg::DRIVER_FEATURES, 1);
         w(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
         w(&mut t, reg::QUEUE_SEL, 0);
-        w(&mut t, reg::QUEUE_NUM, 3); // not a power of two
+        w(&mut t, reg::QUEUE_NUM, 3); // not a power of two: ignored, the size stays valid
+        w(&mut t, reg::QUEUE_DESC_HIGH, 0xffff); // ... but the table is outside guest memory
         w(&mut t, reg::QUEUE_READY, 1);
         w(
             &mut t,

@@ -1,0 +1,48 @@
+/* perfhint.h: the C ABI of the guest-hints crate (libperfhint, crate perfhint-capi).
+ *
+ * Declares what a program needs to a perf-hint aware hypervisor. Every call
+ * is safe with no device present. Functions returning int give 0 on success
+ * or a negative PERFHINT_E* code. Kept in step with guest-hints/capi/src/lib.rs;
+ * guest-hints/tests/cli_and_c_abi.rs compiles and runs a C program against it.
+ */
+#ifndef PERFHINT_H
+#define PERFHINT_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PERFHINT_OK 0
+#define PERFHINT_ENODEV (-1)   /* no perf-hint device */
+#define PERFHINT_EBUSY (-2)    /* queue full, hint dropped */
+#define PERFHINT_EREFUSED (-3) /* the driver refused the message */
+#define PERFHINT_EINVAL (-4)   /* bad argument */
+
+enum perfhint_io_class {
+  PERFHINT_IO_NONE = 0,
+  PERFHINT_IO_LIGHT = 1,
+  PERFHINT_IO_SEQUENTIAL = 2,
+  PERFHINT_IO_RANDOM = 3,
+  PERFHINT_IO_NETWORK = 4,
+};
+
+enum perfhint_locality {
+  PERFHINT_LOCALITY_ANY = 0,
+  PERFHINT_LOCALITY_SHARED_CACHE = 1,
+  PERFHINT_LOCALITY_SAME_NODE = 2,
+};
+
+int perfhint_is_connected(void);
+int perfhint_parallelism(uint32_t tasks, uint32_t max_useful, double serial_fraction);
+int perfhint_memory(uint64_t working_set, uint64_t peak, uint64_t growth_per_sec);
+int perfhint_io(int io_class, uint64_t bytes_per_sec);
+int perfhint_placement(int relocatable, int monolithic, int locality);
+uint32_t perfhint_phase_begin(const char *name, uint32_t expected_ms);
+int perfhint_phase_end(uint32_t phase_id);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PERFHINT_H */

@@ -1,0 +1,102 @@
+//! The C ABI of guest-hints (`include/perfhint.h`), built as `libperfhint.a`
+//! and `libperfhint.so`. Every function is safe to call with no
+//! device present; those that return `int` give 0 on success and a negative
+//! `PERFHINT_E*` code otherwise.
+
+use std::ffi::{c_char, c_int, CStr};
+
+use guest_hints::client::{hint, SendError};
+use guest_hints::wire::{IoClass, Locality};
+
+pub const PERFHINT_OK: c_int = 0;
+pub const PERFHINT_ENODEV: c_int = -1;
+pub const PERFHINT_EBUSY: c_int = -2;
+pub const PERFHINT_EREFUSED: c_int = -3;
+pub const PERFHINT_EINVAL: c_int = -4;
+
+fn code(r: Result<u32, SendError>) -> c_int {
+    match r {
+        Ok(_) => PERFHINT_OK,
+        Err(SendError::NoDevice) => PERFHINT_ENODEV,
+        Err(SendError::Busy) => PERFHINT_EBUSY,
+        Err(SendError::Refused) => PERFHINT_EREFUSED,
+        Err(SendError::TooLarge) => PERFHINT_EINVAL,
+    }
+}
+
+/// 1 when a perf-hint device is present, else 0.
+#[no_mangle]
+pub extern "C" fn perfhint_is_connected() -> c_int {
+    c_int::from(guest_hints::is_connected())
+}
+
+#[no_mangle]
+pub extern "C" fn perfhint_parallelism(tasks: u32, max_useful: u32, serial_fraction: f64) -> c_int {
+    code(guest_hints::try_send(&[hint::parallelism(
+        tasks,
+        max_useful,
+        serial_fraction,
+    )]))
+}
+
+#[no_mangle]
+pub extern "C" fn perfhint_memory(working_set: u64, peak: u64, growth_per_sec: u64) -> c_int {
+    code(guest_hints::try_send(&[hint::memory(
+        working_set,
+        peak,
+        growth_per_sec,
+    )]))
+}
+
+/// `class`: 0 none, 1 light, 2 sequential, 3 random, 4 network.
+#[no_mangle]
+pub extern "C" fn perfhint_io(class: c_int, bytes_per_sec: u64) -> c_int {
+    let Some(class) = u8::try_from(class).ok().and_then(IoClass::from_u8) else {
+        return PERFHINT_EINVAL;
+    };
+    code(guest_hints::try_send(&[hint::io(class, bytes_per_sec)]))
+}
+
+/// `locality`: 0 any, 1 shared cache, 2 same NUMA node.
+#[no_mangle]
+pub extern "C" fn perfhint_placement(
+    relocatable: c_int,
+    monolithic: c_int,
+    locality: c_int,
+) -> c_int {
+    let Some(loc) = u8::try_from(locality).ok().and_then(Locality::from_u8) else {
+        return PERFHINT_EINVAL;
+    };
+    code(guest_hints::try_send(&[hint::placement(
+        relocatable != 0,
+        monolithic != 0,
+        loc,
+    )]))
+}
+
+/// Begins a phase; returns its id (> 0), or 0 when `name` is NULL or not UTF-8.
+/// The id is returned even with no device, so begin/end pairs stay balanced.
+///
+/// # Safety
+/// `name` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn perfhint_phase_begin(name: *const c_char, expected_ms: u32) -> u32 {
+    if name.is_null() {
+        return 0;
+    }
+    // SAFETY: the caller passes a NUL-terminated string (checked non-null above).
+    let Ok(name) = unsafe { CStr::from_ptr(name) }.to_str() else {
+        return 0;
+    };
+    let guard = guest_hints::Phase::new(name)
+        .expected(std::time::Duration::from_millis(u64::from(expected_ms)))
+        .begin();
+    let id = guard.id();
+    std::mem::forget(guard);
+    id
+}
+
+#[no_mangle]
+pub extern "C" fn perfhint_phase_end(id: u32) -> c_int {
+    code(guest_hints::try_send(&[hint::phase_end(id)]))
+}

@@ -1,0 +1,241 @@
+//! `perfhint`: send hints from the shell, wrap a command in a phase, and
+//! show the manifest a binary embeds.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use guest_hints::client::{hint, SendError};
+use guest_hints::wire::{Hint, IoClass, Locality};
+
+/// Declares a program's needs to a perf-hint aware hypervisor.
+///
+/// With no perf-hint device (/dev/perfhint), `send` and `phase` say so on
+/// standard error and do nothing else; `phase` still runs its command.
+#[derive(Parser)]
+#[command(name = "perfhint", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Default)]
+struct HintArgs {
+    /// Independent tasks ready to run now.
+    #[arg(long, value_name = "N")]
+    parallelism: Option<u32>,
+    /// The most threads that still help (default: --parallelism).
+    #[arg(long, value_name = "N", requires = "parallelism")]
+    max_useful: Option<u32>,
+    /// Serial fraction of the work, 0.0 to 1.0.
+    #[arg(long, value_name = "F", requires = "parallelism", value_parser = fraction)]
+    serial_fraction: Option<f64>,
+    /// Memory the work touches repeatedly (SIZE: 512M, 2G; a bare number is MiB).
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    working_set: Option<u64>,
+    /// Peak memory (default: --working-set).
+    #[arg(long, value_name = "SIZE", value_parser = size, requires = "working_set")]
+    peak: Option<u64>,
+    /// I/O class: none, light, sequential, random, network.
+    #[arg(long, value_name = "CLASS", value_parser = io_class)]
+    io: Option<IoClass>,
+    /// I/O rate per second (SIZE).
+    #[arg(long, value_name = "SIZE", value_parser = size, requires = "io")]
+    io_rate: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Send hints now (all given hints go in one message).
+    Send {
+        #[command(flatten)]
+        hints: HintArgs,
+        /// The work may move between hosts or NUMA nodes.
+        #[arg(long)]
+        relocatable: bool,
+        /// The work cannot be split across machines.
+        #[arg(long)]
+        monolithic: bool,
+        /// Data locality: any, shared_cache, same_node.
+        #[arg(long, value_name = "L", value_parser = locality)]
+        locality: Option<Locality>,
+    },
+    /// Run CMD inside a named phase: begin, run, end; exit with CMD's status.
+    Phase {
+        name: String,
+        /// Expected duration in milliseconds.
+        #[arg(long, value_name = "MS")]
+        expected_ms: Option<u32>,
+        #[command(flatten)]
+        hints: HintArgs,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Print the manifest a binary embeds (ELF note .note.perfhint) as JSON.
+    Inspect { binary: PathBuf },
+    /// Say whether a perf-hint device is present.
+    Status,
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    guest_hints::size::parse_size(s).map_err(|e| e.to_string())
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("'{s}' is not a fraction between 0.0 and 1.0")),
+    }
+}
+
+fn io_class(s: &str) -> Result<IoClass, String> {
+    IoClass::parse(s).ok_or_else(|| {
+        format!("'{s}' is not an I/O class (none, light, sequential, random, network)")
+    })
+}
+
+fn locality(s: &str) -> Result<Locality, String> {
+    [Locality::Any, Locality::SharedCache, Locality::SameNode]
+        .into_iter()
+        .find(|l| l.as_str() == s)
+        .ok_or_else(|| format!("'{s}' is not a locality (any, shared_cache, same_node)"))
+}
+
+impl HintArgs {
+    fn hints(&self) -> Vec<Hint> {
+        let mut v = Vec::new();
+        if let Some(n) = self.parallelism {
+            v.push(hint::parallelism(
+                n,
+                self.max_useful.unwrap_or(n),
+                self.serial_fraction.unwrap_or(0.0),
+            ));
+        }
+        if let Some(ws) = self.working_set {
+            v.push(hint::memory(ws, self.peak.unwrap_or(ws), 0));
+        }
+        if let Some(c) = self.io {
+            v.push(hint::io(c, self.io_rate.unwrap_or(0)));
+        }
+        v
+    }
+}
+
+/// Sends; returns false on a failure worth a non-zero exit.
+fn send(hints: &[Hint]) -> bool {
+    match guest_hints::try_send(hints) {
+        Ok(_) => true,
+        Err(SendError::NoDevice) => {
+            eprintln!(
+                "perfhint: no perf-hint device ({}); nothing sent",
+                guest_hints::linux::DEVICE_PATH
+            );
+            true
+        }
+        Err(e) => {
+            eprintln!("perfhint: hint not sent: {e:?}");
+            false
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Send {
+            hints,
+            relocatable,
+            monolithic,
+            locality,
+        } => {
+            let mut v = hints.hints();
+            if relocatable || monolithic || locality.is_some() {
+                v.push(hint::placement(
+                    relocatable,
+                    monolithic,
+                    locality.unwrap_or(Locality::Any),
+                ));
+            }
+            if v.is_empty() {
+                eprintln!("perfhint send: give at least one hint (see perfhint send --help)");
+                return ExitCode::from(2);
+            }
+            if send(&v) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Cmd::Phase {
+            name,
+            expected_ms,
+            hints,
+            command,
+        } => {
+            let guard = guest_hints::Phase::new(&name)
+                .expected(Duration::from_millis(u64::from(expected_ms.unwrap_or(0))));
+            let guard = hints.hints().into_iter().fold(guard, |g, h| match h {
+                Hint::Parallelism(p) => g.parallelism(p.runnable_tasks),
+                Hint::Memory(m) => g.working_set(m.working_set_bytes),
+                Hint::Io(io) => g.io(io.class, io.bytes_per_sec),
+                _ => g,
+            });
+            let phase = guard.begin();
+            let status = Command::new(&command[0]).args(&command[1..]).status();
+            drop(phase);
+            match status {
+                Ok(s) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    let code = s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0));
+                    ExitCode::from(code.clamp(0, 255) as u8)
+                }
+                Err(e) => {
+                    eprintln!("perfhint phase: cannot run {}: {e}", command[0]);
+                    ExitCode::from(127)
+                }
+            }
+        }
+        Cmd::Inspect { binary } => {
+            let bytes = match std::fs::read(&binary) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("perfhint inspect: cannot read {}: {e}", binary.display());
+                    return ExitCode::from(1);
+                }
+            };
+            match guest_hints::note::find_in_elf(&bytes) {
+                Ok(Some(m)) => match serde_json::to_string_pretty(&m) {
+                    Ok(j) => {
+                        println!("{j}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("perfhint inspect: {e}");
+                        ExitCode::from(1)
+                    }
+                },
+                Ok(None) => {
+                    eprintln!(
+                        "perfhint inspect: {} embeds no perf-hint manifest",
+                        binary.display()
+                    );
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("perfhint inspect: {}: {e}", binary.display());
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Status => {
+            if guest_hints::is_connected() {
+                println!("connected");
+            } else {
+                println!("no perf-hint device");
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! A `const` builder for [`Manifest`]s, for use with [`crate::manifest!`].
+
+use crate::wire::{
+    Io, IoClass, Locality, Manifest, Memory, Name, Parallelism, PhaseBegin, Placement,
+    MAX_MANIFEST_PHASES, PPM,
+};
+
+/// Builds a [`Manifest`] in a `const` context.
+pub struct ManifestBuilder {
+    m: Manifest,
+    phases: usize,
+}
+
+impl ManifestBuilder {
+    /// `app` must be at most [`crate::wire::MAX_NAME_LEN`] bytes (checked at compile time).
+    pub const fn new(app: &'static str) -> Self {
+        ManifestBuilder {
+            m: Manifest::empty(Name::from_static(app)),
+            phases: 0,
+        }
+    }
+
+    /// Typical runnable tasks, the most threads that help, and the serial fraction (0.0..=1.0).
+    pub const fn parallelism(mut self, tasks: u32, max_useful: u32, serial_fraction: f64) -> Self {
+        let ppm = if serial_fraction <= 0.0 {
+            0
+        } else if serial_fraction >= 1.0 {
+            PPM
+        } else {
+            (serial_fraction * PPM as f64) as u32
+        };
+        self.m.parallelism = Some(Parallelism {
+            runnable_tasks: tasks,
+            max_useful,
+            serial_ppm: ppm,
+        });
+        self
+    }
+
+    pub const fn memory(mut self, working_set_bytes: u64, peak_bytes: u64) -> Self {
+        self.m.memory = Some(Memory {
+            working_set_bytes,
+            peak_bytes,
+            growth_bytes_per_sec: 0,
+        });
+        self
+    }
+
+    pub const fn io(mut self, class: IoClass, bytes_per_sec: u64) -> Self {
+        self.m.io = Some(Io {
+            class,
+            bytes_per_sec,
+        });
+        self
+    }
+
+    pub const fn placement(
+        mut self,
+        relocatable: bool,
+        monolithic: bool,
+        locality: Locality,
+    ) -> Self {
+        self.m.placement = Some(Placement {
+            relocatable,
+            monolithic,
+            locality,
+        });
+        self
+    }
+
+    /// Declares a phase; at most [`MAX_MANIFEST_PHASES`] (checked at compile time).
+    pub const fn phase(mut self, id: u32, name: &'static str, expected_ms: u32) -> Self {
+        if self.phases >= MAX_MANIFEST_PHASES {
+            panic!("too many phases in a perf-hint manifest");
+        }
+        self.m.phases[self.phases] = Some(PhaseBegin {
+            id,
+            expected_ms,
+            name: Name::from_static(name),
+            declared_only: true,
+        });
+        self.phases += 1;
+        self
+    }
+
+    pub const fn build(self) -> Manifest {
+        self.m
+    }
+}
