@@ -3,7 +3,11 @@
 #   build/kernel/vmlinuz            the stock Debian cloud kernel (bzImage)
 #   build/kernel/modules/           its modules tree (virtio, kvm, ...)
 #   build/guest/initramfs.cpio.gz   busybox-static initramfs whose /init loads
-#                                   the virtio modules and prints a boot marker
+#                                   the virtio modules and the perf-hint driver,
+#                                   prints a boot marker, and runs the demo
+#                                   workload or a test scenario (guest-init)
+#   build/module/                   virtio_perfhint.ko, built against Debian's
+#                                   linux-headers for the same ABI
 # A second run reuses what is already there.
 set -euo pipefail
 
@@ -54,10 +58,49 @@ pack_cpio() {
   mv "$dest.tmp" "$dest"
 }
 
+headers_dir() { echo "/usr/src/linux-headers-${abi}-cloud-amd64"; }
+
+# The perf-hint driver, built against the headers of exactly this kernel.
+build_module() {
+  local hdr
+  hdr=$(headers_dir)
+  if [ ! -d "$hdr" ]; then
+    local pkg="linux-headers-${abi}-cloud-amd64"
+    echo "images: installing $pkg"
+    if [ "$(id -u)" = 0 ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
+    else
+      sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
+    fi
+  fi
+  local mdir=$out/module
+  mkdir -p "$mdir"
+  cp "$here/virtio_perfhint/virtio_perfhint.c" "$here/virtio_perfhint/Makefile" "$mdir/"
+  if ! make -s -C "$mdir" KDIR="$hdr" >"$mdir/build.log" 2>&1; then
+    cat "$mdir/build.log" >&2
+    echo "images: building virtio_perfhint.ko failed" >&2
+    exit 1
+  fi
+  mkdir -p "$gdir/extra"
+  cp "$mdir/virtio_perfhint.ko" "$gdir/extra/"
+}
+
+# Static guest programs: the perfhint CLI and the demo workload.
+build_guest_programs() {
+  local tdir=$out/static-target
+  (cd "$top" && RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release \
+      --target x86_64-unknown-linux-gnu --target-dir "$tdir" \
+      -p guest-hints -p demo-workload --bin perfhint --bin demo-workload)
+  mkdir -p "$gdir/extra"
+  cp "$tdir/x86_64-unknown-linux-gnu/release/perfhint" "$tdir/x86_64-unknown-linux-gnu/release/demo-workload" "$gdir/extra/"
+  cp "$here/guest-scenario" "$gdir/extra/scenario"
+  chmod 755 "$gdir/extra/scenario"
+}
+
 build_guest_initramfs() {
   local dest=$gdir/initramfs.cpio.gz
   local stamp
-  stamp=$(cat "$here/guest-init" "$here/build.sh" "$kdir/abi" | sha256sum | cut -c1-16)
+  stamp=$(cat "$here/guest-init" "$here/build.sh" "$kdir/abi" "$gdir"/extra/* 2>/dev/null | sha256sum | cut -c1-16)
   if [ -f "$dest" ] && [ "$(cat "$gdir/stamp" 2>/dev/null)" = "$stamp" ]; then
     return
   fi
@@ -84,4 +127,6 @@ build_guest_initramfs() {
 }
 
 fetch_kernel
+build_module
+build_guest_programs
 build_guest_initramfs

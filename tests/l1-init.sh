@@ -22,5 +22,13 @@ fi
 
 echo "L1: starting perfvmm"
 sh /run/cmd
-echo "PERFVMM_EXIT=$?"
+rc=$?
+# Files the test asked for, printed between markers (see GuestRun::fetch).
+while read -r mode name; do
+  [ -n "$name" ] || continue
+  echo "=== PERFVMM-FILE $name ==="
+  if [ "$mode" = tail ]; then tail -n 1 "/files/$name"; else cat "/files/$name"; fi
+  echo "=== PERFVMM-END ==="
+done < /run/fetch
+echo "PERFVMM_EXIT=$rc"
 poweroff -f

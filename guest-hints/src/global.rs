@@ -28,14 +28,51 @@ pub fn stats() -> ClientStats {
     with(|c| c.stats())
 }
 
+fn trace_enabled() -> bool {
+    static TRACE: OnceLock<bool> = OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("PERFHINT_TRACE").is_some_and(|v| v != "0"))
+}
+
 /// Sends hints as one message, reporting failures.
+///
+/// With `PERFHINT_TRACE=1` in the environment, every hint is also printed to
+/// standard error as `perfhint-trace seq=N kind=K` (or `seq=dropped`), so a
+/// run can be compared with the host's hint log.
 pub fn try_send(hints: &[Hint]) -> Result<u32, SendError> {
-    with(|c| c.send_all(hints))
+    let r = with(|c| c.send_all(hints));
+    if trace_enabled() {
+        for (i, h) in hints.iter().enumerate() {
+            match r {
+                Ok(seq) => eprintln!(
+                    "perfhint-trace seq={} kind={}",
+                    seq.wrapping_add(i as u32),
+                    h.kind_name()
+                ),
+                Err(e) => eprintln!(
+                    "perfhint-trace seq=dropped kind={} reason={e:?}",
+                    h.kind_name()
+                ),
+            }
+        }
+    }
+    r
 }
 
 /// Sends hints as one message; failures (including "no device") are counted, not reported.
 pub fn send(hints: &[Hint]) {
     let _ = try_send(hints);
+}
+
+/// Sends the manifest this program embeds (see [`crate::manifest!`]), read
+/// from its own executable. Returns false when there is none or no device.
+pub fn announce_manifest() -> bool {
+    let Ok(exe) = std::fs::read("/proc/self/exe") else {
+        return false;
+    };
+    match crate::note::find_in_elf(&exe) {
+        Ok(Some(m)) => try_send(&[Hint::Manifest(m)]).is_ok(),
+        _ => false,
+    }
 }
 
 /// `tasks` independent tasks are ready to run now.

@@ -133,6 +133,9 @@ pub struct GuestRun {
     pub load_kvm: bool,
     /// Echo the console to this process's stdout as it arrives.
     pub stream: bool,
+    /// Files (under `@FILES@`) to bring back after the run: name and whether
+    /// only the last line is wanted.
+    pub fetch: Vec<(String, bool)>,
 }
 
 impl GuestRun {
@@ -158,7 +161,20 @@ impl GuestRun {
             l1_memory_mib: 2048,
             load_kvm: true,
             stream: false,
+            fetch: Vec::new(),
         }
+    }
+
+    /// Brings file `name` (written under `@FILES@`) back in [`RunOutput::files`].
+    pub fn fetch(mut self, name: &str) -> Self {
+        self.fetch.push((name.to_string(), false));
+        self
+    }
+
+    /// Like [`GuestRun::fetch`], but only the file's last line.
+    pub fn fetch_last_line(mut self, name: &str) -> Self {
+        self.fetch.push((name.to_string(), true));
+        self
     }
 
     pub fn streaming(mut self) -> Self {
@@ -221,7 +237,17 @@ impl GuestRun {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start perfvmm");
-        let out = collect(child, self.timeout, self.stream, |status| status.code());
+        let mut out = collect(child, self.timeout, self.stream, |status| status.code());
+        for (name, last_only) in &self.fetch {
+            if let Ok(text) = std::fs::read_to_string(dir.join(name)) {
+                let text = if *last_only {
+                    text.lines().last().unwrap_or("").to_string()
+                } else {
+                    text
+                };
+                out.files.insert(name.clone(), text);
+            }
+        }
         let _ = std::fs::remove_dir_all(&dir);
         out
     }
@@ -246,6 +272,12 @@ impl GuestRun {
             0o644,
             if self.load_kvm { b"1" } else { b"0" },
         );
+        let fetch: String = self
+            .fetch
+            .iter()
+            .map(|(n, last)| format!("{} {n}\n", if *last { "tail" } else { "whole" }))
+            .collect();
+        run.file("run/fetch", 0o644, fetch.as_bytes());
         for (name, data) in &self.files {
             run.file(&format!("files/{name}"), 0o644, data);
         }
@@ -295,8 +327,10 @@ impl GuestRun {
                 .strip_prefix("PERFVMM_EXIT=")
                 .and_then(|c| c.trim().parse().ok())
         });
+        let files = parse_fetched(&out.console);
         RunOutput {
             exit_code: code,
+            files,
             ..out
         }
     }
@@ -365,6 +399,29 @@ pub fn l1_base_initramfs() -> &'static PathBuf {
     })
 }
 
+/// Files printed by L1's init between `=== PERFVMM-FILE name ===` and
+/// `=== PERFVMM-END ===`.
+fn parse_fetched(console: &str) -> std::collections::HashMap<String, String> {
+    let mut files = std::collections::HashMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in console.lines() {
+        if let Some(name) = line
+            .strip_prefix("=== PERFVMM-FILE ")
+            .and_then(|l| l.strip_suffix(" ==="))
+        {
+            current = Some((name.to_string(), String::new()));
+        } else if line == "=== PERFVMM-END ===" {
+            if let Some((n, t)) = current.take() {
+                files.insert(n, t);
+            }
+        } else if let Some((_, t)) = &mut current {
+            t.push_str(line);
+            t.push('\n');
+        }
+    }
+    files
+}
+
 /// What a run produced.
 #[derive(Clone, Debug)]
 pub struct RunOutput {
@@ -374,6 +431,8 @@ pub struct RunOutput {
     pub exit_code: Option<i32>,
     pub timed_out: bool,
     pub wall: Duration,
+    /// Files asked for with [`GuestRun::fetch`].
+    pub files: std::collections::HashMap<String, String>,
 }
 
 impl RunOutput {
@@ -486,5 +545,6 @@ fn collect(
         },
         timed_out,
         wall: start.elapsed(),
+        files: Default::default(),
     }
 }

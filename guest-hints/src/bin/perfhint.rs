@@ -77,6 +77,13 @@ enum Cmd {
     Inspect { binary: PathBuf },
     /// Say whether a perf-hint device is present.
     Status,
+    /// Send COUNT hints as fast as possible without blocking, then report
+    /// how many were sent and how many the full queue turned away.
+    #[command(hide = true)]
+    Flood {
+        #[arg(long, default_value_t = 100_000)]
+        count: u32,
+    },
 }
 
 fn size(s: &str) -> Result<u64, String> {
@@ -228,6 +235,23 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Cmd::Flood { count } => {
+            let start = std::time::Instant::now();
+            let (mut sent, mut busy, mut other) = (0u64, 0u64, 0u64);
+            for i in 0..count {
+                match guest_hints::try_send(&[hint::parallelism(i % 64 + 1, 64, 0.0)]) {
+                    Ok(_) => sent += 1,
+                    Err(SendError::Busy) => busy += 1,
+                    Err(_) => other += 1,
+                }
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "flood: count={count} sent={sent} busy={busy} failed={other} seconds={secs:.3} sent_per_sec={:.0}",
+                sent as f64 / secs.max(1e-9)
+            );
+            ExitCode::SUCCESS
         }
         Cmd::Status => {
             if guest_hints::is_connected() {
