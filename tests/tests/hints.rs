@@ -1,0 +1,214 @@
+//! End-to-end hint path in a stock Debian guest: application → guest-hints
+//! → /dev/perfhint (virtio_perfhint.ko) → virtqueue → perfvmm → --hint-log.
+
+use std::time::Duration;
+
+use perfvmm_tests::{GuestRun, RunOutput};
+use serde_json::Value;
+
+const LOG: &str = "hints.log";
+
+fn run_scenario(pvrun: &str, extra_cmdline: &str) -> RunOutput {
+    let cmdline = format!("pvrun={pvrun} {extra_cmdline}");
+    GuestRun::demo(
+        cmdline.trim(),
+        &["--cpus", "2", "--hint-log", "@FILES@/hints.log"],
+    )
+    .fetch(LOG)
+    .timeout(Duration::from_secs(420))
+    .run()
+}
+
+/// (seq, kind) of every hint the guest's guest-hints traced as sent.
+fn guest_sent(out: &RunOutput) -> Vec<(u64, String)> {
+    out.console
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("perfhint-trace seq=")? + "perfhint-trace seq=".len()..];
+            let mut words = rest.split_whitespace();
+            let seq = words.next()?.parse().ok()?;
+            let kind = words.next()?.strip_prefix("kind=")?.to_string();
+            Some((seq, kind))
+        })
+        .collect()
+}
+
+fn log_lines(out: &RunOutput) -> Vec<Value> {
+    let text = out
+        .files
+        .get(LOG)
+        .unwrap_or_else(|| panic!("no hint log fetched; console tail:\n{}", out.tail(40)));
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}")))
+        .collect()
+}
+
+/// (seq, kind) of every hint perfvmm logged.
+fn host_received(lines: &[Value]) -> Vec<(u64, String)> {
+    lines
+        .iter()
+        .filter(|v| v.get("kind").is_some())
+        .map(|v| {
+            (
+                v["seq"].as_u64().unwrap(),
+                v["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn counters(lines: &[Value]) -> Value {
+    lines
+        .iter()
+        .rev()
+        .find_map(|v| v.get("counters").cloned())
+        .expect("counters line at the end of the hint log")
+}
+
+#[test]
+fn demo_workload_hints_arrive_exactly() {
+    let out = run_scenario("demo", "");
+    out.expect_contains("demo-workload: done").expect_exit(0);
+    let sent = guest_sent(&out);
+    let lines = log_lines(&out);
+    let received = host_received(&lines);
+    assert!(
+        sent.len() >= 13,
+        "the workload announces its manifest and four phases: {sent:?}"
+    );
+    assert_eq!(received, sent, "host log differs from what the guest sent");
+    assert!(lines
+        .iter()
+        .filter(|v| v.get("kind").is_some())
+        .all(|v| v["outcome"] == "accepted"));
+    // The manifest embedded at compile time arrives whole.
+    let manifest = lines
+        .iter()
+        .find(|v| v["kind"] == "manifest")
+        .expect("manifest hint");
+    assert_eq!(manifest["fields"]["app"], "demo-workload");
+    assert_eq!(manifest["fields"]["parallelism"]["runnable_tasks"], 4);
+    let phases: Vec<&str> = lines
+        .iter()
+        .filter(|v| v["kind"] == "phase_begin")
+        .map(|v| v["fields"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["serial", "parallel", "memory", "io"]);
+    assert_eq!(counters(&lines)["hints"], sent.len() as u64);
+}
+
+#[test]
+fn perfhint_cli_send_and_phase_arrive() {
+    let out = run_scenario("send", "");
+    out.expect_contains("scenario: inside phase")
+        .expect_contains("scenario: phase exit=3")
+        .expect_exit(0);
+    let lines = log_lines(&out);
+    assert_eq!(host_received(&lines), guest_sent(&out));
+    let kinds: Vec<&str> = lines.iter().filter_map(|v| v["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "parallelism",
+            "memory",
+            "io",
+            "phase_begin",
+            "parallelism",
+            "phase_end"
+        ]
+    );
+    assert_eq!(lines[0]["fields"]["runnable_tasks"], 3);
+    assert_eq!(lines[0]["fields"]["serial_ppm"], 250_000);
+    assert_eq!(lines[1]["fields"]["working_set_bytes"], 64u64 << 20);
+    assert_eq!(lines[1]["fields"]["peak_bytes"], 96u64 << 20);
+    assert_eq!(lines[2]["fields"]["class"], "sequential");
+    assert_eq!(lines[3]["fields"]["name"], "build");
+}
+
+#[test]
+fn module_unloads_and_reloads_and_hints_flow_again() {
+    let out = run_scenario("reload", "");
+    out.expect_contains("scenario: unloaded")
+        .expect_contains("scenario: while unloaded: no perf-hint device")
+        .expect_contains("scenario: reloaded")
+        .expect_contains("scenario: after reload: connected")
+        .expect_exit(0);
+    let lines = log_lines(&out);
+    let tasks: Vec<u64> = lines
+        .iter()
+        .filter(|v| v["kind"] == "parallelism")
+        .map(|v| v["fields"]["runnable_tasks"].as_u64().unwrap())
+        .collect();
+    assert_eq!(tasks, [1, 2], "hints before and after the reload arrive");
+}
+
+#[test]
+fn garbage_is_refused_and_good_hints_still_accepted() {
+    let out = run_scenario("garbage", "");
+    out.expect_contains("scenario: short write refused")
+        .expect_contains("scenario: oversized write refused")
+        .expect_contains("scenario: garbage written")
+        .expect_contains("scenario: errors=2")
+        .expect_exit(0);
+    let lines = log_lines(&out);
+    let c = counters(&lines);
+    assert_eq!(
+        c["dropped"]["malformed"], 1,
+        "the random message is dropped by the device: {c}"
+    );
+    let good: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["kind"] == "parallelism")
+        .collect();
+    assert_eq!(good.len(), 1);
+    assert_eq!(good[0]["fields"]["runnable_tasks"], 5);
+    assert_eq!(good[0]["outcome"], "accepted");
+}
+
+#[test]
+fn flood_stalls_nothing_and_counts_agree() {
+    let count = 100_000u64;
+    let out = GuestRun::demo(
+        &format!("pvrun=flood pvcount={count}"),
+        &["--cpus", "2", "--hint-log", "@FILES@/hints.log"],
+    )
+    .fetch_last_line(LOG)
+    .timeout(Duration::from_secs(900))
+    .run();
+    out.expect_contains("flood: count=").expect_exit(0);
+    let line = out
+        .console
+        .lines()
+        .find(|l| l.contains("flood: count="))
+        .unwrap();
+    let field = |k: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+            .unwrap()
+    };
+    let (sent, busy, failed) = (field("sent"), field("busy"), field("failed"));
+    assert_eq!(sent + busy + failed, count);
+    assert_eq!(failed, 0);
+    let driver_sent: u64 = out
+        .guest_value("driver_sent")
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let driver_completed: u64 = out
+        .guest_value("driver_completed")
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let lines = log_lines(&out);
+    let c = counters(&lines);
+    eprintln!("flood: {line}; host counters {c}");
+    assert_eq!(
+        driver_sent, sent,
+        "driver counted every message the CLI sent"
+    );
+    assert_eq!(driver_completed, sent, "the device completed every message");
+    assert_eq!(
+        c["hints"].as_u64().unwrap(),
+        sent,
+        "perfvmm received every message the guest sent"
+    );
+    assert_eq!(c["accepted"].as_u64().unwrap(), sent);
+}
