@@ -42,6 +42,14 @@ pub struct AcpiConfig {
     pub boot_vcpus: u32,
     pub max_vcpus: u32,
     pub virtio_mmio: Vec<MmioDeviceInfo>,
+    /// CPU hotplug: the controller's registers and the GED interrupt.
+    pub cpu_hotplug: Option<CpuHotplugInfo>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuHotplugInfo {
+    pub regs: u64,
+    pub ged_irq: u32,
 }
 
 /// Tables ready to be written, each with its guest address.
@@ -91,6 +99,10 @@ fn build_fadt(dsdt: u64) -> Vec<u8> {
     to_bytes(&fadt.finalize())
 }
 
+/// MADT revision 5 (ACPI 6.3) gives local APIC entries the "online
+/// capable" flag; Linux then counts those vCPUs as hot-pluggable.
+const MADT_REVISION: u8 = 5;
+
 fn build_madt(cfg: &AcpiConfig) -> Vec<u8> {
     let mut madt = MADT::new(
         OEM_ID,
@@ -99,17 +111,23 @@ fn build_madt(cfg: &AcpiConfig) -> Vec<u8> {
         LocalInterruptController::Address(LAPIC_ADDR),
     );
     for id in 0..cfg.max_vcpus {
-        // vCPUs above the boot count are present but not enabled, so the
-        // guest counts them as possible CPUs for hotplug.
+        // vCPUs above the boot count are present but not enabled, and
+        // online capable, so the guest counts them as possible CPUs.
         let status = if id < cfg.boot_vcpus {
             EnabledStatus::Enabled
         } else {
-            EnabledStatus::Disabled
+            EnabledStatus::DisabledOnlineCapable
         };
         madt.add_structure(ProcessorLocalApic::new(id as u8, id as u8, status));
     }
     madt.add_structure(IoApic::new(0, IOAPIC_ADDR, 0));
-    to_bytes(&madt)
+    let mut bytes = to_bytes(&madt);
+    // acpi_tables writes revision 1; raise it and fix the checksum.
+    bytes[8] = MADT_REVISION;
+    bytes[9] = 0;
+    let sum = bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    bytes[9] = 0u8.wrapping_sub(sum);
+    bytes
 }
 
 fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
@@ -151,6 +169,10 @@ fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
         .to_aml_bytes(&mut sb_body);
     }
 
+    if let Some(hp) = cfg.cpu_hotplug {
+        cpu_hotplug_aml(cfg.max_vcpus, hp, &mut sb_body);
+    }
+
     let mut body = Vec::new();
     aml::Scope::new("\\_SB_".into(), vec![&RawAml(sb_body)]).to_aml_bytes(&mut body);
     let s5_typ = u32::from(ACPI_S5_SLP_TYP);
@@ -160,6 +182,181 @@ fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     dsdt.append_slice(&body);
     dsdt.as_slice().to_vec()
+}
+
+/// The processor container `\_SB.CPUS` (one `ACPI0007` device per possible
+/// vCPU, with `_STA`, `_MAT` and `_EJ0` backed by the hotplug controller, and
+/// the `CSCN` scan method) and the Generic Event Device `\_SB.GED0` whose
+/// interrupt runs `CSCN`.
+fn cpu_hotplug_aml(max_vcpus: u32, hp: CpuHotplugInfo, out: &mut Vec<u8>) {
+    use aml::{Arg, Local};
+    let mut cpus = Vec::new();
+    aml::OpRegion::new(
+        "PRST".into(),
+        aml::OpRegionSpace::SystemMemory,
+        &hp.regs,
+        &8u32,
+    )
+    .to_aml_bytes(&mut cpus);
+    aml::Field::new(
+        "PRST".into(),
+        aml::FieldAccessType::DWord,
+        aml::FieldLockRule::NoLock,
+        aml::FieldUpdateRule::Preserve,
+        vec![
+            aml::FieldEntry::Named(*b"CSEL", 32),
+            aml::FieldEntry::Named(*b"CSTS", 32),
+        ],
+    )
+    .to_aml_bytes(&mut cpus);
+    aml::Mutex::new("CLCK".into(), 0).to_aml_bytes(&mut cpus);
+
+    // STAT(cpu): 0xF when enabled, else 0.
+    aml::Method::new(
+        "STAT".into(),
+        1,
+        true,
+        vec![
+            &aml::Acquire::new("CLCK".into(), 0xffff),
+            &aml::Store::new(&aml::Path::new("CSEL"), &Arg(0)),
+            &aml::And::new(&Local(0), &aml::Path::new("CSTS"), &aml::ONE),
+            &aml::Release::new("CLCK".into()),
+            &aml::If::new(
+                &aml::Equal::new(&Local(0), &aml::ONE),
+                vec![&aml::Return::new(&0xfu8)],
+            ),
+            &aml::Return::new(&aml::ZERO),
+        ],
+    )
+    .to_aml_bytes(&mut cpus);
+
+    // EJCT(cpu): the guest has offlined the vCPU; tell perfvmm.
+    aml::Method::new(
+        "EJCT".into(),
+        1,
+        true,
+        vec![
+            &aml::Acquire::new("CLCK".into(), 0xffff),
+            &aml::Store::new(&aml::Path::new("CSEL"), &Arg(0)),
+            &aml::Store::new(&aml::Path::new("CSTS"), &8u8),
+            &aml::Release::new("CLCK".into()),
+        ],
+    )
+    .to_aml_bytes(&mut cpus);
+
+    // CTFY(cpu, event): Notify the processor device of that vCPU.
+    let mut ctfy_body = Vec::new();
+    for i in 0..max_vcpus {
+        let name = format!("C{i:03X}");
+        aml::If::new(
+            &aml::Equal::new(&Arg(0), &i),
+            vec![&aml::Notify::new(&aml::Path::new(&name), &Arg(1))],
+        )
+        .to_aml_bytes(&mut ctfy_body);
+    }
+    aml::Method::new("CTFY".into(), 2, true, vec![&RawAml(ctfy_body)]).to_aml_bytes(&mut cpus);
+
+    // CSCN(): for every vCPU with a pending insert (1: device check) or
+    // removal (3: eject request), acknowledge it and notify the guest.
+    aml::Method::new(
+        "CSCN".into(),
+        0,
+        true,
+        vec![
+            &aml::Acquire::new("CLCK".into(), 0xffff),
+            &aml::Store::new(&Local(0), &aml::ZERO),
+            &aml::While::new(
+                &aml::LessThan::new(&Local(0), &max_vcpus),
+                vec![
+                    &aml::Store::new(&aml::Path::new("CSEL"), &Local(0)),
+                    &aml::Store::new(&Local(1), &aml::Path::new("CSTS")),
+                    &aml::And::new(&Local(2), &Local(1), &2u8),
+                    &aml::If::new(
+                        &aml::Equal::new(&Local(2), &2u8),
+                        vec![
+                            &aml::Store::new(&aml::Path::new("CSTS"), &2u8),
+                            &aml::MethodCall::new("CTFY".into(), vec![&Local(0), &aml::ONE]),
+                        ],
+                    ),
+                    &aml::And::new(&Local(2), &Local(1), &4u8),
+                    &aml::If::new(
+                        &aml::Equal::new(&Local(2), &4u8),
+                        vec![
+                            &aml::Store::new(&aml::Path::new("CSTS"), &4u8),
+                            &aml::MethodCall::new("CTFY".into(), vec![&Local(0), &3u8]),
+                        ],
+                    ),
+                    &aml::Add::new(&Local(0), &Local(0), &aml::ONE),
+                ],
+            ),
+            &aml::Release::new("CLCK".into()),
+        ],
+    )
+    .to_aml_bytes(&mut cpus);
+
+    for i in 0..max_vcpus {
+        let mat = vec![0u8, 8, i as u8, i as u8, 1, 0, 0, 0];
+        aml::Device::new(
+            format!("C{i:03X}").as_str().into(),
+            vec![
+                &aml::Name::new("_HID".into(), &"ACPI0007"),
+                &aml::Name::new("_UID".into(), &i),
+                &aml::Method::new(
+                    "_STA".into(),
+                    0,
+                    false,
+                    vec![&aml::Return::new(&aml::MethodCall::new(
+                        "STAT".into(),
+                        vec![&i],
+                    ))],
+                ),
+                &aml::Method::new(
+                    "_MAT".into(),
+                    0,
+                    false,
+                    vec![&aml::Return::new(&aml::BufferData::new(mat))],
+                ),
+                &aml::Method::new(
+                    "_EJ0".into(),
+                    1,
+                    false,
+                    vec![&aml::MethodCall::new("EJCT".into(), vec![&i])],
+                ),
+            ],
+        )
+        .to_aml_bytes(&mut cpus);
+    }
+
+    aml::Device::new(
+        "CPUS".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"ACPI0010"),
+            &aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A05")),
+            &RawAml(cpus),
+        ],
+    )
+    .to_aml_bytes(out);
+
+    aml::Device::new(
+        "GED0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"ACPI0013"),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![&aml::Interrupt::new(
+                    true, true, false, false, hp.ged_irq,
+                )]),
+            ),
+            &aml::Method::new(
+                "_EVT".into(),
+                1,
+                true,
+                vec![&aml::MethodCall::new("\\_SB_.CPUS.CSCN".into(), vec![])],
+            ),
+        ],
+    )
+    .to_aml_bytes(out);
 }
 
 /// Already-encoded AML, spliced into a parent object.
@@ -240,6 +437,10 @@ mod tests {
                 size: 0x1000,
                 irq: 5,
             }],
+            cpu_hotplug: Some(CpuHotplugInfo {
+                regs: 0xd100_1000,
+                ged_irq: 6,
+            }),
         }
     }
 
@@ -264,9 +465,10 @@ mod tests {
         let madt = &t.tables.iter().find(|t| t.0 == "APIC").unwrap().2;
         // Header (44) + 8 local APICs (8 bytes each) + one IOAPIC (12).
         assert_eq!(madt.len(), 44 + 8 * 8 + 12);
-        // Local APIC flags: the first two enabled, the rest not.
+        // Local APIC flags: the first two enabled, the rest online capable.
         let flags = |i: usize| madt[44 + i * 8 + 4];
-        assert_eq!((flags(0), flags(1), flags(2), flags(7)), (1, 1, 0, 0));
+        assert_eq!((flags(0), flags(1), flags(2), flags(7)), (1, 1, 2, 2));
+        assert_eq!(madt[8], MADT_REVISION);
     }
 
     #[test]
@@ -277,6 +479,7 @@ mod tests {
         assert!(has(b"LNRO0005"));
         assert!(has(b"_S5_"));
         assert!(has(b"COM1"));
+        assert!(has(b"ACPI0013") && has(b"ACPI0010") && has(b"CSCN") && has(b"C007"));
     }
 
     /// Disassembles every table with iasl (Debian's acpica-tools) and fails

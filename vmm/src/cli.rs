@@ -25,11 +25,21 @@ Exit status:
 
 /// A minimal KVM virtual machine monitor that boots a stock Linux guest.
 #[derive(Debug, Parser)]
-#[command(name = "perfvmm", version, about, after_help = AFTER_HELP)]
+#[command(
+    name = "perfvmm",
+    version,
+    about,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Guest kernel: a bzImage or an uncompressed ELF vmlinux.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required = true)]
+    pub kernel: Option<PathBuf>,
 
     /// Initial ramdisk loaded for the kernel.
     #[arg(long, value_name = "PATH")]
@@ -55,6 +65,16 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub hint_log: Option<PathBuf>,
 
+    /// Policy file (TOML) saying how hints become vCPU allocations; without
+    /// it the built-in policy applies (`perfvmm policy --print-default`).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// Write every policy decision (time, hints behind it, old and new
+    /// allocation, reason, clamping and rate limiting) as one JSON line.
+    #[arg(long, value_name = "PATH")]
+    pub decision_log: Option<PathBuf>,
+
     /// Print boot timings (perfvmm start to first guest instruction and to
     /// the guest's /init) and perfvmm's own memory use on standard error.
     #[arg(long)]
@@ -63,6 +83,19 @@ pub struct Cli {
     /// More log output on standard error (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Show or check policy files.
+    Policy {
+        /// Print the built-in policy as TOML.
+        #[arg(long, conflicts_with = "check")]
+        print_default: bool,
+        /// Check a policy file and report the first problem with its line.
+        #[arg(long, value_name = "FILE")]
+        check: Option<PathBuf>,
+    },
 }
 
 /// `--cpus N[,max=M]`.

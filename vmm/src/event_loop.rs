@@ -130,28 +130,35 @@ impl<W: io::Write + Send + 'static> MutEventSubscriber for ConsoleInput<W> {
     }
 }
 
+/// An eventfd or timerfd: readable, and cleared by reading its 8-byte counter.
+pub trait CounterFd: AsRawFd + Send {}
+impl CounterFd for vmm_sys_util::eventfd::EventFd {}
+impl CounterFd for vmm_sys_util::timerfd::TimerFd {}
+
 /// Calls a handler each time an eventfd (such as a device's queue-notify
-/// ioeventfd) fires.
+/// ioeventfd) or a timerfd fires.
 pub struct EventFdHandler {
-    evt: vmm_sys_util::eventfd::EventFd,
+    fd: Box<dyn CounterFd>,
     handler: Box<dyn FnMut() + Send>,
 }
 
 impl EventFdHandler {
-    pub fn new(evt: vmm_sys_util::eventfd::EventFd, handler: Box<dyn FnMut() + Send>) -> Self {
-        Self { evt, handler }
+    pub fn new(fd: Box<dyn CounterFd>, handler: Box<dyn FnMut() + Send>) -> Self {
+        Self { fd, handler }
     }
 }
 
 impl MutEventSubscriber for EventFdHandler {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.evt.read();
+        let mut count = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into `count`; the fd is ours and open.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
         (self.handler)();
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
-            log::error!("cannot watch a device eventfd: {e:?}");
+        if let Err(e) = ops.add(Events::new_raw(self.fd.as_raw_fd(), EventSet::IN)) {
+            log::error!("cannot watch an eventfd: {e:?}");
         }
     }
 }

@@ -45,6 +45,11 @@ pub const BOOT_TIMER_ADDR: u64 = 0xd100_0000;
 pub const BOOT_TIMER_SIZE: u64 = 0x1000;
 pub const BOOT_TIMER_MAGIC: u8 = 123;
 
+/// ACPI CPU hotplug controller registers (see `devices::cpu_hotplug`).
+pub const CPU_HOTPLUG_ADDR: u64 = 0xd100_1000;
+/// The Generic Event Device's interrupt: "rescan the hotplug controllers".
+pub const GED_IRQ: u32 = 6;
+
 /// KVM needs three pages for the TSS on Intel hosts; keep them out of RAM.
 pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;

@@ -11,5 +11,8 @@ pub mod exit;
 pub mod layout;
 pub mod memory;
 pub mod memstat;
+pub mod placement;
+pub mod policy;
 pub mod vcpu;
+pub mod vcpu_manager;
 pub mod vm;

@@ -3,7 +3,8 @@ use std::time::Instant;
 
 use clap::Parser;
 
-use perfvmm::cli::Cli;
+use perfvmm::cli::{Cli, Command};
+use perfvmm::policy::Policy;
 use perfvmm::vm::{self, VmConfig};
 
 fn main() -> ExitCode {
@@ -18,8 +19,21 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
 
+    if let Some(Command::Policy {
+        print_default,
+        check,
+    }) = cli.command
+    {
+        return policy_command(print_default, check);
+    }
+    let Some(kernel) = cli.kernel else {
+        eprintln!("perfvmm: --kernel is required");
+        return ExitCode::from(2);
+    };
     let cfg = VmConfig {
-        kernel: cli.kernel,
+        kernel,
+        policy: cli.policy,
+        decision_log: cli.decision_log,
         initrd: cli.initrd,
         cmdline: cli.cmdline,
         cpus: cli.cpus,
@@ -43,4 +57,32 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn policy_command(print_default: bool, check: Option<std::path::PathBuf>) -> ExitCode {
+    if let Some(path) = check {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("perfvmm: cannot read {}: {e}", path.display());
+                return ExitCode::from(1);
+            }
+        };
+        return match Policy::from_toml(&path.display().to_string(), &text) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("perfvmm: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if print_default {
+        print!("{}", Policy::default_toml());
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("perfvmm policy: give --print-default or --check FILE");
+    ExitCode::from(2)
 }

@@ -49,6 +49,10 @@ impl Vcpu {
         Self { fd, index, ctx }
     }
 
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
     fn kvm<T>(&self, what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VcpuError> {
         r.map_err(|source| VcpuError::Kvm {
             index: self.index,

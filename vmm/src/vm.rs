@@ -5,7 +5,6 @@ use std::io::{self, IsTerminal, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::Instant;
 
 use kvm_bindings::{
@@ -20,6 +19,7 @@ use crate::boot::{self, BootError};
 use crate::cli::CpuSpec;
 use crate::devices::boot_timer::{BootTimer, BootTimes, InitHook};
 use crate::devices::bus::{lock, Bus, BusError};
+use crate::devices::cpu_hotplug::{self, CpuHotplugController, CpuStates};
 use crate::devices::perf_hint::{self, HintLog, IrqFdInterrupt, PerfHintMmio};
 use crate::devices::power::{self, PowerDevice};
 use crate::devices::serial::SerialDevice;
@@ -27,11 +27,15 @@ use crate::event_loop::{self, ConsoleInput, EventFdHandler};
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::layout::{
     ACPI_SLEEP_CONTROL_PORT, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT,
-    FIRST_VIRTIO_IRQ, KVM_TSS_ADDR, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
+    CPU_HOTPLUG_ADDR, FIRST_VIRTIO_IRQ, GED_IRQ, KVM_TSS_ADDR, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
 use crate::memory;
 use crate::memstat;
-use crate::vcpu::{Vcpu, VcpuContext, VcpuError};
+use crate::placement;
+use crate::policy::controller;
+use crate::policy::{Engine, Policy};
+use crate::vcpu::{VcpuContext, VcpuError};
+use crate::vcpu_manager::VcpuManager;
 
 /// Everything needed to build a VM.
 #[derive(Clone, Debug)]
@@ -43,6 +47,8 @@ pub struct VmConfig {
     pub memory: u64,
     pub boot_timer: bool,
     pub hint_log: Option<PathBuf>,
+    pub decision_log: Option<PathBuf>,
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +81,12 @@ pub enum VmError {
     Vcpu(#[from] VcpuError),
     #[error("device layout: {0}")]
     Bus(#[from] BusError),
-    #[error("cannot create hint log {path}: {source}")]
+    #[error("cannot create {path}: {source}")]
     HintLog { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Policy(String),
+    #[error(transparent)]
+    Resize(#[from] crate::vcpu_manager::ResizeError),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -202,6 +212,16 @@ fn boot_timer_report(regions: Vec<(usize, usize)>) -> InitHook {
     })
 }
 
+/// How often delayed policy decisions (shrinks) are re-evaluated.
+const POLICY_TICK_MS: i64 = 200;
+
+fn policy_timer() -> io::Result<vmm_sys_util::timerfd::TimerFd> {
+    let mut t = vmm_sys_util::timerfd::TimerFd::new()?;
+    let period = std::time::Duration::from_millis(POLICY_TICK_MS as u64);
+    t.reset(period, Some(period))?;
+    Ok(t)
+}
+
 /// Builds the VM described by `cfg`, runs it to completion and returns why it ended.
 pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     let mem =
@@ -211,7 +231,25 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
                 source,
             })?,
         );
-    // Output files next: a path that cannot be written is an input error too.
+    // The policy and output files next: a bad policy or a path that cannot be
+    // written is an input error too.
+    let policy = match &cfg.policy {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                VmError::Policy(format!("cannot read policy {}: {e}", path.display()))
+            })?;
+            Policy::from_toml(&path.display().to_string(), &text)
+                .map_err(|e| VmError::Policy(e.to_string()))?
+        }
+        None => Policy::default(),
+    };
+    let decision_log =
+        controller::open_decision_log(cfg.decision_log.as_deref()).map_err(|source| {
+            VmError::HintLog {
+                path: cfg.decision_log.clone().unwrap_or_default(),
+                source,
+            }
+        })?;
     let hint_log =
         HintLog::new(cfg.hint_log.as_deref(), start).map_err(|source| VmError::HintLog {
             path: cfg.hint_log.clone().unwrap_or_default(),
@@ -239,6 +277,10 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
         boot_vcpus: cfg.cpus.boot,
         max_vcpus: cfg.cpus.max,
         virtio_mmio: vec![perf_hint_slot],
+        cpu_hotplug: Some(acpi::CpuHotplugInfo {
+            regs: CPU_HOTPLUG_ADDR,
+            ged_irq: GED_IRQ,
+        }),
     })?;
     acpi::write_tables(mem.as_ref(), &tables)?;
 
@@ -284,13 +326,18 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
 
     let mut mmio = Bus::new();
 
+    // Policy: the perf-hint device's sink decides each hint's outcome; the
+    // controller (finished below, once the vCPU actuator exists) applies decisions.
+    let engine = Engine::new(policy.clone(), cfg.cpus.boot, cfg.cpus.max);
+    let (sink, pending) = controller::split(engine, hint_log, start);
+
     // The perf-hint device: irqfd for its interrupt, ioeventfd for queue notifications.
     let hint_irq = EventFd::new(libc::EFD_NONBLOCK)?;
     kvm_err(
         "KVM_IRQFD",
         vm.register_irqfd(&hint_irq, perf_hint_slot.irq),
     )?;
-    let hint_device = virtio_perf_device::PerfHintDevice::new(hint_log);
+    let hint_device = virtio_perf_device::PerfHintDevice::new(sink);
     let hint_counters = hint_device.counters();
     let hint_transport = Arc::new(Mutex::new(virtio_perf_device::mmio::MmioTransport::new(
         hint_device,
@@ -310,12 +357,17 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
         "KVM_IOEVENTFD",
         vm.register_ioevent(&hint_notify, &notify_addr, NoDatamatch),
     )?;
-    let notify_transport = hint_transport.clone();
-    let mut subscribers: Vec<Box<dyn event_manager::MutEventSubscriber>> =
-        vec![Box::new(EventFdHandler::new(
-            hint_notify,
-            Box::new(move || perf_hint::on_queue_notify(&notify_transport)),
-        ))];
+
+    // CPU hotplug: the controller's registers and the GED interrupt.
+    let cpu_states = CpuStates::new(cfg.cpus.boot, cfg.cpus.max);
+    mmio.insert(
+        Arc::new(Mutex::new(CpuHotplugController::new(cpu_states.clone()))),
+        CPU_HOTPLUG_ADDR,
+        cpu_hotplug::REGS_LEN,
+    )?;
+    let ged = EventFd::new(libc::EFD_NONBLOCK)?;
+    kvm_err("KVM_IRQFD", vm.register_irqfd(&ged, GED_IRQ))?;
+
     let regions: Vec<(usize, usize)> = mem
         .iter()
         .map(|r| (r.as_ptr() as usize, r.len() as usize))
@@ -337,23 +389,43 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
         "KVM_GET_SUPPORTED_CPUID",
         kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
     )?;
-    let mut vcpus = Vec::with_capacity(cfg.cpus.boot as usize);
-    for index in 0..cfg.cpus.boot {
-        let fd = kvm_err("KVM_CREATE_VCPU", vm.create_vcpu(u64::from(index)))?;
-        let vcpu = Vcpu::new(fd, index, ctx.clone());
-        let entry = (index == 0).then_some(kernel.entry);
-        vcpu.configure(&supported, cfg.cpus.max, entry)?;
-        vcpus.push(vcpu);
-    }
+    let vm = Arc::new(vm);
+    let pinning = placement::Pinning::new(&policy.placement, cfg.cpus.max);
+    let mut vcpus = VcpuManager::new(
+        vm.clone(),
+        supported,
+        cfg.cpus.max,
+        ctx,
+        cpu_states,
+        ged,
+        Arc::new(move |i| pinning.pin_current_thread(i)),
+    );
+    let boot_vcpus = vcpus.create_boot(cfg.cpus.boot, kernel.entry)?;
 
     // Signals are blocked before any vCPU thread exists, so they inherit the mask
     // and SIGINT/SIGTERM reach only the event loop's signalfd.
     let signals = event_loop::block_stop_signals()?;
-    for vcpu in vcpus {
-        thread::Builder::new()
-            .name("vcpu".into())
-            .spawn(move || vcpu.run())?;
+    for vcpu in boot_vcpus {
+        vcpus.spawn(vcpu)?;
     }
+
+    let controller = Arc::new(Mutex::new(pending.finish(vcpus, decision_log)));
+    let notify_transport = hint_transport.clone();
+    let notify_controller = controller.clone();
+    let tick_controller = controller.clone();
+    let mut subscribers: Vec<Box<dyn event_manager::MutEventSubscriber>> = vec![
+        Box::new(EventFdHandler::new(
+            Box::new(hint_notify),
+            Box::new(move || {
+                perf_hint::on_queue_notify(&notify_transport);
+                lock(&notify_controller).drain();
+            }),
+        )),
+        Box::new(EventFdHandler::new(
+            Box::new(policy_timer()?),
+            Box::new(move || lock(&tick_controller).tick()),
+        )),
+    ];
 
     let stdin = io::stdin();
     let raw = stdin.is_terminal().then(RawTerminal::enter).flatten();
@@ -369,6 +441,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     lock(&hint_transport)
         .device_mut()
         .sink_mut()
+        .log_mut()
         .finish(&hint_counters);
     let counters = hint_counters.snapshot();
     if cfg.hint_log.is_some() || counters.messages > 0 {

@@ -2,6 +2,7 @@
 
 pub mod boot_timer;
 pub mod bus;
+pub mod cpu_hotplug;
 pub mod perf_hint;
 pub mod power;
 pub mod serial;

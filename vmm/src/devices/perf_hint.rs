@@ -12,10 +12,11 @@ use guest_hints::wire::{Hint, Outcome};
 use serde_json::{json, Value};
 use virtio_perf_device::mmio::MmioTransport;
 use virtio_perf_device::virtio::Interrupt;
-use virtio_perf_device::{Counters, DropReason, HintSink, PerfHintDevice};
+use virtio_perf_device::{Counters, DropReason, PerfHintDevice};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::{lock, BusDevice};
+use crate::policy::controller::PolicySink;
 
 /// Hint fields as a JSON object.
 pub fn hint_fields(h: &Hint) -> Value {
@@ -72,9 +73,9 @@ impl HintLog {
     }
 }
 
-impl HintSink for HintLog {
-    fn hint(&mut self, seq: u32, hint: &Hint) -> Outcome {
-        let outcome = Outcome::Accepted;
+impl HintLog {
+    /// Logs one hint and what the policy made of it.
+    pub fn record(&mut self, seq: u32, hint: &Hint, outcome: Outcome) {
         let t = self.t_ms();
         self.line(json!({
             "t_ms": t,
@@ -83,10 +84,10 @@ impl HintSink for HintLog {
             "fields": hint_fields(hint),
             "outcome": outcome.as_str(),
         }));
-        outcome
     }
 
-    fn dropped(&mut self, reason: DropReason, detail: &str) {
+    /// Logs a message the device dropped.
+    pub fn dropped(&mut self, reason: DropReason, detail: &str) {
         log::debug!(
             "perf-hint: dropped a message: {} ({detail})",
             reason.as_str()
@@ -107,7 +108,7 @@ impl Interrupt for IrqFdInterrupt {
     }
 }
 
-pub type PerfHintTransport = MmioTransport<PerfHintDevice<HintLog>>;
+pub type PerfHintTransport = MmioTransport<PerfHintDevice<PolicySink>>;
 
 /// The transport as the MMIO bus sees it.
 pub struct PerfHintMmio(pub Arc<Mutex<PerfHintTransport>>);

@@ -1,0 +1,169 @@
+//! The ACPI CPU hotplug controller: two 32-bit MMIO registers the DSDT's
+//! `\_SB.CPUS` methods use (see `acpi::cpu_hotplug_aml`).
+//!
+//! * `CSEL` (offset 0): selects a vCPU.
+//! * `CSTS` (offset 4): reads the selected vCPU's state (bit 0 enabled,
+//!   bit 1 inserting, bit 2 removing); writing bit 1 or 2 acknowledges an
+//!   insert or removal request, writing bit 3 ejects the vCPU (its `_EJ0`).
+//!
+//! perfvmm asks the guest to add or remove a vCPU by setting *inserting* or
+//! *removing* and raising the GED interrupt; the guest's `CSCN` method then
+//! notifies the processor devices.
+
+use std::sync::{Arc, Mutex};
+
+use super::bus::{lock, BusDevice};
+
+pub const CSEL: u64 = 0;
+pub const CSTS: u64 = 4;
+pub const REGS_LEN: u64 = 8;
+
+pub const STS_ENABLED: u32 = 1;
+pub const STS_INSERTING: u32 = 2;
+pub const STS_REMOVING: u32 = 4;
+pub const STS_EJECT: u32 = 8;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuSlot {
+    pub enabled: bool,
+    pub inserting: bool,
+    pub removing: bool,
+}
+
+/// vCPU states shared between the controller and perfvmm.
+#[derive(Debug)]
+pub struct CpuStates {
+    pub slots: Vec<CpuSlot>,
+    /// vCPUs the guest ejected, not yet seen by perfvmm.
+    pub ejected: Vec<u32>,
+}
+
+impl CpuStates {
+    pub fn new(boot: u32, max: u32) -> Arc<Mutex<Self>> {
+        let slots = (0..max)
+            .map(|i| CpuSlot {
+                enabled: i < boot,
+                ..Default::default()
+            })
+            .collect();
+        Arc::new(Mutex::new(CpuStates {
+            slots,
+            ejected: Vec::new(),
+        }))
+    }
+
+    pub fn enabled_count(&self) -> u32 {
+        self.slots
+            .iter()
+            .filter(|s| s.enabled && !s.removing)
+            .count() as u32
+    }
+}
+
+pub struct CpuHotplugController {
+    states: Arc<Mutex<CpuStates>>,
+    selected: u32,
+}
+
+impl CpuHotplugController {
+    pub fn new(states: Arc<Mutex<CpuStates>>) -> Self {
+        Self {
+            states,
+            selected: 0,
+        }
+    }
+}
+
+impl BusDevice for CpuHotplugController {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let v = match offset {
+            CSEL => self.selected,
+            CSTS => lock(&self.states)
+                .slots
+                .get(self.selected as usize)
+                .map(|s| {
+                    (s.enabled as u32) * STS_ENABLED
+                        | (s.inserting as u32) * STS_INSERTING
+                        | (s.removing as u32) * STS_REMOVING
+                })
+                .unwrap_or(0),
+            _ => 0,
+        };
+        let bytes = v.to_le_bytes();
+        for (d, b) in data
+            .iter_mut()
+            .zip(bytes.iter().chain(std::iter::repeat(&0)))
+        {
+            *d = *b;
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let mut b = [0u8; 4];
+        for (d, s) in b.iter_mut().zip(data) {
+            *d = *s;
+        }
+        let v = u32::from_le_bytes(b);
+        match offset {
+            CSEL => self.selected = v,
+            CSTS => {
+                let mut st = lock(&self.states);
+                let sel = self.selected;
+                let Some(slot) = st.slots.get_mut(sel as usize) else {
+                    return;
+                };
+                if v & STS_INSERTING != 0 {
+                    slot.inserting = false;
+                }
+                if v & STS_REMOVING != 0 {
+                    slot.removing = false;
+                }
+                if v & STS_EJECT != 0 && slot.enabled {
+                    slot.enabled = false;
+                    slot.removing = false;
+                    st.ejected.push(sel);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rd(c: &mut CpuHotplugController, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        c.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn insert_acknowledge_remove_eject() {
+        let states = CpuStates::new(1, 4);
+        let mut c = CpuHotplugController::new(states.clone());
+        assert_eq!(rd(&mut c, CSTS), STS_ENABLED);
+        {
+            let mut s = states.lock().unwrap();
+            s.slots[2] = CpuSlot {
+                enabled: true,
+                inserting: true,
+                removing: false,
+            };
+        }
+        c.write(CSEL, &2u32.to_le_bytes());
+        assert_eq!(rd(&mut c, CSTS), STS_ENABLED | STS_INSERTING);
+        c.write(CSTS, &STS_INSERTING.to_le_bytes());
+        assert_eq!(rd(&mut c, CSTS), STS_ENABLED);
+        states.lock().unwrap().slots[2].removing = true;
+        assert_eq!(states.lock().unwrap().enabled_count(), 1);
+        c.write(CSTS, &STS_EJECT.to_le_bytes());
+        assert_eq!(rd(&mut c, CSTS), 0);
+        assert_eq!(states.lock().unwrap().ejected, vec![2]);
+        // Out-of-range selections read 0 and ignore writes.
+        c.write(CSEL, &99u32.to_le_bytes());
+        assert_eq!(rd(&mut c, CSTS), 0);
+        c.write(CSTS, &STS_EJECT.to_le_bytes());
+    }
+}

@@ -1,0 +1,255 @@
+//! The policy file (`--policy FILE`, TOML): how hints become allocations.
+//! Reference: `docs/policy.md`. Every key has a default; unknown keys are
+//! errors, reported with their line.
+
+use serde::{Deserialize, Serialize};
+
+/// What to do with a hint that asks for more than the policy allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Untrusted {
+    /// Bring the request within bounds and act on it (outcome `clamped`).
+    Clamp,
+    /// Do not act on it (outcome `rejected`).
+    Ignore,
+}
+
+/// How vCPU threads are pinned to host CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinStrategy {
+    /// No pinning.
+    None,
+    /// vCPU i on the i-th host CPU of the set: neighbours share caches.
+    Compact,
+    /// vCPUs spread evenly over the set.
+    Spread,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VcpuPolicy {
+    /// Never fewer vCPUs than this.
+    pub min: u32,
+    /// Never more than this (also capped by `--cpus max=`).
+    pub max: u32,
+    /// vCPUs added on top of the hinted parallelism.
+    pub headroom: u32,
+}
+
+impl Default for VcpuPolicy {
+    fn default() -> Self {
+        VcpuPolicy {
+            min: 1,
+            max: 255,
+            headroom: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimingPolicy {
+    /// A lower demand must hold this long before the allocation shrinks.
+    pub shrink_after_ms: u64,
+    /// Least time between a change and a following shrink.
+    pub cooldown_ms: u64,
+}
+
+impl Default for TimingPolicy {
+    fn default() -> Self {
+        TimingPolicy {
+            shrink_after_ms: 2_000,
+            cooldown_ms: 500,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HintPolicy {
+    /// Hints per second a guest may send on average...
+    pub rate_per_sec: u32,
+    /// ...and in a burst.
+    pub burst: u32,
+    pub untrusted: Untrusted,
+}
+
+impl Default for HintPolicy {
+    fn default() -> Self {
+        HintPolicy {
+            rate_per_sec: 200,
+            burst: 400,
+            untrusted: Untrusted::Clamp,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementPolicy {
+    /// Host CPUs the vCPUs may use, as a list such as "0-3,6" (empty: all).
+    pub host_cpus: String,
+    pub strategy: PinStrategy,
+}
+
+impl Default for PlacementPolicy {
+    fn default() -> Self {
+        PlacementPolicy {
+            host_cpus: String::new(),
+            strategy: PinStrategy::None,
+        }
+    }
+}
+
+/// The whole policy.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    pub vcpus: VcpuPolicy,
+    pub timing: TimingPolicy,
+    pub hints: HintPolicy,
+    pub placement: PlacementPolicy,
+}
+
+/// A policy file that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct PolicyError {
+    pub path: String,
+    pub message: String,
+}
+
+impl Policy {
+    /// Parses and checks a policy; errors name the key, line and reason.
+    pub fn from_toml(path: &str, text: &str) -> Result<Policy, PolicyError> {
+        let err = |message: String| PolicyError {
+            path: path.to_string(),
+            message,
+        };
+        let p: Policy = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let msg = e.message().trim().to_string();
+            match line {
+                Some(l) => err(format!("line {l}: {msg}")),
+                None => err(msg),
+            }
+        })?;
+        p.check().map_err(err)?;
+        Ok(p)
+    }
+
+    /// Checks relations between keys.
+    pub fn check(&self) -> Result<(), String> {
+        if self.vcpus.min == 0 {
+            return Err("vcpus.min: a VM needs at least 1 vCPU".into());
+        }
+        if self.vcpus.max < self.vcpus.min {
+            return Err(format!(
+                "vcpus.max ({}) is below vcpus.min ({})",
+                self.vcpus.max, self.vcpus.min
+            ));
+        }
+        if self.hints.rate_per_sec == 0 || self.hints.burst == 0 {
+            return Err("hints.rate_per_sec and hints.burst must be at least 1".into());
+        }
+        parse_cpu_list(&self.placement.host_cpus)
+            .map_err(|e| format!("placement.host_cpus: {e}"))?;
+        Ok(())
+    }
+
+    /// The built-in policy, as TOML.
+    pub fn default_toml() -> String {
+        let body = toml::to_string_pretty(&Policy::default())
+            .unwrap_or_else(|e| format!("# cannot print the default policy: {e}\n"));
+        format!(
+            "# perfvmm's built-in policy (see docs/policy.md).\n\
+             # vcpus.max is also capped by --cpus max=.\n{body}"
+        )
+    }
+}
+
+/// Parses "0-3,6" into CPU numbers.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let a: usize = a
+            .parse()
+            .map_err(|_| format!("'{part}' is not a CPU or range"))?;
+        let b: usize = b
+            .parse()
+            .map_err(|_| format!("'{part}' is not a CPU or range"))?;
+        if b < a || b > 4095 {
+            return Err(format!("'{part}' is not a valid range"));
+        }
+        cpus.extend(a..=b);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_round_trips() {
+        let text = Policy::default_toml();
+        assert!(
+            text.contains("[vcpus]") && text.contains("shrink_after_ms = 2000"),
+            "{text}"
+        );
+        assert_eq!(
+            Policy::from_toml("default", &text).unwrap(),
+            Policy::default()
+        );
+    }
+
+    #[test]
+    fn sizes_and_sections() {
+        let p = Policy::from_toml(
+            "p",
+            "[vcpus]\nmin = 1\nmax = 4\n[placement]\nhost_cpus = \"0-1,3\"\nstrategy = \"spread\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.vcpus.max, 4);
+        assert_eq!(
+            parse_cpu_list(&p.placement.host_cpus).unwrap(),
+            vec![0, 1, 3]
+        );
+    }
+
+    #[test]
+    fn errors_name_key_line_and_reason() {
+        let e = Policy::from_toml("p.toml", "[vcpus]\nmin = 1\nmaxx = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("p.toml") && e.contains("line 3") && e.contains("maxx"),
+            "{e}"
+        );
+        let e = Policy::from_toml("p.toml", "[memory]\nmax = \"1G\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 1") && e.contains("memory"),
+            "memory resizing is not implemented: {e}"
+        );
+        let e = Policy::from_toml("p.toml", "[vcpus]\nmin = 4\nmax = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vcpus.max"), "{e}");
+        let e = Policy::from_toml("p.toml", "[placement]\nhost_cpus = \"3-1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("host_cpus"), "{e}");
+        assert!(Policy::from_toml("p.toml", "[hints]\nuntrusted = \"maybe\"\n").is_err());
+    }
+}
