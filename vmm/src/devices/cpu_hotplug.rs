@@ -82,9 +82,10 @@ impl BusDevice for CpuHotplugController {
                 .slots
                 .get(self.selected as usize)
                 .map(|s| {
-                    (s.enabled as u32) * STS_ENABLED
-                        | (s.inserting as u32) * STS_INSERTING
-                        | (s.removing as u32) * STS_REMOVING
+                    let bit = |set: bool, b: u32| if set { b } else { 0 };
+                    bit(s.enabled, STS_ENABLED)
+                        | bit(s.inserting, STS_INSERTING)
+                        | bit(s.removing, STS_REMOVING)
                 })
                 .unwrap_or(0),
             _ => 0,
