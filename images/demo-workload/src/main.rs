@@ -117,6 +117,10 @@ fn main() {
         for h in handles {
             let _ = h.join();
         }
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        println!("demo-workload: parallel phase ends with {cpus} CPU(s) online");
     }
     {
         let bytes = args.memory_mib << 20;
@@ -160,6 +164,16 @@ fn main() {
             eprintln!("demo-workload: io phase: {e}");
         }
     }
+    // Idle from here on: this hint (outside any phase) overrides the
+    // manifest's typical parallelism, so the host can take back what the
+    // parallel phase got.
+    guest_hints::parallelism(1);
+    println!("demo-workload: idle");
+    std::thread::sleep(ms(3_500, args.scale));
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!("demo-workload: idle ends with {cpus} CPU(s) online");
     let s = guest_hints::stats();
     println!(
         "demo-workload: done, hints sent={} dropped={}",

@@ -1,0 +1,164 @@
+//! Hints become actions: vCPU hot-resize driven by the policy, asserted
+//! from inside the guest (nproc) and from perfvmm's decision log.
+
+use std::time::Duration;
+
+use perfvmm_tests::{GuestRun, RunOutput};
+use serde_json::Value;
+
+fn json_lines(out: &RunOutput, name: &str) -> Vec<Value> {
+    let text = out
+        .files
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} not fetched; console tail:\n{}", out.tail(40)));
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
+}
+
+fn decisions(lines: &[Value]) -> Vec<(u64, u64)> {
+    lines
+        .iter()
+        .filter(|v| v["resource"] == "vcpus")
+        .map(|v| (v["from"].as_u64().unwrap(), v["to"].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn hints_grow_and_shrink_vcpus_within_bounds() {
+    let out = GuestRun::demo(
+        "pvrun=resize",
+        &[
+            "--cpus",
+            "1,max=4",
+            "--decision-log",
+            "@FILES@/decisions.log",
+        ],
+    )
+    .fetch("decisions.log")
+    .timeout(Duration::from_secs(420))
+    .run();
+    out.expect_contains("scenario: start with 1")
+        .expect_contains("scenario: grew to 4")
+        .expect_contains("scenario: shrank to 1")
+        // Cloud Hypervisor #1338: a vCPU removed can be added again.
+        .expect_contains("scenario: regrew to 3")
+        // 1000 vCPUs asked for: the policy's (here the VM's) max.
+        .expect_contains("scenario: clamped to 4")
+        // Cloud Hypervisor #7086: a hint for 0 vCPUs is clamped to the minimum.
+        .expect_contains("scenario: floor at 1")
+        .expect_exit(0);
+    let lines = json_lines(&out, "decisions.log");
+    assert_eq!(decisions(&lines), [(1, 4), (4, 1), (1, 3), (3, 4), (4, 1)]);
+    let first = lines.iter().find(|v| v["resource"] == "vcpus").unwrap();
+    assert_eq!(first["applied"], true);
+    assert!(
+        !first["hints"].as_array().unwrap().is_empty(),
+        "a decision names its hints: {first}"
+    );
+    assert!(first["reason"].as_str().unwrap().starts_with("grow"));
+    let clamped: Vec<&Value> = lines.iter().filter(|v| v["clamped"] == true).collect();
+    assert_eq!(
+        clamped.len(),
+        2,
+        "the 1000-vCPU and 0-vCPU hints are clamped: {lines:?}"
+    );
+    let ejected = lines.iter().filter(|v| v["event"] == "ejected").count();
+    // The first three ejections finish before the regrow; the last ones may
+    // still be in flight when the guest powers off.
+    assert!(
+        (3..=6).contains(&ejected),
+        "vCPUs ejected by the guest and parked: {ejected}"
+    );
+}
+
+#[test]
+fn demo_workload_phases_drive_vcpus() {
+    let out = GuestRun::demo(
+        "pvrun=demo",
+        &[
+            "--cpus",
+            "1,max=4",
+            "--decision-log",
+            "@FILES@/decisions.log",
+        ],
+    )
+    .fetch("decisions.log")
+    .timeout(Duration::from_secs(420))
+    .run();
+    out.expect_contains("demo-workload: done").expect_exit(0);
+    let lines = json_lines(&out, "decisions.log");
+    let d = decisions(&lines);
+    assert_eq!(
+        d.first(),
+        Some(&(1, 4)),
+        "the manifest and parallel phase grow the VM to 4: {d:?}"
+    );
+    assert_eq!(
+        d.last().map(|x| x.1),
+        Some(1),
+        "the idle phase gives the vCPUs back: {d:?}"
+    );
+    out.expect_contains("demo-workload: idle ends with 1 CPU(s) online");
+}
+
+#[test]
+fn flooding_guest_is_rate_limited() {
+    let policy = "[hints]\nrate_per_sec = 20\nburst = 20\n";
+    let out = GuestRun::demo(
+        "pvrun=flood pvcount=300",
+        &[
+            "--policy",
+            "@FILES@/policy.toml",
+            "--hint-log",
+            "@FILES@/hints.log",
+            "--cpus",
+            "1,max=2",
+        ],
+    )
+    .file("policy.toml", policy.as_bytes().to_vec())
+    .fetch_last_line("hints.log")
+    .timeout(Duration::from_secs(300))
+    .run();
+    out.expect_contains("flood: count=300").expect_exit(0);
+    let c = &json_lines(&out, "hints.log")[0]["counters"];
+    let limited = c["rate_limited"].as_u64().unwrap();
+    assert!(
+        limited >= 200,
+        "most of a 300-hint burst is rate-limited: {c}"
+    );
+    assert_eq!(c["hints"], 300);
+}
+
+#[test]
+fn without_the_driver_the_guest_keeps_its_boot_size() {
+    let out = GuestRun::demo(
+        "pvrun=nodriver",
+        &[
+            "--cpus",
+            "1,max=4",
+            "--decision-log",
+            "@FILES@/decisions.log",
+        ],
+    )
+    .fetch("decisions.log")
+    .run();
+    out.expect_contains("no perf-hint device")
+        .expect_contains("scenario: nodriver done")
+        .expect_exit(0);
+    assert!(
+        json_lines(&out, "decisions.log").is_empty(),
+        "no decision without hints"
+    );
+    assert_eq!(out.guest_value("nproc").as_deref(), Some("1"));
+}
+
+#[test]
+fn bad_policy_file_is_refused_with_key_and_line() {
+    let out = GuestRun::demo("pvrun=poweroff", &["--policy", "@FILES@/policy.toml"])
+        .file("policy.toml", b"[vcpus]\nmin = 1\nmaxx = 4\n".to_vec())
+        .run();
+    out.expect_contains("line 3")
+        .expect_contains("maxx")
+        .expect_exit(1);
+}
