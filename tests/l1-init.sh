@@ -8,6 +8,10 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /tmp && mount -t tmpfs tmpfs /tmp
+# devtmpfs has no /dev/std* links (udev makes them on a full system).
+ln -sf /proc/self/fd/0 /dev/stdin
+ln -sf /proc/self/fd/1 /dev/stdout
+ln -sf /proc/self/fd/2 /dev/stderr
 
 if [ "$(cat /run/load-kvm)" = 1 ]; then
   insmod /lib/modules/irqbypass.ko

@@ -577,7 +577,11 @@ fn decode_manifest(b: &[u8]) -> Result<Manifest, DecodeError> {
             Some(Hint::Io(x)) => m.io = Some(x),
             Some(Hint::Placement(x)) => m.placement = Some(x),
             Some(Hint::PhaseBegin(p)) if phases < MAX_MANIFEST_PHASES => {
-                m.phases[phases] = Some(p);
+                // A phase in a manifest is a declaration, whatever its flag says.
+                m.phases[phases] = Some(PhaseBegin {
+                    declared_only: true,
+                    ..p
+                });
                 phases += 1;
             }
             Some(Hint::Manifest(_)) => return Err(DecodeError::NestedManifest),
