@@ -81,6 +81,7 @@ static void ph_hintq_done(struct virtqueue *vq)
 	unsigned long flags;
 
 	spin_lock_irqsave(&ph->lock, flags);
+	virtqueue_disable_cb(vq);
 	ph_reclaim_hintq(ph);
 	spin_unlock_irqrestore(&ph->lock, flags);
 	wake_up_interruptible(&ph->write_wait);
@@ -146,6 +147,20 @@ static int ph_queue_message(struct perfhint *ph, void *msg, size_t len)
 	return err;
 }
 
+/*
+ * hintq interrupts stay off while the ring has room (every write reclaims
+ * finished buffers); a writer about to wait for room turns them on.
+ */
+static void ph_want_room_callback(struct perfhint *ph)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&ph->lock, flags);
+	if (ph->ready && !virtqueue_enable_cb_delayed(ph->hintq))
+		ph_reclaim_hintq(ph);
+	spin_unlock_irqrestore(&ph->lock, flags);
+}
+
 static bool ph_has_room(struct perfhint *ph)
 {
 	unsigned long flags;
@@ -186,6 +201,7 @@ static ssize_t ph_write(struct file *file, const char __user *ubuf, size_t len, 
 			err = -EAGAIN;
 			break;
 		}
+		ph_want_room_callback(ph);
 		if (wait_event_interruptible(ph->write_wait, ph_has_room(ph))) {
 			err = -ERESTARTSYS;
 			break;
@@ -262,7 +278,20 @@ static const struct file_operations ph_fops = {
 	static DEVICE_ATTR_RO(name)
 
 PH_COUNTER_ATTR(sent);
-PH_COUNTER_ATTR(completed);
+
+static ssize_t completed_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct perfhint *ph = dev_get_drvdata(dev);
+	unsigned long flags;
+
+	/* hintq interrupts are off while there is room: count what is done. */
+	spin_lock_irqsave(&ph->lock, flags);
+	if (ph->ready)
+		ph_reclaim_hintq(ph);
+	spin_unlock_irqrestore(&ph->lock, flags);
+	return sysfs_emit(buf, "%lld\n", atomic64_read(&ph->completed));
+}
+static DEVICE_ATTR_RO(completed);
 PH_COUNTER_ATTR(errors);
 PH_COUNTER_ATTR(outcomes_dropped);
 
@@ -335,6 +364,7 @@ static int ph_probe(struct virtio_device *vdev)
 		goto out_free;
 	ph->hintq = vqs[0];
 	ph->eventq = nvqs == 2 ? vqs[1] : NULL;
+	virtqueue_disable_cb(ph->hintq);
 
 	if (ph->eventq) {
 		for (i = 0; i < PH_EVENT_BUFS; i++) {

@@ -136,6 +136,8 @@ pub struct GuestRun {
     /// Files (under `@FILES@`) to bring back after the run: name and whether
     /// only the last line is wanted.
     pub fetch: Vec<(String, bool)>,
+    /// Send SIGTERM to perfvmm this many seconds after it starts.
+    pub sigterm_after_secs: Option<u32>,
 }
 
 impl GuestRun {
@@ -162,7 +164,14 @@ impl GuestRun {
             load_kvm: true,
             stream: false,
             fetch: Vec::new(),
+            sigterm_after_secs: None,
         }
+    }
+
+    /// Sends perfvmm SIGTERM `secs` seconds after it starts.
+    pub fn sigterm_after(mut self, secs: u32) -> Self {
+        self.sigterm_after_secs = Some(secs);
+        self
     }
 
     /// Brings file `name` (written under `@FILES@`) back in [`RunOutput::files`].
@@ -252,6 +261,14 @@ impl GuestRun {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start perfvmm");
+        if let Some(secs) = self.sigterm_after_secs {
+            let pid = child.id() as libc::pid_t;
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(u64::from(secs)));
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            });
+        }
         let mut out = collect(child, self.timeout, self.stream, |status| status.code());
         for (name, last_only) in &self.fetch {
             if let Ok(text) = std::fs::read_to_string(dir.join(name)) {
@@ -274,13 +291,17 @@ impl GuestRun {
         let mut run = CpioWriter::new();
         run.dir("run").dir("files");
         let args = self.substitute("/l2/vmlinuz", "/l2/initrd", "/files");
-        let cmd = format!(
-            "exec /perfvmm {} </dev/null\n",
-            args.iter()
-                .map(|a| shell_quote(a))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        let quoted = args
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let cmd = match self.sigterm_after_secs {
+            None => format!("exec /perfvmm {quoted} </dev/null\n"),
+            Some(secs) => format!(
+                "/perfvmm {quoted} </dev/null &\npid=$!\nsleep {secs}\nkill -TERM $pid\nwait $pid\n"
+            ),
+        };
         run.file("run/cmd", 0o644, cmd.as_bytes());
         run.file(
             "run/load-kvm",

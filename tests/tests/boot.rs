@@ -75,3 +75,29 @@ fn host_without_kvm_gives_a_clear_error() {
     out.expect_contains("/dev/kvm does not exist")
         .expect_exit(1);
 }
+
+#[test]
+fn triple_fault_is_a_crash_with_a_reason() {
+    // reboot=t makes the guest reboot by triple-faulting.
+    let out = GuestRun::demo("reboot=t pvrun=reboot", &[]).run();
+    out.expect_contains("triple fault").expect_exit(3);
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let out = GuestRun::demo("pvrun=idle", &["--hint-log", "@FILES@/h.log"])
+        .sigterm_after(25)
+        .fetch("h.log")
+        .run();
+    out.expect_contains(MARKER)
+        .expect_contains("stopped by signal 15")
+        .expect_exit(143);
+    // Nothing lost: the hint log was flushed and closed with its counters.
+    let log = out.files.get("h.log").expect("hint log");
+    assert!(
+        log.lines()
+            .last()
+            .is_some_and(|l| l.contains("\"counters\"")),
+        "{log}"
+    );
+}

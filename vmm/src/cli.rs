@@ -184,17 +184,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("64"), Ok(64 << 20));
-        assert_eq!(parse_size("4k"), Ok(4096));
-        assert!(parse_size("12XB").is_err());
-        assert!(parse_size("G").is_err());
-        assert!(parse_size("").is_err());
-        assert!(parse_size("99999999999999999999G").is_err());
-        assert!(parse_size("17179869184T").is_err());
+    fn memory_sizes() {
+        // The size syntax itself is tested in guest_hints::size.
+        let e = "12XB".parse::<MemSize>().unwrap_err();
+        assert!(e.contains("'12XB'") && e.contains("unknown unit"), "{e}");
         assert!("1K".parse::<MemSize>().is_err());
         assert!("4T".parse::<MemSize>().is_err());
         assert_eq!("1G".parse::<MemSize>(), Ok(MemSize(1 << 30)));
