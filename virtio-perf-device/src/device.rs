@@ -27,6 +27,11 @@ pub const CONFIG_LEN: usize = 16;
 /// Outcomes waiting for event-queue buffers, at most this many.
 pub const MAX_PENDING_OUTCOMES: usize = 4096;
 
+/// Outcomes are written to the event queue once this many wait (a full
+/// 256-byte driver buffer), or when the VMM flushes them (its periodic tick,
+/// or an event-queue notification): one interrupt per batch, not per hint.
+pub const OUTCOME_BATCH: usize = 32;
+
 /// Sequence number reported for a message whose header could not be read.
 pub const UNKNOWN_SEQ: u32 = u32::MAX;
 
@@ -220,7 +225,8 @@ impl<S: HintSink> PerfHintDevice<S> {
             && self.queues[HINTQ]
                 .needs_notification(mem.as_ref())
                 .unwrap_or(true);
-        self.flush_outcomes() || notify
+        let flushed = self.pending.len() >= OUTCOME_BATCH && self.flush_outcomes();
+        flushed || notify
     }
 
     /// Writes pending outcomes into event-queue buffers the driver posted.

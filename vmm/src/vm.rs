@@ -413,6 +413,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     let notify_transport = hint_transport.clone();
     let notify_controller = controller.clone();
     let tick_controller = controller.clone();
+    let tick_transport = hint_transport.clone();
     let mut subscribers: Vec<Box<dyn event_manager::MutEventSubscriber>> = vec![
         Box::new(EventFdHandler::new(
             Box::new(hint_notify),
@@ -423,7 +424,11 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
         )),
         Box::new(EventFdHandler::new(
             Box::new(policy_timer()?),
-            Box::new(move || lock(&tick_controller).tick()),
+            Box::new(move || {
+                lock(&tick_controller).tick();
+                // Outcomes short of a batch go out on the tick.
+                lock(&tick_transport).notify(virtio_perf_device::EVENTQ);
+            }),
         )),
     ];
 

@@ -240,7 +240,9 @@ fn main() -> ExitCode {
             let start = std::time::Instant::now();
             let (mut sent, mut busy, mut other) = (0u64, 0u64, 0u64);
             for i in 0..count {
-                match guest_hints::try_send(&[hint::parallelism(i % 64 + 1, 64, 0.0)]) {
+                // I/O hints: they exercise the whole path without driving
+                // allocation decisions.
+                match guest_hints::try_send(&[hint::io(IoClass::Random, u64::from(i))]) {
                     Ok(_) => sent += 1,
                     Err(SendError::Busy) => busy += 1,
                     Err(_) => other += 1,

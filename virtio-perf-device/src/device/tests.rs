@@ -132,8 +132,10 @@ impl Fixture {
         self.hintq.used_idx(&self.mem)
     }
 
+    /// Processes hintq, then flushes outcomes as the VMM's tick would.
     pub fn process(&mut self) -> bool {
-        self.dev.process_queue(HINTQ)
+        let hint = self.dev.process_queue(HINTQ);
+        self.dev.process_queue(EVENTQ) || hint
     }
 }
 
@@ -313,6 +315,26 @@ fn bad_record_is_rejected_and_the_rest_kept() {
     assert_eq!(
         f.outcomes(),
         vec![(10, Outcome::Rejected), (11, Outcome::Accepted)]
+    );
+}
+
+#[test]
+fn outcomes_are_batched_until_flushed() {
+    let mut f = Fixture::new(true);
+    f.post_event_buffers(4, 256);
+    f.post_message(&message(&[par(1), par(2)], 0));
+    f.dev.process_queue(HINTQ);
+    assert!(
+        f.outcomes().is_empty(),
+        "two outcomes wait for a batch or a flush"
+    );
+    let many: Vec<Hint> = (0..OUTCOME_BATCH as u32).map(par).collect();
+    f.post_message(&message(&many, 2));
+    f.dev.process_queue(HINTQ);
+    assert_eq!(
+        f.outcomes().len(),
+        OUTCOME_BATCH + 2,
+        "a full batch is written at once"
     );
 }
 
