@@ -83,6 +83,9 @@ enum Cmd {
     Flood {
         #[arg(long, default_value_t = 100_000)]
         count: u32,
+        /// Hints per message (per write).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+        batch: u32,
     },
 }
 
@@ -236,21 +239,31 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Flood { count } => {
+        Cmd::Flood { count, batch } => {
             let start = std::time::Instant::now();
-            let (mut sent, mut busy, mut other) = (0u64, 0u64, 0u64);
-            for i in 0..count {
+            let (mut sent, mut busy, mut other, mut writes) = (0u64, 0u64, 0u64, 0u64);
+            let mut i = 0u32;
+            while i < count {
+                let n = batch.min(count - i);
                 // I/O hints: they exercise the whole path without driving
                 // allocation decisions.
-                match guest_hints::try_send(&[hint::io(IoClass::Random, u64::from(i))]) {
-                    Ok(_) => sent += 1,
-                    Err(SendError::Busy) => busy += 1,
-                    Err(_) => other += 1,
+                let hints: Vec<Hint> = (i..i + n)
+                    .map(|k| hint::io(IoClass::Random, u64::from(k)))
+                    .collect();
+                match guest_hints::try_send(&hints) {
+                    Ok(_) => {
+                        sent += u64::from(n);
+                        writes += 1;
+                    }
+                    Err(SendError::Busy) => busy += u64::from(n),
+                    Err(_) => other += u64::from(n),
                 }
+                i += n;
             }
             let secs = start.elapsed().as_secs_f64();
             println!(
-                "flood: count={count} sent={sent} busy={busy} failed={other} seconds={secs:.3} sent_per_sec={:.0}",
+                "flood: count={count} batch={batch} writes={writes} sent={sent} busy={busy} failed={other} \
+                 seconds={secs:.3} sent_per_sec={:.0}",
                 sent as f64 / secs.max(1e-9)
             );
             ExitCode::SUCCESS
