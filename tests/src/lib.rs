@@ -138,6 +138,9 @@ pub struct GuestRun {
     pub fetch: Vec<(String, bool)>,
     /// Send SIGTERM to perfvmm this many seconds after it starts.
     pub sigterm_after_secs: Option<u32>,
+    /// Pass this process's standard input (a terminal) through to the
+    /// guest's console instead of /dev/null.
+    pub interactive: bool,
 }
 
 impl GuestRun {
@@ -165,6 +168,21 @@ impl GuestRun {
             stream: false,
             fetch: Vec::new(),
             sigterm_after_secs: None,
+            interactive: false,
+        }
+    }
+
+    /// Console input from this process's standard input (see `interactive`).
+    pub fn interactive(mut self) -> Self {
+        self.interactive = true;
+        self
+    }
+
+    fn stdin(&self) -> Stdio {
+        if self.interactive {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
         }
     }
 
@@ -256,7 +274,7 @@ impl GuestRun {
         );
         let child = Command::new(static_perfvmm())
             .args(&args)
-            .stdin(Stdio::null())
+            .stdin(self.stdin())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -297,6 +315,7 @@ impl GuestRun {
             .collect::<Vec<_>>()
             .join(" ");
         let cmd = match self.sigterm_after_secs {
+            None if self.interactive => format!("exec /perfvmm {quoted}\n"),
             None => format!("exec /perfvmm {quoted} </dev/null\n"),
             Some(secs) => format!(
                 "/perfvmm {quoted} </dev/null &\npid=$!\nsleep {secs}\nkill -TERM $pid\nwait $pid\n"
@@ -350,7 +369,7 @@ impl GuestRun {
             .arg("-initrd")
             .arg(&initrd)
             .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1"])
-            .stdin(Stdio::null())
+            .stdin(self.stdin())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

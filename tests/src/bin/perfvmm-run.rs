@@ -20,7 +20,12 @@ fn main() {
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(600));
     eprintln!("perfvmm-run: mode {:?}", perfvmm_tests::mode());
-    let out = GuestRun::raw(args).timeout(timeout).streaming().run();
+    let mut run = GuestRun::raw(args).timeout(timeout).streaming();
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        // Keystrokes reach the guest's console (through L1 when nested).
+        run = run.interactive();
+    }
+    let out = run.run();
     if out.timed_out {
         eprintln!("perfvmm-run: timed out after {:?}", timeout);
         std::process::exit(124);
