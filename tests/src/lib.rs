@@ -521,6 +521,20 @@ impl RunOutput {
         self
     }
 
+    /// The lines of fetched file `name` (a JSON-lines log), parsed; panics
+    /// with the console tail when it was not fetched or a line is not JSON.
+    pub fn json_lines(&self, name: &str) -> Vec<serde_json::Value> {
+        let text = self
+            .files
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} not fetched; console tail:\n{}", self.tail(40)));
+        text.lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}: bad line {l:?}: {e}"))
+            })
+            .collect()
+    }
+
     /// The value of `key=VALUE` on the last guest line that has it.
     pub fn guest_value(&self, key: &str) -> Option<String> {
         let pat = format!("{key}=");

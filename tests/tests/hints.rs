@@ -34,13 +34,7 @@ fn guest_sent(out: &RunOutput) -> Vec<(u64, String)> {
 }
 
 fn log_lines(out: &RunOutput) -> Vec<Value> {
-    let text = out
-        .files
-        .get(LOG)
-        .unwrap_or_else(|| panic!("no hint log fetched; console tail:\n{}", out.tail(40)));
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}")))
-        .collect()
+    out.json_lines(LOG)
 }
 
 /// (seq, kind) of every hint perfvmm logged.

@@ -3,18 +3,8 @@
 
 use std::time::Duration;
 
-use perfvmm_tests::{GuestRun, RunOutput};
+use perfvmm_tests::GuestRun;
 use serde_json::Value;
-
-fn json_lines(out: &RunOutput, name: &str) -> Vec<Value> {
-    let text = out
-        .files
-        .get(name)
-        .unwrap_or_else(|| panic!("{name} not fetched; console tail:\n{}", out.tail(40)));
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
-        .collect()
-}
 
 fn decisions(lines: &[Value]) -> Vec<(u64, u64)> {
     lines
@@ -48,7 +38,7 @@ fn hints_grow_and_shrink_vcpus_within_bounds() {
         // Cloud Hypervisor #7086: a hint for 0 vCPUs is clamped to the minimum.
         .expect_contains("scenario: floor at 1")
         .expect_exit(0);
-    let lines = json_lines(&out, "decisions.log");
+    let lines = out.json_lines("decisions.log");
     assert_eq!(decisions(&lines), [(1, 4), (4, 1), (1, 3), (3, 4), (4, 1)]);
     let first = lines.iter().find(|v| v["resource"] == "vcpus").unwrap();
     assert_eq!(first["applied"], true);
@@ -87,7 +77,7 @@ fn demo_workload_phases_drive_vcpus() {
     .timeout(Duration::from_secs(420))
     .run();
     out.expect_contains("demo-workload: done").expect_exit(0);
-    let lines = json_lines(&out, "decisions.log");
+    let lines = out.json_lines("decisions.log");
     let d = decisions(&lines);
     assert_eq!(
         d.first(),
@@ -121,7 +111,7 @@ fn flooding_guest_is_rate_limited() {
     .timeout(Duration::from_secs(300))
     .run();
     out.expect_contains("flood: count=300").expect_exit(0);
-    let c = &json_lines(&out, "hints.log")[0]["counters"];
+    let c = &out.json_lines("hints.log")[0]["counters"];
     let limited = c["rate_limited"].as_u64().unwrap();
     assert!(
         limited >= 200,
@@ -147,7 +137,7 @@ fn without_the_driver_the_guest_keeps_its_boot_size() {
         .expect_contains("scenario: nodriver done")
         .expect_exit(0);
     assert!(
-        json_lines(&out, "decisions.log").is_empty(),
+        out.json_lines("decisions.log").is_empty(),
         "no decision without hints"
     );
     assert_eq!(out.guest_value("nproc").as_deref(), Some("1"));
