@@ -99,91 +99,66 @@ pub enum EncodeError {
     NameTooLong,
 }
 
-/// I/O classes.
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize),
-    serde(rename_all = "snake_case")
-)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum IoClass {
-    None = 0,
-    Light = 1,
-    Sequential = 2,
-    Random = 3,
-    Network = 4,
+/// A one-byte wire enum: its values, names (as logged and parsed) and
+/// `ALL`/`from_u8`/`as_str`/`parse`, written once for every such enum.
+macro_rules! wire_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $value:literal => $text:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[cfg_attr(feature = "serde", derive(serde::Serialize), serde(rename_all = "snake_case"))]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant = $value,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub const fn from_u8(v: u8) -> Option<Self> {
+                match v {
+                    $($value => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The value named `s` (as `as_str` writes it), ignoring ASCII case.
+            pub fn parse(s: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str().eq_ignore_ascii_case(s))
+            }
+        }
+    };
 }
 
-impl IoClass {
-    pub const ALL: [IoClass; 5] = [
-        IoClass::None,
-        IoClass::Light,
-        IoClass::Sequential,
-        IoClass::Random,
-        IoClass::Network,
-    ];
-
-    pub const fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            0 => Some(IoClass::None),
-            1 => Some(IoClass::Light),
-            2 => Some(IoClass::Sequential),
-            3 => Some(IoClass::Random),
-            4 => Some(IoClass::Network),
-            _ => None,
-        }
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            IoClass::None => "none",
-            IoClass::Light => "light",
-            IoClass::Sequential => "sequential",
-            IoClass::Random => "random",
-            IoClass::Network => "network",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|c| c.as_str().eq_ignore_ascii_case(s))
+wire_enum! {
+    /// I/O classes.
+    pub enum IoClass {
+        None = 0 => "none",
+        Light = 1 => "light",
+        Sequential = 2 => "sequential",
+        Random = 3 => "random",
+        Network = 4 => "network",
     }
 }
 
-/// Data locality preference for placement.
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize),
-    serde(rename_all = "snake_case")
-)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Locality {
-    Any = 0,
-    /// Threads share data: keep them on one cache domain.
-    SharedCache = 1,
-    /// Memory-bound: keep vCPUs and memory on one NUMA node.
-    SameNode = 2,
-}
-
-impl Locality {
-    pub const fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            0 => Some(Locality::Any),
-            1 => Some(Locality::SharedCache),
-            2 => Some(Locality::SameNode),
-            _ => None,
-        }
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Locality::Any => "any",
-            Locality::SharedCache => "shared_cache",
-            Locality::SameNode => "same_node",
-        }
+wire_enum! {
+    /// Data locality preference for placement.
+    pub enum Locality {
+        Any = 0 => "any",
+        /// Threads share data: keep them on one cache domain.
+        SharedCache = 1 => "shared_cache",
+        /// Memory-bound: keep vCPUs and memory on one NUMA node.
+        SameNode = 2 => "same_node",
     }
 }
 
@@ -856,42 +831,16 @@ pub const fn message_len(hint: &Hint) -> usize {
 
 // ---------------------------------------------------------------- outcomes
 
-/// What the host did with one record, as reported on the event queue. It
-/// never says anything about the host's capacity.
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize),
-    serde(rename_all = "snake_case")
-)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Outcome {
-    Accepted = 0,
-    /// Accepted with values brought within the host's policy.
-    Clamped = 1,
-    RateLimited = 2,
-    /// Malformed or refused.
-    Rejected = 3,
-}
-
-impl Outcome {
-    pub const fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            0 => Some(Outcome::Accepted),
-            1 => Some(Outcome::Clamped),
-            2 => Some(Outcome::RateLimited),
-            3 => Some(Outcome::Rejected),
-            _ => None,
-        }
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Accepted => "accepted",
-            Outcome::Clamped => "clamped",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::Rejected => "rejected",
-        }
+wire_enum! {
+    /// What the host did with one record, as reported on the event queue. It
+    /// never says anything about the host's capacity.
+    pub enum Outcome {
+        Accepted = 0 => "accepted",
+        /// Accepted with values brought within the host's policy.
+        Clamped = 1 => "clamped",
+        RateLimited = 2 => "rate_limited",
+        /// Malformed or refused.
+        Rejected = 3 => "rejected",
     }
 }
 

@@ -107,9 +107,7 @@ fn io_class(s: &str) -> Result<IoClass, String> {
 }
 
 fn locality(s: &str) -> Result<Locality, String> {
-    [Locality::Any, Locality::SharedCache, Locality::SameNode]
-        .into_iter()
-        .find(|l| l.as_str() == s)
+    Locality::parse(s)
         .ok_or_else(|| format!("'{s}' is not a locality (any, shared_cache, same_node)"))
 }
 
