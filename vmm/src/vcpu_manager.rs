@@ -108,15 +108,13 @@ impl VcpuManager {
         let to = to.clamp(1, self.max);
         let mut added = Vec::new();
         {
-            let st = lock(&self.states);
+            // One update of all slots, so the guest's scan never sees half of it.
+            let mut st = lock(&self.states);
             let mut count = st.enabled_count();
-            drop(st);
-            for i in 0..self.max {
+            for (i, slot) in st.slots.iter_mut().enumerate() {
                 if count >= to {
                     break;
                 }
-                let mut st = lock(&self.states);
-                let slot = &mut st.slots[i as usize];
                 if slot.enabled && slot.removing {
                     // A pending removal is simply withdrawn.
                     slot.removing = false;
@@ -125,17 +123,16 @@ impl VcpuManager {
                     slot.enabled = true;
                     slot.inserting = true;
                     count += 1;
-                    if !self.created[i as usize] {
-                        added.push(i);
+                    if !self.created[i] {
+                        added.push(i as u32);
                     }
                 }
             }
-            let mut st = lock(&self.states);
-            for i in (1..self.max).rev() {
+            // vCPU 0 is never removed.
+            for slot in st.slots.iter_mut().skip(1).rev() {
                 if count <= to {
                     break;
                 }
-                let slot = &mut st.slots[i as usize];
                 if slot.enabled && !slot.removing {
                     slot.removing = true;
                     slot.inserting = false;
