@@ -3,8 +3,24 @@
 
 use std::time::Duration;
 
-use perfvmm_tests::GuestRun;
+use perfvmm_tests::{GuestRun, RunOutput};
 use serde_json::Value;
+
+/// Boots the demo guest with room for 4 vCPUs (1 at boot) and its decision log.
+fn run_with_decisions(cmdline: &str) -> RunOutput {
+    GuestRun::demo(
+        cmdline,
+        &[
+            "--cpus",
+            "1,max=4",
+            "--decision-log",
+            "@FILES@/decisions.log",
+        ],
+    )
+    .fetch("decisions.log")
+    .timeout(Duration::from_secs(420))
+    .run()
+}
 
 fn decisions(lines: &[Value]) -> Vec<(u64, u64)> {
     lines
@@ -16,18 +32,7 @@ fn decisions(lines: &[Value]) -> Vec<(u64, u64)> {
 
 #[test]
 fn hints_grow_and_shrink_vcpus_within_bounds() {
-    let out = GuestRun::demo(
-        "pvrun=resize",
-        &[
-            "--cpus",
-            "1,max=4",
-            "--decision-log",
-            "@FILES@/decisions.log",
-        ],
-    )
-    .fetch("decisions.log")
-    .timeout(Duration::from_secs(420))
-    .run();
+    let out = run_with_decisions("pvrun=resize");
     out.expect_contains("scenario: start with 1")
         .expect_contains("scenario: grew to 4")
         .expect_contains("scenario: shrank to 1")
@@ -64,18 +69,7 @@ fn hints_grow_and_shrink_vcpus_within_bounds() {
 
 #[test]
 fn demo_workload_phases_drive_vcpus() {
-    let out = GuestRun::demo(
-        "pvrun=demo",
-        &[
-            "--cpus",
-            "1,max=4",
-            "--decision-log",
-            "@FILES@/decisions.log",
-        ],
-    )
-    .fetch("decisions.log")
-    .timeout(Duration::from_secs(420))
-    .run();
+    let out = run_with_decisions("pvrun=demo");
     out.expect_contains("demo-workload: done").expect_exit(0);
     let lines = out.json_lines("decisions.log");
     let d = decisions(&lines);
