@@ -53,6 +53,8 @@ pub struct MmioTransport<D: VirtioDevice> {
     interrupt_status: u32,
     status: u32,
     activated: bool,
+    /// Bumped on every device-side config change (`ConfigGeneration`).
+    config_generation: u32,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
@@ -71,6 +73,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             interrupt_status: 0,
             status: 0,
             activated: false,
+            config_generation: 0,
         }
     }
 
@@ -96,6 +99,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     pub fn acked_features(&self) -> u64 {
         self.acked_features
+    }
+
+    /// The driver has set DRIVER_OK and the device is running.
+    pub fn is_activated(&self) -> bool {
+        self.activated
     }
 
     fn queue(&mut self) -> Option<&mut Queue> {
@@ -128,6 +136,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     /// Tells the driver the config space changed.
     pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
         if self.activated {
             self.raise(INT_CONFIG);
         }
@@ -233,7 +242,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             reg::QUEUE_READY => self.queue().map(|q| q.ready() as u32).unwrap_or(0),
             reg::INTERRUPT_STATUS => self.interrupt_status,
             reg::STATUS => self.status,
-            reg::CONFIG_GENERATION => 0,
+            reg::CONFIG_GENERATION => self.config_generation,
             _ => 0,
         };
         data.copy_from_slice(&v.to_le_bytes());
@@ -242,7 +251,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// A guest write of `data` at `offset`.
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= reg::CONFIG {
-            // Config space is read-only.
+            self.device.write_config(offset - reg::CONFIG, data);
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {

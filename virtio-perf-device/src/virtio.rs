@@ -36,6 +36,8 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// Reads device config space at `offset` into `data` (bytes past the end read as 0).
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// A driver write to config space; read-only by default.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Called when the driver sets DRIVER_OK with valid queues.
     fn activate(&mut self, mem: Mem, acked_features: u64, queues: Vec<Queue>);
     /// Called when the driver notifies queue `index`; returns true when the

@@ -1,7 +1,7 @@
 //! Guest RAM: how much goes where, creating the mapping, and the e820 map
 //! the guest is told about.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::layout::{ACPI_END, ACPI_START, EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START};
 
@@ -24,6 +24,45 @@ pub fn low_ram_end(size: u64) -> u64 {
 /// Maps guest RAM in the VMM's address space.
 pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, vm_memory::mmap::FromRangesError> {
     GuestMemoryMmap::from_ranges(&ram_ranges(size))
+}
+
+/// Host page size assumed for discarding guest memory.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Why guest memory could not be discarded.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscardError {
+    #[error("range {addr:#x}+{len:#x} is not page-aligned")]
+    Unaligned { addr: u64, len: u64 },
+    #[error("range {addr:#x}+{len:#x} is not inside one guest memory region")]
+    OutOfRange { addr: u64, len: u64 },
+    #[error("madvise failed: {0}")]
+    Madvise(std::io::Error),
+}
+
+/// Gives the host pages behind guest range `[addr, addr + len)` back to the
+/// host; they read as zero when touched again. Used when the balloon
+/// inflates and when virtio-mem unplugs blocks.
+pub fn discard(mem: &GuestMemoryMmap, addr: GuestAddress, len: u64) -> Result<(), DiscardError> {
+    let raw = addr.0;
+    if !raw.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) || len == 0 {
+        return Err(DiscardError::Unaligned { addr: raw, len });
+    }
+    let out = || DiscardError::OutOfRange { addr: raw, len };
+    let (region, offset) = mem.to_region_addr(addr).ok_or_else(out)?;
+    let end = offset.0.checked_add(len).ok_or_else(out)?;
+    if end > region.len() {
+        return Err(out());
+    }
+    let host = region.get_host_address(offset).map_err(|_| out())?;
+    // SAFETY: `[host, host + len)` lies inside one live anonymous mapping
+    // owned by `mem` (checked above). MADV_DONTNEED only drops its pages; the
+    // mapping stays valid and reads back zeros.
+    let rc = unsafe { libc::madvise(host.cast(), len as usize, libc::MADV_DONTNEED) };
+    if rc != 0 {
+        return Err(DiscardError::Madvise(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// e820 entry types from the boot protocol.
@@ -72,6 +111,28 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn discarded_pages_read_back_zero() {
+        use vm_memory::Bytes;
+        let mem = create_guest_memory(32 << 20).unwrap();
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x20_0000))
+            .unwrap();
+        discard(&mem, GuestAddress(0x20_0000), PAGE_SIZE).unwrap();
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x20_0000)).unwrap(), 0);
+        assert!(matches!(
+            discard(&mem, GuestAddress(0x20_0001), PAGE_SIZE),
+            Err(DiscardError::Unaligned { .. })
+        ));
+        assert!(matches!(
+            discard(&mem, GuestAddress((32 << 20) - PAGE_SIZE), 2 * PAGE_SIZE),
+            Err(DiscardError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            discard(&mem, GuestAddress(!0xfff), PAGE_SIZE),
+            Err(DiscardError::OutOfRange { .. })
+        ));
+    }
 
     #[test]
     fn small_guest_is_one_low_region() {

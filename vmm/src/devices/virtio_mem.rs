@@ -1,0 +1,450 @@
+//! virtio-mem (virtio 1.2, 5.15): grows the guest beyond its boot memory.
+//! The device owns a region of guest physical address space above the boot
+//! RAM, mapped (but not populated) from the start; perfvmm sets
+//! `requested_size`, and the guest's driver plugs device blocks until its
+//! plugged size matches, or unplugs them when the request shrinks. Unplugged
+//! blocks have their host memory discarded.
+//!
+//! The guest controls every request field; each address, block count and
+//! state transition is checked and a bad request is answered `ERROR` (never
+//! trusted, never a panic).
+
+use serde::Serialize;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use virtio_perf_device::virtio::{Mem, VirtioDevice};
+
+use crate::memory;
+
+pub const VIRTIO_MEM_DEVICE_ID: u32 = 24;
+pub const VERSION_1: u32 = 32;
+pub const QUEUE_SIZE: u16 = 128;
+
+/// Device block size: the plug/unplug granularity (Linux needs at least its
+/// pageblock size, 2 MiB on x86).
+pub const BLOCK_SIZE: u64 = 2 << 20;
+
+/// Request and response layout.
+pub const REQ_LEN: usize = 24;
+pub const RESP_LEN: usize = 10;
+
+pub mod req {
+    pub const PLUG: u16 = 0;
+    pub const UNPLUG: u16 = 1;
+    pub const UNPLUG_ALL: u16 = 2;
+    pub const STATE: u16 = 3;
+}
+
+pub mod resp {
+    pub const ACK: u16 = 0;
+    pub const NACK: u16 = 1;
+    pub const ERROR: u16 = 3;
+}
+
+pub mod state {
+    pub const PLUGGED: u16 = 0;
+    pub const UNPLUGGED: u16 = 1;
+    pub const MIXED: u16 = 2;
+}
+
+const MAX_CHAIN_DESCRIPTORS: usize = 16;
+
+/// What the device has seen; read by the control API.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VirtioMemCounters {
+    pub plugs: u64,
+    pub unplugs: u64,
+    pub nacks: u64,
+    pub errors: u64,
+    /// Chains too malformed to answer.
+    pub dropped: u64,
+}
+
+pub struct VirtioMem {
+    addr: u64,
+    region_size: u64,
+    requested: u64,
+    plugged: Vec<bool>,
+    plugged_size: u64,
+    counters: VirtioMemCounters,
+    mem: Option<Mem>,
+    queues: Vec<Queue>,
+}
+
+impl VirtioMem {
+    /// A device for the region `[addr, addr + size)`; both must be multiples
+    /// of [`BLOCK_SIZE`] and the region must be part of guest memory.
+    pub fn new(addr: u64, size: u64) -> Self {
+        VirtioMem {
+            addr,
+            region_size: size,
+            requested: 0,
+            plugged: vec![false; (size / BLOCK_SIZE) as usize],
+            plugged_size: 0,
+            counters: VirtioMemCounters::default(),
+            mem: None,
+            queues: Vec::new(),
+        }
+    }
+
+    pub fn region(&self) -> (u64, u64) {
+        (self.addr, self.region_size)
+    }
+
+    /// Sets the size the guest should plug, rounded up to whole blocks and
+    /// capped by the region. The caller raises the config-change interrupt.
+    pub fn set_requested(&mut self, bytes: u64) -> u64 {
+        self.requested = bytes
+            .div_ceil(BLOCK_SIZE)
+            .saturating_mul(BLOCK_SIZE)
+            .min(self.region_size);
+        self.requested
+    }
+
+    pub fn requested(&self) -> u64 {
+        self.requested
+    }
+
+    pub fn plugged_size(&self) -> u64 {
+        self.plugged_size
+    }
+
+    pub fn counters(&self) -> &VirtioMemCounters {
+        &self.counters
+    }
+
+    fn config(&self) -> [u8; 56] {
+        let mut c = [0u8; 56];
+        let mut put = |off: usize, v: u64| c[off..off + 8].copy_from_slice(&v.to_le_bytes());
+        put(0, BLOCK_SIZE);
+        // 8: node_id and padding stay 0 (VIRTIO_MEM_F_ACPI_PXM is not offered).
+        put(16, self.addr);
+        put(24, self.region_size);
+        put(32, self.region_size); // usable_region_size
+        put(40, self.plugged_size);
+        put(48, self.requested);
+        c
+    }
+
+    /// Block indices for `nb` blocks at `addr`, if the range is aligned and
+    /// inside the region.
+    fn blocks(&self, addr: u64, nb: u16) -> Option<std::ops::Range<usize>> {
+        let off = addr.checked_sub(self.addr)?;
+        if !off.is_multiple_of(BLOCK_SIZE) || nb == 0 {
+            return None;
+        }
+        let first = off / BLOCK_SIZE;
+        let end = first.checked_add(u64::from(nb))?;
+        (end <= self.plugged.len() as u64).then_some(first as usize..end as usize)
+    }
+
+    /// Handles one request; returns the response type and, for STATE, the state.
+    fn handle(&mut self, mem: &GuestMemoryMmap<()>, r: &[u8; REQ_LEN]) -> (u16, u16) {
+        let kind = u16::from_le_bytes([r[0], r[1]]);
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&r[8..16]);
+        let addr = u64::from_le_bytes(a);
+        let nb = u16::from_le_bytes([r[16], r[17]]);
+        match kind {
+            req::UNPLUG_ALL => {
+                for i in 0..self.plugged.len() {
+                    if self.plugged[i] {
+                        self.unplug_block(mem, i);
+                    }
+                }
+                self.counters.unplugs += 1;
+                (resp::ACK, 0)
+            }
+            req::PLUG | req::UNPLUG | req::STATE => {
+                let Some(range) = self.blocks(addr, nb) else {
+                    self.counters.errors += 1;
+                    return (resp::ERROR, 0);
+                };
+                let bytes = u64::from(nb) * BLOCK_SIZE;
+                let plugged = self.plugged[range.clone()].iter().filter(|p| **p).count();
+                match kind {
+                    req::STATE => {
+                        let s = match plugged {
+                            0 => state::UNPLUGGED,
+                            n if n == range.len() => state::PLUGGED,
+                            _ => state::MIXED,
+                        };
+                        (resp::ACK, s)
+                    }
+                    req::PLUG if plugged != 0 => {
+                        self.counters.errors += 1;
+                        (resp::ERROR, 0)
+                    }
+                    req::PLUG if self.plugged_size + bytes > self.requested => {
+                        self.counters.nacks += 1;
+                        (resp::NACK, 0)
+                    }
+                    req::PLUG => {
+                        self.plugged[range].fill(true);
+                        self.plugged_size += bytes;
+                        self.counters.plugs += 1;
+                        (resp::ACK, 0)
+                    }
+                    _ if plugged != range.len() => {
+                        self.counters.errors += 1;
+                        (resp::ERROR, 0)
+                    }
+                    _ => {
+                        for i in range {
+                            self.unplug_block(mem, i);
+                        }
+                        self.counters.unplugs += 1;
+                        (resp::ACK, 0)
+                    }
+                }
+            }
+            _ => {
+                self.counters.errors += 1;
+                (resp::ERROR, 0)
+            }
+        }
+    }
+
+    fn unplug_block(&mut self, mem: &GuestMemoryMmap<()>, i: usize) {
+        self.plugged[i] = false;
+        self.plugged_size -= BLOCK_SIZE;
+        let addr = GuestAddress(self.addr + i as u64 * BLOCK_SIZE);
+        if let Err(e) = memory::discard(mem, addr, BLOCK_SIZE) {
+            log::warn!("virtio-mem: discarding block at {:#x}: {e}", addr.0);
+        }
+    }
+
+    /// Reads the request and finds the response buffer of one chain.
+    fn parse_chain(
+        mem: &GuestMemoryMmap<()>,
+        chain: DescriptorChain<&GuestMemoryMmap<()>>,
+    ) -> Option<([u8; REQ_LEN], GuestAddress)> {
+        let mut request = [0u8; REQ_LEN];
+        let mut have = 0;
+        let mut response = None;
+        for (n, d) in chain.enumerate() {
+            if n >= MAX_CHAIN_DESCRIPTORS {
+                return None;
+            }
+            if d.is_write_only() {
+                if response.is_none() && d.len() as usize >= RESP_LEN {
+                    response = Some(d.addr());
+                }
+            } else if have < REQ_LEN {
+                let take = (d.len() as usize).min(REQ_LEN - have);
+                mem.read_slice(&mut request[have..have + take], d.addr())
+                    .ok()?;
+                have += take;
+            }
+        }
+        (have == REQ_LEN).then_some(())?;
+        Some((request, response?))
+    }
+
+    fn process_requests(&mut self) -> bool {
+        let Some(mem) = self.mem.clone() else {
+            return false;
+        };
+        let mut used = false;
+        while let Some(chain) = self
+            .queues
+            .first_mut()
+            .and_then(|q| q.pop_descriptor_chain(mem.as_ref()))
+        {
+            let head = chain.head_index();
+            let mut written = 0;
+            match Self::parse_chain(mem.as_ref(), chain) {
+                Some((request, at)) => {
+                    let (kind, st) = self.handle(mem.as_ref(), &request);
+                    let mut r = [0u8; RESP_LEN];
+                    r[..2].copy_from_slice(&kind.to_le_bytes());
+                    r[8..].copy_from_slice(&st.to_le_bytes());
+                    if mem.write_slice(&r, at).is_ok() {
+                        written = RESP_LEN as u32;
+                    }
+                }
+                None => {
+                    self.counters.dropped += 1;
+                    log::debug!("virtio-mem: malformed request chain dropped");
+                }
+            }
+            if let Err(e) = self.queues[0].add_used(mem.as_ref(), head, written) {
+                log::warn!("virtio-mem: used ring: {e}");
+                break;
+            }
+            used = true;
+        }
+        used && self.queues[0]
+            .needs_notification(mem.as_ref())
+            .unwrap_or(true)
+    }
+}
+
+impl VirtioDevice for VirtioMem {
+    fn device_id(&self) -> u32 {
+        VIRTIO_MEM_DEVICE_ID
+    }
+
+    fn features(&self) -> u64 {
+        1 << VERSION_1
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let c = self.config();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| c.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(&mut self, mem: Mem, _acked_features: u64, queues: Vec<Queue>) {
+        self.mem = Some(mem);
+        self.queues = queues;
+    }
+
+    fn process_queue(&mut self, index: usize) -> bool {
+        index == 0 && self.process_requests()
+    }
+
+    fn reset(&mut self) {
+        // Plugged blocks stay plugged across a driver reset: the next driver
+        // finds them in `plugged_size` and unplugs them (UNPLUG_ALL).
+        self.mem = None;
+        self.queues.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use virtio_perf_device::testing::{Desc, DriverRing};
+
+    const REGION: u64 = 16 << 20;
+    const REGION_SIZE: u64 = 16 << 20;
+    const RING: u64 = 0x1_0000;
+    const REQ: u64 = 0x2_0000;
+    const RESP: u64 = 0x3_0000;
+
+    fn fixture() -> (Mem, VirtioMem, DriverRing) {
+        let mem = Arc::new(
+            GuestMemoryMmap::<()>::from_ranges(&[
+                (GuestAddress(0), 1 << 20),
+                (GuestAddress(REGION), REGION_SIZE as usize),
+            ])
+            .unwrap(),
+        );
+        let ring = DriverRing::new(&mem, RING, QUEUE_SIZE);
+        let mut dev = VirtioMem::new(REGION, REGION_SIZE);
+        dev.activate(mem.clone(), 0, vec![ring.queue()]);
+        (mem, dev, ring)
+    }
+
+    fn request(
+        mem: &Mem,
+        dev: &mut VirtioMem,
+        ring: &mut DriverRing,
+        kind: u16,
+        addr: u64,
+        nb: u16,
+    ) -> (u16, u16) {
+        let mut r = [0u8; REQ_LEN];
+        r[..2].copy_from_slice(&kind.to_le_bytes());
+        r[8..16].copy_from_slice(&addr.to_le_bytes());
+        r[16..18].copy_from_slice(&nb.to_le_bytes());
+        mem.write_slice(&r, GuestAddress(REQ)).unwrap();
+        ring.add(
+            mem,
+            &[
+                Desc::readable(REQ, REQ_LEN as u32),
+                Desc::writable(RESP, RESP_LEN as u32),
+            ],
+        );
+        assert!(dev.process_queue(0));
+        assert_eq!(ring.take_used(mem)[0].1, RESP_LEN as u32);
+        let t: u16 = mem.read_obj(GuestAddress(RESP)).unwrap();
+        let s: u16 = mem.read_obj(GuestAddress(RESP + 8)).unwrap();
+        (t, s)
+    }
+
+    #[test]
+    fn plug_up_to_the_request_then_unplug() {
+        let (mem, mut dev, mut ring) = fixture();
+        assert_eq!(dev.set_requested(3 << 20), 4 << 20, "whole blocks");
+        let b = |i: u64| REGION + i * BLOCK_SIZE;
+        assert_eq!(
+            request(&mem, &mut dev, &mut ring, req::PLUG, b(0), 2).0,
+            resp::ACK
+        );
+        assert_eq!(
+            request(&mem, &mut dev, &mut ring, req::PLUG, b(2), 1).0,
+            resp::NACK,
+            "beyond requested_size"
+        );
+        assert_eq!(dev.plugged_size(), 4 << 20);
+        assert_eq!(
+            request(&mem, &mut dev, &mut ring, req::STATE, b(0), 3),
+            (resp::ACK, state::MIXED)
+        );
+        mem.write_obj(7u64, GuestAddress(b(1))).unwrap();
+        assert_eq!(
+            request(&mem, &mut dev, &mut ring, req::UNPLUG, b(1), 1).0,
+            resp::ACK
+        );
+        assert_eq!(mem.read_obj::<u64>(GuestAddress(b(1))).unwrap(), 0);
+        assert_eq!(
+            request(&mem, &mut dev, &mut ring, req::UNPLUG, b(1), 1).0,
+            resp::ERROR,
+            "not plugged"
+        );
+        assert_eq!(
+            request(&mem, &mut dev, &mut ring, req::UNPLUG_ALL, 0, 0).0,
+            resp::ACK
+        );
+        assert_eq!(dev.plugged_size(), 0);
+        let mut c = [0u8; 8];
+        dev.read_config(48, &mut c);
+        assert_eq!(u64::from_le_bytes(c), 4 << 20, "requested_size in config");
+    }
+
+    #[test]
+    fn hostile_requests_get_error_or_are_dropped() {
+        let (mem, mut dev, mut ring) = fixture();
+        dev.set_requested(u64::MAX);
+        assert_eq!(dev.requested(), REGION_SIZE, "capped by the region");
+        for (addr, nb) in [
+            (REGION + 4096, 1),             // unaligned
+            (REGION - BLOCK_SIZE, 1),       // below the region
+            (REGION, 0),                    // no blocks
+            (REGION, u16::MAX),             // past the end
+            (u64::MAX - BLOCK_SIZE + 1, 2), // overflow
+        ] {
+            assert_eq!(
+                request(&mem, &mut dev, &mut ring, req::PLUG, addr, nb).0,
+                resp::ERROR
+            );
+        }
+        assert_eq!(
+            request(&mem, &mut dev, &mut ring, 77, REGION, 1).0,
+            resp::ERROR
+        );
+        // No response buffer, and a short request: used with nothing written.
+        ring.add(&mem, &[Desc::readable(REQ, REQ_LEN as u32)]);
+        ring.add(&mem, &[Desc::readable(REQ, 8), Desc::writable(RESP, 10)]);
+        assert!(dev.process_queue(0));
+        let used = ring.take_used(&mem);
+        assert_eq!(used.len(), 2);
+        assert!(used.iter().all(|&(_, len)| len == 0), "{used:?}");
+        assert_eq!(dev.counters().dropped, 2);
+        assert_eq!(dev.plugged_size(), 0);
+    }
+}
