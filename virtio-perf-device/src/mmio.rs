@@ -122,6 +122,14 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
+    /// Runs device-initiated work (not a guest notification); when `f`
+    /// returns true the used ring changed and the driver is interrupted.
+    pub fn run_device(&mut self, f: impl FnOnce(&mut D) -> bool) {
+        if self.activated && f(&mut self.device) {
+            self.raise(INT_USED_RING);
+        }
+    }
+
     /// Processes every queue, for when a notification may have been merged.
     pub fn notify_all(&mut self) {
         for i in 0..self.device.queue_max_sizes().len() {

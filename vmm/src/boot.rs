@@ -288,7 +288,7 @@ mod tests {
     fn reset_vector_writes_the_reset_register() {
         let stub = reset_vector_stub();
         assert_eq!(stub, [0xba, 0x02, 0x06, 0xb0, 0x01, 0xee, 0xf4]);
-        let mem = crate::memory::create_guest_memory(32 << 20).unwrap();
+        let mem = crate::memory::create_guest_memory(32 << 20, None).unwrap();
         write_reset_vector(&mem).unwrap();
         let mut b = [0u8; 7];
         mem.read_slice(&mut b, GuestAddress(RESET_VECTOR)).unwrap();
@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn initrd_too_big_is_refused() {
-        let mem = crate::memory::create_guest_memory(32 << 20).unwrap();
+        let mem = crate::memory::create_guest_memory(32 << 20, None).unwrap();
         let dir = std::env::temp_dir().join(format!("perfvmm-initrd-{}", std::process::id()));
         std::fs::write(&dir, vec![0u8; 40 << 20]).unwrap();
         let kernel = LoadedKernel {

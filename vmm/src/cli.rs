@@ -55,9 +55,16 @@ pub struct Cli {
     #[arg(long, value_name = "N[,max=M]", default_value = "1")]
     pub cpus: CpuSpec,
 
-    /// Guest memory size.
-    #[arg(long, value_name = "SIZE", default_value = "512M")]
-    pub memory: MemSize,
+    /// Guest memory at boot, and optionally the most it may grow to: the
+    /// balloon shrinks it below the boot size, virtio-mem grows it up to max.
+    #[arg(long, value_name = "SIZE[,max=SIZE]", default_value = "512M")]
+    pub memory: MemSpec,
+
+    /// Serve the control API (HTTP over this Unix socket): status, hints,
+    /// decisions, Prometheus metrics, manual resize, policy reload. See
+    /// `perfvmm ctl --help`.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
 
     /// Write every hint the guest sends through the perf-hint device as one
     /// JSON line to this file (time, sequence number, kind, fields, outcome),
@@ -65,7 +72,7 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub hint_log: Option<PathBuf>,
 
-    /// Policy file (TOML) saying how hints become vCPU allocations; without
+    /// Policy file (TOML) saying how hints become vCPU and memory allocations; without
     /// it the built-in policy applies (`perfvmm policy --print-default`).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
@@ -95,6 +102,39 @@ pub enum Command {
         /// Check a policy file and report the first problem with its line.
         #[arg(long, value_name = "FILE")]
         check: Option<PathBuf>,
+    },
+    /// Talk to a running perfvmm through its control API.
+    Ctl {
+        /// The VM's --api-sock.
+        #[arg(long, value_name = "PATH")]
+        api_sock: PathBuf,
+        #[command(subcommand)]
+        request: CtlRequest,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum CtlRequest {
+    /// Allocation, bounds, hinted demand, open phases, memory devices and
+    /// the guest's memory statistics (JSON).
+    Status,
+    /// The most recent policy decisions, oldest first (JSON).
+    Decisions,
+    /// Prometheus metrics (text exposition format).
+    Metrics,
+    /// Set the VM's size now, within the policy's bounds; logged as a decision.
+    Resize {
+        /// vCPU count.
+        #[arg(long, value_name = "N", required_unless_present = "memory")]
+        vcpus: Option<u32>,
+        /// Guest memory.
+        #[arg(long, value_name = "SIZE")]
+        memory: Option<String>,
+    },
+    /// Read the policy file again (or FILE) and put it in force.
+    Reload {
+        #[arg(value_name = "FILE")]
+        policy: Option<PathBuf>,
     },
 }
 
@@ -138,6 +178,40 @@ impl FromStr for CpuSpec {
             ));
         }
         Ok(CpuSpec { boot, max })
+    }
+}
+
+/// `--memory SIZE[,max=SIZE]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemSpec {
+    pub boot: u64,
+    pub max: u64,
+}
+
+impl FromStr for MemSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(',');
+        let boot: MemSize = parts.next().unwrap_or_default().parse()?;
+        let mut max = boot;
+        for part in parts {
+            match part.trim().split_once('=') {
+                Some(("max", v)) => max = v.parse()?,
+                _ => return Err(format!("unknown option '{part}' (expected max=SIZE)")),
+            }
+        }
+        if max.0 < boot.0 {
+            return Err(format!(
+                "max={} MiB is below the boot size of {} MiB",
+                max.0 >> 20,
+                boot.0 >> 20
+            ));
+        }
+        Ok(MemSpec {
+            boot: boot.0,
+            max: max.0,
+        })
     }
 }
 
@@ -191,6 +265,23 @@ mod tests {
         assert!("1K".parse::<MemSize>().is_err());
         assert!("4T".parse::<MemSize>().is_err());
         assert_eq!("1G".parse::<MemSize>(), Ok(MemSize(1 << 30)));
+        assert_eq!(
+            "512M,max=1G".parse::<MemSpec>(),
+            Ok(MemSpec {
+                boot: 512 << 20,
+                max: 1 << 30
+            })
+        );
+        assert_eq!(
+            "1G".parse::<MemSpec>(),
+            Ok(MemSpec {
+                boot: 1 << 30,
+                max: 1 << 30
+            })
+        );
+        assert!("1G,max=512M".parse::<MemSpec>().is_err());
+        assert!("1G,min=2G".parse::<MemSpec>().is_err());
+        assert!("1G,max=4T".parse::<MemSpec>().is_err());
     }
 
     #[test]

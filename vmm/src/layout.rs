@@ -67,8 +67,12 @@ pub const ACPI_RESET_PORT: u16 = 0x602;
 pub const ACPI_RESET_VALUE: u8 = 0x1;
 /// The `SLP_TYP` value the DSDT's `_S5` object announces.
 pub const ACPI_S5_SLP_TYP: u8 = 5;
-/// First IRQ handed to virtio-mmio devices (COM1 takes 4).
-pub const FIRST_VIRTIO_IRQ: u32 = 5;
+/// Interrupts of virtio-mmio slots 0, 1, 2 (COM1 takes 4, the GED 6).
+pub const VIRTIO_IRQS: [u32; 3] = [5, 10, 11];
+/// The virtio-mmio slot of each device.
+pub const PERF_HINT_SLOT: usize = 0;
+pub const BALLOON_SLOT: usize = 1;
+pub const VIRTIO_MEM_SLOT: usize = 2;
 
 /// The highest APIC ID an xAPIC MADT entry can name (255 is broadcast).
 pub const MAX_APIC_ID: u32 = 254;

@@ -2,6 +2,7 @@
 //! crates. See `docs/architecture.md` for how the modules fit together.
 
 pub mod acpi;
+pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod cli;
@@ -10,6 +11,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod layout;
 pub mod memory;
+pub mod memory_manager;
 pub mod memstat;
 pub mod placement;
 pub mod policy;

@@ -3,7 +3,7 @@ use std::time::Instant;
 
 use clap::Parser;
 
-use perfvmm::cli::{Cli, Command};
+use perfvmm::cli::{Cli, Command, CtlRequest};
 use perfvmm::policy::Policy;
 use perfvmm::vm::{self, VmConfig};
 
@@ -26,6 +26,9 @@ fn main() -> ExitCode {
     {
         return policy_command(print_default, check);
     }
+    if let Some(Command::Ctl { api_sock, request }) = cli.command {
+        return ctl_command(&api_sock, request);
+    }
     let Some(kernel) = cli.kernel else {
         eprintln!("perfvmm: --kernel is required");
         return ExitCode::from(2);
@@ -37,7 +40,8 @@ fn main() -> ExitCode {
         initrd: cli.initrd,
         cmdline: cli.cmdline,
         cpus: cli.cpus,
-        memory: cli.memory.0,
+        memory: cli.memory,
+        api_sock: cli.api_sock,
         boot_timer: cli.boot_timer,
         hint_log: cli.hint_log,
     };
@@ -85,4 +89,51 @@ fn policy_command(print_default: bool, check: Option<std::path::PathBuf>) -> Exi
     }
     eprintln!("perfvmm policy: give --print-default or --check FILE");
     ExitCode::from(2)
+}
+
+fn ctl_command(sock: &std::path::Path, request: CtlRequest) -> ExitCode {
+    use serde_json::json;
+    let (method, path, body) = match request {
+        CtlRequest::Status => ("GET", "/status", None),
+        CtlRequest::Decisions => ("GET", "/decisions", None),
+        CtlRequest::Metrics => ("GET", "/metrics", None),
+        CtlRequest::Resize { vcpus, memory } => {
+            let body = match (vcpus, memory) {
+                (Some(n), None) => json!({ "vcpus": n }),
+                (None, Some(m)) => json!({ "memory": m }),
+                _ => {
+                    eprintln!("perfvmm ctl resize: give one of --vcpus and --memory");
+                    return ExitCode::from(2);
+                }
+            };
+            ("PUT", "/resize", Some(body))
+        }
+        CtlRequest::Reload { policy } => {
+            let body = match policy {
+                Some(p) => match std::path::absolute(&p) {
+                    Ok(p) => json!({ "path": p }),
+                    Err(e) => {
+                        eprintln!("perfvmm ctl: {}: {e}", p.display());
+                        return ExitCode::from(1);
+                    }
+                },
+                None => json!({}),
+            };
+            ("PUT", "/policy/reload", Some(body))
+        }
+    };
+    match perfvmm::api::call(sock, method, path, body.as_ref()) {
+        Ok((200, body)) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((code, body)) => {
+            eprint!("perfvmm ctl: {code}: {body}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("perfvmm ctl: {}: {e}", sock.display());
+            ExitCode::from(1)
+        }
+    }
 }

@@ -16,14 +16,44 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
     ranges
 }
 
+/// virtio-mem's region starts on a boundary this large (Linux hot-adds
+/// memory in blocks of up to 2 GiB; 1 GiB covers guests below 64 GiB).
+pub const HOTPLUG_ALIGN: u64 = 1 << 30;
+/// Linux's x86 memory block size for guests below 64 GiB: the hotplug
+/// region's size is a whole number of these.
+pub const HOTPLUG_BLOCK: u64 = 128 << 20;
+
+/// The guest-physical region virtio-mem may plug for a guest of `boot`
+/// bytes that may grow to `max`: above all boot RAM and the MMIO gap.
+pub fn hotplug_region(boot: u64, max: u64) -> Option<(u64, u64)> {
+    if max <= boot {
+        return None;
+    }
+    let ram_end = ram_ranges(boot)
+        .last()
+        .map(|(a, len)| a.0 + *len as u64)
+        .unwrap_or(0);
+    let start = ram_end.max(MMIO_GAP_END).next_multiple_of(HOTPLUG_ALIGN);
+    Some((start, (max - boot).next_multiple_of(HOTPLUG_BLOCK)))
+}
+
 /// The first byte past RAM below the MMIO gap.
 pub fn low_ram_end(size: u64) -> u64 {
     size.min(MMIO_GAP_START)
 }
 
-/// Maps guest RAM in the VMM's address space.
-pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, vm_memory::mmap::FromRangesError> {
-    GuestMemoryMmap::from_ranges(&ram_ranges(size))
+/// Maps guest RAM, and the hotplug region when there is one, in the VMM's
+/// address space. Mappings are reserved, not populated: untouched pages
+/// cost nothing.
+pub fn create_guest_memory(
+    size: u64,
+    hotplug: Option<(u64, u64)>,
+) -> Result<GuestMemoryMmap, vm_memory::mmap::FromRangesError> {
+    let mut ranges = ram_ranges(size);
+    if let Some((start, len)) = hotplug {
+        ranges.push((GuestAddress(start), len as usize));
+    }
+    GuestMemoryMmap::from_ranges(&ranges)
 }
 
 /// Host page size assumed for discarding guest memory.
@@ -115,7 +145,7 @@ mod tests {
     #[test]
     fn discarded_pages_read_back_zero() {
         use vm_memory::Bytes;
-        let mem = create_guest_memory(32 << 20).unwrap();
+        let mem = create_guest_memory(32 << 20, None).unwrap();
         mem.write_obj(0xdead_beef_u32, GuestAddress(0x20_0000))
             .unwrap();
         discard(&mem, GuestAddress(0x20_0000), PAGE_SIZE).unwrap();
@@ -132,6 +162,20 @@ mod tests {
             discard(&mem, GuestAddress(!0xfff), PAGE_SIZE),
             Err(DiscardError::OutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn hotplug_region_sits_above_ram_and_the_gap() {
+        assert_eq!(hotplug_region(512 << 20, 512 << 20), None);
+        assert_eq!(
+            hotplug_region(512 << 20, 1 << 30),
+            Some((MMIO_GAP_END, 512 << 20))
+        );
+        // 4 GiB boot: 1 GiB lives above the gap (4-5 GiB), so the region starts at 5 GiB.
+        let (start, size) = hotplug_region(4 << 30, (4 << 30) + 1).unwrap();
+        assert_eq!((start, size), (5 << 30, HOTPLUG_BLOCK));
+        let mem = create_guest_memory(64 << 20, hotplug_region(64 << 20, 256 << 20)).unwrap();
+        assert_eq!(mem.num_regions(), 2);
     }
 
     #[test]

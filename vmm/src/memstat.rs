@@ -53,7 +53,7 @@ mod tests {
 
     #[test]
     fn counts_touched_pages() {
-        let mem = crate::memory::create_guest_memory(64 << 20).unwrap();
+        let mem = crate::memory::create_guest_memory(64 << 20, None).unwrap();
         use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
         let r = mem.iter().next().unwrap();
         let (addr, len) = (r.as_ptr() as usize, r.len() as usize);

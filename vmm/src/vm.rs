@@ -10,30 +10,35 @@ use std::time::Instant;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{self, AcpiConfig, MmioDeviceInfo};
 use crate::boot::{self, BootError};
-use crate::cli::CpuSpec;
+use crate::cli::{CpuSpec, MemSpec};
+use crate::devices::balloon::Balloon;
 use crate::devices::boot_timer::{BootTimer, BootTimes, InitHook};
 use crate::devices::bus::{lock, Bus, BusError};
 use crate::devices::cpu_hotplug::{self, CpuHotplugController, CpuStates};
-use crate::devices::perf_hint::{self, HintLog, IrqFdInterrupt, PerfHintMmio};
+use crate::devices::perf_hint::{self, HintLog, PerfHintMmio};
 use crate::devices::power::{self, PowerDevice};
 use crate::devices::serial::SerialDevice;
+use crate::devices::virtio_mem::VirtioMem;
+use crate::devices::virtio_mmio::{IrqFdInterrupt, MmioSlot, SlotFds};
 use crate::event_loop::{self, ConsoleInput, EventFdHandler};
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::layout::{
-    ACPI_SLEEP_CONTROL_PORT, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT,
-    CPU_HOTPLUG_ADDR, FIRST_VIRTIO_IRQ, GED_IRQ, KVM_TSS_ADDR, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
+    ACPI_SLEEP_CONTROL_PORT, BALLOON_SLOT, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT,
+    CPU_HOTPLUG_ADDR, GED_IRQ, KVM_TSS_ADDR, PERF_HINT_SLOT, VIRTIO_IRQS, VIRTIO_MEM_SLOT,
+    VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
 use crate::memory;
+use crate::memory_manager::MemoryManager;
 use crate::memstat;
 use crate::placement;
-use crate::policy::controller;
-use crate::policy::{Engine, Policy};
+use crate::policy::controller::{self, Actuators};
+use crate::policy::{Engine, Policy, VmLimits};
 use crate::vcpu::{VcpuContext, VcpuError};
 use crate::vcpu_manager::VcpuManager;
 
@@ -44,11 +49,12 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
     pub cpus: CpuSpec,
-    pub memory: u64,
+    pub memory: MemSpec,
     pub boot_timer: bool,
     pub hint_log: Option<PathBuf>,
     pub decision_log: Option<PathBuf>,
     pub policy: Option<PathBuf>,
+    pub api_sock: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +93,8 @@ pub enum VmError {
     Policy(String),
     #[error(transparent)]
     Resize(#[from] crate::vcpu_manager::ResizeError),
+    #[error("--api-sock {path}: {source}")]
+    ApiSock { path: PathBuf, source: io::Error },
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -222,15 +230,26 @@ fn policy_timer() -> io::Result<vmm_sys_util::timerfd::TimerFd> {
     Ok(t)
 }
 
+/// virtio-mmio slot `n`: its MMIO window and interrupt.
+fn virtio_slot(n: usize) -> MmioDeviceInfo {
+    MmioDeviceInfo {
+        base: VIRTIO_MMIO_BASE + n as u64 * VIRTIO_MMIO_SIZE,
+        size: VIRTIO_MMIO_SIZE,
+        irq: VIRTIO_IRQS[n],
+    }
+}
+
 /// Builds the VM described by `cfg`, runs it to completion and returns why it ended.
 pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
-    let mem =
-        Arc::new(
-            memory::create_guest_memory(cfg.memory).map_err(|source| VmError::Memory {
-                size: cfg.memory >> 20,
+    let hotplug = memory::hotplug_region(cfg.memory.boot, cfg.memory.max);
+    let mem = Arc::new(
+        memory::create_guest_memory(cfg.memory.boot, hotplug).map_err(|source| {
+            VmError::Memory {
+                size: cfg.memory.max >> 20,
                 source,
-            })?,
-        );
+            }
+        })?,
+    );
     // The policy and output files next: a bad policy or a path that cannot be
     // written is an input error too.
     let policy = match &cfg.policy {
@@ -255,11 +274,22 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
             path: cfg.hint_log.clone().unwrap_or_default(),
             source,
         })?;
-    let perf_hint_slot = MmioDeviceInfo {
-        base: VIRTIO_MMIO_BASE,
-        size: VIRTIO_MMIO_SIZE,
-        irq: FIRST_VIRTIO_IRQ,
-    };
+    // The API socket is bound before the guest starts, so a client can
+    // connect as soon as perfvmm runs.
+    let api_listener = cfg
+        .api_sock
+        .as_deref()
+        .map(|p| {
+            crate::api::bind(p).map_err(|source| VmError::ApiSock {
+                path: p.to_path_buf(),
+                source,
+            })
+        })
+        .transpose()?;
+    let mut slots = vec![virtio_slot(PERF_HINT_SLOT), virtio_slot(BALLOON_SLOT)];
+    if hotplug.is_some() {
+        slots.push(virtio_slot(VIRTIO_MEM_SLOT));
+    }
 
     // Boot data first: a bad kernel or initrd is reported before KVM is touched,
     // so input errors are the same on every host.
@@ -270,13 +300,13 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
         .map(|p| boot::load_initrd(&mem, p, &kernel))
         .transpose()?;
     let cmdline = boot::build_cmdline(cfg.cmdline.as_deref())?;
-    boot::write_boot_params(&mem, &kernel, initrd, &cmdline, cfg.memory)?;
+    boot::write_boot_params(&mem, &kernel, initrd, &cmdline, cfg.memory.boot)?;
     boot::write_reset_vector(&mem)?;
     crate::arch::regs::write_boot_tables(mem.as_ref()).map_err(BootError::Memory)?;
     let tables = acpi::build_tables(&AcpiConfig {
         boot_vcpus: cfg.cpus.boot,
         max_vcpus: cfg.cpus.max,
-        virtio_mmio: vec![perf_hint_slot],
+        virtio_mmio: slots.clone(),
         cpu_hotplug: Some(acpi::CpuHotplugInfo {
             regs: CPU_HOTPLUG_ADDR,
             ged_irq: GED_IRQ,
@@ -328,35 +358,75 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
 
     // Policy: the perf-hint device's sink decides each hint's outcome; the
     // controller (finished below, once the vCPU actuator exists) applies decisions.
-    let engine = Engine::new(policy.clone(), cfg.cpus.boot, cfg.cpus.max);
+    let engine = Engine::new(
+        policy.clone(),
+        VmLimits {
+            boot_vcpus: cfg.cpus.boot,
+            max_vcpus: cfg.cpus.max,
+            boot_memory: cfg.memory.boot,
+            max_memory: cfg.memory.max,
+        },
+    );
     let (sink, pending) = controller::split(engine, hint_log, start);
 
     // The perf-hint device: irqfd for its interrupt, ioeventfd for queue notifications.
-    let hint_irq = EventFd::new(libc::EFD_NONBLOCK)?;
-    kvm_err(
-        "KVM_IRQFD",
-        vm.register_irqfd(&hint_irq, perf_hint_slot.irq),
-    )?;
+    let slot = slots[PERF_HINT_SLOT];
+    let hint_fds = kvm_err("KVM_IRQFD/KVM_IOEVENTFD", SlotFds::register(&vm, &slot))?;
     let hint_device = virtio_perf_device::PerfHintDevice::new(sink);
     let hint_counters = hint_device.counters();
     let hint_transport = Arc::new(Mutex::new(virtio_perf_device::mmio::MmioTransport::new(
         hint_device,
         mem.clone(),
-        Arc::new(IrqFdInterrupt(hint_irq)),
+        Arc::new(IrqFdInterrupt(hint_fds.irq)),
         virtio_perf_device::PERFHINT_VENDOR_ID,
     )));
     mmio.insert(
         Arc::new(Mutex::new(PerfHintMmio(hint_transport.clone()))),
-        perf_hint_slot.base,
-        perf_hint_slot.size,
+        slot.base,
+        slot.size,
     )?;
-    let hint_notify = EventFd::new(libc::EFD_NONBLOCK)?;
-    let notify_addr =
-        IoEventAddress::Mmio(perf_hint_slot.base + virtio_perf_device::mmio::reg::QUEUE_NOTIFY);
-    kvm_err(
-        "KVM_IOEVENTFD",
-        vm.register_ioevent(&hint_notify, &notify_addr, NoDatamatch),
+
+    // Memory devices: the balloon always, virtio-mem when --memory has a max.
+    let slot = slots[BALLOON_SLOT];
+    let balloon_fds = kvm_err("KVM_IRQFD/KVM_IOEVENTFD", SlotFds::register(&vm, &slot))?;
+    let balloon = Arc::new(Mutex::new(virtio_perf_device::mmio::MmioTransport::new(
+        Balloon::new(),
+        mem.clone(),
+        Arc::new(IrqFdInterrupt(balloon_fds.irq)),
+        virtio_perf_device::PERFHINT_VENDOR_ID,
+    )));
+    mmio.insert(
+        Arc::new(Mutex::new(MmioSlot(balloon.clone()))),
+        slot.base,
+        slot.size,
     )?;
+    let mut notifiers: Vec<(EventFd, Box<dyn FnMut() + Send>)> = Vec::new();
+    let b = balloon.clone();
+    notifiers.push((balloon_fds.notify, Box::new(move || lock(&b).notify_all())));
+    let virtio_mem = match hotplug {
+        Some((start, size)) => {
+            let slot = slots[VIRTIO_MEM_SLOT];
+            let fds = kvm_err("KVM_IRQFD/KVM_IOEVENTFD", SlotFds::register(&vm, &slot))?;
+            let t = Arc::new(Mutex::new(virtio_perf_device::mmio::MmioTransport::new(
+                VirtioMem::new(start, size),
+                mem.clone(),
+                Arc::new(IrqFdInterrupt(fds.irq)),
+                virtio_perf_device::PERFHINT_VENDOR_ID,
+            )));
+            mmio.insert(
+                Arc::new(Mutex::new(MmioSlot(t.clone()))),
+                slot.base,
+                slot.size,
+            )?;
+            let n = t.clone();
+            notifiers.push((fds.notify, Box::new(move || lock(&n).notify_all())));
+            log::info!("virtio-mem: {} MiB pluggable at {start:#x}", size >> 20);
+            Some(t)
+        }
+        None => None,
+    };
+    let memory_manager =
+        MemoryManager::new(cfg.memory.boot, cfg.memory.max, balloon.clone(), virtio_mem);
 
     // CPU hotplug: the controller's registers and the GED interrupt.
     let cpu_states = CpuStates::new(cfg.cpus.boot, cfg.cpus.max);
@@ -409,14 +479,22 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
         vcpus.spawn(vcpu)?;
     }
 
-    let controller = Arc::new(Mutex::new(pending.finish(vcpus, decision_log)));
+    let controller = Arc::new(Mutex::new(pending.finish(Actuators {
+        vcpus,
+        memory: memory_manager,
+        decision_log,
+        policy_path: cfg.policy.clone(),
+    })));
+    if let Some(listener) = api_listener {
+        crate::api::spawn(listener, controller.clone(), hint_counters.clone())?;
+    }
     let notify_transport = hint_transport.clone();
     let notify_controller = controller.clone();
     let tick_controller = controller.clone();
     let tick_transport = hint_transport.clone();
     let mut subscribers: Vec<Box<dyn event_manager::MutEventSubscriber>> = vec![
         Box::new(EventFdHandler::new(
-            Box::new(hint_notify),
+            Box::new(hint_fds.notify),
             Box::new(move || {
                 perf_hint::on_queue_notify(&notify_transport);
                 lock(&notify_controller).drain();
@@ -431,6 +509,9 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
             }),
         )),
     ];
+    for (fd, f) in notifiers {
+        subscribers.push(Box::new(EventFdHandler::new(Box::new(fd), f)));
+    }
 
     let stdin = io::stdin();
     let raw = stdin.is_terminal().then(RawTerminal::enter).flatten();

@@ -11,9 +11,7 @@ use std::time::Instant;
 use guest_hints::wire::{Hint, Outcome};
 use serde_json::{json, Value};
 use virtio_perf_device::mmio::MmioTransport;
-use virtio_perf_device::virtio::Interrupt;
 use virtio_perf_device::{Counters, DropReason, PerfHintDevice};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::{lock, BusDevice};
 use crate::policy::controller::PolicySink;
@@ -94,17 +92,6 @@ impl HintLog {
         );
         let t = self.t_ms();
         self.line(json!({ "t_ms": t, "dropped": reason.as_str(), "detail": detail }));
-    }
-}
-
-/// The device's interrupt: an eventfd registered with KVM as an irqfd.
-pub struct IrqFdInterrupt(pub EventFd);
-
-impl Interrupt for IrqFdInterrupt {
-    fn trigger(&self) {
-        if let Err(e) = self.0.write(1) {
-            log::warn!("perf-hint: cannot raise interrupt: {e}");
-        }
     }
 }
 

@@ -47,6 +47,55 @@ impl Default for VcpuPolicy {
     }
 }
 
+/// A size in bytes, written as on the command line ("512M", "2G").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+impl Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let b = self.0;
+        let text = match b {
+            0 => "0M".to_string(),
+            _ if b.is_multiple_of(1 << 40) => format!("{}T", b >> 40),
+            _ if b.is_multiple_of(1 << 30) => format!("{}G", b >> 30),
+            _ if b.is_multiple_of(1 << 20) => format!("{}M", b >> 20),
+            _ => format!("{}K", b.div_ceil(1 << 10)),
+        };
+        s.serialize_str(&text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        guest_hints::size::parse_size(&text)
+            .map(Size)
+            .map_err(|e| serde::de::Error::custom(e.to_string()))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryPolicy {
+    /// Never less guest memory than this.
+    pub min: Size,
+    /// Never more than this (also capped by `--memory max=`).
+    pub max: Size,
+    /// Memory the guest's kernel and services need besides the hinted work:
+    /// added to the larger of the hinted working set and peak.
+    pub reserve: Size,
+}
+
+impl Default for MemoryPolicy {
+    fn default() -> Self {
+        MemoryPolicy {
+            min: Size(128 << 20),
+            max: Size(1 << 40),
+            reserve: Size(192 << 20),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimingPolicy {
@@ -107,6 +156,7 @@ impl Default for PlacementPolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     pub vcpus: VcpuPolicy,
+    pub memory: MemoryPolicy,
     pub timing: TimingPolicy,
     pub hints: HintPolicy,
     pub placement: PlacementPolicy,
@@ -150,6 +200,12 @@ impl Policy {
             return Err(format!(
                 "vcpus.max ({}) is below vcpus.min ({})",
                 self.vcpus.max, self.vcpus.min
+            ));
+        }
+        if self.memory.max < self.memory.min {
+            return Err(format!(
+                "memory.max ({}) is below memory.min ({})",
+                self.memory.max.0, self.memory.min.0
             ));
         }
         if self.hints.rate_per_sec == 0 || self.hints.burst == 0 {
@@ -224,6 +280,11 @@ mod tests {
             parse_cpu_list(&p.placement.host_cpus).unwrap(),
             vec![0, 1, 3]
         );
+        let p = Policy::from_toml("p", "[memory]\nreserve = \"64M\"\nmax = \"2G\"\n").unwrap();
+        assert_eq!(
+            (p.memory.reserve, p.memory.max),
+            (Size(64 << 20), Size(2 << 30))
+        );
     }
 
     #[test]
@@ -235,13 +296,14 @@ mod tests {
             e.contains("p.toml") && e.contains("line 3") && e.contains("maxx"),
             "{e}"
         );
-        let e = Policy::from_toml("p.toml", "[memory]\nmax = \"1G\"\n")
+        let e = Policy::from_toml("p.toml", "[memory]\nmin = \"1G\"\nmax = \"12XB\"\n")
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("line 1") && e.contains("memory"),
-            "memory resizing is not implemented: {e}"
-        );
+        assert!(e.contains("line 3") && e.contains("12XB"), "{e}");
+        let e = Policy::from_toml("p.toml", "[memory]\nmin = \"1G\"\nmax = \"512M\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("memory.max"), "{e}");
         let e = Policy::from_toml("p.toml", "[vcpus]\nmin = 4\nmax = 2\n")
             .unwrap_err()
             .to_string();

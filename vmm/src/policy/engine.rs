@@ -1,26 +1,61 @@
-//! The policy engine: turns a stream of untrusted hints into vCPU
-//! allocation decisions, each with its reason. Pure logic with an explicit
-//! clock, so every rule is unit-tested and its latency benchmarked.
+//! The policy engine: turns a stream of untrusted hints into vCPU and
+//! memory allocation decisions, each with its reason. Pure logic with an
+//! explicit clock, so every rule is unit-tested and its latency benchmarked.
 //!
-//! Rules: demand comes from the innermost open phase's parallelism hint,
-//! else from the latest one outside phases, else from the manifest. The
-//! target is demand + headroom within [min, max]. Growing happens at once
-//! (hints announce what is coming); shrinking waits until the lower target
-//! has held for `shrink_after_ms` and the last change is `cooldown_ms` old.
+//! Rules, the same for both resources: demand comes from the innermost open
+//! phase's hint, else from the latest hint outside phases, else from the
+//! manifest. vCPUs wanted = parallelism + headroom; memory wanted = reserve +
+//! the larger of working set and peak, never below what the guest reports in
+//! use. The target is the wanted amount within [min, max]. Growing happens
+//! at once (hints announce what is coming); shrinking waits until the lower
+//! target has held for `shrink_after_ms` and the last change is
+//! `cooldown_ms` old. A change the VM could not make is not retried until
+//! the target changes.
 
 use std::time::Duration;
 
-use guest_hints::wire::{Hint, Outcome};
+use guest_hints::wire::{Hint, Memory, Outcome, Parallelism};
 use serde::Serialize;
 
 use super::config::{Policy, Untrusted};
+
+/// Memory allocations are whole multiples of this (virtio-mem's block).
+pub const MEMORY_STEP: u64 = 2 << 20;
+
+/// What a decision resizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resource {
+    Vcpus,
+    /// Guest memory in bytes.
+    Memory,
+}
+
+impl Resource {
+    pub const ALL: [Resource; 2] = [Resource::Vcpus, Resource::Memory];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::Vcpus => "vcpus",
+            Resource::Memory => "memory",
+        }
+    }
+
+    /// An amount of this resource, for people.
+    pub fn show(self, v: u64) -> String {
+        match self {
+            Resource::Vcpus => format!("{v} vCPU(s)"),
+            Resource::Memory => format!("{} MiB", v >> 20),
+        }
+    }
+}
 
 /// One allocation change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Decision {
     /// Milliseconds since the VM started.
     pub t_ms: u64,
-    pub resource: &'static str,
+    pub resource: Resource,
     pub from: u64,
     pub to: u64,
     pub reason: String,
@@ -32,10 +67,13 @@ pub struct Decision {
     pub rate_limited: u64,
 }
 
+/// A demand and the sequence number of the hint that set it.
+type Demand = Option<(u64, u32)>;
+
 #[derive(Clone, Debug)]
 struct Frame {
     phase: u32,
-    tasks: Option<(u32, u32)>, // (demand, seq)
+    demand: [Demand; 2],
 }
 
 /// A token bucket: `rate` tokens per second, at most `burst`.
@@ -61,120 +99,269 @@ impl Bucket {
     }
 }
 
-pub struct Engine {
-    policy: Policy,
-    /// Bounds after combining the policy with the VM's own limits.
-    min: u32,
-    max: u32,
-    alloc: u32,
-    base: Option<(u32, u32)>,
-    manifest: Option<(u32, u32)>,
-    frames: Vec<Frame>,
+/// One resource's allocation and its timing state.
+#[derive(Clone, Debug)]
+struct Track {
+    min: u64,
+    max: u64,
+    alloc: u64,
+    /// Demand outside phases, and from the manifest.
+    base: Demand,
+    manifest: Demand,
+    /// Lower bound from the guest's own report (memory in use).
+    floor: u64,
     last_change: Option<Duration>,
     lower_since: Option<Duration>,
-    bucket: Bucket,
-    rate_limited: u64,
     clamped_pending: bool,
+    /// A target the VM could not reach; not retried until the target changes.
+    refused: Option<u64>,
 }
 
-impl Engine {
-    /// `vm_max` is the VM's `--cpus max`; `boot` its boot vCPU count.
-    pub fn new(policy: Policy, boot: u32, vm_max: u32) -> Self {
-        let max = policy.vcpus.max.min(vm_max).max(1);
-        let min = policy.vcpus.min.min(max);
-        let bucket = Bucket {
-            rate: f64::from(policy.hints.rate_per_sec),
-            burst: f64::from(policy.hints.burst),
-            tokens: f64::from(policy.hints.burst),
-            last: Duration::ZERO,
-        };
-        Engine {
-            policy,
+impl Track {
+    fn new(min: u64, max: u64, boot: u64) -> Self {
+        let max = max.max(min);
+        Track {
             min,
             max,
             alloc: boot.clamp(min, max),
             base: None,
             manifest: None,
-            frames: Vec::new(),
+            floor: 0,
             last_change: None,
             lower_since: None,
-            bucket,
-            rate_limited: 0,
             clamped_pending: false,
+            refused: None,
+        }
+    }
+}
+
+/// The allocation the engine holds for each resource, and its bounds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Allocation {
+    pub resource: Resource,
+    pub allocated: u64,
+    pub min: u64,
+    pub max: u64,
+    /// The hinted demand in force (before bounds), and the hint that set it.
+    pub wanted: Option<u64>,
+    pub wanted_by_seq: Option<u32>,
+}
+
+pub struct Engine {
+    policy: Policy,
+    vm: VmLimits,
+    tracks: [Track; 2],
+    frames: Vec<Frame>,
+    bucket: Bucket,
+    rate_limited: u64,
+}
+
+/// VM-side limits the policy is combined with.
+#[derive(Clone, Copy, Debug)]
+pub struct VmLimits {
+    pub boot_vcpus: u32,
+    pub max_vcpus: u32,
+    pub boot_memory: u64,
+    pub max_memory: u64,
+}
+
+/// (min, max) per resource: the policy's bounds within the VM's limits.
+fn bounds(policy: &Policy, vm: &VmLimits) -> [(u64, u64); 2] {
+    let vmax = u64::from(policy.vcpus.max.min(vm.max_vcpus).max(1));
+    let vmin = u64::from(policy.vcpus.min).min(vmax);
+    let mmax = policy.memory.max.0.min(vm.max_memory);
+    let mmin = policy.memory.min.0.min(vm.boot_memory).min(mmax);
+    [(vmin, vmax), (mmin, mmax)]
+}
+
+fn bucket(policy: &Policy) -> Bucket {
+    Bucket {
+        rate: f64::from(policy.hints.rate_per_sec),
+        burst: f64::from(policy.hints.burst),
+        tokens: f64::from(policy.hints.burst),
+        last: Duration::ZERO,
+    }
+}
+
+impl Engine {
+    pub fn new(policy: Policy, vm: VmLimits) -> Self {
+        let [(vmin, vmax), (mmin, mmax)] = bounds(&policy, &vm);
+        Engine {
+            tracks: [
+                Track::new(vmin, vmax, u64::from(vm.boot_vcpus)),
+                Track::new(mmin, mmax, vm.boot_memory),
+            ],
+            bucket: bucket(&policy),
+            policy,
+            vm,
+            frames: Vec::new(),
+            rate_limited: 0,
         }
     }
 
-    pub fn allocation(&self) -> u32 {
-        self.alloc
+    /// Puts a new policy in force, keeping allocations and hinted demand;
+    /// allocations move to the new bounds on the next evaluation.
+    pub fn reload(&mut self, policy: Policy) {
+        for (t, (min, max)) in self.tracks.iter_mut().zip(bounds(&policy, &self.vm)) {
+            t.min = min;
+            t.max = max.max(min);
+            t.refused = None;
+        }
+        let last = self.bucket.last;
+        self.bucket = Bucket {
+            last,
+            ..bucket(&policy)
+        };
+        self.policy = policy;
     }
 
-    pub fn bounds(&self) -> (u32, u32) {
-        (self.min, self.max)
+    fn track(&self, r: Resource) -> &Track {
+        &self.tracks[r as usize]
+    }
+
+    fn track_mut(&mut self, r: Resource) -> &mut Track {
+        &mut self.tracks[r as usize]
+    }
+
+    pub fn allocation(&self, r: Resource) -> u64 {
+        self.track(r).alloc
+    }
+
+    pub fn bounds(&self, r: Resource) -> (u64, u64) {
+        (self.track(r).min, self.track(r).max)
     }
 
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
 
-    /// The vCPU count the hints ask for, with headroom, before bounds.
-    fn wanted(&self) -> Option<(u32, u32)> {
+    /// Every resource's allocation, bounds and hinted demand.
+    pub fn allocations(&self) -> Vec<Allocation> {
+        Resource::ALL
+            .iter()
+            .map(|&r| {
+                let t = self.track(r);
+                let w = self.wanted(r);
+                Allocation {
+                    resource: r,
+                    allocated: t.alloc,
+                    min: t.min,
+                    max: t.max,
+                    wanted: w.map(|w| w.0),
+                    wanted_by_seq: w.map(|w| w.1),
+                }
+            })
+            .collect()
+    }
+
+    /// Ids of the phases the guest has open, outermost first.
+    pub fn open_phases(&self) -> Vec<u32> {
+        self.frames.iter().map(|f| f.phase).collect()
+    }
+
+    /// The guest reports `bytes` of memory in use: memory never shrinks below it.
+    pub fn observe_memory_in_use(&mut self, bytes: u64) {
+        self.track_mut(Resource::Memory).floor = bytes.div_ceil(MEMORY_STEP) * MEMORY_STEP;
+    }
+
+    /// The demand in force for `r`, before bounds.
+    fn wanted(&self, r: Resource) -> Demand {
+        let t = self.track(r);
         self.frames
             .iter()
             .rev()
-            .find_map(|f| f.tasks)
-            .or(self.base)
-            .or(self.manifest)
-            .map(|(d, seq)| (d.saturating_add(self.policy.vcpus.headroom), seq))
+            .find_map(|f| f.demand[r as usize])
+            .or(t.base)
+            .or(t.manifest)
     }
 
-    fn target(&self) -> (u32, Option<u32>) {
-        match self.wanted() {
-            Some((w, seq)) => (w.clamp(self.min, self.max), Some(seq)),
-            None => (self.alloc, None),
+    fn target(&self, r: Resource) -> (u64, Option<u32>) {
+        let t = self.track(r);
+        match self.wanted(r) {
+            Some((w, seq)) => (w.max(t.floor).clamp(t.min, t.max), Some(seq)),
+            None => (t.alloc.max(t.floor.min(t.max)), None),
         }
     }
 
-    /// Takes one hint; returns its outcome and any decision it causes now.
-    pub fn on_hint(&mut self, now: Duration, seq: u32, hint: &Hint) -> (Outcome, Option<Decision>) {
+    fn vcpus_wanted(&self, p: &Parallelism) -> u64 {
+        let d = if p.max_useful > 0 {
+            p.runnable_tasks.min(p.max_useful)
+        } else {
+            p.runnable_tasks
+        };
+        u64::from(d) + u64::from(self.policy.vcpus.headroom)
+    }
+
+    fn memory_wanted(&self, m: &Memory) -> u64 {
+        let need = self
+            .policy
+            .memory
+            .reserve
+            .0
+            .saturating_add(m.working_set_bytes.max(m.peak_bytes));
+        need.div_ceil(MEMORY_STEP).saturating_mul(MEMORY_STEP)
+    }
+
+    /// Applies the untrusted-hint rule to a wanted amount.
+    fn admit(&mut self, r: Resource, wanted: u64, outcome: &mut Outcome) -> Option<u64> {
+        let t = self.track(r);
+        if (t.min..=t.max).contains(&wanted) {
+            return Some(wanted);
+        }
+        match self.policy.hints.untrusted {
+            Untrusted::Clamp => {
+                if *outcome == Outcome::Accepted {
+                    *outcome = Outcome::Clamped;
+                }
+                self.track_mut(r).clamped_pending = true;
+                Some(wanted)
+            }
+            Untrusted::Ignore => {
+                *outcome = Outcome::Rejected;
+                None
+            }
+        }
+    }
+
+    /// Records a demand where it belongs: the innermost open phase, or outside phases.
+    fn set_demand(&mut self, r: Resource, d: (u64, u32)) {
+        match self.frames.last_mut() {
+            Some(f) => f.demand[r as usize] = Some(d),
+            None => self.track_mut(r).base = Some(d),
+        }
+    }
+
+    /// Takes one hint; returns its outcome and the decisions it causes now.
+    pub fn on_hint(&mut self, now: Duration, seq: u32, hint: &Hint) -> (Outcome, Vec<Decision>) {
         if !self.bucket.take(now) {
             self.rate_limited += 1;
-            return (Outcome::RateLimited, None);
+            return (Outcome::RateLimited, Vec::new());
         }
         let mut outcome = Outcome::Accepted;
-        let mut demand = |tasks: u32, max_useful: u32| -> Option<u32> {
-            let d = if max_useful > 0 {
-                tasks.min(max_useful)
-            } else {
-                tasks
-            };
-            if d.saturating_add(self.policy.vcpus.headroom) > self.max || d == 0 {
-                match self.policy.hints.untrusted {
-                    Untrusted::Clamp => {
-                        outcome = Outcome::Clamped;
-                        Some(d)
-                    }
-                    Untrusted::Ignore => {
-                        outcome = Outcome::Rejected;
-                        None
-                    }
-                }
-            } else {
-                Some(d)
-            }
-        };
         match hint {
             Hint::Parallelism(p) => {
-                if let Some(d) = demand(p.runnable_tasks, p.max_useful) {
-                    match self.frames.last_mut() {
-                        Some(f) => f.tasks = Some((d, seq)),
-                        None => self.base = Some((d, seq)),
-                    }
+                let w = self.vcpus_wanted(p);
+                if let Some(w) = self.admit(Resource::Vcpus, w, &mut outcome) {
+                    self.set_demand(Resource::Vcpus, (w, seq));
+                }
+            }
+            Hint::Memory(m) => {
+                let w = self.memory_wanted(m);
+                if let Some(w) = self.admit(Resource::Memory, w, &mut outcome) {
+                    self.set_demand(Resource::Memory, (w, seq));
                 }
             }
             Hint::Manifest(m) => {
-                if let Some(p) = m.parallelism {
-                    if let Some(d) = demand(p.runnable_tasks, p.max_useful) {
-                        self.manifest = Some((d, seq));
+                if let Some(p) = &m.parallelism {
+                    let w = self.vcpus_wanted(p);
+                    if let Some(w) = self.admit(Resource::Vcpus, w, &mut outcome) {
+                        self.track_mut(Resource::Vcpus).manifest = Some((w, seq));
+                    }
+                }
+                if let Some(mem) = &m.memory {
+                    let w = self.memory_wanted(mem);
+                    if let Some(w) = self.admit(Resource::Memory, w, &mut outcome) {
+                        self.track_mut(Resource::Memory).manifest = Some((w, seq));
                     }
                 }
             }
@@ -185,7 +372,7 @@ impl Engine {
                 }
                 self.frames.push(Frame {
                     phase: p.id,
-                    tasks: None,
+                    demand: [None; 2],
                 });
             }
             Hint::PhaseEnd { id } => {
@@ -195,76 +382,117 @@ impl Engine {
             }
             _ => {}
         }
-        if outcome == Outcome::Clamped {
-            self.clamped_pending = true;
-        }
-        let decision = self.evaluate(now, Some(seq));
-        (outcome, decision)
+        (outcome, self.evaluate_all(now, Some(seq)))
     }
 
     /// Re-evaluates with no new hint (delayed shrinks); call periodically.
-    pub fn tick(&mut self, now: Duration) -> Option<Decision> {
-        self.evaluate(now, None)
+    pub fn tick(&mut self, now: Duration) -> Vec<Decision> {
+        self.evaluate_all(now, None)
+    }
+
+    fn evaluate_all(&mut self, now: Duration, cause: Option<u32>) -> Vec<Decision> {
+        Resource::ALL
+            .iter()
+            .filter_map(|&r| self.evaluate(r, now, cause))
+            .collect()
     }
 
     /// An allocation set from outside (a manual resize through the API).
-    pub fn set_allocation(&mut self, now: Duration, to: u32, reason: &str) -> Option<Decision> {
-        let to = to.clamp(self.min, self.max);
-        (to != self.alloc).then(|| self.change(now, to, reason.to_string(), Vec::new()))
+    pub fn set_allocation(
+        &mut self,
+        now: Duration,
+        r: Resource,
+        to: u64,
+        reason: &str,
+    ) -> Option<Decision> {
+        let t = self.track(r);
+        let to = to.clamp(t.min, t.max);
+        (to != t.alloc).then(|| self.change(now, r, to, reason.to_string(), Vec::new()))
     }
 
-    fn change(&mut self, now: Duration, to: u32, reason: String, hints: Vec<u32>) -> Decision {
+    /// The VM could not make `d`: the allocation stays where it was, and the
+    /// same target is not tried again until the demand changes.
+    pub fn refused(&mut self, d: &Decision) {
+        let t = self.track_mut(d.resource);
+        t.alloc = d.from;
+        t.refused = Some(d.to);
+    }
+
+    fn change(
+        &mut self,
+        now: Duration,
+        r: Resource,
+        to: u64,
+        reason: String,
+        hints: Vec<u32>,
+    ) -> Decision {
+        let rate_limited = std::mem::take(&mut self.rate_limited);
+        let t = self.track_mut(r);
         let d = Decision {
             t_ms: now.as_millis() as u64,
-            resource: "vcpus",
-            from: u64::from(self.alloc),
-            to: u64::from(to),
+            resource: r,
+            from: t.alloc,
+            to,
             reason,
             hints,
-            clamped: std::mem::take(&mut self.clamped_pending),
-            rate_limited: std::mem::take(&mut self.rate_limited),
+            clamped: std::mem::take(&mut t.clamped_pending),
+            rate_limited,
         };
-        self.alloc = to;
-        self.last_change = Some(now);
-        self.lower_since = None;
+        t.alloc = to;
+        t.last_change = Some(now);
+        t.lower_since = None;
+        t.refused = None;
         d
     }
 
-    fn evaluate(&mut self, now: Duration, cause: Option<u32>) -> Option<Decision> {
-        let (target, seq) = self.target();
+    fn evaluate(&mut self, r: Resource, now: Duration, cause: Option<u32>) -> Option<Decision> {
+        let (target, seq) = self.target(r);
+        let timing = &self.policy.timing;
+        let (shrink_after, cooldown) = (
+            Duration::from_millis(timing.shrink_after_ms),
+            Duration::from_millis(timing.cooldown_ms),
+        );
+        let t = self.track_mut(r);
+        if t.refused == Some(target) {
+            return None;
+        }
+        t.refused = None;
         let hints: Vec<u32> = seq
             .into_iter()
             .chain(cause)
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        if target > self.alloc {
-            let reason = format!(
-                "grow: hinted parallelism needs {target} vCPU(s){}",
-                if target == self.max {
-                    " (policy max)"
-                } else {
-                    ""
-                }
-            );
-            return Some(self.change(now, target, reason, hints));
+        let what = r.show(target);
+        if target > t.alloc {
+            let why = if target == t.max {
+                " (policy max)"
+            } else if seq.is_none() || target == t.floor {
+                " (the guest reports this much in use)"
+            } else {
+                ""
+            };
+            let reason = match r {
+                Resource::Vcpus => format!("grow: hinted parallelism needs {what}{why}"),
+                Resource::Memory => format!("grow: hinted memory needs {what}{why}"),
+            };
+            return Some(self.change(now, r, target, reason, hints));
         }
-        if target < self.alloc {
-            let since = *self.lower_since.get_or_insert(now);
-            let held = now.saturating_sub(since)
-                >= Duration::from_millis(self.policy.timing.shrink_after_ms);
-            let cooled = self.last_change.is_none_or(|t| {
-                now.saturating_sub(t) >= Duration::from_millis(self.policy.timing.cooldown_ms)
-            });
+        if target < t.alloc {
+            let since = *t.lower_since.get_or_insert(now);
+            let held = now.saturating_sub(since) >= shrink_after;
+            let cooled = t
+                .last_change
+                .is_none_or(|c| now.saturating_sub(c) >= cooldown);
             if held && cooled {
                 let reason = format!(
-                    "shrink: demand of {target} vCPU(s) held for {} ms",
+                    "shrink: demand of {what} held for {} ms",
                     now.saturating_sub(since).as_millis()
                 );
-                return Some(self.change(now, target, reason, hints));
+                return Some(self.change(now, r, target, reason, hints));
             }
         } else {
-            self.lower_since = None;
+            t.lower_since = None;
         }
         None
     }
@@ -279,8 +507,25 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    const MIB: u64 = 1 << 20;
+
+    fn limits(boot: u32, max: u32) -> VmLimits {
+        VmLimits {
+            boot_vcpus: boot,
+            max_vcpus: max,
+            boot_memory: 512 * MIB,
+            max_memory: 1024 * MIB,
+        }
+    }
+
     fn engine(boot: u32, max: u32) -> Engine {
-        Engine::new(Policy::default(), boot, max)
+        Engine::new(Policy::default(), limits(boot, max))
+    }
+
+    /// The only decision in `ds`.
+    fn one(ds: Vec<Decision>) -> Decision {
+        assert_eq!(ds.len(), 1, "{ds:?}");
+        ds.into_iter().next().unwrap()
     }
 
     #[test]
@@ -288,12 +533,12 @@ mod tests {
         let mut e = engine(1, 4);
         let (o, d) = e.on_hint(ms(0), 7, &hint::parallelism(4, 4, 0.0));
         assert_eq!(o, Outcome::Accepted);
-        let d = d.expect("grow at once");
+        let d = one(d);
         assert_eq!((d.from, d.to, d.hints.clone()), (1, 4, vec![7]));
         let (_, d) = e.on_hint(ms(100), 8, &hint::parallelism(1, 1, 0.0));
-        assert!(d.is_none(), "no shrink before the window");
-        assert!(e.tick(ms(1_000)).is_none());
-        let d = e.tick(ms(2_200)).expect("shrink after 2 s");
+        assert!(d.is_empty(), "no shrink before the window");
+        assert!(e.tick(ms(1_000)).is_empty());
+        let d = one(e.tick(ms(2_200)));
         assert_eq!((d.from, d.to), (4, 1));
         assert!(d.reason.starts_with("shrink"));
     }
@@ -304,10 +549,10 @@ mod tests {
         e.on_hint(ms(0), 0, &hint::parallelism(2, 2, 0.0));
         e.on_hint(ms(0), 1, &hint::phase_begin(5, "p", 0));
         let (_, d) = e.on_hint(ms(0), 2, &hint::parallelism(6, 6, 0.0));
-        assert_eq!(d.unwrap().to, 6);
+        assert_eq!(one(d).to, 6);
         e.on_hint(ms(10), 3, &hint::phase_end(5));
         assert_eq!(
-            e.tick(ms(5_000)).unwrap().to,
+            one(e.tick(ms(5_000))).to,
             2,
             "back to the demand outside the phase"
         );
@@ -318,18 +563,18 @@ mod tests {
         let mut e = engine(1, 4);
         let (o, d) = e.on_hint(ms(0), 0, &hint::parallelism(1000, 0, 0.0));
         assert_eq!(o, Outcome::Clamped);
-        let d = d.unwrap();
+        let d = one(d);
         assert_eq!(d.to, 4);
         assert!(d.clamped);
         // Zero vCPUs is clamped to the minimum, never applied.
         let (o, _) = e.on_hint(ms(10), 1, &hint::parallelism(0, 0, 0.0));
         assert_eq!(o, Outcome::Clamped);
-        assert_eq!(e.tick(ms(10_000)).unwrap().to, 1);
+        assert_eq!(one(e.tick(ms(10_000))).to, 1);
         let mut p = Policy::default();
         p.hints.untrusted = Untrusted::Ignore;
-        let mut e = Engine::new(p, 1, 4);
+        let mut e = Engine::new(p, limits(1, 4));
         let (o, d) = e.on_hint(ms(0), 0, &hint::parallelism(1000, 0, 0.0));
-        assert_eq!((o, d), (Outcome::Rejected, None));
+        assert_eq!((o, d), (Outcome::Rejected, vec![]));
     }
 
     #[test]
@@ -349,7 +594,7 @@ mod tests {
             Outcome::Accepted
         );
         let (_, d) = e.on_hint(ms(1_000), 1, &hint::parallelism(3, 3, 0.0));
-        assert_eq!(d.unwrap().rate_limited, 50);
+        assert_eq!(one(d).rate_limited, 50);
     }
 
     #[test]
@@ -357,10 +602,21 @@ mod tests {
         let mut p = Policy::default();
         p.vcpus.min = 2;
         p.vcpus.max = 3;
-        let mut e = Engine::new(p, 1, 8);
-        assert_eq!(e.allocation(), 2, "boot count brought within the policy");
-        assert_eq!(e.set_allocation(ms(0), 8, "api").unwrap().to, 3);
-        assert!(e.set_allocation(ms(0), 3, "api").is_none());
+        let mut e = Engine::new(p, limits(1, 8));
+        let v = Resource::Vcpus;
+        assert_eq!(e.allocation(v), 2, "boot count brought within the policy");
+        assert_eq!(e.set_allocation(ms(0), v, 8, "api").unwrap().to, 3);
+        assert!(e.set_allocation(ms(0), v, 3, "api").is_none());
+        let m = Resource::Memory;
+        assert_eq!(
+            e.bounds(m),
+            (128 * MIB, 1024 * MIB),
+            "--memory max= caps the policy"
+        );
+        assert_eq!(
+            e.set_allocation(ms(0), m, 4 << 30, "api").unwrap().to,
+            1024 * MIB
+        );
     }
 
     #[test]
@@ -370,8 +626,55 @@ mod tests {
             .parallelism(3, 3, 0.0)
             .build();
         let (_, d) = e.on_hint(ms(0), 0, &Hint::Manifest(m));
-        assert_eq!(d.unwrap().to, 3);
+        assert_eq!(one(d).to, 3);
         let (_, d) = e.on_hint(ms(0), 1, &hint::parallelism(5, 5, 0.0));
-        assert_eq!(d.unwrap().to, 5, "a live hint overrides the manifest");
+        assert_eq!(one(d).to, 5, "a live hint overrides the manifest");
+    }
+
+    #[test]
+    fn memory_follows_working_set_plus_reserve() {
+        let mut e = engine(1, 4);
+        let m = Resource::Memory;
+        assert_eq!(e.allocation(m), 512 * MIB);
+        // Small working set: shrink after the window, to reserve + working set.
+        let (o, d) = e.on_hint(ms(0), 1, &hint::memory(64 * MIB, 64 * MIB, 0));
+        assert_eq!((o, d), (Outcome::Accepted, vec![]));
+        let d = one(e.tick(ms(2_100)));
+        assert_eq!((d.resource, d.from, d.to), (m, 512 * MIB, 256 * MIB));
+        // A phase with a large peak grows at once, past the boot size.
+        e.on_hint(ms(3_000), 2, &hint::phase_begin(9, "heavy", 0));
+        let (_, d) = e.on_hint(ms(3_000), 3, &hint::memory(300 * MIB, 600 * MIB, 0));
+        let d = one(d);
+        assert_eq!((d.to, d.hints.clone()), (792 * MIB, vec![3]));
+        assert!(d.reason.starts_with("grow: hinted memory"), "{}", d.reason);
+        // After the phase, memory goes back.
+        e.on_hint(ms(4_000), 4, &hint::phase_end(9));
+        assert_eq!(one(e.tick(ms(6_100))).to, 256 * MIB);
+        // 1 TiB asked: clamped to --memory max=.
+        let (o, d) = e.on_hint(ms(7_000), 5, &hint::memory(1 << 40, 1 << 40, 0));
+        assert_eq!(o, Outcome::Clamped);
+        let d = one(d);
+        assert!(d.clamped && d.to == 1024 * MIB, "{d:?}");
+    }
+
+    #[test]
+    fn memory_never_goes_below_what_the_guest_uses() {
+        let mut e = engine(1, 4);
+        e.observe_memory_in_use(301 * MIB);
+        e.on_hint(ms(0), 1, &hint::memory(MIB, MIB, 0));
+        let d = one(e.tick(ms(2_100)));
+        assert_eq!(d.to, 302 * MIB, "the floor, in whole 2 MiB steps");
+    }
+
+    #[test]
+    fn a_refused_change_is_not_retried_until_the_target_moves() {
+        let mut e = engine(1, 4);
+        let (_, d) = e.on_hint(ms(0), 1, &hint::memory(600 * MIB, 600 * MIB, 0));
+        let d = one(d);
+        e.refused(&d);
+        assert_eq!(e.allocation(Resource::Memory), 512 * MIB);
+        assert!(e.tick(ms(5_000)).is_empty(), "no retry loop");
+        let (_, d) = e.on_hint(ms(5_000), 2, &hint::memory(700 * MIB, 700 * MIB, 0));
+        assert_eq!(one(d).to, 892 * MIB);
     }
 }

@@ -6,4 +6,4 @@ pub mod controller;
 pub mod engine;
 
 pub use config::Policy;
-pub use engine::{Decision, Engine};
+pub use engine::{Decision, Engine, Resource, VmLimits};
