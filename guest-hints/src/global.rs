@@ -145,6 +145,12 @@ impl Phase {
         self
     }
 
+    /// The phase's working set and the peak it may reach.
+    pub fn memory(mut self, working_set: u64, peak: u64) -> Self {
+        self.extra.push(hint::memory(working_set, peak, 0));
+        self
+    }
+
     pub fn io(mut self, class: IoClass, bytes_per_sec: u64) -> Self {
         self.extra.push(hint::io(class, bytes_per_sec));
         self

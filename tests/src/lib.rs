@@ -141,6 +141,8 @@ pub struct GuestRun {
     /// Pass this process's standard input (a terminal) through to the
     /// guest's console instead of /dev/null.
     pub interactive: bool,
+    /// A shell script run beside perfvmm on its host (see [`GuestRun::alongside`]).
+    pub alongside: Option<String>,
 }
 
 impl GuestRun {
@@ -169,7 +171,16 @@ impl GuestRun {
             fetch: Vec::new(),
             sigterm_after_secs: None,
             interactive: false,
+            alongside: None,
         }
+    }
+
+    /// Runs `script` (sh) beside perfvmm on the host it runs on (L1 in
+    /// nested mode), started with it; `@FILES@` and `@PERFVMM@` are
+    /// substituted. Tests drive the control API this way.
+    pub fn alongside(mut self, script: &str) -> Self {
+        self.alongside = Some(script.to_string());
+        self
     }
 
     /// Console input from this process's standard input (see `interactive`).
@@ -287,6 +298,19 @@ impl GuestRun {
                 unsafe { libc::kill(pid, libc::SIGTERM) };
             });
         }
+        if let Some(script) = &self.alongside {
+            let script = script
+                .replace("@FILES@", &dir.to_string_lossy())
+                .replace("@PERFVMM@", &static_perfvmm().to_string_lossy());
+            let mut beside = Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("start the alongside script");
+            // Reaped on a thread of its own; it ends with the VM or by itself.
+            std::thread::spawn(move || beside.wait());
+        }
         let mut out = collect(child, self.timeout, self.stream, |status| status.code());
         for (name, last_only) in &self.fetch {
             if let Ok(text) = std::fs::read_to_string(dir.join(name)) {
@@ -314,13 +338,24 @@ impl GuestRun {
             .map(|a| shell_quote(a))
             .collect::<Vec<_>>()
             .join(" ");
-        let cmd = match self.sigterm_after_secs {
-            None if self.interactive => format!("exec /perfvmm {quoted}\n"),
-            None => format!("exec /perfvmm {quoted} </dev/null\n"),
-            Some(secs) => format!(
+        let beside = self
+            .alongside
+            .as_ref()
+            .map(|s| {
+                let s = s
+                    .replace("@FILES@", "/files")
+                    .replace("@PERFVMM@", "/perfvmm");
+                format!("(\n{s}\n) </dev/null >/dev/null 2>&1 &\n")
+            })
+            .unwrap_or_default();
+        let cmd = beside
+            + &match self.sigterm_after_secs {
+                None if self.interactive => format!("exec /perfvmm {quoted}\n"),
+                None => format!("exec /perfvmm {quoted} </dev/null\n"),
+                Some(secs) => format!(
                 "/perfvmm {quoted} </dev/null &\npid=$!\nsleep {secs}\nkill -TERM $pid\nwait $pid\n"
             ),
-        };
+            };
         run.file("run/cmd", 0o644, cmd.as_bytes());
         run.file(
             "run/load-kvm",
@@ -533,6 +568,17 @@ impl RunOutput {
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}: bad line {l:?}: {e}"))
             })
             .collect()
+    }
+
+    /// The number right after `prefix` on the last console line that has it.
+    pub fn guest_line_value(&self, prefix: &str) -> Option<u64> {
+        self.console.lines().rev().find_map(|l| {
+            let rest = &l[l.find(prefix)? + prefix.len()..];
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            rest[..end].parse().ok()
+        })
     }
 
     /// The value of `key=VALUE` on the last guest line that has it.

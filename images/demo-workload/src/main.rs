@@ -1,5 +1,6 @@
 //! The demo guest's workload: four announced phases — serial, parallel over
-//! N threads, memory-heavy (a working set of M MiB) and I/O-heavy — each
+//! N threads, memory-heavy (a working set of M MiB that may peak at twice
+//! that) and I/O-heavy — each
 //! declaring its needs through guest-hints before it starts. Its manifest is
 //! embedded at compile time (`perfhint inspect demo-workload`).
 //!
@@ -33,7 +34,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         threads: 4,
-        memory_mib: 64,
+        memory_mib: 256,
         io_mib: 16,
         scale: 1.0,
     };
@@ -71,6 +72,18 @@ fn spin(d: Duration) -> u64 {
         }
     }
     black_box(x)
+}
+
+/// The guest's MemTotal in MiB (0 where /proc/meminfo cannot be read).
+fn mem_total_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib >> 10)
 }
 
 fn ms(base: u64, scale: f64) -> Duration {
@@ -126,7 +139,7 @@ fn main() {
         let bytes = args.memory_mib << 20;
         let _p = Phase::new("memory")
             .expected(ms(500, args.scale))
-            .working_set(bytes)
+            .memory(bytes, 2 * bytes)
             .begin();
         println!("demo-workload: phase memory ({} MiB)", args.memory_mib);
         let mut v = vec![0u8; bytes as usize];
@@ -139,6 +152,10 @@ fn main() {
             pass = pass.wrapping_add(1);
         }
         black_box(&v);
+        println!(
+            "demo-workload: memory phase ends with MemTotal {} MiB",
+            mem_total_mib()
+        );
     }
     {
         let bytes = args.io_mib << 20;
@@ -173,7 +190,10 @@ fn main() {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    println!("demo-workload: idle ends with {cpus} CPU(s) online");
+    println!(
+        "demo-workload: idle ends with {cpus} CPU(s) online, MemTotal {} MiB",
+        mem_total_mib()
+    );
     let s = guest_hints::stats();
     println!(
         "demo-workload: done, hints sent={} dropped={}",

@@ -279,7 +279,7 @@ impl Engine {
         let t = self.track(r);
         match self.wanted(r) {
             Some((w, seq)) => (w.max(t.floor).clamp(t.min, t.max), Some(seq)),
-            None => (t.alloc.max(t.floor.min(t.max)), None),
+            None => (t.alloc.max(t.floor).clamp(t.min, t.max), None),
         }
     }
 
@@ -655,6 +655,18 @@ mod tests {
         assert_eq!(o, Outcome::Clamped);
         let d = one(d);
         assert!(d.clamped && d.to == 1024 * MIB, "{d:?}");
+    }
+
+    #[test]
+    fn a_reloaded_policy_moves_allocations_to_its_bounds() {
+        let mut e = engine(1, 8);
+        one(e.on_hint(ms(0), 1, &hint::parallelism(6, 6, 0.0)).1);
+        let mut p = Policy::default();
+        p.vcpus.max = 2;
+        e.reload(p);
+        assert_eq!(e.bounds(Resource::Vcpus), (1, 2));
+        assert!(e.tick(ms(100)).is_empty(), "a shrink waits for the window");
+        assert_eq!(one(e.tick(ms(2_200))).to, 2);
     }
 
     #[test]
