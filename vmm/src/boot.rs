@@ -151,8 +151,13 @@ pub fn load_initrd(
         .map(|h| u64::from(h.initrd_addr_max))
         .filter(|&m| m != 0)
         .unwrap_or(0x7fff_ffff);
-    let ram_end = mem.last_addr().raw_value() + 1;
-    let limit = (addr_max + 1).min(low_ram_end(ram_end));
+    // The top of the RAM region at address 0 (below the MMIO gap): never
+    // high RAM or the hotplug region.
+    let low_end = mem
+        .find_region(GuestAddress(0))
+        .map_or(0, vm_memory::GuestMemoryRegion::len)
+        .min(low_ram_end(u64::MAX));
+    let limit = (addr_max + 1).min(low_end);
     let too_big = || BootError::InitrdTooBig {
         path: path.to_owned(),
         size: size.div_ceil(1 << 20),
