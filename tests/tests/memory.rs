@@ -112,7 +112,6 @@ done
 ctl resize --vcpus 3 > @FILES@/resize-vcpus.json 2>&1
 ctl resize --memory 768M > @FILES@/resize-memory.json 2>&1
 ctl resize --memory 12XB > @FILES@/resize-bad.txt 2>&1; echo "exit=$?" >> @FILES@/resize-bad.txt
-sleep 4
 ctl status > @FILES@/status.json 2>&1
 ctl metrics > @FILES@/metrics.txt 2>&1
 printf '[vcpus]\nmax = 2\n' > @FILES@/small.toml
@@ -132,6 +131,9 @@ ctl decisions > @FILES@/decisions.json 2>&1
     .fetch("reload.json")
     .fetch("decisions.json")
     .run();
+    if out.exit_code != Some(0) {
+        eprintln!("CONSOLE:\n{}", out.console);
+    }
     out.expect_contains("scenario: manual nproc=3")
         .expect_contains("scenario: manual memtotal=")
         .expect_exit(0);

@@ -262,6 +262,12 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
         }
         None => Policy::default(),
     };
+    // Before anything touches guest memory, so every page obeys the binding.
+    let host_regions: Vec<(usize, usize)> = mem
+        .iter()
+        .map(|r| (r.as_ptr() as usize, r.len() as usize))
+        .collect();
+    placement::bind_guest_memory(&policy.placement, &host_regions);
     let decision_log =
         controller::open_decision_log(cfg.decision_log.as_deref()).map_err(|source| {
             VmError::HintLog {

@@ -140,6 +140,9 @@ pub struct PlacementPolicy {
     /// Host CPUs the vCPUs may use, as a list such as "0-3,6" (empty: all).
     pub host_cpus: String,
     pub strategy: PinStrategy,
+    /// Host NUMA node guest memory is bound to (absent: no binding).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub numa_node: Option<u32>,
 }
 
 impl Default for PlacementPolicy {
@@ -147,6 +150,7 @@ impl Default for PlacementPolicy {
         PlacementPolicy {
             host_cpus: String::new(),
             strategy: PinStrategy::None,
+            numa_node: None,
         }
     }
 }
@@ -211,6 +215,15 @@ impl Policy {
         if self.hints.rate_per_sec == 0 || self.hints.burst == 0 {
             return Err("hints.rate_per_sec and hints.burst must be at least 1".into());
         }
+        if self
+            .placement
+            .numa_node
+            .is_some_and(|n| n >= MAX_NUMA_NODES)
+        {
+            return Err(format!(
+                "placement.numa_node: nodes are numbered below {MAX_NUMA_NODES}"
+            ));
+        }
         parse_cpu_list(&self.placement.host_cpus)
             .map_err(|e| format!("placement.host_cpus: {e}"))?;
         Ok(())
@@ -226,6 +239,9 @@ impl Policy {
         )
     }
 }
+
+/// NUMA node numbers perfvmm can bind to.
+pub const MAX_NUMA_NODES: u32 = 64;
 
 /// Parses "0-3,6" into CPU numbers.
 pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
