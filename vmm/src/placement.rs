@@ -50,12 +50,8 @@ impl Pinning {
         } else {
             wanted.into_iter().filter(|c| allowed.contains(c)).collect()
         };
-        if p.strategy != PinStrategy::None {
-            if cpus.is_empty() {
-                log::warn!(
-                    "placement: none of placement.host_cpus is available; vCPUs are not pinned"
-                );
-            }
+        if p.strategy != PinStrategy::None && cpus.is_empty() {
+            log::warn!("placement: none of placement.host_cpus is available; vCPUs are not pinned");
         }
         Pinning {
             cpus,
