@@ -45,6 +45,29 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
+    /// Where the guest was when it crashed, for the bug report.
+    fn log_crash_state(&self) {
+        let (Ok(r), Ok(sr)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
+            return;
+        };
+        log::error!(
+            "vCPU {}: triple fault at rip={:#x} rsp={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} \
+             idt={:#x}+{:#x} gdt={:#x}+{:#x} efer={:#x}",
+            self.index,
+            r.rip,
+            r.rsp,
+            sr.cr0,
+            sr.cr2,
+            sr.cr3,
+            sr.cr4,
+            sr.idt.base,
+            sr.idt.limit,
+            sr.gdt.base,
+            sr.gdt.limit,
+            sr.efer
+        );
+    }
+
     pub fn new(fd: VcpuFd, index: u32, ctx: VcpuContext) -> Self {
         Self { fd, index, ctx }
     }
@@ -122,7 +145,10 @@ impl Vcpu {
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
                     self.ctx.mmio.write(addr, data);
                 }
-                Ok(VcpuExit::Shutdown) => break ExitReason::TripleFault,
+                Ok(VcpuExit::Shutdown) => {
+                    self.log_crash_state();
+                    break ExitReason::TripleFault;
+                }
                 Ok(VcpuExit::InternalError) => {
                     break ExitReason::InternalError(format!("vCPU {}", self.index))
                 }

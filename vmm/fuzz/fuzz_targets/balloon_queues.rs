@@ -1,0 +1,41 @@
+//! Arbitrary chains on the balloon's three queues (PFN lists, statistics):
+//! every chain is dropped or used, nothing panics, and no page outside
+//! guest memory is touched.
+#![no_main]
+
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use perfvmm::devices::balloon::{parse_stats, Balloon, QUEUE_SIZE};
+use virtio_perf_device::testing::{Desc, DriverRing};
+use virtio_perf_device::virtio::VirtioDevice;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const MEM: usize = 4 << 20;
+const DATA: u64 = 0x10_0000;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = parse_stats(data);
+    if data.len() < 3 {
+        return;
+    }
+    let mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).unwrap());
+    let mut rings: Vec<DriverRing> = (0..3u64)
+        .map(|i| DriverRing::new(&mem, 0x1_0000 * (i + 1), QUEUE_SIZE))
+        .collect();
+    let mut dev = Balloon::new();
+    dev.activate(mem.clone(), 0, rings.iter().map(|r| r.queue()).collect());
+    // Byte 0: queue; byte 1: descriptor length scale; byte 2: writable?; rest: payload.
+    let q = usize::from(data[0] % 3);
+    let payload = &data[3..];
+    let _ = mem.write_slice(&payload[..payload.len().min(64 << 10)], GuestAddress(DATA));
+    let len = (payload.len() as u32).wrapping_mul(u32::from(data[1]) + 1);
+    let d = if data[2] & 1 == 1 {
+        Desc::writable(DATA, len)
+    } else {
+        Desc::readable(DATA, len)
+    };
+    rings[q].add(&mem, &[d]);
+    dev.process_queue(q);
+    let _ = dev.request_stats(std::time::Duration::ZERO);
+});
