@@ -54,6 +54,44 @@ fn malformed_sizes_and_counts() {
         "vCPUs perfvmm supports",
     );
     expect_error(&[], 2, "--kernel");
+    expect_error(
+        &["--kernel", "k", "--memory", "1G,max=512M"],
+        2,
+        "below the boot size",
+    );
+    expect_error(
+        &["--kernel", "k", "--memory", "1G,max=9XB"],
+        2,
+        "unknown unit",
+    );
+}
+
+#[test]
+fn control_api_errors_are_one_line() {
+    // A regular file where the socket should go is never replaced.
+    let file = scratch("not-a-socket", b"keep me");
+    let kernel = scratch("kernel-for-api", b"junk");
+    expect_error(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--api-sock",
+            file.to_str().unwrap(),
+        ],
+        1,
+        "not a socket",
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    expect_error(
+        &["ctl", "--api-sock", "/nonexistent/perfvmm.sock", "status"],
+        1,
+        "/nonexistent/perfvmm.sock",
+    );
+    expect_error(
+        &["ctl", "--api-sock", "/nonexistent/perfvmm.sock", "resize"],
+        2,
+        "--vcpus",
+    );
 }
 
 #[test]
