@@ -302,14 +302,7 @@ impl<S: HintSink> VirtioDevice for PerfHintDevice<S> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| self.config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::virtio::read_config_window(&self.config, offset, data);
     }
 
     fn activate(&mut self, mem: Mem, acked_features: u64, queues: Vec<Queue>) {

@@ -46,3 +46,16 @@ pub trait VirtioDevice: Send {
     /// Back to the state before activation.
     fn reset(&mut self);
 }
+
+/// Copies the window `[offset, offset + data.len())` of a config space into
+/// `data`; bytes past the end (or an offset that overflows) read as 0.
+pub fn read_config_window(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}

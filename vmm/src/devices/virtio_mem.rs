@@ -296,14 +296,7 @@ impl VirtioDevice for VirtioMem {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let c = self.config();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| c.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        virtio_perf_device::virtio::read_config_window(&c, offset, data);
     }
 
     fn activate(&mut self, mem: Mem, _acked_features: u64, queues: Vec<Queue>) {
