@@ -175,6 +175,13 @@ impl GuestRun {
         }
     }
 
+    /// Gives the L1 host `n` vCPUs (nested mode; the default is 2). Resize
+    /// tests use 4, so that every guest vCPU can have one.
+    pub fn l1_cpus(mut self, n: u32) -> Self {
+        self.l1_cpus = n;
+        self
+    }
+
     /// Runs `script` (sh) beside perfvmm on the host it runs on (L1 in
     /// nested mode), started with it; `@FILES@` and `@PERFVMM@` are
     /// substituted. Tests drive the control API this way.

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 
-/// `--memory 512M,max=1G` with a decision log, plus `extra` arguments.
+/// `--memory 512M,max=1G` with a decision log, plus `extra` arguments, in
+/// an L1 host with 4 vCPUs.
 fn run(cmdline: &str, extra: &[&str]) -> GuestRun {
     let mut args = vec![
         "--memory",
@@ -21,6 +22,7 @@ fn run(cmdline: &str, extra: &[&str]) -> GuestRun {
     GuestRun::demo(cmdline, &args)
         .fetch("decisions.log")
         .timeout(Duration::from_secs(420))
+        .l1_cpus(4)
 }
 
 /// (from, to, applied) of every decision on `resource`.

@@ -6,7 +6,8 @@ use std::time::Duration;
 use perfvmm_tests::{GuestRun, RunOutput};
 use serde_json::Value;
 
-/// Boots the demo guest with room for 4 vCPUs (1 at boot) and its decision log.
+/// Boots the demo guest with room for 4 vCPUs (1 at boot) and its decision
+/// log, in an L1 host with 4 vCPUs.
 fn run_with_decisions(cmdline: &str) -> RunOutput {
     GuestRun::demo(
         cmdline,
@@ -19,6 +20,7 @@ fn run_with_decisions(cmdline: &str) -> RunOutput {
     )
     .fetch("decisions.log")
     .timeout(Duration::from_secs(420))
+    .l1_cpus(4)
     .run()
 }
 

@@ -60,9 +60,9 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE[,max=SIZE]", default_value = "512M")]
     pub memory: MemSpec,
 
-    /// Serve the control API (HTTP over this Unix socket): status, hints,
-    /// decisions, Prometheus metrics, manual resize, policy reload. See
-    /// `perfvmm ctl --help`.
+    /// Serve the control API (HTTP over this Unix socket): status
+    /// (allocations and the hinted demand), recent decisions, Prometheus
+    /// metrics, manual resize, policy reload. See `perfvmm ctl --help`.
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
 

@@ -3,11 +3,12 @@
 //! 1. latency: hint → vCPU online and hint → hot-plugged memory usable, as
 //!    the guest sees them (the policy's own decision takes well under 1 µs,
 //!    see `cargo bench -p perfvmm --bench policy`), with `shrink_after_ms = 0`;
-//! 2. allocation slack and shortage over the demo workload, sampled in the
-//!    guest every 100 ms, perfvmm with its default policy against a static
-//!    VM sized for the workload's peak (4 vCPUs, 704 MiB).
+//! 2. allocation slack and shortage over the demo workload (its phases
+//!    stretched SCALE times), sampled in the guest every 100 ms: perfvmm with
+//!    its default policy and with a tighter one, against a static VM sized
+//!    for the workload's peak (4 vCPUs, 704 MiB).
 //!
-//!   cargo run --release -p perfvmm-tests --bin resize-bench -- [ROUNDS]
+//!   cargo run --release -p perfvmm-tests --bin resize-bench -- [ROUNDS] [SCALE]
 
 use std::time::Duration;
 
@@ -82,8 +83,14 @@ fn fit(samples: &[(f64, f64)]) -> Fit {
     }
 }
 
-fn sampled_demo(label: &str, args: &[&str], files: &[(&str, &str)]) -> Option<(Fit, Fit, f64)> {
-    let mut run = GuestRun::demo("pvrun=sampled-demo", args).timeout(Duration::from_secs(600));
+fn sampled_demo(
+    label: &str,
+    scale: f64,
+    args: &[&str],
+    files: &[(&str, &str)],
+) -> Option<(Fit, Fit, f64)> {
+    let mut run = GuestRun::demo(&format!("pvrun=sampled-demo pvscale={scale}"), args)
+        .timeout(Duration::from_secs(900));
     for (name, text) in files {
         run = run.file(name, text.as_bytes().to_vec());
     }
@@ -110,24 +117,41 @@ fn sampled_demo(label: &str, args: &[&str], files: &[(&str, &str)]) -> Option<(F
 }
 
 fn main() {
-    let rounds: u32 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(5);
+    let arg = |n: usize| std::env::args().nth(n).and_then(|a| a.parse::<f64>().ok());
+    let rounds = arg(1).unwrap_or(5.0) as u32;
+    let scale = arg(2).unwrap_or(3.0);
     latency(rounds);
 
-    println!("\ndemo workload, sampled in the guest every 100 ms");
+    println!("\ndemo workload (phases x{scale}), sampled in the guest every 100 ms");
     println!(
         "  {:<34} {:>9} {:>10} {:>9} {:>10} {:>12}",
         "VM", "CPU slack", "CPU short", "mem slack", "mem short", "mean MemTotal"
     );
     let dynamic = sampled_demo(
         "perfvmm, default policy",
+        scale,
         &["--cpus", "1,max=4", "--memory", "512M,max=1G"],
         &[],
     );
+    let tight = sampled_demo(
+        "perfvmm, tight policy",
+        scale,
+        &[
+            "--cpus",
+            "1,max=4",
+            "--memory",
+            "512M,max=1G",
+            "--policy",
+            "@FILES@/tight.toml",
+        ],
+        &[(
+            "tight.toml",
+            "[memory]\nreserve = \"96M\"\n[timing]\nshrink_after_ms = 500\ncooldown_ms = 200\n",
+        )],
+    );
     let fixed = sampled_demo(
         "static 4 vCPUs, 704 MiB",
+        scale,
         &[
             "--cpus",
             "4",
@@ -139,7 +163,8 @@ fn main() {
         &[("static.toml", "[vcpus]\nmin = 4\n[memory]\nmin = \"1T\"\n")],
     );
     for (label, r) in [
-        ("perfvmm (1-4 vCPUs, 512M max 1G)", dynamic),
+        ("perfvmm default (1-4, 512M-1G)", dynamic),
+        ("perfvmm tight (96M, 500 ms)", tight),
         ("static (4 vCPUs, 704 MiB)", fixed),
     ] {
         if let Some((c, m, mean)) = r {

@@ -235,7 +235,8 @@ impl Policy {
             .unwrap_or_else(|e| format!("# cannot print the default policy: {e}\n"));
         format!(
             "# perfvmm's built-in policy (see docs/policy.md).\n\
-             # vcpus.max is also capped by --cpus max=.\n{body}"
+             # vcpus.max is also capped by --cpus max=, memory.max by --memory max=\n\
+             # (by the boot size without max=). placement.numa_node is unset.\n{body}"
         )
     }
 }
