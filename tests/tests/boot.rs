@@ -79,7 +79,9 @@ fn host_without_kvm_gives_a_clear_error() {
 #[test]
 fn triple_fault_is_a_crash_with_a_reason() {
     // reboot=t makes the guest reboot by triple-faulting.
-    let out = GuestRun::demo("reboot=t pvrun=reboot", &[]).run();
+    let out = GuestRun::demo("reboot=t pvrun=reboot", &[])
+        .expect_crash()
+        .run();
     out.expect_contains("triple fault").expect_exit(3);
 }
 
