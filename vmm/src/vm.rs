@@ -11,6 +11,8 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
+use virtio_perf_device::mmio::MmioTransport;
+use virtio_perf_device::virtio::VirtioDevice;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -19,7 +21,7 @@ use crate::boot::{self, BootError};
 use crate::cli::{CpuSpec, MemSpec};
 use crate::devices::balloon::Balloon;
 use crate::devices::boot_timer::{BootTimer, BootTimes, InitHook};
-use crate::devices::bus::{lock, Bus, BusError};
+use crate::devices::bus::{lock, Bus, BusDevice, BusError};
 use crate::devices::cpu_hotplug::{self, CpuHotplugController, CpuStates};
 use crate::devices::perf_hint::{self, HintLog, PerfHintMmio};
 use crate::devices::power::{self, PowerDevice};
@@ -239,6 +241,31 @@ fn virtio_slot(n: usize) -> MmioDeviceInfo {
     }
 }
 
+/// State shared between the event loop, the vCPU threads and the API.
+type Shared<T> = Arc<Mutex<T>>;
+
+/// Puts `device` on virtio-mmio `slot`: its transport (interrupting through
+/// an irqfd), the bus entry `bus_entry` makes of it, and the ioeventfd on
+/// its `QueueNotify` register, which is returned with the transport.
+fn attach_virtio<D: VirtioDevice + 'static>(
+    vm: &VmFd,
+    mmio: &mut Bus,
+    mem: &Arc<GuestMemoryMmap>,
+    slot: MmioDeviceInfo,
+    device: D,
+    bus_entry: impl FnOnce(Shared<MmioTransport<D>>) -> Arc<Mutex<dyn BusDevice>>,
+) -> Result<(Shared<MmioTransport<D>>, EventFd), VmError> {
+    let fds = kvm_err("KVM_IRQFD/KVM_IOEVENTFD", SlotFds::register(vm, &slot))?;
+    let transport = Arc::new(Mutex::new(MmioTransport::new(
+        device,
+        mem.clone(),
+        Arc::new(IrqFdInterrupt(fds.irq)),
+        virtio_perf_device::PERFHINT_VENDOR_ID,
+    )));
+    mmio.insert(bus_entry(transport.clone()), slot.base, slot.size)?;
+    Ok((transport, fds.notify))
+}
+
 /// Builds the VM described by `cfg`, runs it to completion and returns why it ended.
 pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     let hotplug = memory::hotplug_region(cfg.memory.boot, cfg.memory.max);
@@ -375,57 +402,43 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     );
     let (sink, pending) = controller::split(engine, hint_log, start);
 
-    // The perf-hint device: irqfd for its interrupt, ioeventfd for queue notifications.
-    let slot = slots[PERF_HINT_SLOT];
-    let hint_fds = kvm_err("KVM_IRQFD/KVM_IOEVENTFD", SlotFds::register(&vm, &slot))?;
+    // The perf-hint device. Its bus entry flushes the hint log after each
+    // register write; its notifications are handled with the policy below.
     let hint_device = virtio_perf_device::PerfHintDevice::new(sink);
     let hint_counters = hint_device.counters();
-    let hint_transport = Arc::new(Mutex::new(virtio_perf_device::mmio::MmioTransport::new(
+    let (hint_transport, hint_notify) = attach_virtio(
+        &vm,
+        &mut mmio,
+        &mem,
+        slots[PERF_HINT_SLOT],
         hint_device,
-        mem.clone(),
-        Arc::new(IrqFdInterrupt(hint_fds.irq)),
-        virtio_perf_device::PERFHINT_VENDOR_ID,
-    )));
-    mmio.insert(
-        Arc::new(Mutex::new(PerfHintMmio(hint_transport.clone()))),
-        slot.base,
-        slot.size,
+        |t| Arc::new(Mutex::new(PerfHintMmio(t))),
     )?;
 
     // Memory devices: the balloon always, virtio-mem when --memory has a max.
-    let slot = slots[BALLOON_SLOT];
-    let balloon_fds = kvm_err("KVM_IRQFD/KVM_IOEVENTFD", SlotFds::register(&vm, &slot))?;
-    let balloon = Arc::new(Mutex::new(virtio_perf_device::mmio::MmioTransport::new(
-        Balloon::new(),
-        mem.clone(),
-        Arc::new(IrqFdInterrupt(balloon_fds.irq)),
-        virtio_perf_device::PERFHINT_VENDOR_ID,
-    )));
-    mmio.insert(
-        Arc::new(Mutex::new(MmioSlot(balloon.clone()))),
-        slot.base,
-        slot.size,
-    )?;
     let mut notifiers: Vec<(EventFd, Box<dyn FnMut() + Send>)> = Vec::new();
+    let (balloon, notify) = attach_virtio(
+        &vm,
+        &mut mmio,
+        &mem,
+        slots[BALLOON_SLOT],
+        Balloon::new(),
+        |t| Arc::new(Mutex::new(MmioSlot(t))),
+    )?;
     let b = balloon.clone();
-    notifiers.push((balloon_fds.notify, Box::new(move || lock(&b).notify_all())));
+    notifiers.push((notify, Box::new(move || lock(&b).notify_all())));
     let virtio_mem = match hotplug {
         Some((start, size)) => {
-            let slot = slots[VIRTIO_MEM_SLOT];
-            let fds = kvm_err("KVM_IRQFD/KVM_IOEVENTFD", SlotFds::register(&vm, &slot))?;
-            let t = Arc::new(Mutex::new(virtio_perf_device::mmio::MmioTransport::new(
+            let (t, notify) = attach_virtio(
+                &vm,
+                &mut mmio,
+                &mem,
+                slots[VIRTIO_MEM_SLOT],
                 VirtioMem::new(start, size),
-                mem.clone(),
-                Arc::new(IrqFdInterrupt(fds.irq)),
-                virtio_perf_device::PERFHINT_VENDOR_ID,
-            )));
-            mmio.insert(
-                Arc::new(Mutex::new(MmioSlot(t.clone()))),
-                slot.base,
-                slot.size,
+                |t| Arc::new(Mutex::new(MmioSlot(t))),
             )?;
             let n = t.clone();
-            notifiers.push((fds.notify, Box::new(move || lock(&n).notify_all())));
+            notifiers.push((notify, Box::new(move || lock(&n).notify_all())));
             log::info!("virtio-mem: {} MiB pluggable at {start:#x}", size >> 20);
             Some(t)
         }
@@ -500,7 +513,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     let tick_transport = hint_transport.clone();
     let mut subscribers: Vec<Box<dyn event_manager::MutEventSubscriber>> = vec![
         Box::new(EventFdHandler::new(
-            Box::new(hint_fds.notify),
+            Box::new(hint_notify),
             Box::new(move || {
                 perf_hint::on_queue_notify(&notify_transport);
                 lock(&notify_controller).drain();
