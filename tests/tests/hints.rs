@@ -71,11 +71,20 @@ fn demo_workload_hints_arrive_exactly() {
         "the workload announces its manifest and four phases: {sent:?}"
     );
     assert_eq!(received, sent, "host log differs from what the guest sent");
-    // The VM has at most 2 vCPUs: hints asking for more are clamped, the rest accepted.
+    // The VM has 2 vCPUs and 512 MiB (no max): hints asking for more are
+    // clamped, the rest accepted. Memory wanted = the default policy's
+    // 192 MiB reserve + the larger of working set and peak.
+    let memory_wanted = |f: &Value| {
+        let ws = f["working_set_bytes"].as_u64()?;
+        Some((192 << 20) + ws.max(f["peak_bytes"].as_u64()?))
+    };
     for v in lines.iter().filter(|v| v.get("kind").is_some()) {
-        let tasks = v["fields"]["runnable_tasks"].as_u64();
-        let manifest_tasks = v["fields"]["parallelism"]["runnable_tasks"].as_u64();
-        let asks_more = tasks.or(manifest_tasks).is_some_and(|n| n > 2);
+        let f = &v["fields"];
+        let tasks = f["runnable_tasks"].as_u64();
+        let manifest_tasks = f["parallelism"]["runnable_tasks"].as_u64();
+        let memory = memory_wanted(f).or_else(|| memory_wanted(&f["memory"]));
+        let asks_more = tasks.or(manifest_tasks).is_some_and(|n| n > 2)
+            || memory.is_some_and(|b| b > 512 << 20);
         let want = if asks_more { "clamped" } else { "accepted" };
         assert_eq!(v["outcome"], want, "{v}");
     }
