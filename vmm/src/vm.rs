@@ -552,6 +552,10 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     if cfg.hint_log.is_some() || counters.messages > 0 {
         log::info!("perf-hint counters: {}", counters.to_json());
     }
+    if let Some(path) = &cfg.api_sock {
+        // Clients connecting from now on get "no such file", not a dead socket.
+        let _ = std::fs::remove_file(path);
+    }
     // The VM's memory and KVM objects are released when the process exits.
     std::mem::forget(vm);
     std::mem::forget(mem);
