@@ -186,7 +186,8 @@ fn main() {
     // parallel phase got.
     guest_hints::parallelism(1);
     println!("demo-workload: idle");
-    std::thread::sleep(ms(3_500, args.scale));
+    // Long enough for the host's 2 s shrink window and the balloon to act.
+    std::thread::sleep(ms(6_000, args.scale));
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);

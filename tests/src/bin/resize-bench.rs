@@ -55,7 +55,7 @@ fn latency(rounds: u32) {
     }
     println!("hint -> resize visible in the guest ({} rounds)", cpu.len());
     println!(
-        "  vCPU online (1 -> 2, guest onliner polls every 200 ms): p50 {:.0} ms, max {:.0} ms",
+        "  vCPU online (1 -> 2, guest onliner polls every 50 ms): p50 {:.0} ms, max {:.0} ms",
         percentile(&mut cpu, 0.5),
         percentile(&mut cpu, 1.0)
     );
