@@ -118,8 +118,8 @@ struct Track {
 }
 
 impl Track {
+    /// `min <= max`, as [`bounds`] gives them.
     fn new(min: u64, max: u64, boot: u64) -> Self {
-        let max = max.max(min);
         Track {
             min,
             max,
@@ -165,7 +165,8 @@ pub struct VmLimits {
     pub max_memory: u64,
 }
 
-/// (min, max) per resource: the policy's bounds within the VM's limits.
+/// (min, max) per resource: the policy's bounds within the VM's limits,
+/// with min never above max.
 fn bounds(policy: &Policy, vm: &VmLimits) -> [(u64, u64); 2] {
     let vmax = u64::from(policy.vcpus.max.min(vm.max_vcpus).max(1));
     let vmin = u64::from(policy.vcpus.min).min(vmax);
@@ -204,7 +205,7 @@ impl Engine {
     pub fn reload(&mut self, policy: Policy) {
         for (t, (min, max)) in self.tracks.iter_mut().zip(bounds(&policy, &self.vm)) {
             t.min = min;
-            t.max = max.max(min);
+            t.max = max;
             t.refused = None;
         }
         let last = self.bucket.last;
@@ -457,14 +458,7 @@ impl Engine {
             return None;
         }
         t.refused = None;
-        let hints: Vec<u32> = seq
-            .into_iter()
-            .chain(cause)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let what = r.show(target);
-        if target > t.alloc {
+        let reason = if target > t.alloc {
             let why = if target == t.max {
                 " (policy max)"
             } else if seq.is_none() || target == t.floor {
@@ -472,29 +466,34 @@ impl Engine {
             } else {
                 ""
             };
-            let reason = match r {
+            let what = r.show(target);
+            match r {
                 Resource::Vcpus => format!("grow: hinted parallelism needs {what}{why}"),
                 Resource::Memory => format!("grow: hinted memory needs {what}{why}"),
-            };
-            return Some(self.change(now, r, target, reason, hints));
-        }
-        if target < t.alloc {
+            }
+        } else if target < t.alloc {
             let since = *t.lower_since.get_or_insert(now);
             let held = now.saturating_sub(since) >= shrink_after;
             let cooled = t
                 .last_change
                 .is_none_or(|c| now.saturating_sub(c) >= cooldown);
-            if held && cooled {
-                let reason = format!(
-                    "shrink: demand of {what} held for {} ms",
-                    now.saturating_sub(since).as_millis()
-                );
-                return Some(self.change(now, r, target, reason, hints));
+            if !(held && cooled) {
+                return None;
             }
+            format!(
+                "shrink: demand of {} held for {} ms",
+                r.show(target),
+                now.saturating_sub(since).as_millis()
+            )
         } else {
             t.lower_since = None;
-        }
-        None
+            return None;
+        };
+        // The hint that set the demand and the one just taken, once each.
+        let mut hints: Vec<u32> = seq.into_iter().chain(cause).collect();
+        hints.sort_unstable();
+        hints.dedup();
+        Some(self.change(now, r, target, reason, hints))
     }
 }
 
