@@ -33,7 +33,7 @@ pub mod features {
     /// The device accepts manifest records.
     pub const MANIFEST: u32 = 1;
     /// VIRTIO_F_VERSION_1: required.
-    pub const VERSION_1: u32 = 32;
+    pub const VERSION_1: u32 = crate::virtio::VIRTIO_F_VERSION_1;
 }
 
 /// Queue indices and sizes.

@@ -196,7 +196,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
             );
             return;
         }
-        if added == FEATURES_OK && self.acked_features & (1 << crate::features::VERSION_1) == 0 {
+        if added == FEATURES_OK
+            && self.acked_features & (1 << crate::virtio::VIRTIO_F_VERSION_1) == 0
+        {
             // A legacy driver: FEATURES_OK stays clear, which the driver sees as refusal.
             log::info!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1");
             return;

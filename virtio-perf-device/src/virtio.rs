@@ -6,6 +6,10 @@ use std::sync::Arc;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
+/// VIRTIO_F_VERSION_1, the feature bit every device here offers and the
+/// transport requires (no legacy drivers).
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+
 /// Device status bits (virtio 1.2, 2.1).
 pub mod status {
     pub const ACKNOWLEDGE: u32 = 1;

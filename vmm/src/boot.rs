@@ -14,7 +14,7 @@ use crate::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_START, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START,
     RESET_VECTOR, ZERO_PAGE_START,
 };
-use crate::memory::{e820_map, low_ram_end};
+use crate::memory::e820_map;
 
 /// The command line every guest gets; `--cmdline` is appended to it.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
@@ -151,12 +151,11 @@ pub fn load_initrd(
         .map(|h| u64::from(h.initrd_addr_max))
         .filter(|&m| m != 0)
         .unwrap_or(0x7fff_ffff);
-    // The top of the RAM region at address 0 (below the MMIO gap): never
-    // high RAM or the hotplug region.
+    // The top of the RAM region at address 0, which ends at or below the
+    // MMIO gap (memory::ram_ranges): never high RAM or the hotplug region.
     let low_end = mem
         .find_region(GuestAddress(0))
-        .map_or(0, vm_memory::GuestMemoryRegion::len)
-        .min(low_ram_end(u64::MAX));
+        .map_or(0, vm_memory::GuestMemoryRegion::len);
     let limit = (addr_max + 1).min(low_end);
     let too_big = || BootError::InitrdTooBig {
         path: path.to_owned(),

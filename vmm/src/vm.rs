@@ -457,11 +457,7 @@ pub fn run(cfg: &VmConfig, start: Instant) -> Result<ExitReason, VmError> {
     let ged = EventFd::new(libc::EFD_NONBLOCK)?;
     kvm_err("KVM_IRQFD", vm.register_irqfd(&ged, GED_IRQ))?;
 
-    let regions: Vec<(usize, usize)> = mem
-        .iter()
-        .map(|r| (r.as_ptr() as usize, r.len() as usize))
-        .collect();
-    let hook = cfg.boot_timer.then(|| boot_timer_report(regions));
+    let hook = cfg.boot_timer.then(|| boot_timer_report(host_regions));
     mmio.insert(
         Arc::new(Mutex::new(BootTimer::new(times.clone(), hook))),
         BOOT_TIMER_ADDR,

@@ -17,7 +17,7 @@ use serde::Serialize;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use virtio_perf_device::virtio::{Mem, VirtioDevice};
+use virtio_perf_device::virtio::{Mem, VirtioDevice, VIRTIO_F_VERSION_1};
 
 use crate::memory::{self, PAGE_SIZE};
 
@@ -26,7 +26,6 @@ pub const BALLOON_DEVICE_ID: u32 = 5;
 /// Feature bits.
 pub mod features {
     pub const STATS_VQ: u32 = 1;
-    pub const VERSION_1: u32 = 32;
 }
 
 pub const INFLATEQ: usize = 0;
@@ -373,7 +372,7 @@ impl VirtioDevice for Balloon {
     }
 
     fn features(&self) -> u64 {
-        (1 << features::VERSION_1) | (1 << features::STATS_VQ)
+        (1 << VIRTIO_F_VERSION_1) | (1 << features::STATS_VQ)
     }
 
     fn queue_max_sizes(&self) -> &[u16] {

@@ -13,12 +13,11 @@ use serde::Serialize;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use virtio_perf_device::virtio::{Mem, VirtioDevice};
+use virtio_perf_device::virtio::{Mem, VirtioDevice, VIRTIO_F_VERSION_1};
 
 use crate::memory;
 
 pub const VIRTIO_MEM_DEVICE_ID: u32 = 24;
-pub const VERSION_1: u32 = 32;
 pub const QUEUE_SIZE: u16 = 128;
 
 /// Device block size: the plug/unplug granularity (Linux needs at least its
@@ -287,7 +286,7 @@ impl VirtioDevice for VirtioMem {
     }
 
     fn features(&self) -> u64 {
-        1 << VERSION_1
+        1 << VIRTIO_F_VERSION_1
     }
 
     fn queue_max_sizes(&self) -> &[u16] {

@@ -218,15 +218,19 @@ impl Controller {
     /// A manual resize (control API): applied at once, logged like any decision.
     pub fn manual_resize(&mut self, r: Resource, to: u64) -> Value {
         let now = self.now();
-        let d = lock(&self.engine).set_allocation(now, r, to, "manual resize through the API");
-        match d {
+        let (decision, current) = {
+            let mut e = lock(&self.engine);
+            let d = e.set_allocation(now, r, to, "manual resize through the API");
+            (d, e.allocation(r))
+        };
+        match decision {
             Some(d) => {
                 self.apply(d);
                 self.recent.back().cloned().unwrap_or_default()
             }
             None => json!({
                 "resource": r,
-                "to": lock(&self.engine).allocation(r),
+                "to": current,
                 "applied": true,
                 "reason": "already at that size (after the policy's bounds)",
             }),
