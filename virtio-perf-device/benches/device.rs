@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use guest_hints::wire::{self, Hint, MessageWriter, Outcome, Parallelism};
-use virtio_perf_device::testing::{Desc, DriverRing};
-use virtio_perf_device::virtio::VirtioDevice;
+use virtio_mmio::testing::{Desc, DriverRing};
+use virtio_mmio::VirtioDevice;
 use virtio_perf_device::{features, HintSink, PerfHintDevice, HINTQ, QUEUE_SIZE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 

@@ -2,6 +2,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
 /// Why a message was dropped before its records were looked at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
@@ -55,8 +58,9 @@ pub struct Counters {
     dropped: [AtomicU64; 6],
 }
 
-/// A copy of the counters at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// A copy of the counters at one moment; serialised with `dropped` as an
+/// object from each [`DropReason::as_str`] to its count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CountersSnapshot {
     pub messages: u64,
     pub hints: u64,
@@ -66,7 +70,16 @@ pub struct CountersSnapshot {
     pub rejected: u64,
     pub unknown_kind: u64,
     pub outcomes_lost: u64,
+    #[serde(serialize_with = "serialize_dropped")]
     pub dropped: [u64; 6],
+}
+
+fn serialize_dropped<S: Serializer>(dropped: &[u64; 6], s: S) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(dropped.len()))?;
+    for (r, n) in DropReason::ALL.iter().zip(dropped) {
+        map.serialize_entry(r.as_str(), n)?;
+    }
+    map.end()
 }
 
 impl CountersSnapshot {
@@ -76,30 +89,6 @@ impl CountersSnapshot {
 
     pub fn dropped_total(&self) -> u64 {
         self.dropped.iter().sum()
-    }
-
-    /// One JSON object.
-    pub fn to_json(&self) -> String {
-        let mut s = format!(
-            "{{\"messages\":{},\"hints\":{},\"accepted\":{},\"clamped\":{},\"rate_limited\":{},\
-             \"rejected\":{},\"unknown_kind\":{},\"outcomes_lost\":{},\"dropped\":{{",
-            self.messages,
-            self.hints,
-            self.accepted,
-            self.clamped,
-            self.rate_limited,
-            self.rejected,
-            self.unknown_kind,
-            self.outcomes_lost
-        );
-        for (i, r) in DropReason::ALL.iter().enumerate() {
-            if i > 0 {
-                s.push(',');
-            }
-            s.push_str(&format!("\"{}\":{}", r.as_str(), self.dropped(*r)));
-        }
-        s.push_str("}}");
-        s
     }
 }
 
@@ -135,5 +124,25 @@ impl Counters {
             outcomes_lost: self.outcomes_lost.load(Relaxed),
             dropped,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_serialises_drops_by_name() {
+        let c = Counters::default();
+        c.record_drop(DropReason::TooLarge);
+        c.messages.fetch_add(2, Relaxed);
+        let v = serde_json::to_value(c.snapshot()).unwrap();
+        assert_eq!(v["messages"], 2);
+        assert_eq!(v["dropped"]["too_large"], 1);
+        assert_eq!(v["dropped"]["malformed"], 0);
+        assert_eq!(
+            v["dropped"].as_object().unwrap().len(),
+            DropReason::ALL.len()
+        );
     }
 }

@@ -5,12 +5,30 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use guest_hints::wire::{self, Hint, Outcome, MAX_MESSAGE_LEN, OUTCOME_LEN};
+use virtio_mmio::{read_chain, ChainError, ChainLimits, Mem, VirtioDevice, WritableBuffers};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::counters::{Counters, DropReason};
-use crate::virtio::{Mem, VirtioDevice};
-use crate::{features, EVENTQ, HINTQ, MAX_CHAIN_DESCRIPTORS, PERFHINT_DEVICE_ID, QUEUE_SIZE};
+use crate::{features, EVENTQ, HINTQ, PERFHINT_DEVICE_ID, QUEUE_SIZE};
+
+/// A hint message: readable bytes only, none empty, one message at most.
+const HINTQ_LIMITS: ChainLimits = ChainLimits::read_only(MAX_MESSAGE_LEN).refusing_zero_length();
+/// An event buffer: device-writable buffers only.
+const EVENTQ_LIMITS: ChainLimits = ChainLimits::read_write(0);
+
+/// The counter a refused hint chain is dropped under.
+fn drop_reason(e: ChainError) -> DropReason {
+    match e {
+        ChainError::TooManyDescriptors => DropReason::ChainTooLong,
+        ChainError::Writable(_) | ChainError::ReadableAfterWritable(_) => {
+            DropReason::WritableBuffer
+        }
+        ChainError::ZeroLength | ChainError::Empty => DropReason::ZeroLength,
+        ChainError::TooLarge(_) => DropReason::TooLarge,
+        ChainError::BadAddress { .. } => DropReason::BadAddress,
+    }
+}
 
 /// Receives every decoded hint and decides its outcome (the policy engine).
 pub trait HintSink: Send {
@@ -99,54 +117,15 @@ impl<S: HintSink> PerfHintDevice<S> {
         self.push_outcome(seq, Outcome::Rejected);
     }
 
-    /// Reads a chain's readable buffers into `self.buf`, enforcing every limit.
+    /// Reads a chain's bytes into `self.buf`, enforcing every limit.
     fn gather(
         &mut self,
         mem: &GuestMemoryMmap<()>,
         chain: DescriptorChain<&GuestMemoryMmap<()>>,
     ) -> Result<(), (DropReason, String)> {
-        self.buf.clear();
-        let mut descriptors = 0;
-        for desc in chain {
-            descriptors += 1;
-            if descriptors > MAX_CHAIN_DESCRIPTORS {
-                return Err((
-                    DropReason::ChainTooLong,
-                    format!("more than {MAX_CHAIN_DESCRIPTORS} descriptors"),
-                ));
-            }
-            if desc.is_write_only() {
-                return Err((
-                    DropReason::WritableBuffer,
-                    format!("descriptor at {:#x} is device-writable", desc.addr().0),
-                ));
-            }
-            let len = desc.len() as usize;
-            if len == 0 {
-                return Err((DropReason::ZeroLength, "zero-length descriptor".into()));
-            }
-            let start = self.buf.len();
-            if start + len > MAX_MESSAGE_LEN {
-                return Err((
-                    DropReason::TooLarge,
-                    format!("message longer than {MAX_MESSAGE_LEN} bytes"),
-                ));
-            }
-            self.buf.resize(start + len, 0);
-            if mem.read_slice(&mut self.buf[start..], desc.addr()).is_err() {
-                return Err((
-                    DropReason::BadAddress,
-                    format!(
-                        "buffer {:#x}+{len:#x} is outside guest memory",
-                        desc.addr().0
-                    ),
-                ));
-            }
-        }
-        if descriptors == 0 {
-            return Err((DropReason::ZeroLength, "empty chain".into()));
-        }
-        Ok(())
+        read_chain(mem, chain, HINTQ_LIMITS, &mut self.buf)
+            .map(|_| ())
+            .map_err(|e| (drop_reason(e), e.to_string()))
     }
 
     /// Decodes `self.buf` and hands its hints to the sink.
@@ -229,6 +208,30 @@ impl<S: HintSink> PerfHintDevice<S> {
         flushed || notify
     }
 
+    /// Fills `buffers` with pending outcomes, whole entries only; returns
+    /// the bytes written.
+    fn write_outcomes(&mut self, mem: &GuestMemoryMmap<()>, buffers: &WritableBuffers) -> u32 {
+        let mut written = 0u32;
+        for (addr, len) in buffers.iter() {
+            let mut off = 0u64;
+            while off + OUTCOME_LEN as u64 <= u64::from(len) {
+                let Some(entry) = self.pending.front() else {
+                    return written;
+                };
+                let Some(at) = addr.0.checked_add(off) else {
+                    break;
+                };
+                if mem.write_slice(entry, GuestAddress(at)).is_err() {
+                    break;
+                }
+                self.pending.pop_front();
+                off += OUTCOME_LEN as u64;
+                written += OUTCOME_LEN as u32;
+            }
+        }
+        written
+    }
+
     /// Writes pending outcomes into event-queue buffers the driver posted.
     fn flush_outcomes(&mut self) -> bool {
         let Some(mem) = self.mem.clone() else {
@@ -246,41 +249,19 @@ impl<S: HintSink> PerfHintDevice<S> {
                 break;
             };
             let head = chain.head_index();
-            let mut written = 0u32;
-            let mut descriptors = 0;
-            for desc in chain.writable() {
-                descriptors += 1;
-                if descriptors > MAX_CHAIN_DESCRIPTORS {
-                    break;
+            let written = match read_chain(mem.as_ref(), chain, EVENTQ_LIMITS, &mut self.buf) {
+                Ok(buffers) => self.write_outcomes(mem.as_ref(), &buffers),
+                Err(e) => {
+                    log::debug!("perf-hint: event buffer returned unused: {e}");
+                    0
                 }
-                let mut off = 0u64;
-                while off + OUTCOME_LEN as u64 <= u64::from(desc.len()) {
-                    let Some(entry) = self.pending.front() else {
-                        break;
-                    };
-                    let Some(addr) = desc.addr().0.checked_add(off) else {
-                        break;
-                    };
-                    if mem
-                        .write_slice(entry, vm_memory::GuestAddress(addr))
-                        .is_err()
-                    {
-                        break;
-                    }
-                    self.pending.pop_front();
-                    off += OUTCOME_LEN as u64;
-                    written += OUTCOME_LEN as u32;
-                }
-            }
+            };
             if let Err(e) = self.queues[EVENTQ].add_used(mem.as_ref(), head, written) {
                 log::warn!("perf-hint: eventq used ring: {e}");
                 break;
             }
+            // A buffer that holds no outcome goes back to the driver empty.
             used = true;
-            if written == 0 {
-                // A buffer that holds no outcome: the driver gets it back empty.
-                continue;
-            }
         }
         used && self.queues[EVENTQ]
             .needs_notification(mem.as_ref())
@@ -302,7 +283,7 @@ impl<S: HintSink> VirtioDevice for PerfHintDevice<S> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::virtio::read_config_window(&self.config, offset, data);
+        virtio_mmio::read_config_window(&self.config, offset, data);
     }
 
     fn activate(&mut self, mem: Mem, acked_features: u64, queues: Vec<Queue>) {

@@ -7,14 +7,13 @@
 //! shape, payload bytes, register writes — is checked; a malformed message is
 //! dropped and counted, the queue keeps moving, and nothing panics.
 //!
-//! The spec is `docs/perf-hint-device.md`.
+//! The device model only: the virtio-mmio transport it sits behind is the
+//! `virtio-mmio` crate. The spec is `docs/perf-hint-device.md`.
+
+#![forbid(unsafe_code)]
 
 pub mod counters;
 pub mod device;
-pub mod mmio;
-#[doc(hidden)]
-pub mod testing;
-pub mod virtio;
 
 pub use counters::{Counters, CountersSnapshot, DropReason};
 pub use device::{HintSink, PerfHintDevice};
@@ -33,7 +32,7 @@ pub mod features {
     /// The device accepts manifest records.
     pub const MANIFEST: u32 = 1;
     /// VIRTIO_F_VERSION_1: required.
-    pub const VERSION_1: u32 = crate::virtio::VIRTIO_F_VERSION_1;
+    pub const VERSION_1: u32 = virtio_mmio::VIRTIO_F_VERSION_1;
 }
 
 /// Queue indices and sizes.
@@ -42,4 +41,4 @@ pub const EVENTQ: usize = 1;
 pub const QUEUE_SIZE: u16 = 256;
 
 /// Longest descriptor chain the device follows for one message.
-pub const MAX_CHAIN_DESCRIPTORS: usize = 16;
+pub const MAX_CHAIN_DESCRIPTORS: usize = virtio_mmio::chain::MAX_DESCRIPTORS;

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use guest_hints::client::{hint, Client, SendError, Transport};
 use guest_hints::mmio::{Dma, MmioTransport as Driver, Registers, DMA_LEN, SLOTS};
 use guest_hints::wire::{Hint, IoClass, Outcome};
-use virtio_perf_device::mmio::MmioTransport;
-use virtio_perf_device::virtio::Interrupt;
+use virtio_mmio::Interrupt;
+use virtio_mmio::MmioTransport;
 use virtio_perf_device::{HintSink, PerfHintDevice};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -41,7 +41,7 @@ impl Registers for Regs {
         u32::from_le_bytes(b)
     }
     fn write32(&self, off: u64, v: u32) {
-        if self.deferred && off == virtio_perf_device::mmio::reg::QUEUE_NOTIFY {
+        if self.deferred && off == virtio_mmio::transport::reg::QUEUE_NOTIFY {
             return;
         }
         self.dev.lock().unwrap().write(off, &v.to_le_bytes());

@@ -11,9 +11,12 @@ use acpi_tables::madt::{
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
-use acpi_tables::{aml, Aml, AmlSink};
+use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 
+use crate::aml::RawAml;
+use crate::devices::cpu_hotplug::aml::CpuHotplugAml;
+pub use crate::layout::MmioDeviceInfo;
 use crate::layout::{
     ACPI_END, ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT,
     ACPI_SLEEP_STATUS_PORT, ACPI_START, COM1_IRQ, COM1_PORT, IOAPIC_ADDR, LAPIC_ADDR,
@@ -27,14 +30,6 @@ const IAPC_BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
 const IAPC_BOOT_ARCH_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
 const OEM_TABLE_ID: [u8; 8] = *b"PERFVMM ";
 const OEM_REVISION: u32 = 1;
-
-/// A virtio-mmio device as the guest must find it: `LNRO0005` in the DSDT.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MmioDeviceInfo {
-    pub base: u64,
-    pub size: u64,
-    pub irq: u32,
-}
 
 /// What the tables describe.
 #[derive(Clone, Debug, Default)]
@@ -170,7 +165,12 @@ fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     }
 
     if let Some(hp) = cfg.cpu_hotplug {
-        cpu_hotplug_aml(cfg.max_vcpus, hp, &mut sb_body);
+        CpuHotplugAml {
+            max_vcpus: cfg.max_vcpus,
+            regs: hp.regs,
+            ged_irq: hp.ged_irq,
+        }
+        .to_aml_bytes(&mut sb_body);
     }
 
     let mut body = Vec::new();
@@ -182,190 +182,6 @@ fn build_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     dsdt.append_slice(&body);
     dsdt.as_slice().to_vec()
-}
-
-/// The processor container `\_SB.CPUS` (one `ACPI0007` device per possible
-/// vCPU, with `_STA`, `_MAT` and `_EJ0` backed by the hotplug controller, and
-/// the `CSCN` scan method) and the Generic Event Device `\_SB.GED0` whose
-/// interrupt runs `CSCN`.
-fn cpu_hotplug_aml(max_vcpus: u32, hp: CpuHotplugInfo, out: &mut Vec<u8>) {
-    use aml::{Arg, Local};
-    let mut cpus = Vec::new();
-    aml::OpRegion::new(
-        "PRST".into(),
-        aml::OpRegionSpace::SystemMemory,
-        &hp.regs,
-        &8u32,
-    )
-    .to_aml_bytes(&mut cpus);
-    aml::Field::new(
-        "PRST".into(),
-        aml::FieldAccessType::DWord,
-        aml::FieldLockRule::NoLock,
-        aml::FieldUpdateRule::Preserve,
-        vec![
-            aml::FieldEntry::Named(*b"CSEL", 32),
-            aml::FieldEntry::Named(*b"CSTS", 32),
-        ],
-    )
-    .to_aml_bytes(&mut cpus);
-    aml::Mutex::new("CLCK".into(), 0).to_aml_bytes(&mut cpus);
-
-    // STAT(cpu): 0xF when enabled, else 0.
-    aml::Method::new(
-        "STAT".into(),
-        1,
-        true,
-        vec![
-            &aml::Acquire::new("CLCK".into(), 0xffff),
-            &aml::Store::new(&aml::Path::new("CSEL"), &Arg(0)),
-            &aml::And::new(&Local(0), &aml::Path::new("CSTS"), &aml::ONE),
-            &aml::Release::new("CLCK".into()),
-            &aml::If::new(
-                &aml::Equal::new(&Local(0), &aml::ONE),
-                vec![&aml::Return::new(&0xfu8)],
-            ),
-            &aml::Return::new(&aml::ZERO),
-        ],
-    )
-    .to_aml_bytes(&mut cpus);
-
-    // EJCT(cpu): the guest has offlined the vCPU; tell perfvmm.
-    aml::Method::new(
-        "EJCT".into(),
-        1,
-        true,
-        vec![
-            &aml::Acquire::new("CLCK".into(), 0xffff),
-            &aml::Store::new(&aml::Path::new("CSEL"), &Arg(0)),
-            &aml::Store::new(&aml::Path::new("CSTS"), &8u8),
-            &aml::Release::new("CLCK".into()),
-        ],
-    )
-    .to_aml_bytes(&mut cpus);
-
-    // CTFY(cpu, event): Notify the processor device of that vCPU.
-    let mut ctfy_body = Vec::new();
-    for i in 0..max_vcpus {
-        let name = format!("C{i:03X}");
-        aml::If::new(
-            &aml::Equal::new(&Arg(0), &i),
-            vec![&aml::Notify::new(&aml::Path::new(&name), &Arg(1))],
-        )
-        .to_aml_bytes(&mut ctfy_body);
-    }
-    aml::Method::new("CTFY".into(), 2, true, vec![&RawAml(ctfy_body)]).to_aml_bytes(&mut cpus);
-
-    // CSCN(): for every vCPU with a pending insert (1: device check) or
-    // removal (3: eject request), acknowledge it and notify the guest.
-    aml::Method::new(
-        "CSCN".into(),
-        0,
-        true,
-        vec![
-            &aml::Acquire::new("CLCK".into(), 0xffff),
-            &aml::Store::new(&Local(0), &aml::ZERO),
-            &aml::While::new(
-                &aml::LessThan::new(&Local(0), &max_vcpus),
-                vec![
-                    &aml::Store::new(&aml::Path::new("CSEL"), &Local(0)),
-                    &aml::Store::new(&Local(1), &aml::Path::new("CSTS")),
-                    &aml::And::new(&Local(2), &Local(1), &2u8),
-                    &aml::If::new(
-                        &aml::Equal::new(&Local(2), &2u8),
-                        vec![
-                            &aml::Store::new(&aml::Path::new("CSTS"), &2u8),
-                            &aml::MethodCall::new("CTFY".into(), vec![&Local(0), &aml::ONE]),
-                        ],
-                    ),
-                    &aml::And::new(&Local(2), &Local(1), &4u8),
-                    &aml::If::new(
-                        &aml::Equal::new(&Local(2), &4u8),
-                        vec![
-                            &aml::Store::new(&aml::Path::new("CSTS"), &4u8),
-                            &aml::MethodCall::new("CTFY".into(), vec![&Local(0), &3u8]),
-                        ],
-                    ),
-                    &aml::Add::new(&Local(0), &Local(0), &aml::ONE),
-                ],
-            ),
-            &aml::Release::new("CLCK".into()),
-        ],
-    )
-    .to_aml_bytes(&mut cpus);
-
-    for i in 0..max_vcpus {
-        let mat = vec![0u8, 8, i as u8, i as u8, 1, 0, 0, 0];
-        aml::Device::new(
-            format!("C{i:03X}").as_str().into(),
-            vec![
-                &aml::Name::new("_HID".into(), &"ACPI0007"),
-                &aml::Name::new("_UID".into(), &i),
-                &aml::Method::new(
-                    "_STA".into(),
-                    0,
-                    false,
-                    vec![&aml::Return::new(&aml::MethodCall::new(
-                        "STAT".into(),
-                        vec![&i],
-                    ))],
-                ),
-                &aml::Method::new(
-                    "_MAT".into(),
-                    0,
-                    false,
-                    vec![&aml::Return::new(&aml::BufferData::new(mat))],
-                ),
-                &aml::Method::new(
-                    "_EJ0".into(),
-                    1,
-                    false,
-                    vec![&aml::MethodCall::new("EJCT".into(), vec![&i])],
-                ),
-            ],
-        )
-        .to_aml_bytes(&mut cpus);
-    }
-
-    aml::Device::new(
-        "CPUS".into(),
-        vec![
-            &aml::Name::new("_HID".into(), &"ACPI0010"),
-            &aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A05")),
-            &RawAml(cpus),
-        ],
-    )
-    .to_aml_bytes(out);
-
-    aml::Device::new(
-        "GED0".into(),
-        vec![
-            &aml::Name::new("_HID".into(), &"ACPI0013"),
-            &aml::Name::new("_UID".into(), &aml::ZERO),
-            &aml::Name::new(
-                "_CRS".into(),
-                &aml::ResourceTemplate::new(vec![&aml::Interrupt::new(
-                    true, true, false, false, hp.ged_irq,
-                )]),
-            ),
-            &aml::Method::new(
-                "_EVT".into(),
-                1,
-                true,
-                vec![&aml::MethodCall::new("\\_SB_.CPUS.CSCN".into(), vec![])],
-            ),
-        ],
-    )
-    .to_aml_bytes(out);
-}
-
-/// Already-encoded AML, spliced into a parent object.
-struct RawAml(Vec<u8>);
-
-impl Aml for RawAml {
-    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
-        sink.vec(&self.0);
-    }
 }
 
 fn align8(v: u64) -> u64 {

@@ -1,5 +1,8 @@
 //! The VMM's main-thread event loop (event-manager): termination signals,
-//! console input, and the wake-up that says the VM has ended.
+//! console input, and the wake-up that says the VM has ended. The devices'
+//! and the controller's handlers are subscribers of their own, defined
+//! beside what they drive (`devices::virtio::QueueHandler`,
+//! `control::events`).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -18,21 +21,14 @@ pub const STOP_SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
 /// Blocks [`STOP_SIGNALS`] in the calling thread (and every thread it spawns
 /// afterwards), so that they are only delivered through the signalfd.
 pub fn block_stop_signals() -> io::Result<libc::sigset_t> {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset only write to it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, exclusively borrowed sigset_t.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        for s in STOP_SIGNALS {
-            libc::sigaddset(&mut set, s);
+    use vmm_sys_util::signal::{block_signal, create_sigset, Error};
+    for s in STOP_SIGNALS {
+        match block_signal(s) {
+            Ok(()) | Err(Error::SignalAlreadyBlocked(_)) => {}
+            Err(e) => return Err(io::Error::other(format!("blocking signal {s}: {e}"))),
         }
     }
-    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
-    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if r != 0 {
-        return Err(io::Error::from_raw_os_error(r));
-    }
-    Ok(set)
+    create_sigset(&STOP_SIGNALS).map_err(io::Error::from)
 }
 
 /// Delivers SIGINT/SIGTERM as an exit reason.
@@ -49,10 +45,8 @@ impl SignalSource {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: signalfd just returned this descriptor and nothing else owns it.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            exit,
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd, exit })
     }
 }
 
@@ -126,39 +120,6 @@ impl<W: io::Write + Send + 'static> MutEventSubscriber for ConsoleInput<W> {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new_raw(self.fd, EventSet::IN)) {
             log::warn!("console input disabled: {e:?}");
-        }
-    }
-}
-
-/// An eventfd or timerfd: readable, and cleared by reading its 8-byte counter.
-pub trait CounterFd: AsRawFd + Send {}
-impl CounterFd for vmm_sys_util::eventfd::EventFd {}
-impl CounterFd for vmm_sys_util::timerfd::TimerFd {}
-
-/// Calls a handler each time an eventfd (such as a device's queue-notify
-/// ioeventfd) or a timerfd fires.
-pub struct EventFdHandler {
-    fd: Box<dyn CounterFd>,
-    handler: Box<dyn FnMut() + Send>,
-}
-
-impl EventFdHandler {
-    pub fn new(fd: Box<dyn CounterFd>, handler: Box<dyn FnMut() + Send>) -> Self {
-        Self { fd, handler }
-    }
-}
-
-impl MutEventSubscriber for EventFdHandler {
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let mut count = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into `count`; the fd is ours and open.
-        let _ = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
-        (self.handler)();
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new_raw(self.fd.as_raw_fd(), EventSet::IN)) {
-            log::error!("cannot watch an eventfd: {e:?}");
         }
     }
 }

@@ -76,3 +76,22 @@ pub const VIRTIO_MEM_SLOT: usize = 2;
 
 /// The highest APIC ID an xAPIC MADT entry can name (255 is broadcast).
 pub const MAX_APIC_ID: u32 = 254;
+
+/// A virtio-mmio device as the guest must find it: its window and interrupt
+/// (`LNRO0005` in the DSDT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioDeviceInfo {
+    pub base: u64,
+    pub size: u64,
+    pub irq: u32,
+}
+
+/// virtio-mmio slot `n` (one of [`PERF_HINT_SLOT`], [`BALLOON_SLOT`],
+/// [`VIRTIO_MEM_SLOT`]): its window and interrupt.
+pub fn virtio_slot(n: usize) -> MmioDeviceInfo {
+    MmioDeviceInfo {
+        base: VIRTIO_MMIO_BASE + n as u64 * VIRTIO_MMIO_SIZE,
+        size: VIRTIO_MMIO_SIZE,
+        irq: VIRTIO_IRQS[n],
+    }
+}

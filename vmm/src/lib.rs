@@ -1,20 +1,32 @@
 //! perfvmm: a minimal KVM virtual machine monitor built on the rust-vmm
-//! crates. See `docs/architecture.md` for how the modules fit together.
+//! crates, which turns the guest's resource hints into allocation
+//! decisions. `docs/architecture.md` draws how the modules fit together;
+//! they read in the order a hint travels:
+//!
+//! * [`devices`]: the emulated devices (the perf-hint device model itself
+//!   is the `virtio-perf-device` crate, behind the `virtio-mmio` transport);
+//! * [`control`]: the device's sink, the controller, the control API;
+//! * [`policy`]: the `perfvmm-policy` crate, pure;
+//! * [`actuators`]: vCPU and memory resize, placement;
+//!
+//! and around them the machine: [`builder`] composes a VM from [`boot`],
+//! [`acpi`], [`memory`], [`vcpu`] and the above; [`vm`] runs it.
+
+pub use perfvmm_policy as policy;
 
 pub mod acpi;
-pub mod api;
+pub mod actuators;
+pub mod aml;
 pub mod arch;
 pub mod boot;
+pub mod builder;
 pub mod cli;
+pub mod control;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
 pub mod layout;
 pub mod memory;
-pub mod memory_manager;
 pub mod memstat;
-pub mod placement;
-pub mod policy;
 pub mod vcpu;
-pub mod vcpu_manager;
 pub mod vm;

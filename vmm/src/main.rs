@@ -3,9 +3,9 @@ use std::time::Instant;
 
 use clap::Parser;
 
+use perfvmm::builder::{self, VmConfig};
 use perfvmm::cli::{Cli, Command, CtlRequest};
 use perfvmm::policy::Policy;
-use perfvmm::vm::{self, VmConfig};
 
 fn main() -> ExitCode {
     let start = Instant::now();
@@ -45,7 +45,8 @@ fn main() -> ExitCode {
         boot_timer: cli.boot_timer,
         hint_log: cli.hint_log,
     };
-    match vm::run(&cfg, start) {
+    let run = builder::build(&cfg, start).and_then(|vm| Ok(vm.run()?));
+    match run {
         Ok(reason) => {
             let code = reason.exit_code();
             if code == 0 {
@@ -65,14 +66,7 @@ fn main() -> ExitCode {
 
 fn policy_command(print_default: bool, check: Option<std::path::PathBuf>) -> ExitCode {
     if let Some(path) = check {
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("perfvmm: cannot read {}: {e}", path.display());
-                return ExitCode::from(1);
-            }
-        };
-        return match Policy::from_toml(&path.display().to_string(), &text) {
+        return match Policy::load(&path) {
             Ok(_) => {
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS
@@ -122,7 +116,7 @@ fn ctl_command(sock: &std::path::Path, request: CtlRequest) -> ExitCode {
             ("PUT", "/policy/reload", Some(body))
         }
     };
-    match perfvmm::api::call(sock, method, path, body.as_ref()) {
+    match perfvmm::control::http::call(sock, method, path, body.as_ref()) {
         Ok((200, body)) => {
             print!("{body}");
             ExitCode::SUCCESS

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use guest_hints::wire::{Hint, Outcome};
 use libfuzzer_sys::fuzz_target;
-use virtio_perf_device::testing::{Desc, DriverRing};
-use virtio_perf_device::virtio::VirtioDevice;
+use virtio_mmio::testing::{Desc, DriverRing};
+use virtio_mmio::VirtioDevice;
 use virtio_perf_device::{HintSink, PerfHintDevice, HINTQ};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 

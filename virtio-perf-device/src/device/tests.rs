@@ -9,8 +9,9 @@ use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
-use crate::testing::{self, Desc, DriverRing};
-use crate::virtio::VirtioDevice;
+use crate::MAX_CHAIN_DESCRIPTORS;
+use virtio_mmio::testing::{self, Desc, DriverRing};
+use virtio_mmio::VirtioDevice;
 
 const MEM_SIZE: usize = 0x100_0000;
 const HINTQ_ADDR: u64 = 0x0;
@@ -364,7 +365,7 @@ fn without_eventq_feature_no_outcomes_are_kept() {
 /// Counts interrupts.
 #[derive(Default)]
 struct IrqCount(AtomicU32);
-impl crate::virtio::Interrupt for IrqCount {
+impl virtio_mmio::Interrupt for IrqCount {
     fn trigger(&self) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
@@ -372,8 +373,8 @@ impl crate::virtio::Interrupt for IrqCount {
 
 mod transport {
     use super::*;
-    use crate::mmio::{reg, MmioTransport, MAGIC_VALUE};
-    use crate::virtio::status::*;
+    use virtio_mmio::device::status::*;
+    use virtio_mmio::transport::{reg, MmioTransport, MAGIC_VALUE};
 
     fn r(t: &mut MmioTransport<PerfHintDevice<Recorder>>, off: u64) -> u32 {
         let mut b = [0u8; 4];

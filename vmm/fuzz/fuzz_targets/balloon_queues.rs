@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use perfvmm::devices::balloon::{parse_stats, Balloon, QUEUE_SIZE};
-use virtio_perf_device::testing::{Desc, DriverRing};
-use virtio_perf_device::virtio::VirtioDevice;
+use virtio_mmio::testing::{Desc, DriverRing};
+use virtio_mmio::VirtioDevice;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const MEM: usize = 4 << 20;

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use perfvmm::devices::virtio_mem::{VirtioMem, BLOCK_SIZE, QUEUE_SIZE, REQ_LEN, RESP_LEN};
-use virtio_perf_device::testing::{Desc, DriverRing};
-use virtio_perf_device::virtio::VirtioDevice;
+use virtio_mmio::testing::{Desc, DriverRing};
+use virtio_mmio::VirtioDevice;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const REGION: u64 = 16 << 20;

@@ -1,11 +1,11 @@
-//! Emulated devices and the buses they sit on. One device per module.
+//! Emulated devices and the buses they sit on, one module per device. A
+//! device knows nothing of the policy or the controller: the perf-hint
+//! device hands hints to a sink it is given, the others expose targets the
+//! actuators set.
 
-pub mod balloon;
 pub mod boot_timer;
 pub mod bus;
 pub mod cpu_hotplug;
-pub mod perf_hint;
 pub mod power;
 pub mod serial;
-pub mod virtio_mem;
-pub mod virtio_mmio;
+pub mod virtio;

@@ -53,6 +53,22 @@ impl<W: Write + Send> BusDevice for SerialDevice<W> {
     }
 }
 
+/// Standard output as the console: flushed on every write so it is live.
+pub struct ConsoleOut(pub std::io::Stdout);
+
+impl Write for ConsoleOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = self.0.lock();
+        out.write_all(buf)?;
+        out.flush()?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,14 +10,14 @@
 //! trusted, never a panic).
 
 use serde::Serialize;
+use virtio_bindings::virtio_ids::VIRTIO_ID_MEM;
+use virtio_mmio::{read_chain, ChainLimits, Mem, VirtioDevice, VIRTIO_F_VERSION_1};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use virtio_perf_device::virtio::{Mem, VirtioDevice, VIRTIO_F_VERSION_1};
-
 use crate::memory;
 
-pub const VIRTIO_MEM_DEVICE_ID: u32 = 24;
+pub const VIRTIO_MEM_DEVICE_ID: u32 = VIRTIO_ID_MEM;
 pub const QUEUE_SIZE: u16 = 128;
 
 /// Device block size: the plug/unplug granularity (Linux needs at least its
@@ -47,7 +47,9 @@ pub mod state {
     pub const MIXED: u16 = 2;
 }
 
-const MAX_CHAIN_DESCRIPTORS: usize = 16;
+/// A request: at most one page of readable bytes (the request is the first
+/// [`REQ_LEN`]), then a device-writable buffer for the response.
+const REQUEST_LIMITS: ChainLimits = ChainLimits::read_write(4096);
 
 /// What the device has seen; read by the control API.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -69,6 +71,8 @@ pub struct VirtioMem {
     counters: VirtioMemCounters,
     mem: Option<Mem>,
     queues: Vec<Queue>,
+    /// Reused request buffer.
+    buf: Vec<u8>,
 }
 
 impl VirtioMem {
@@ -84,6 +88,7 @@ impl VirtioMem {
             counters: VirtioMemCounters::default(),
             mem: None,
             queues: Vec::new(),
+            buf: Vec::with_capacity(REQ_LEN),
         }
     }
 
@@ -218,27 +223,11 @@ impl VirtioMem {
     fn parse_chain(
         mem: &GuestMemoryMmap<()>,
         chain: DescriptorChain<&GuestMemoryMmap<()>>,
+        buf: &mut Vec<u8>,
     ) -> Option<([u8; REQ_LEN], GuestAddress)> {
-        let mut request = [0u8; REQ_LEN];
-        let mut have = 0;
-        let mut response = None;
-        for (n, d) in chain.enumerate() {
-            if n >= MAX_CHAIN_DESCRIPTORS {
-                return None;
-            }
-            if d.is_write_only() {
-                if response.is_none() && d.len() as usize >= RESP_LEN {
-                    response = Some(d.addr());
-                }
-            } else if have < REQ_LEN {
-                let take = (d.len() as usize).min(REQ_LEN - have);
-                mem.read_slice(&mut request[have..have + take], d.addr())
-                    .ok()?;
-                have += take;
-            }
-        }
-        (have == REQ_LEN).then_some(())?;
-        Some((request, response?))
+        let writable = read_chain(mem, chain, REQUEST_LIMITS, buf).ok()?;
+        let request = buf.get(..REQ_LEN)?.try_into().ok()?;
+        Some((request, writable.first_holding(RESP_LEN)?))
     }
 
     fn process_requests(&mut self) -> bool {
@@ -253,7 +242,7 @@ impl VirtioMem {
         {
             let head = chain.head_index();
             let mut written = 0;
-            match Self::parse_chain(mem.as_ref(), chain) {
+            match Self::parse_chain(mem.as_ref(), chain, &mut self.buf) {
                 Some((request, at)) => {
                     let (kind, st) = self.handle(mem.as_ref(), &request);
                     let mut r = [0u8; RESP_LEN];
@@ -295,7 +284,7 @@ impl VirtioDevice for VirtioMem {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let c = self.config();
-        virtio_perf_device::virtio::read_config_window(&c, offset, data);
+        virtio_mmio::read_config_window(&c, offset, data);
     }
 
     fn activate(&mut self, mem: Mem, _acked_features: u64, queues: Vec<Queue>) {
@@ -319,7 +308,7 @@ impl VirtioDevice for VirtioMem {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use virtio_perf_device::testing::{Desc, DriverRing};
+    use virtio_mmio::testing::{Desc, DriverRing};
 
     const REGION: u64 = 16 << 20;
     const REGION_SIZE: u64 = 16 << 20;

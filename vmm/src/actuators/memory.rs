@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use virtio_perf_device::mmio::MmioTransport;
+use virtio_mmio::MmioTransport;
 
-use crate::devices::balloon::{Balloon, BalloonCounters, GuestMemStats, PFN_SHIFT};
 use crate::devices::bus::lock;
-use crate::devices::virtio_mem::{VirtioMem, VirtioMemCounters};
+use crate::devices::virtio::balloon::{Balloon, BalloonCounters, GuestMemStats, PFN_SHIFT};
+use crate::devices::virtio::mem::{VirtioMem, VirtioMemCounters};
 
 pub type BalloonTransport = MmioTransport<Balloon>;
 pub type VirtioMemTransport = MmioTransport<VirtioMem>;
@@ -57,6 +57,24 @@ pub struct MemoryStatus {
     pub guest_stats_age_ms: Option<u64>,
 }
 
+/// How a memory size is reached from the boot size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    /// Held in the balloon (below the boot size).
+    pub balloon_bytes: u64,
+    /// Plugged through virtio-mem (above the boot size).
+    pub plug_bytes: u64,
+}
+
+/// Splits `target` between the balloon and virtio-mem: the balloon takes
+/// what is below `boot`, virtio-mem adds what is above; never both.
+pub fn split(boot: u64, target: u64) -> Split {
+    Split {
+        balloon_bytes: boot.saturating_sub(target),
+        plug_bytes: target.saturating_sub(boot),
+    }
+}
+
 pub struct MemoryManager {
     boot: u64,
     max: u64,
@@ -82,7 +100,11 @@ impl MemoryManager {
     /// Sets the guest's memory to `target` bytes.
     pub fn resize(&self, target: u64) -> Result<(), MemoryResizeError> {
         let mib = target >> 20;
-        let (balloon_bytes, plug_bytes) = if target > self.boot {
+        let Split {
+            balloon_bytes,
+            plug_bytes,
+        } = split(self.boot, target);
+        if plug_bytes > 0 {
             let vm = self
                 .virtio_mem
                 .as_ref()
@@ -90,10 +112,7 @@ impl MemoryManager {
             if !lock(vm).is_activated() {
                 return Err(MemoryResizeError::NoVirtioMemDriver(mib));
             }
-            (0, target - self.boot)
-        } else {
-            (self.boot - target, 0)
-        };
+        }
         {
             let mut b = lock(&self.balloon);
             let pages = u32::try_from(balloon_bytes >> PFN_SHIFT).unwrap_or(u32::MAX);
@@ -158,5 +177,110 @@ impl MemoryManager {
             guest_stats: stats.map(|(s, _)| s.clone()),
             guest_stats_age_ms: stats.map(|(_, age)| age.as_millis() as u64),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_mmio::device::status::{ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK};
+    use virtio_mmio::transport::reg;
+    use virtio_mmio::{Interrupt, Mem, VirtioDevice};
+
+    const MIB: u64 = 1 << 20;
+    const BOOT: u64 = 512 * MIB;
+
+    struct NoIrq;
+    impl Interrupt for NoIrq {
+        fn trigger(&self) {}
+    }
+
+    fn mem() -> Mem {
+        Arc::new(crate::memory::create_guest_memory(4 * MIB, None).unwrap())
+    }
+
+    fn transport<D: VirtioDevice>(d: D) -> Arc<Mutex<MmioTransport<D>>> {
+        Arc::new(Mutex::new(MmioTransport::new(d, mem(), Arc::new(NoIrq), 0)))
+    }
+
+    /// Brings the driver up to DRIVER_OK (no queues: enough to count as active).
+    fn activate<D: VirtioDevice>(t: &Mutex<MmioTransport<D>>) {
+        let mut t = lock(t);
+        let w = |t: &mut MmioTransport<D>, off: u64, v: u32| t.write(off, &v.to_le_bytes());
+        w(&mut t, reg::STATUS, ACKNOWLEDGE);
+        w(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER);
+        w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+        w(&mut t, reg::DRIVER_FEATURES, 1); // VIRTIO_F_VERSION_1 is bit 32
+        w(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        w(
+            &mut t,
+            reg::STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        assert!(t.is_activated());
+    }
+
+    fn manager(with_virtio_mem: bool) -> MemoryManager {
+        let vm = with_virtio_mem.then(|| transport(VirtioMem::new(4 << 30, 512 * MIB)));
+        MemoryManager::new(BOOT, 1024 * MIB, transport(Balloon::new()), vm)
+    }
+
+    #[test]
+    fn split_uses_the_balloon_below_boot_and_virtio_mem_above() {
+        let s = |t| split(BOOT, t);
+        assert_eq!(
+            s(BOOT),
+            Split {
+                balloon_bytes: 0,
+                plug_bytes: 0
+            }
+        );
+        assert_eq!(s(BOOT - 100 * MIB).balloon_bytes, 100 * MIB);
+        assert_eq!(
+            s(BOOT + 300 * MIB),
+            Split {
+                balloon_bytes: 0,
+                plug_bytes: 300 * MIB
+            }
+        );
+        assert_eq!(s(0).balloon_bytes, BOOT);
+        assert_eq!(s(u64::MAX).plug_bytes, u64::MAX - BOOT);
+    }
+
+    #[test]
+    fn refuses_what_the_guest_cannot_do() {
+        let m = manager(false);
+        assert_eq!(m.resize(BOOT), Ok(()), "the boot size needs no driver");
+        assert_eq!(
+            m.resize(768 * MIB),
+            Err(MemoryResizeError::NoHotplugRegion(768))
+        );
+        assert_eq!(
+            m.resize(256 * MIB),
+            Err(MemoryResizeError::NoBalloonDriver(256))
+        );
+        let m = manager(true);
+        assert_eq!(
+            m.resize(768 * MIB),
+            Err(MemoryResizeError::NoVirtioMemDriver(768))
+        );
+        assert_eq!(m.status().virtio_mem_requested_bytes, 0, "nothing changed");
+    }
+
+    #[test]
+    fn sets_the_device_targets() {
+        let m = manager(true);
+        activate(&m.balloon);
+        activate(m.virtio_mem.as_ref().unwrap());
+        m.resize(256 * MIB).unwrap();
+        let s = m.status();
+        assert_eq!(s.balloon_target_bytes, 256 * MIB);
+        assert_eq!(s.virtio_mem_requested_bytes, 0);
+        m.resize(BOOT + 200 * MIB).unwrap();
+        let s = m.status();
+        assert_eq!(s.balloon_target_bytes, 0, "the balloon is emptied first");
+        assert_eq!(s.virtio_mem_requested_bytes, 200 * MIB);
+        m.resize(BOOT).unwrap();
+        assert_eq!(m.status().virtio_mem_requested_bytes, 0);
     }
 }

@@ -1,15 +1,22 @@
-//! Glue between a virtio-mmio transport and perfvmm: the MMIO bus entry,
-//! the irqfd interrupt, and the ioeventfd the guest kicks to notify queues.
+//! The virtio devices perfvmm emulates besides the perf-hint device
+//! (`balloon`, `mem`), and the glue that puts any virtio-mmio transport in
+//! front of the guest: its MMIO bus entry, its irqfd interrupt, the
+//! ioeventfd the guest kicks, and the event-loop handler for that kick.
+
+pub mod balloon;
+pub mod mem;
 
 use std::sync::{Arc, Mutex};
 
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
-use virtio_perf_device::mmio::{reg, MmioTransport};
-use virtio_perf_device::virtio::{Interrupt, VirtioDevice};
+use virtio_mmio::transport::reg;
+use virtio_mmio::{Interrupt, MmioTransport, VirtioDevice};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::{lock, BusDevice};
-use crate::acpi::MmioDeviceInfo;
+use crate::layout::MmioDeviceInfo;
 
 /// A device's interrupt: an eventfd registered with KVM as an irqfd.
 pub struct IrqFdInterrupt(pub EventFd);
@@ -51,5 +58,31 @@ impl SlotFds {
         let addr = IoEventAddress::Mmio(slot.base + reg::QUEUE_NOTIFY);
         vm.register_ioevent(&notify, &addr, NoDatamatch)?;
         Ok(SlotFds { irq, notify })
+    }
+}
+
+/// Runs a device's queues when the guest kicks its notify ioeventfd.
+pub struct QueueHandler<D: VirtioDevice> {
+    notify: EventFd,
+    transport: Arc<Mutex<MmioTransport<D>>>,
+}
+
+impl<D: VirtioDevice> QueueHandler<D> {
+    pub fn new(notify: EventFd, transport: Arc<Mutex<MmioTransport<D>>>) -> Self {
+        QueueHandler { notify, transport }
+    }
+}
+
+impl<D: VirtioDevice> MutEventSubscriber for QueueHandler<D> {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        // The ioeventfd does not say which queue was kicked: run them all.
+        let _ = self.notify.read();
+        lock(&self.transport).notify_all();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.notify, EventSet::IN)) {
+            log::error!("cannot watch a virtio queue notification: {e:?}");
+        }
     }
 }

@@ -6,23 +6,29 @@ use std::sync::Arc;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
+use virtio_bindings::virtio_config as config;
+use virtio_bindings::virtio_mmio as mmio;
+
 /// VIRTIO_F_VERSION_1, the feature bit every device here offers and the
 /// transport requires (no legacy drivers).
-pub const VIRTIO_F_VERSION_1: u32 = 32;
+pub const VIRTIO_F_VERSION_1: u32 = config::VIRTIO_F_VERSION_1;
 
 /// Device status bits (virtio 1.2, 2.1).
 pub mod status {
-    pub const ACKNOWLEDGE: u32 = 1;
-    pub const DRIVER: u32 = 2;
-    pub const DRIVER_OK: u32 = 4;
-    pub const FEATURES_OK: u32 = 8;
-    pub const DEVICE_NEEDS_RESET: u32 = 64;
-    pub const FAILED: u32 = 128;
+    use super::config;
+
+    pub const ACKNOWLEDGE: u32 = config::VIRTIO_CONFIG_S_ACKNOWLEDGE;
+    pub const DRIVER: u32 = config::VIRTIO_CONFIG_S_DRIVER;
+    pub const DRIVER_OK: u32 = config::VIRTIO_CONFIG_S_DRIVER_OK;
+    pub const FEATURES_OK: u32 = config::VIRTIO_CONFIG_S_FEATURES_OK;
+    pub const DEVICE_NEEDS_RESET: u32 = config::VIRTIO_CONFIG_S_NEEDS_RESET;
+    pub const FAILED: u32 = config::VIRTIO_CONFIG_S_FAILED;
 }
 
-/// Interrupt status bits (virtio-mmio `InterruptStatus`).
-pub const INT_USED_RING: u32 = 1;
-pub const INT_CONFIG: u32 = 2;
+/// Interrupt status bits (virtio-mmio `InterruptStatus`): the used ring changed.
+pub const INT_USED_RING: u32 = mmio::VIRTIO_MMIO_INT_VRING;
+/// Interrupt status bits: the configuration space changed.
+pub const INT_CONFIG: u32 = mmio::VIRTIO_MMIO_INT_CONFIG;
 
 /// Raises the device's interrupt line (an irqfd in perfvmm, a counter in tests).
 pub trait Interrupt: Send + Sync {

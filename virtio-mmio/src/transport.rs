@@ -7,39 +7,44 @@ use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 
-use crate::virtio::{status, Interrupt, Mem, VirtioDevice, INT_CONFIG, INT_USED_RING};
+use crate::device::{status, Interrupt, Mem, VirtioDevice, INT_CONFIG, INT_USED_RING};
 
-pub const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
+/// `MagicValue`: "virt" in little-endian ASCII.
+pub const MAGIC_VALUE: u32 = 0x7472_6976;
+/// `Version`: 2, the non-legacy interface.
 pub const MMIO_VERSION: u32 = 2;
 
-/// Register offsets.
+/// Register offsets (virtio 1.2, 4.2.2), from `virtio-bindings`.
 pub mod reg {
-    pub const MAGIC: u64 = 0x000;
-    pub const VERSION: u64 = 0x004;
-    pub const DEVICE_ID: u64 = 0x008;
-    pub const VENDOR_ID: u64 = 0x00c;
-    pub const DEVICE_FEATURES: u64 = 0x010;
-    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
-    pub const DRIVER_FEATURES: u64 = 0x020;
-    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
-    pub const QUEUE_SEL: u64 = 0x030;
-    pub const QUEUE_NUM_MAX: u64 = 0x034;
-    pub const QUEUE_NUM: u64 = 0x038;
-    pub const QUEUE_READY: u64 = 0x044;
-    pub const QUEUE_NOTIFY: u64 = 0x050;
-    pub const INTERRUPT_STATUS: u64 = 0x060;
-    pub const INTERRUPT_ACK: u64 = 0x064;
-    pub const STATUS: u64 = 0x070;
-    pub const QUEUE_DESC_LOW: u64 = 0x080;
-    pub const QUEUE_DESC_HIGH: u64 = 0x084;
-    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
-    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
-    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
-    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-    pub const CONFIG_GENERATION: u64 = 0x0fc;
-    pub const CONFIG: u64 = 0x100;
+    use virtio_bindings::virtio_mmio as m;
+
+    pub const MAGIC: u64 = m::VIRTIO_MMIO_MAGIC_VALUE as u64;
+    pub const VERSION: u64 = m::VIRTIO_MMIO_VERSION as u64;
+    pub const DEVICE_ID: u64 = m::VIRTIO_MMIO_DEVICE_ID as u64;
+    pub const VENDOR_ID: u64 = m::VIRTIO_MMIO_VENDOR_ID as u64;
+    pub const DEVICE_FEATURES: u64 = m::VIRTIO_MMIO_DEVICE_FEATURES as u64;
+    pub const DEVICE_FEATURES_SEL: u64 = m::VIRTIO_MMIO_DEVICE_FEATURES_SEL as u64;
+    pub const DRIVER_FEATURES: u64 = m::VIRTIO_MMIO_DRIVER_FEATURES as u64;
+    pub const DRIVER_FEATURES_SEL: u64 = m::VIRTIO_MMIO_DRIVER_FEATURES_SEL as u64;
+    pub const QUEUE_SEL: u64 = m::VIRTIO_MMIO_QUEUE_SEL as u64;
+    pub const QUEUE_NUM_MAX: u64 = m::VIRTIO_MMIO_QUEUE_NUM_MAX as u64;
+    pub const QUEUE_NUM: u64 = m::VIRTIO_MMIO_QUEUE_NUM as u64;
+    pub const QUEUE_READY: u64 = m::VIRTIO_MMIO_QUEUE_READY as u64;
+    pub const QUEUE_NOTIFY: u64 = m::VIRTIO_MMIO_QUEUE_NOTIFY as u64;
+    pub const INTERRUPT_STATUS: u64 = m::VIRTIO_MMIO_INTERRUPT_STATUS as u64;
+    pub const INTERRUPT_ACK: u64 = m::VIRTIO_MMIO_INTERRUPT_ACK as u64;
+    pub const STATUS: u64 = m::VIRTIO_MMIO_STATUS as u64;
+    pub const QUEUE_DESC_LOW: u64 = m::VIRTIO_MMIO_QUEUE_DESC_LOW as u64;
+    pub const QUEUE_DESC_HIGH: u64 = m::VIRTIO_MMIO_QUEUE_DESC_HIGH as u64;
+    pub const QUEUE_DRIVER_LOW: u64 = m::VIRTIO_MMIO_QUEUE_AVAIL_LOW as u64;
+    pub const QUEUE_DRIVER_HIGH: u64 = m::VIRTIO_MMIO_QUEUE_AVAIL_HIGH as u64;
+    pub const QUEUE_DEVICE_LOW: u64 = m::VIRTIO_MMIO_QUEUE_USED_LOW as u64;
+    pub const QUEUE_DEVICE_HIGH: u64 = m::VIRTIO_MMIO_QUEUE_USED_HIGH as u64;
+    pub const CONFIG_GENERATION: u64 = m::VIRTIO_MMIO_CONFIG_GENERATION as u64;
+    pub const CONFIG: u64 = m::VIRTIO_MMIO_CONFIG as u64;
 }
 
+/// A virtio device behind its virtio-mmio register window.
 pub struct MmioTransport<D: VirtioDevice> {
     device: D,
     mem: Mem,
@@ -197,7 +202,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             return;
         }
         if added == FEATURES_OK
-            && self.acked_features & (1 << crate::virtio::VIRTIO_F_VERSION_1) == 0
+            && self.acked_features & (1 << crate::device::VIRTIO_F_VERSION_1) == 0
         {
             // A legacy driver: FEATURES_OK stays clear, which the driver sees as refusal.
             log::info!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1");

@@ -166,18 +166,47 @@ pub struct Policy {
     pub placement: PlacementPolicy,
 }
 
+/// The largest policy file [`Policy::load`] reads.
+pub const MAX_POLICY_BYTES: u64 = 1 << 20;
+
 /// A policy file that could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct PolicyError {
-    pub path: String,
-    pub message: String,
+pub enum PolicyError {
+    #[error("cannot read policy {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("policy {path} is not a regular file of at most {MAX_POLICY_BYTES} bytes")]
+    NotAPolicyFile { path: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
 }
 
 impl Policy {
+    /// Reads, parses and checks the policy file at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Policy, PolicyError> {
+        use std::io::Read;
+        let name = path.display().to_string();
+        let read_err = |source| PolicyError::Read {
+            path: name.clone(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        let meta = file.metadata().map_err(read_err)?;
+        if !meta.is_file() || meta.len() > MAX_POLICY_BYTES {
+            return Err(PolicyError::NotAPolicyFile { path: name });
+        }
+        let mut text = String::new();
+        file.take(MAX_POLICY_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(read_err)?;
+        Policy::from_toml(&name, &text)
+    }
+
     /// Parses and checks a policy; errors name the key, line and reason.
     pub fn from_toml(path: &str, text: &str) -> Result<Policy, PolicyError> {
-        let err = |message: String| PolicyError {
+        let err = |message: String| PolicyError::Invalid {
             path: path.to_string(),
             message,
         };

@@ -14,14 +14,14 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
+use virtio_mmio::{read_chain, ChainError, ChainLimits, Mem, VirtioDevice, VIRTIO_F_VERSION_1};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-
-use virtio_perf_device::virtio::{Mem, VirtioDevice, VIRTIO_F_VERSION_1};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::memory::{self, PAGE_SIZE};
 
-pub const BALLOON_DEVICE_ID: u32 = 5;
+pub const BALLOON_DEVICE_ID: u32 = VIRTIO_ID_BALLOON;
 
 /// Feature bits.
 pub mod features {
@@ -46,9 +46,6 @@ pub const MAX_STATS_BYTES: usize = 64 * STAT_LEN;
 
 /// One statistic: `le16 tag, le64 value`, packed.
 pub const STAT_LEN: usize = 10;
-
-/// Longest descriptor chain the device follows.
-const MAX_CHAIN_DESCRIPTORS: usize = 16;
 
 /// The guest's memory statistics (virtio 1.2, 5.5.6.3, and the tags Linux
 /// 6.12 added). Values are as the guest reports them: bytes for the memory
@@ -234,25 +231,8 @@ impl Balloon {
         mem: &GuestMemoryMmap<()>,
         chain: DescriptorChain<&GuestMemoryMmap<()>>,
         limit: usize,
-    ) -> Result<(), String> {
-        self.buf.clear();
-        for (n, desc) in chain.enumerate() {
-            if n >= MAX_CHAIN_DESCRIPTORS {
-                return Err(format!("more than {MAX_CHAIN_DESCRIPTORS} descriptors"));
-            }
-            if desc.is_write_only() {
-                return Err("device-writable buffer".into());
-            }
-            let len = desc.len() as usize;
-            let start = self.buf.len();
-            if start + len > limit {
-                return Err(format!("more than {limit} bytes"));
-            }
-            self.buf.resize(start + len, 0);
-            mem.read_slice(&mut self.buf[start..], desc.addr())
-                .map_err(|_| format!("buffer {:#x}+{len:#x} outside memory", desc.addr().0))?;
-        }
-        Ok(())
+    ) -> Result<(), ChainError> {
+        read_chain(mem, chain, ChainLimits::read_only(limit), &mut self.buf).map(|_| ())
     }
 
     /// Inflate: discard each page's host memory. Deflate: nothing to do, the
@@ -343,6 +323,7 @@ impl Balloon {
             let head = chain.head_index();
             let parsed = self
                 .gather(mem.as_ref(), chain, MAX_STATS_BYTES)
+                .map_err(|e| e.to_string())
                 .and_then(|()| parse_stats(&self.buf).map_err(|e| e.to_string()));
             match parsed {
                 Ok(s) => {
@@ -383,7 +364,7 @@ impl VirtioDevice for Balloon {
         let mut config = [0u8; 8];
         config[..4].copy_from_slice(&self.target_pages.to_le_bytes());
         config[4..].copy_from_slice(&self.actual_pages.to_le_bytes());
-        virtio_perf_device::virtio::read_config_window(&config, offset, data);
+        virtio_mmio::read_config_window(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -420,7 +401,8 @@ impl VirtioDevice for Balloon {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use virtio_perf_device::testing::{Desc, DriverRing};
+    use virtio_mmio::testing::{Desc, DriverRing};
+    use vm_memory::Bytes;
 
     const MEM: usize = 16 << 20;
     const Q: [u64; 3] = [0x1_0000, 0x2_0000, 0x3_0000];

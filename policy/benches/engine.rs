@@ -2,13 +2,13 @@
 //! one hint into an outcome and (when the allocation changes) a decision.
 //! Prints p50/p99/max; asserts nothing.
 //!
-//!   cargo bench -p perfvmm --bench policy
+//!   cargo bench -p perfvmm-policy --bench engine
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use guest_hints::client::hint;
-use perfvmm::policy::{Engine, Policy, VmLimits};
+use perfvmm_policy::{Engine, Policy, VmLimits};
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]

@@ -15,7 +15,7 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::lock;
-use crate::devices::cpu_hotplug::CpuStates;
+use crate::devices::cpu_hotplug::{CpuSlot, CpuStates};
 use crate::vcpu::{Vcpu, VcpuContext, VcpuError};
 
 #[derive(Debug, thiserror::Error)]
@@ -105,44 +105,17 @@ impl VcpuManager {
 
     /// Asks the guest to go to `to` vCPUs (1..=max).
     pub fn resize(&mut self, to: u32) -> Result<(), ResizeError> {
-        let to = to.clamp(1, self.max);
-        let mut added = Vec::new();
-        {
+        let added = {
             // One update of all slots, so the guest's scan never sees half of it.
             let mut st = lock(&self.states);
-            let mut count = st.enabled_count();
-            for (i, slot) in st.slots.iter_mut().enumerate() {
-                if count >= to {
-                    break;
-                }
-                if slot.enabled && slot.removing {
-                    // A pending removal is simply withdrawn.
-                    slot.removing = false;
-                    count += 1;
-                } else if !slot.enabled {
-                    slot.enabled = true;
-                    slot.inserting = true;
-                    count += 1;
-                    if !self.created[i] {
-                        added.push(i as u32);
-                    }
-                }
-            }
-            // vCPU 0 is never removed.
-            for slot in st.slots.iter_mut().skip(1).rev() {
-                if count <= to {
-                    break;
-                }
-                if slot.enabled && !slot.removing {
-                    slot.removing = true;
-                    slot.inserting = false;
-                    count -= 1;
-                }
-            }
-        }
+            plan_resize(&mut st.slots, to.clamp(1, self.max))
+        };
         for i in added {
-            let vcpu = self.create(i, None)?;
-            self.spawn(vcpu)?;
+            // A slot used before has a parked vCPU; the guest's INIT/SIPI wakes it.
+            if !self.created[i as usize] {
+                let vcpu = self.create(i, None)?;
+                self.spawn(vcpu)?;
+            }
         }
         self.ged.write(1).map_err(ResizeError::Interrupt)
     }
@@ -150,5 +123,95 @@ impl VcpuManager {
     /// vCPUs the guest ejected since the last call (now parked).
     pub fn take_ejected(&self) -> Vec<u32> {
         std::mem::take(&mut lock(&self.states).ejected)
+    }
+}
+
+/// Marks the hotplug slots for a VM of `to` vCPUs and returns the slots
+/// newly enabled. Grows by withdrawing pending removals first, then
+/// enabling the lowest free slots; shrinks by asking for the highest slots
+/// to be removed. Slot 0 is never removed.
+pub fn plan_resize(slots: &mut [CpuSlot], to: u32) -> Vec<u32> {
+    let mut count = slots.iter().filter(|s| s.enabled && !s.removing).count() as u32;
+    let mut added = Vec::new();
+    for (i, slot) in slots.iter_mut().enumerate() {
+        if count >= to {
+            break;
+        }
+        if slot.enabled && slot.removing {
+            // A pending removal is simply withdrawn.
+            slot.removing = false;
+            count += 1;
+        } else if !slot.enabled {
+            slot.enabled = true;
+            slot.inserting = true;
+            count += 1;
+            added.push(i as u32);
+        }
+    }
+    for slot in slots.iter_mut().skip(1).rev() {
+        if count <= to {
+            break;
+        }
+        if slot.enabled && !slot.removing {
+            slot.removing = true;
+            slot.inserting = false;
+            count -= 1;
+        }
+    }
+    added
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(enabled: &[bool]) -> Vec<CpuSlot> {
+        enabled
+            .iter()
+            .map(|&enabled| CpuSlot {
+                enabled,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn online(s: &[CpuSlot]) -> Vec<bool> {
+        s.iter().map(|s| s.enabled && !s.removing).collect()
+    }
+
+    #[test]
+    fn grows_into_the_lowest_free_slots() {
+        let mut s = slots(&[true, false, true, false]);
+        assert_eq!(plan_resize(&mut s, 3), vec![1]);
+        assert!(s[1].inserting && !s[3].enabled);
+        assert_eq!(online(&s), [true, true, true, false]);
+    }
+
+    #[test]
+    fn shrinks_from_the_top_and_never_removes_slot_0() {
+        let mut s = slots(&[true, true, true, true]);
+        assert!(plan_resize(&mut s, 2).is_empty());
+        assert!(s[3].removing && s[2].removing && !s[1].removing);
+        assert!(plan_resize(&mut s, 0).is_empty());
+        assert_eq!(online(&s), [true, false, false, false]);
+        assert!(!s[0].removing, "vCPU 0 stays");
+    }
+
+    #[test]
+    fn a_pending_removal_is_withdrawn_before_a_slot_is_added() {
+        let mut s = slots(&[true, true, false, false]);
+        plan_resize(&mut s, 1);
+        assert!(s[1].removing);
+        assert!(plan_resize(&mut s, 2).is_empty(), "no new slot");
+        assert!(!s[1].removing);
+        assert_eq!(online(&s), [true, true, false, false]);
+    }
+
+    #[test]
+    fn an_insert_not_yet_seen_is_cancelled_by_a_shrink() {
+        let mut s = slots(&[true, false]);
+        assert_eq!(plan_resize(&mut s, 2), vec![1]);
+        plan_resize(&mut s, 1);
+        assert!(s[1].removing && !s[1].inserting);
     }
 }

@@ -1,5 +1,6 @@
 //! The ACPI CPU hotplug controller: two 32-bit MMIO registers the DSDT's
-//! `\_SB.CPUS` methods use (see `acpi::cpu_hotplug_aml`).
+//! `\_SB.CPUS` methods use (their AML is [`aml::CpuHotplugAml`], beside the
+//! registers it names).
 //!
 //! * `CSEL` (offset 0): selects a vCPU.
 //! * `CSTS` (offset 4): reads the selected vCPU's state (bit 0 enabled,
@@ -14,14 +15,18 @@ use std::sync::{Arc, Mutex};
 
 use super::bus::{lock, BusDevice};
 
+pub mod aml;
+
+/// Register offsets and the window's length.
 pub const CSEL: u64 = 0;
 pub const CSTS: u64 = 4;
 pub const REGS_LEN: u64 = 8;
 
-pub const STS_ENABLED: u32 = 1;
-pub const STS_INSERTING: u32 = 2;
-pub const STS_REMOVING: u32 = 4;
-pub const STS_EJECT: u32 = 8;
+/// `CSTS` bits (the AML names them `CPEN`, `CINS`, `CRMV`, `CEJ0`).
+pub const STS_ENABLED: u32 = 1 << 0;
+pub const STS_INSERTING: u32 = 1 << 1;
+pub const STS_REMOVING: u32 = 1 << 2;
+pub const STS_EJECT: u32 = 1 << 3;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuSlot {

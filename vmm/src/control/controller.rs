@@ -1,59 +1,21 @@
-//! Glue between the perf-hint device, the policy engine and the actuators
-//! (vCPUs, memory): the device's sink asks the engine about every hint, and
-//! the event loop applies the resulting decisions and logs each one. The
-//! control API reads and steers the VM through the same controller.
+//! The controller: applies the policy engine's decisions to the actuators
+//! (vCPUs, memory) and logs each one. Decisions come from the hint path
+//! (the device's [`PolicySink`](super::PolicySink), through a channel) and
+//! from the controller's own periodic tick; the control API reads and
+//! steers the VM through the same controller.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use guest_hints::wire::{Hint, Outcome};
 use serde_json::{json, Value};
-use virtio_perf_device::{DropReason, HintSink};
 
-use super::config::Policy;
-use super::engine::{Decision, Engine, Resource};
+use super::jsonl::JsonLines;
+use crate::actuators::{ActuatorError, MemoryManager, VcpuManager};
 use crate::devices::bus::lock;
-use crate::devices::perf_hint::HintLog;
-use crate::memory_manager::MemoryManager;
-use crate::vcpu_manager::VcpuManager;
-
-/// The perf-hint device's sink: policy outcome, hint log, decision queue.
-pub struct PolicySink {
-    log: HintLog,
-    engine: Arc<Mutex<Engine>>,
-    decisions: Sender<Decision>,
-    start: Instant,
-}
-
-impl PolicySink {
-    pub fn flush(&mut self) {
-        self.log.flush();
-    }
-
-    pub fn log_mut(&mut self) -> &mut HintLog {
-        &mut self.log
-    }
-}
-
-impl HintSink for PolicySink {
-    fn hint(&mut self, seq: u32, hint: &Hint) -> Outcome {
-        let (outcome, decisions) = lock(&self.engine).on_hint(self.start.elapsed(), seq, hint);
-        self.log.record(seq, hint, outcome);
-        for d in decisions {
-            let _ = self.decisions.send(d);
-        }
-        outcome
-    }
-
-    fn dropped(&mut self, reason: DropReason, detail: &str) {
-        self.log.dropped(reason, detail);
-    }
-}
+use crate::policy::{Decision, Engine, Policy, PolicyError, Resource};
 
 /// Decisions the control API can list.
 pub const RECENT_DECISIONS: usize = 128;
@@ -65,83 +27,65 @@ pub struct DecisionCounts {
     pub refused: [u64; 2],
 }
 
+/// A policy reload that could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this VM has no --policy file; give a path")]
+    NoPolicyFile,
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+/// What a controller drives.
+pub struct Actuators {
+    pub vcpus: VcpuManager,
+    pub memory: MemoryManager,
+}
+
 /// Applies decisions to the VM and writes the decision log.
 pub struct Controller {
     engine: Arc<Mutex<Engine>>,
     rx: Receiver<Decision>,
     vcpus: VcpuManager,
     memory: MemoryManager,
-    log: Option<BufWriter<File>>,
+    log: JsonLines,
     recent: VecDeque<Value>,
     counts: DecisionCounts,
     policy_path: Option<PathBuf>,
     start: Instant,
 }
 
-/// The engine and the decision queue, before the actuators exist (the
-/// device's sink is needed to build the buses the vCPUs use).
-pub struct PendingController {
-    engine: Arc<Mutex<Engine>>,
-    rx: Receiver<Decision>,
-    start: Instant,
-}
-
-/// Splits a policy engine into the perf-hint device's sink and the
-/// controller to finish once the actuators exist.
-pub fn split(engine: Engine, hint_log: HintLog, start: Instant) -> (PolicySink, PendingController) {
-    let engine = Arc::new(Mutex::new(engine));
-    let (tx, rx) = channel();
-    let sink = PolicySink {
-        log: hint_log,
-        engine: engine.clone(),
-        decisions: tx,
-        start,
-    };
-    (sink, PendingController { engine, rx, start })
-}
-
-/// The actuators and outputs a controller drives.
-pub struct Actuators {
-    pub vcpus: VcpuManager,
-    pub memory: MemoryManager,
-    pub decision_log: Option<BufWriter<File>>,
-    /// The policy file, for reloads through the API.
-    pub policy_path: Option<PathBuf>,
-}
-
-impl PendingController {
-    pub fn finish(self, a: Actuators) -> Controller {
+impl Controller {
+    /// A controller applying the decisions `rx` receives (from the hint
+    /// path's [`PolicySink`](super::PolicySink)) and its own, from `engine`.
+    pub fn new(
+        engine: Arc<Mutex<Engine>>,
+        rx: Receiver<Decision>,
+        actuators: Actuators,
+        log: JsonLines,
+        policy_path: Option<PathBuf>,
+        start: Instant,
+    ) -> Self {
         Controller {
-            engine: self.engine,
-            rx: self.rx,
-            vcpus: a.vcpus,
-            memory: a.memory,
-            log: a.decision_log,
+            engine,
+            rx,
+            vcpus: actuators.vcpus,
+            memory: actuators.memory,
+            log,
             recent: VecDeque::new(),
             counts: DecisionCounts::default(),
-            policy_path: a.policy_path,
-            start: self.start,
+            policy_path,
+            start,
         }
     }
-}
 
-/// Opens the decision log.
-pub fn open_decision_log(path: Option<&Path>) -> std::io::Result<Option<BufWriter<File>>> {
-    Ok(path.map(File::create).transpose()?.map(BufWriter::new))
-}
-
-impl Controller {
-    fn now(&self) -> std::time::Duration {
+    fn now(&self) -> Duration {
         self.start.elapsed()
     }
 
     fn write(&mut self, v: Value) {
-        if let Some(out) = &mut self.log {
-            if writeln!(out, "{v}").and_then(|_| out.flush()).is_err() {
-                log::warn!("decision log: write failed; no further decisions are logged");
-                self.log = None;
-            }
-        }
+        self.log.write(&v);
+        self.log.flush();
         if self.recent.len() == RECENT_DECISIONS {
             self.recent.pop_front();
         }
@@ -149,12 +93,12 @@ impl Controller {
     }
 
     fn apply(&mut self, d: Decision) {
-        let result = match d.resource {
+        let result: Result<(), ActuatorError> = match d.resource {
             Resource::Vcpus => self
                 .vcpus
                 .resize(u32::try_from(d.to).unwrap_or(u32::MAX))
-                .map_err(|e| e.to_string()),
-            Resource::Memory => self.memory.resize(d.to).map_err(|e| e.to_string()),
+                .map_err(Into::into),
+            Resource::Memory => self.memory.resize(d.to).map_err(Into::into),
         };
         let r = d.resource;
         let mut v = serde_json::to_value(&d).unwrap_or_default();
@@ -173,7 +117,7 @@ impl Controller {
             Err(e) => {
                 self.counts.refused[r as usize] += 1;
                 lock(&self.engine).refused(&d);
-                v["error"] = json!(e);
+                v["error"] = json!(e.to_string());
                 log::warn!(
                     "policy: {} {} → {} not applied: {e}",
                     r.as_str(),
@@ -238,14 +182,11 @@ impl Controller {
     }
 
     /// Reads the policy file again (or `path`) and puts it in force.
-    pub fn reload_policy(&mut self, path: Option<PathBuf>) -> Result<Value, String> {
+    pub fn reload_policy(&mut self, path: Option<PathBuf>) -> Result<Value, ReloadError> {
         let path = path
             .or_else(|| self.policy_path.clone())
-            .ok_or("this VM has no --policy file; give a path")?;
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let policy =
-            Policy::from_toml(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
+            .ok_or(ReloadError::NoPolicyFile)?;
+        let policy = Policy::load(&path)?;
         lock(&self.engine).reload(policy);
         self.policy_path = Some(path.clone());
         let t = self.now().as_millis() as u64;

@@ -1,0 +1,16 @@
+//! perfvmm's policy: the operator's rules ([`config`], the `--policy` TOML
+//! file) and the [`Engine`] that applies them to the guest's hints.
+//!
+//! This crate is the pure middle of the hint path: it knows nothing of
+//! devices, KVM, threads or clocks. The engine takes hints and the time as
+//! arguments and returns outcomes and [`Decision`]s; perfvmm's controller
+//! applies them. The one piece of I/O is [`Policy::load`], which reads a
+//! policy file. A trace simulator can run the very same engine.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod engine;
+
+pub use config::{Policy, PolicyError};
+pub use engine::{Decision, Engine, Resource, VmLimits};

@@ -1,0 +1,25 @@
+//! The generic half of every virtio device perfvmm emulates:
+//!
+//! * [`device`]: the [`VirtioDevice`] trait a device model implements, and
+//!   the [`Interrupt`] hook the transport raises;
+//! * [`transport`]: the virtio-mmio (version 2) register interface in front
+//!   of a device: feature negotiation, the status state machine, queue
+//!   setup, notification and interrupt status;
+//! * [`chain`]: one bounded reader for descriptor chains, used by every
+//!   device so that each applies the same limits to what the guest posts.
+//!
+//! Register offsets, status bits and feature bits come from
+//! `virtio-bindings`. Nothing here trusts the guest: every register access
+//! and every descriptor is checked, and nothing panics on guest input.
+
+#![forbid(unsafe_code)]
+
+pub mod chain;
+pub mod device;
+#[doc(hidden)]
+pub mod testing;
+pub mod transport;
+
+pub use chain::{read_chain, ChainError, ChainLimits, WritableBuffers};
+pub use device::{read_config_window, Interrupt, Mem, VirtioDevice, VIRTIO_F_VERSION_1};
+pub use transport::MmioTransport;

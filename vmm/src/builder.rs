@@ -1,0 +1,581 @@
+//! Composes a VM from its parts, one `attach_*` step per part, in the order
+//! they depend on each other:
+//!
+//! 1. [`Inputs::load`]: everything the user gave that can be wrong (guest
+//!    memory size, policy file, log paths, API socket), checked before KVM
+//!    is touched so bad input is reported the same way on every host;
+//! 2. [`load_guest`]: kernel, initrd, command line, zero page and ACPI
+//!    tables written into guest memory;
+//! 3. [`create_kvm_vm`]: the KVM VM with its irqchip, PIT and memory;
+//! 4. `attach_*`: the console and power device on the port-I/O bus; the
+//!    perf-hint device, the memory devices, the CPU-hotplug controller and
+//!    the boot timer on the MMIO bus, each with its event-loop handler;
+//! 5. [`VmBuilder::start`]: the vCPUs, the controller, the control API: the
+//!    guest starts running and a [`Vm`] is returned for [`Vm::run`].
+
+use std::io;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use event_manager::MutEventSubscriber;
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use virtio_mmio::{MmioTransport, VirtioDevice};
+use virtio_perf_device::{Counters, PerfHintDevice, PERFHINT_VENDOR_ID};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::acpi::{self, AcpiConfig};
+use crate::actuators::placement;
+use crate::actuators::{MemoryManager, VcpuManager};
+use crate::boot::{self, BootError};
+use crate::cli::{CpuSpec, MemSpec};
+use crate::control::{
+    api, Actuators, Controller, HintLog, HintQueueHandler, JsonLines, PerfHintTransport,
+    PolicySink, PolicyTick,
+};
+use crate::devices::boot_timer::{BootTimer, BootTimes, InitHook};
+use crate::devices::bus::{Bus, BusDevice, BusError};
+use crate::devices::cpu_hotplug::{self, CpuHotplugController, CpuStates};
+use crate::devices::power::{self, PowerDevice};
+use crate::devices::serial::{ConsoleOut, SerialDevice};
+use crate::devices::virtio::balloon::Balloon;
+use crate::devices::virtio::mem::VirtioMem;
+use crate::devices::virtio::{IrqFdInterrupt, MmioSlot, QueueHandler, SlotFds};
+use crate::exit::ExitNotifier;
+use crate::layout::{
+    virtio_slot, MmioDeviceInfo, ACPI_SLEEP_CONTROL_PORT, BALLOON_SLOT, BOOT_TIMER_ADDR,
+    BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT, CPU_HOTPLUG_ADDR, GED_IRQ, KVM_TSS_ADDR, PERF_HINT_SLOT,
+    VIRTIO_MEM_SLOT,
+};
+use crate::policy::{Decision, Engine, Policy, PolicyError, VmLimits};
+use crate::vcpu::{VcpuContext, VcpuError};
+use crate::vm::{Console, Vm, VmParts};
+use crate::{event_loop, memory, memstat};
+
+/// Everything needed to build a VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    pub cpus: CpuSpec,
+    pub memory: MemSpec,
+    pub boot_timer: bool,
+    pub hint_log: Option<PathBuf>,
+    pub decision_log: Option<PathBuf>,
+    pub policy: Option<PathBuf>,
+    pub api_sock: Option<PathBuf>,
+}
+
+/// Why a VM could not be built (exit status 1, one line on standard error).
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("/dev/kvm does not exist: this host has no KVM (load kvm_intel or kvm_amd)")]
+    NoKvm,
+    #[error("no permission to open /dev/kvm (run as root or join the 'kvm' group)")]
+    KvmPermission,
+    #[error("cannot open /dev/kvm: {0}")]
+    KvmOpen(kvm_ioctls::Error),
+    #[error("KVM on this host lacks {0}, which perfvmm needs")]
+    MissingCap(&'static str),
+    #[error("--cpus: KVM on this host allows at most {limit} vCPUs, {asked} were asked for")]
+    TooManyVcpus { asked: u32, limit: usize },
+    #[error("cannot allocate {size} MiB of guest memory: {source}")]
+    Memory {
+        size: u64,
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error("{what} failed: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("device layout: {0}")]
+    Bus(#[from] BusError),
+    #[error("cannot create {path}: {source}")]
+    LogFile { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Resize(#[from] crate::actuators::ResizeError),
+    #[error("--api-sock {path}: {source}")]
+    ApiSock { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+fn kvm_err<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VmError> {
+    r.map_err(|source| VmError::Kvm { what, source })
+}
+
+/// Builds the VM `cfg` describes and starts its vCPUs; `start` is when
+/// perfvmm started (boot times and log timestamps count from it).
+pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vm, VmError> {
+    let inputs = Inputs::load(cfg, start)?;
+    let entry = load_guest(cfg, &inputs)?;
+    let (kvm, vm) = create_kvm_vm(cfg, &inputs.mem)?;
+    let mut b = VmBuilder::new(cfg, start, inputs, vm)?;
+    let console = b.attach_console()?;
+    b.attach_power()?;
+    let hints = b.attach_perf_hint()?;
+    let memory = b.attach_memory_devices()?;
+    let cpus = b.attach_cpu_hotplug()?;
+    b.attach_boot_timer()?;
+    b.start(&kvm, entry, console, hints, memory, cpus)
+}
+
+/// What the user gave, loaded and checked before KVM is touched.
+pub struct Inputs {
+    mem: Arc<GuestMemoryMmap>,
+    /// The virtio-mem region (start, size), when `--memory` has a `max`.
+    hotplug: Option<(u64, u64)>,
+    /// Host address and length of each guest memory region.
+    host_regions: Vec<(usize, usize)>,
+    policy: Policy,
+    decision_log: JsonLines,
+    hint_log: HintLog,
+    api_listener: Option<UnixListener>,
+}
+
+impl Inputs {
+    /// Guest memory first (binding it to a NUMA node before any page is
+    /// touched), then the policy and the output files: a bad policy or a
+    /// path that cannot be written is an input error too.
+    pub fn load(cfg: &VmConfig, start: Instant) -> Result<Self, VmError> {
+        let hotplug = memory::hotplug_region(cfg.memory.boot, cfg.memory.max);
+        let mem = memory::create_guest_memory(cfg.memory.boot, hotplug).map_err(|source| {
+            VmError::Memory {
+                size: cfg.memory.max >> 20,
+                source,
+            }
+        })?;
+        let policy = match &cfg.policy {
+            Some(path) => Policy::load(path)?,
+            None => Policy::default(),
+        };
+        let host_regions: Vec<(usize, usize)> = mem
+            .iter()
+            .map(|r| (r.as_ptr() as usize, r.len() as usize))
+            .collect();
+        placement::bind_guest_memory(&policy.placement, &host_regions);
+        let log_err = |path: &Option<PathBuf>| {
+            let path = path.clone().unwrap_or_default();
+            move |source| VmError::LogFile { path, source }
+        };
+        let decision_log = JsonLines::create("decision log", cfg.decision_log.as_deref())
+            .map_err(log_err(&cfg.decision_log))?;
+        let hint_log =
+            HintLog::new(cfg.hint_log.as_deref(), start).map_err(log_err(&cfg.hint_log))?;
+        // Bound before the guest starts, so a client can connect as soon as perfvmm runs.
+        let api_listener = cfg
+            .api_sock
+            .as_deref()
+            .map(|p| {
+                api::bind(p).map_err(|source| VmError::ApiSock {
+                    path: p.to_path_buf(),
+                    source,
+                })
+            })
+            .transpose()?;
+        Ok(Inputs {
+            mem: Arc::new(mem),
+            hotplug,
+            host_regions,
+            policy,
+            decision_log,
+            hint_log,
+            api_listener,
+        })
+    }
+
+    /// The virtio-mmio slots in use: perf-hint and balloon always,
+    /// virtio-mem with a hotplug region.
+    fn virtio_slots(&self) -> Vec<MmioDeviceInfo> {
+        let mut slots = vec![virtio_slot(PERF_HINT_SLOT), virtio_slot(BALLOON_SLOT)];
+        if self.hotplug.is_some() {
+            slots.push(virtio_slot(VIRTIO_MEM_SLOT));
+        }
+        slots
+    }
+}
+
+/// Writes the kernel, initrd, command line, zero page, reset vector, boot
+/// page tables and ACPI tables into guest memory; returns the kernel entry.
+pub fn load_guest(cfg: &VmConfig, inputs: &Inputs) -> Result<GuestAddress, VmError> {
+    let mem = inputs.mem.as_ref();
+    let kernel = boot::load_kernel(mem, &cfg.kernel)?;
+    let initrd = cfg
+        .initrd
+        .as_deref()
+        .map(|p| boot::load_initrd(mem, p, &kernel))
+        .transpose()?;
+    let cmdline = boot::build_cmdline(cfg.cmdline.as_deref())?;
+    boot::write_boot_params(mem, &kernel, initrd, &cmdline, cfg.memory.boot)?;
+    boot::write_reset_vector(mem)?;
+    crate::arch::regs::write_boot_tables(mem).map_err(BootError::Memory)?;
+    let tables = acpi::build_tables(&AcpiConfig {
+        boot_vcpus: cfg.cpus.boot,
+        max_vcpus: cfg.cpus.max,
+        virtio_mmio: inputs.virtio_slots(),
+        cpu_hotplug: Some(acpi::CpuHotplugInfo {
+            regs: CPU_HOTPLUG_ADDR,
+            ged_irq: GED_IRQ,
+        }),
+    })?;
+    acpi::write_tables(mem, &tables)?;
+    Ok(kernel.entry)
+}
+
+fn open_kvm() -> Result<Kvm, VmError> {
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => VmError::NoKvm,
+        libc::EACCES | libc::EPERM => VmError::KvmPermission,
+        _ => VmError::KvmOpen(e),
+    })
+}
+
+fn check_caps(kvm: &Kvm) -> Result<(), VmError> {
+    for (cap, name) in [
+        (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
+        (Cap::Irqfd, "irqfd (KVM_CAP_IRQFD)"),
+        (Cap::Ioeventfd, "ioeventfd (KVM_CAP_IOEVENTFD)"),
+        (Cap::UserMemory, "user memory regions (KVM_CAP_USER_MEMORY)"),
+        (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+        (Cap::Pit2, "an in-kernel PIT (KVM_CAP_PIT2)"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::MissingCap(name));
+        }
+    }
+    Ok(())
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let region_desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which outlives
+        // the VM: both are kept until the process exits.
+        kvm_err("KVM_SET_USER_MEMORY_REGION", unsafe {
+            vm.set_user_memory_region(region_desc)
+        })?;
+    }
+    Ok(())
+}
+
+/// Opens KVM, checks what perfvmm needs of it, and creates the VM with an
+/// in-kernel irqchip and PIT and with guest memory registered.
+pub fn create_kvm_vm(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd), VmError> {
+    let kvm = open_kvm()?;
+    check_caps(&kvm)?;
+    let limit = kvm.get_max_vcpus();
+    if cfg.cpus.max as usize > limit {
+        return Err(VmError::TooManyVcpus {
+            asked: cfg.cpus.max,
+            limit,
+        });
+    }
+    let vm = kvm_err("KVM_CREATE_VM", kvm.create_vm())?;
+    kvm_err(
+        "KVM_SET_TSS_ADDR",
+        vm.set_tss_address(KVM_TSS_ADDR as usize),
+    )?;
+    kvm_err("KVM_CREATE_IRQCHIP", vm.create_irq_chip())?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    kvm_err("KVM_CREATE_PIT2", vm.create_pit2(pit))?;
+    register_memory(&vm, mem)?;
+    Ok((kvm, vm))
+}
+
+/// Prints the boot-timer line: timings and perfvmm's own memory use.
+fn boot_timer_report(regions: Vec<(usize, usize)>) -> InitHook {
+    Box::new(move |t: &BootTimes| {
+        let ms = |d: Option<&std::time::Duration>| d.map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0);
+        let first = ms(t.first_instruction.get());
+        let init = ms(t.init_reached.get());
+        let m = memstat::sample(&regions);
+        eprintln!(
+            "perfvmm: boot-timer: first_instruction_ms={first:.1} init_ms={init:.1} \
+             rss_kib={} guest_resident_kib={} vmm_own_kib={} peak_rss_kib={}",
+            m.rss_kib,
+            m.guest_resident_kib,
+            m.rss_kib.saturating_sub(m.guest_resident_kib),
+            m.peak_rss_kib
+        );
+    })
+}
+
+/// The perf-hint device, attached: its transport and the hint path's ends.
+pub struct HintPath {
+    transport: Arc<Mutex<PerfHintTransport>>,
+    notify: EventFd,
+    counters: Arc<Counters>,
+    engine: Arc<Mutex<Engine>>,
+    decisions: Receiver<Decision>,
+}
+
+/// The CPU-hotplug controller, attached: its shared state and interrupt.
+pub struct CpuHotplug {
+    states: Arc<Mutex<CpuStates>>,
+    ged: EventFd,
+}
+
+/// A virtio device on its slot: its transport and its queue-notify ioeventfd.
+type Attached<D> = (Arc<Mutex<MmioTransport<D>>>, EventFd);
+
+/// A VM under construction.
+pub struct VmBuilder<'a> {
+    cfg: &'a VmConfig,
+    start: Instant,
+    mem: Arc<GuestMemoryMmap>,
+    hotplug: Option<(u64, u64)>,
+    host_regions: Vec<(usize, usize)>,
+    policy: Policy,
+    decision_log: JsonLines,
+    hint_log: Arc<Mutex<HintLog>>,
+    api_listener: Option<UnixListener>,
+    vm: VmFd,
+    exit: ExitNotifier,
+    times: Arc<BootTimes>,
+    pio: Bus,
+    mmio: Bus,
+    subscribers: Vec<Box<dyn MutEventSubscriber>>,
+}
+
+impl<'a> VmBuilder<'a> {
+    fn new(cfg: &'a VmConfig, start: Instant, inputs: Inputs, vm: VmFd) -> Result<Self, VmError> {
+        Ok(VmBuilder {
+            cfg,
+            start,
+            mem: inputs.mem,
+            hotplug: inputs.hotplug,
+            host_regions: inputs.host_regions,
+            policy: inputs.policy,
+            decision_log: inputs.decision_log,
+            hint_log: Arc::new(Mutex::new(inputs.hint_log)),
+            api_listener: inputs.api_listener,
+            vm,
+            exit: ExitNotifier::new()?,
+            times: BootTimes::new(start),
+            pio: Bus::new(),
+            mmio: Bus::new(),
+            subscribers: Vec::new(),
+        })
+    }
+
+    fn irqfd(&self, gsi: u32) -> Result<EventFd, VmError> {
+        let fd = EventFd::new(libc::EFD_NONBLOCK)?;
+        kvm_err("KVM_IRQFD", self.vm.register_irqfd(&fd, gsi))?;
+        Ok(fd)
+    }
+
+    fn insert_mmio(
+        &mut self,
+        dev: impl BusDevice + 'static,
+        base: u64,
+        len: u64,
+    ) -> Result<(), VmError> {
+        Ok(self.mmio.insert(Arc::new(Mutex::new(dev)), base, len)?)
+    }
+
+    /// COM1 on the port-I/O bus, writing to standard output.
+    pub fn attach_console(&mut self) -> Result<Console, VmError> {
+        let irq = self.irqfd(COM1_IRQ)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(irq, ConsoleOut(io::stdout()))));
+        self.pio.insert(serial.clone(), u64::from(COM1_PORT), 8)?;
+        Ok(serial)
+    }
+
+    /// The ACPI power device: sleep control and reset end the VM.
+    pub fn attach_power(&mut self) -> Result<(), VmError> {
+        let dev = Arc::new(Mutex::new(PowerDevice::new(self.exit.clone())));
+        let port = u64::from(ACPI_SLEEP_CONTROL_PORT);
+        self.pio.insert(dev, port, power::PORT_COUNT)?;
+        Ok(())
+    }
+
+    /// Puts `device` on virtio-mmio `slot`: its transport (interrupting
+    /// through an irqfd) on the MMIO bus, and the ioeventfd on its
+    /// `QueueNotify` register, returned with the transport.
+    fn attach_virtio<D: VirtioDevice + 'static>(
+        &mut self,
+        slot: MmioDeviceInfo,
+        device: D,
+    ) -> Result<Attached<D>, VmError> {
+        let fds = kvm_err(
+            "KVM_IRQFD/KVM_IOEVENTFD",
+            SlotFds::register(&self.vm, &slot),
+        )?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device,
+            self.mem.clone(),
+            Arc::new(IrqFdInterrupt(fds.irq)),
+            PERFHINT_VENDOR_ID,
+        )));
+        self.insert_mmio(MmioSlot(transport.clone()), slot.base, slot.size)?;
+        Ok((transport, fds.notify))
+    }
+
+    /// The perf-hint device, whose sink is the policy engine: hints in,
+    /// outcomes back, decisions to the controller built in [`Self::start`].
+    pub fn attach_perf_hint(&mut self) -> Result<HintPath, VmError> {
+        let cpus = &self.cfg.cpus;
+        let memory = &self.cfg.memory;
+        let limits = VmLimits {
+            boot_vcpus: cpus.boot,
+            max_vcpus: cpus.max,
+            boot_memory: memory.boot,
+            max_memory: memory.max,
+        };
+        let engine = Arc::new(Mutex::new(Engine::new(self.policy.clone(), limits)));
+        let (tx, decisions) = channel();
+        let sink = PolicySink::new(engine.clone(), self.hint_log.clone(), tx, self.start);
+        let device = PerfHintDevice::new(sink);
+        let counters = device.counters();
+        let (transport, notify) = self.attach_virtio(virtio_slot(PERF_HINT_SLOT), device)?;
+        Ok(HintPath {
+            transport,
+            notify,
+            counters,
+            engine,
+            decisions,
+        })
+    }
+
+    /// The balloon always, virtio-mem when `--memory` has a `max`; their
+    /// queue handlers; and the memory actuator over both.
+    pub fn attach_memory_devices(&mut self) -> Result<MemoryManager, VmError> {
+        let (balloon, notify) = self.attach_virtio(virtio_slot(BALLOON_SLOT), Balloon::new())?;
+        self.subscribers
+            .push(Box::new(QueueHandler::new(notify, balloon.clone())));
+        let virtio_mem = match self.hotplug {
+            Some((start, size)) => {
+                let dev = VirtioMem::new(start, size);
+                let (t, notify) = self.attach_virtio(virtio_slot(VIRTIO_MEM_SLOT), dev)?;
+                self.subscribers
+                    .push(Box::new(QueueHandler::new(notify, t.clone())));
+                log::info!("virtio-mem: {} MiB pluggable at {start:#x}", size >> 20);
+                Some(t)
+            }
+            None => None,
+        };
+        let m = &self.cfg.memory;
+        Ok(MemoryManager::new(m.boot, m.max, balloon, virtio_mem))
+    }
+
+    /// The CPU-hotplug controller's registers and the GED interrupt.
+    pub fn attach_cpu_hotplug(&mut self) -> Result<CpuHotplug, VmError> {
+        let states = CpuStates::new(self.cfg.cpus.boot, self.cfg.cpus.max);
+        let controller = CpuHotplugController::new(states.clone());
+        self.insert_mmio(controller, CPU_HOTPLUG_ADDR, cpu_hotplug::REGS_LEN)?;
+        let ged = self.irqfd(GED_IRQ)?;
+        Ok(CpuHotplug { states, ged })
+    }
+
+    /// The boot timer the guest's `/init` writes to (and, with
+    /// `--boot-timer`, the line it prints).
+    pub fn attach_boot_timer(&mut self) -> Result<(), VmError> {
+        let regions = self.host_regions.clone();
+        let hook = self.cfg.boot_timer.then(|| boot_timer_report(regions));
+        let timer = BootTimer::new(self.times.clone(), hook);
+        self.insert_mmio(timer, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE)
+    }
+
+    /// Creates and starts the boot vCPUs, then the controller, its event
+    /// handlers and the control API. The buses are complete from here on.
+    pub fn start(
+        self,
+        kvm: &Kvm,
+        entry: GuestAddress,
+        console: Console,
+        hints: HintPath,
+        memory: MemoryManager,
+        cpus: CpuHotplug,
+    ) -> Result<Vm, VmError> {
+        let supported = kvm_err(
+            "KVM_GET_SUPPORTED_CPUID",
+            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
+        )?;
+        let cfg = self.cfg;
+        let vm = Arc::new(self.vm);
+        let ctx = VcpuContext {
+            pio: Arc::new(self.pio),
+            mmio: Arc::new(self.mmio),
+            exit: self.exit.clone(),
+            times: self.times,
+        };
+        let pinning = placement::Pinning::new(&self.policy.placement, cfg.cpus.max);
+        let mut vcpus = VcpuManager::new(
+            vm.clone(),
+            supported,
+            cfg.cpus.max,
+            ctx,
+            cpus.states,
+            cpus.ged,
+            Arc::new(move |i| pinning.pin_current_thread(i)),
+        );
+        let boot_vcpus = vcpus.create_boot(cfg.cpus.boot, entry)?;
+        // Signals are blocked before any vCPU thread exists, so they inherit
+        // the mask and SIGINT/SIGTERM reach only the event loop's signalfd.
+        let signals = event_loop::block_stop_signals()?;
+        for vcpu in boot_vcpus {
+            vcpus.spawn(vcpu)?;
+        }
+
+        let controller = Arc::new(Mutex::new(Controller::new(
+            hints.engine,
+            hints.decisions,
+            Actuators { vcpus, memory },
+            self.decision_log,
+            cfg.policy.clone(),
+            self.start,
+        )));
+        if let Some(listener) = self.api_listener {
+            api::spawn(listener, controller.clone(), hints.counters.clone())?;
+        }
+        let mut subscribers = self.subscribers;
+        subscribers.push(Box::new(HintQueueHandler::new(
+            hints.notify,
+            hints.transport.clone(),
+            controller.clone(),
+            self.hint_log.clone(),
+        )));
+        subscribers.push(Box::new(PolicyTick::new(
+            hints.transport,
+            controller,
+            self.hint_log.clone(),
+        )?));
+        Ok(Vm::new(VmParts {
+            exit: self.exit,
+            signals,
+            subscribers,
+            console,
+            hint_log: self.hint_log,
+            hint_counters: hints.counters,
+            api_sock: cfg.api_sock.clone(),
+            log_counters: cfg.hint_log.is_some(),
+            kvm_vm: vm,
+            mem: self.mem,
+        }))
+    }
+}
