@@ -18,7 +18,14 @@ fn perfhint() -> Command {
 fn manifest_demo() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let built = Command::new(cargo)
-        .args(["build", "-q", "-p", "guest-hints", "--example", "manifest_demo"])
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "guest-hints",
+            "--example",
+            "manifest_demo",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .unwrap();
