@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The transport-independent client: numbers records, batches them into
 //! messages and hands whole messages to a [`Transport`]. `no_std`.
 

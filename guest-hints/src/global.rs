@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The process-wide client most programs use: `/dev/perfhint` when it is
 //! there, a silent no-op when it is not.
 

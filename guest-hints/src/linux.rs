@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The Linux transport: `/dev/perfhint`, provided by the `virtio_perfhint`
 //! kernel module. Its contract (see `docs/perf-hint-device.md`):
 //!

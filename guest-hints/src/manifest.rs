@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! A `const` builder for [`Manifest`]s, for use with [`crate::manifest!`].
 
 use crate::wire::{

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The compile-time manifest: an ELF note in section `.note.perfhint`, owner
 //! `perfhint`, type [`NT_PERFHINT_MANIFEST`], whose descriptor is one wire
 //! message holding one manifest record. Being an allocated note section, it

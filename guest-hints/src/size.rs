@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! Human-readable sizes: `512M`, `1G`, `1GiB`, `64K`; a bare number is MiB.
 //! Shared by perfvmm's command line and the `perfhint` CLI.
 

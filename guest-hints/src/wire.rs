@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The perf-hint wire format, shared by guests and the device.
 //!
 //! `no_std`, no allocation, no `unsafe`. All integers are little-endian and

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! `perfhint`: send hints from the shell, wrap a command in a phase, and
 //! show the manifest a binary embeds.
 
