@@ -1,4 +1,5 @@
 #![cfg_attr(not(feature = "std"), no_std)]
+#![warn(missing_docs)]
 //! guest-hints: declare what your program needs — parallelism, memory, I/O,
 //! phases, placement — to a hypervisor that can act on it, without learning
 //! anything about the host. Where no perf-hint device exists every call is a

@@ -126,6 +126,8 @@ const BUF_OFF: usize = (USED_OFF + 6 + 8 * SLOTS as usize + 4095) & !4095;
 /// DMA bytes the driver needs.
 pub const DMA_LEN: usize = BUF_OFF + SLOTS as usize * MAX_MESSAGE_LEN;
 
+/// A [`Transport`] over the perf-hint device's virtio-mmio registers and a
+/// [`Dma`] region of at least [`DMA_LEN`] bytes.
 pub struct MmioTransport<R: Registers, D: Dma> {
     regs: R,
     dma: D,

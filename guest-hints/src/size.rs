@@ -4,12 +4,16 @@
 
 use core::fmt;
 
+/// Why a size did not parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SizeError {
+    /// Nothing but white space.
     Empty,
     /// No leading digits.
     NotANumber,
+    /// A unit other than K, M, G or T (optionally followed by `B` or `iB`).
     UnknownUnit,
+    /// More bytes than fit in a u64.
     TooLarge,
 }
 
@@ -58,7 +62,9 @@ pub fn parse_size(s: &str) -> Result<u64, SizeErrorAt<'_>> {
 /// A size error with the text it came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SizeErrorAt<'a> {
+    /// The text that did not parse.
     pub input: &'a str,
+    /// What was wrong with it.
     pub kind: SizeError,
 }
 
