@@ -51,7 +51,7 @@ impl VolatileRegisters {
 
     /// The register at `offset`, if `offset` names one inside the window.
     fn register(&self, offset: u64) -> Option<*mut u32> {
-        if offset % 4 != 0 || offset > WINDOW_LEN - 4 {
+        if offset & 3 != 0 || offset > WINDOW_LEN - 4 {
             return None;
         }
         // SAFETY: `offset` + 4 <= WINDOW_LEN (checked above), so the result
@@ -273,16 +273,17 @@ mod tests {
     fn volatile_registers_stay_inside_the_window() {
         let mut mem = window();
         mem[1] = 0x1234_5678;
-        // SAFETY: `mem` is aligned, WINDOW_LEN bytes long and outlives `regs`.
-        let regs = unsafe { VolatileRegisters::new(mem.as_mut_ptr().cast()) };
-        assert_eq!(regs.read32(4), 0x1234_5678);
-        regs.write32(WINDOW_LEN - 4, 7);
-        assert_eq!(regs.read32(WINDOW_LEN - 4), 7);
-        for bad in [WINDOW_LEN, WINDOW_LEN - 2, 2, 0x1_0000_0000, u64::MAX - 3] {
-            regs.write32(bad, 0xdead_beef);
-            assert_eq!(regs.read32(bad), 0, "offset {bad:#x}");
+        {
+            // SAFETY: `mem` is aligned, WINDOW_LEN bytes long and outlives `regs`.
+            let regs = unsafe { VolatileRegisters::new(mem.as_mut_ptr().cast()) };
+            assert_eq!(regs.read32(4), 0x1234_5678);
+            regs.write32(WINDOW_LEN - 4, 7);
+            assert_eq!(regs.read32(WINDOW_LEN - 4), 7);
+            for bad in [WINDOW_LEN, WINDOW_LEN - 2, 2, 0x1_0000_0000, u64::MAX - 3] {
+                regs.write32(bad, 0xdead_beef);
+                assert_eq!(regs.read32(bad), 0, "offset {bad:#x}");
+            }
         }
-        drop(regs);
         assert_eq!(mem[1], 0x1234_5678);
         assert_eq!(mem[mem.len() - 1], 7);
         assert_eq!(mem.iter().filter(|&&w| w != 0).count(), 2);
