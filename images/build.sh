@@ -90,7 +90,7 @@ build_guest_programs() {
   local tdir=$out/static-target
   (cd "$top" && RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release \
       --target x86_64-unknown-linux-gnu --target-dir "$tdir" \
-      -p guest-hints -p demo-workload --bin perfhint --bin demo-workload)
+      -p perfhint -p demo-workload --bin perfhint --bin demo-workload)
   mkdir -p "$gdir/extra"
   cp "$tdir/x86_64-unknown-linux-gnu/release/perfhint" "$tdir/x86_64-unknown-linux-gnu/release/demo-workload" "$gdir/extra/"
   cp "$here/guest-scenario" "$gdir/extra/scenario"

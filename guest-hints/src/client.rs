@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The transport-independent client: numbers records, batches them into
 //! messages and hands whole messages to a [`Transport`]. `no_std`.
 
@@ -45,7 +46,9 @@ impl Transport for NoDevice {
 /// Hints sent and dropped by one client.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClientStats {
+    /// Hints the transport accepted.
     pub sent: u64,
+    /// Hints that were not sent (no device, full queue, refused, too large).
     pub dropped: u64,
 }
 
@@ -57,6 +60,7 @@ pub struct Client<T: Transport> {
 }
 
 impl<T: Transport> Client<T> {
+    /// A client over `transport`, numbering hints from 0.
     pub const fn new(transport: T) -> Self {
         Client {
             transport,
@@ -68,14 +72,17 @@ impl<T: Transport> Client<T> {
         }
     }
 
+    /// Whether the transport has a device behind it.
     pub fn is_connected(&self) -> bool {
         self.transport.is_connected()
     }
 
+    /// Hints sent and dropped so far.
     pub fn stats(&self) -> ClientStats {
         self.stats
     }
 
+    /// The transport, for transport-specific calls.
     pub fn transport_mut(&mut self) -> &mut T {
         &mut self.transport
     }
@@ -110,6 +117,7 @@ impl<T: Transport> Client<T> {
         }
     }
 
+    /// Sends one hint as a message; returns its sequence number.
     pub fn send(&mut self, hint: &Hint) -> Result<u32, SendError> {
         self.send_all(core::slice::from_ref(hint))
     }
@@ -130,6 +138,8 @@ pub fn serial_ppm(fraction: f64) -> u32 {
 pub mod hint {
     use super::*;
 
+    /// Tasks ready to run, the most threads that help (0: no limit known),
+    /// and the serial fraction (0.0..=1.0, clamped).
     pub fn parallelism(runnable_tasks: u32, max_useful: u32, serial_fraction: f64) -> Hint {
         Hint::Parallelism(Parallelism {
             runnable_tasks,
@@ -138,6 +148,7 @@ pub mod hint {
         })
     }
 
+    /// Working set, peak, and expected growth per second (0: steady), in bytes.
     pub fn memory(working_set_bytes: u64, peak_bytes: u64, growth_bytes_per_sec: u64) -> Hint {
         Hint::Memory(Memory {
             working_set_bytes,
@@ -146,6 +157,7 @@ pub mod hint {
         })
     }
 
+    /// The kind of I/O and its rate in bytes per second.
     pub fn io(class: IoClass, bytes_per_sec: u64) -> Hint {
         Hint::Io(Io {
             class,
@@ -153,6 +165,8 @@ pub mod hint {
         })
     }
 
+    /// Begins phase `id`; `name` is truncated to [`crate::wire::MAX_NAME_LEN`]
+    /// bytes, `expected_ms` is 0 when unknown.
     pub fn phase_begin(id: u32, name: &str, expected_ms: u32) -> Hint {
         Hint::PhaseBegin(PhaseBegin {
             id,
@@ -162,10 +176,12 @@ pub mod hint {
         })
     }
 
+    /// Ends phase `id`.
     pub fn phase_end(id: u32) -> Hint {
         Hint::PhaseEnd { id }
     }
 
+    /// Whether the work may move, whether it can be split, and its locality.
     pub fn placement(relocatable: bool, monolithic: bool, locality: Locality) -> Hint {
         Hint::Placement(Placement {
             relocatable,

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The process-wide client most programs use: `/dev/perfhint` when it is
 //! there, a silent no-op when it is not.
 
@@ -90,6 +91,7 @@ pub fn working_set(bytes: u64) {
     send(&[hint::memory(bytes, bytes, 0)]);
 }
 
+/// The working set, the peak it may reach, and its growth per second (0: steady), in bytes.
 pub fn memory(working_set_bytes: u64, peak_bytes: u64, growth_bytes_per_sec: u64) {
     send(&[hint::memory(
         working_set_bytes,
@@ -98,10 +100,13 @@ pub fn memory(working_set_bytes: u64, peak_bytes: u64, growth_bytes_per_sec: u64
     )]);
 }
 
+/// The kind of I/O the program does and its rate in bytes per second.
 pub fn io(class: IoClass, bytes_per_sec: u64) {
     send(&[hint::io(class, bytes_per_sec)]);
 }
 
+/// Whether the work may move between hosts or NUMA nodes, whether it cannot
+/// be split across machines, and which data locality it prefers.
 pub fn placement(relocatable: bool, monolithic: bool, locality: Locality) {
     send(&[hint::placement(relocatable, monolithic, locality)]);
 }
@@ -122,6 +127,7 @@ pub struct Phase {
 }
 
 impl Phase {
+    /// A phase called `name` (truncated to [`crate::wire::MAX_NAME_LEN`] bytes).
     pub fn new(name: &str) -> Self {
         Phase {
             name: name.to_string(),
@@ -130,16 +136,19 @@ impl Phase {
         }
     }
 
+    /// How long the phase is expected to last.
     pub fn expected(mut self, d: Duration) -> Self {
         self.expected = d;
         self
     }
 
+    /// `tasks` independent tasks are ready to run during the phase.
     pub fn parallelism(mut self, tasks: u32) -> Self {
         self.extra.push(hint::parallelism(tasks, tasks, 0.0));
         self
     }
 
+    /// The memory the phase touches repeatedly (also its peak).
     pub fn working_set(mut self, bytes: u64) -> Self {
         self.extra.push(hint::memory(bytes, bytes, 0));
         self
@@ -151,6 +160,7 @@ impl Phase {
         self
     }
 
+    /// The phase's kind of I/O and its rate in bytes per second.
     pub fn io(mut self, class: IoClass, bytes_per_sec: u64) -> Self {
         self.extra.push(hint::io(class, bytes_per_sec));
         self
@@ -173,6 +183,7 @@ pub struct PhaseGuard {
 }
 
 impl PhaseGuard {
+    /// The phase's id, as sent in its begin and end hints.
     pub fn id(&self) -> u32 {
         self.id
     }

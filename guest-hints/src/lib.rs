@@ -1,4 +1,5 @@
 #![cfg_attr(not(feature = "std"), no_std)]
+#![warn(missing_docs)]
 //! guest-hints: declare what your program needs — parallelism, memory, I/O,
 //! phases, placement — to a hypervisor that can act on it, without learning
 //! anything about the host. Where no perf-hint device exists every call is a
@@ -18,7 +19,12 @@
 //! (numbering and batching over any [`client::Transport`]), [`mmio`] (a
 //! bare-metal virtio-mmio driver for `no_std` guests) — all `no_std`; and with
 //! the `std` feature, the `/dev/perfhint` transport and a process-wide
-//! client. The C ABI is the `perfhint-capi` crate (`guest-hints/capi`).
+//! client. The C ABI is the `perfhint-capi` crate (`guest-hints/capi`), the
+//! `perfhint` command-line tool the `perfhint` crate (`guest-hints/cli`).
+//!
+//! Features: `std` (default) for the `/dev/perfhint` transport and the
+//! process-wide client; `serde` for `serde::Serialize` on the wire types.
+//! Without `std` the crate is `no_std` and allocates nothing.
 
 pub mod client;
 pub mod manifest;
@@ -36,3 +42,8 @@ pub mod linux;
 
 #[cfg(feature = "std")]
 pub use global::*;
+
+/// The README's examples, compiled and run as doctests so that they stay true.
+#[cfg(all(doctest, feature = "std"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

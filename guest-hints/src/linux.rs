@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The Linux transport: `/dev/perfhint`, provided by the `virtio_perfhint`
 //! kernel module. Its contract (see `docs/perf-hint-device.md`):
 //!
@@ -16,6 +17,7 @@ use std::path::Path;
 
 use crate::client::{SendError, Transport};
 
+/// Where the `virtio_perfhint` module puts the device.
 pub const DEVICE_PATH: &str = "/dev/perfhint";
 
 /// `/dev/perfhint`, opened non-blocking so that a hint never stalls the program.
@@ -29,6 +31,7 @@ impl DevTransport {
         Self::open_path(Path::new(DEVICE_PATH))
     }
 
+    /// Opens the device at `path`; with no device there the transport is a no-op.
     pub fn open_path(path: &Path) -> Self {
         let file = OpenOptions::new()
             .read(true)

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! A `const` builder for [`Manifest`]s, for use with [`crate::manifest!`].
 
 use crate::wire::{
@@ -37,6 +38,7 @@ impl ManifestBuilder {
         self
     }
 
+    /// Working set and peak memory, in bytes.
     pub const fn memory(mut self, working_set_bytes: u64, peak_bytes: u64) -> Self {
         self.m.memory = Some(Memory {
             working_set_bytes,
@@ -46,6 +48,7 @@ impl ManifestBuilder {
         self
     }
 
+    /// The kind of I/O and its rate in bytes per second.
     pub const fn io(mut self, class: IoClass, bytes_per_sec: u64) -> Self {
         self.m.io = Some(Io {
             class,
@@ -54,6 +57,7 @@ impl ManifestBuilder {
         self
     }
 
+    /// Whether the work may move, whether it can be split, and its locality.
     pub const fn placement(
         mut self,
         relocatable: bool,
@@ -83,6 +87,7 @@ impl ManifestBuilder {
         self
     }
 
+    /// The finished manifest.
     pub const fn build(self) -> Manifest {
         self.m
     }

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The compile-time manifest: an ELF note in section `.note.perfhint`, owner
 //! `perfhint`, type [`NT_PERFHINT_MANIFEST`], whose descriptor is one wire
 //! message holding one manifest record. Being an allocated note section, it
@@ -5,7 +6,9 @@
 
 use crate::wire::{self, Hint, Manifest};
 
+/// The note's owner (name) field, NUL included.
 pub const NOTE_OWNER: &[u8; 9] = b"perfhint\0";
+/// The note type of a perf-hint manifest.
 pub const NT_PERFHINT_MANIFEST: u32 = 0x5048_0001;
 /// Section the note lives in.
 pub const NOTE_SECTION: &str = ".note.perfhint";
@@ -22,10 +25,12 @@ pub const fn note_len(m: &Manifest) -> usize {
 /// An ELF note, 4-byte aligned as the ELF spec requires.
 #[repr(C, align(4))]
 pub struct Note<const N: usize> {
+    /// The note as it appears in the section: header, owner, descriptor.
     pub bytes: [u8; N],
 }
 
 impl<const N: usize> Note<N> {
+    /// The note for `m`; `N` must be [`note_len`]`(m)`.
     pub const fn new(m: &Manifest) -> Self {
         let msg = wire::const_message::<{ wire::MAX_MESSAGE_LEN }>(&Hint::Manifest(*m));
         let mut bytes = [0u8; N];

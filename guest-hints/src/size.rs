@@ -1,14 +1,19 @@
+#![forbid(unsafe_code)]
 //! Human-readable sizes: `512M`, `1G`, `1GiB`, `64K`; a bare number is MiB.
 //! Shared by perfvmm's command line and the `perfhint` CLI.
 
 use core::fmt;
 
+/// Why a size did not parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SizeError {
+    /// Nothing but white space.
     Empty,
     /// No leading digits.
     NotANumber,
+    /// A unit other than K, M, G or T (optionally followed by `B` or `iB`).
     UnknownUnit,
+    /// More bytes than fit in a u64.
     TooLarge,
 }
 
@@ -57,7 +62,9 @@ pub fn parse_size(s: &str) -> Result<u64, SizeErrorAt<'_>> {
 /// A size error with the text it came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SizeErrorAt<'a> {
+    /// The text that did not parse.
     pub input: &'a str,
+    /// What was wrong with it.
     pub kind: SizeError,
 }
 

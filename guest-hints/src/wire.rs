@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The perf-hint wire format, shared by guests and the device.
 //!
 //! `no_std`, no allocation, no `unsafe`. All integers are little-endian and
@@ -21,7 +22,9 @@
 pub const MAGIC: u16 = 0x4850;
 /// Protocol version this crate writes and reads.
 pub const VERSION: u8 = 1;
+/// Bytes of a message header.
 pub const HEADER_LEN: usize = 16;
+/// Bytes of a record header (kind and length).
 pub const RECORD_HEADER_LEN: usize = 4;
 /// Largest message a device must accept (also in config space).
 pub const MAX_MESSAGE_LEN: usize = 4096;
@@ -34,12 +37,19 @@ pub const PPM: u32 = 1_000_000;
 
 /// Record kinds.
 pub mod kind {
+    /// [`super::Hint::Parallelism`].
     pub const PARALLELISM: u16 = 1;
+    /// [`super::Hint::Memory`].
     pub const MEMORY: u16 = 2;
+    /// [`super::Hint::Io`].
     pub const IO: u16 = 3;
+    /// [`super::Hint::PhaseBegin`].
     pub const PHASE_BEGIN: u16 = 4;
+    /// [`super::Hint::PhaseEnd`].
     pub const PHASE_END: u16 = 5;
+    /// [`super::Hint::Placement`].
     pub const PLACEMENT: u16 = 6;
+    /// [`super::Hint::Manifest`].
     pub const MANIFEST: u16 = 7;
 }
 
@@ -57,11 +67,13 @@ const MANIFEST_FIXED: usize = 4;
 pub enum DecodeError {
     /// Shorter than a header, or longer than [`MAX_MESSAGE_LEN`].
     BadLength,
+    /// The header does not start with [`MAGIC`].
     BadMagic,
     /// A major version this reader does not know.
     UnsupportedVersion,
     /// `total_len` disagrees with the buffer.
     LengthMismatch,
+    /// More than [`MAX_RECORDS`] records.
     TooManyRecords,
     /// A record runs past the end of the message.
     TruncatedRecord,
@@ -95,7 +107,9 @@ impl DecodeError {
 pub enum EncodeError {
     /// The output buffer or [`MAX_MESSAGE_LEN`] is too small.
     NoSpace,
+    /// The message already holds [`MAX_RECORDS`] records.
     TooManyRecords,
+    /// A name longer than [`MAX_NAME_LEN`] bytes.
     NameTooLong,
 }
 
@@ -117,8 +131,10 @@ macro_rules! wire_enum {
         }
 
         impl $name {
+            /// Every value, in wire order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
+            /// The value with wire encoding `v`, if there is one.
             pub const fn from_u8(v: u8) -> Option<Self> {
                 match v {
                     $($value => Some($name::$variant),)+
@@ -126,6 +142,7 @@ macro_rules! wire_enum {
                 }
             }
 
+            /// The value's name, as logged and as [`Self::parse`] reads it.
             pub const fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text,)+
@@ -143,10 +160,15 @@ macro_rules! wire_enum {
 wire_enum! {
     /// I/O classes.
     pub enum IoClass {
+        /// Little or no I/O.
         None = 0 => "none",
+        /// Occasional I/O.
         Light = 1 => "light",
+        /// Streaming reads or writes.
         Sequential = 2 => "sequential",
+        /// Scattered, random-access I/O.
         Random = 3 => "random",
+        /// Mostly network traffic.
         Network = 4 => "network",
     }
 }
@@ -154,6 +176,7 @@ wire_enum! {
 wire_enum! {
     /// Data locality preference for placement.
     pub enum Locality {
+        /// No preference.
         Any = 0 => "any",
         /// Threads share data: keep them on one cache domain.
         SharedCache = 1 => "shared_cache",
@@ -170,11 +193,13 @@ pub struct Name {
 }
 
 impl Name {
+    /// The empty name.
     pub const EMPTY: Name = Name {
         bytes: [0; MAX_NAME_LEN],
         len: 0,
     };
 
+    /// `s`, or [`EncodeError::NameTooLong`] when it is longer than [`MAX_NAME_LEN`] bytes.
     pub fn new(s: &str) -> Result<Self, EncodeError> {
         match Self::from_bytes(s.as_bytes()) {
             Some(n) => Ok(n),
@@ -215,6 +240,7 @@ impl Name {
         })
     }
 
+    /// The name as text.
     pub fn as_str(&self) -> &str {
         // Only valid UTF-8 is ever stored.
         core::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
@@ -250,30 +276,39 @@ pub struct Parallelism {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Memory {
+    /// Memory the work touches repeatedly, in bytes.
     pub working_set_bytes: u64,
+    /// The most memory the work may use, in bytes.
     pub peak_bytes: u64,
     /// Expected growth, bytes per second (0: steady).
     pub growth_bytes_per_sec: u64,
 }
 
+/// The I/O the work does.
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Io {
+    /// What kind of I/O.
     pub class: IoClass,
+    /// Its rate in bytes per second.
     pub bytes_per_sec: u64,
 }
 
+/// The start of a named program phase (or, in a manifest, its declaration).
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PhaseBegin {
+    /// Identifies the phase; its [`Hint::PhaseEnd`] carries the same id.
     pub id: u32,
     /// Expected duration in milliseconds (0: unknown).
     pub expected_ms: u32,
+    /// The phase's name.
     pub name: Name,
     /// Set for phases declared in a manifest rather than begun.
     pub declared_only: bool,
 }
 
+/// Where the work may run.
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Placement {
@@ -281,6 +316,7 @@ pub struct Placement {
     pub relocatable: bool,
     /// The work cannot be split across machines.
     pub monolithic: bool,
+    /// Which data locality the work prefers.
     pub locality: Locality,
 }
 
@@ -291,15 +327,22 @@ pub const MAX_MANIFEST_PHASES: usize = 8;
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Manifest {
+    /// The application's name.
     pub app: Name,
+    /// Its typical parallelism, if declared.
     pub parallelism: Option<Parallelism>,
+    /// Its memory needs, if declared.
     pub memory: Option<Memory>,
+    /// Its I/O, if declared.
     pub io: Option<Io>,
+    /// Its placement needs, if declared.
     pub placement: Option<Placement>,
+    /// The phases it declares (`declared_only` set), in order; unused slots are `None`.
     pub phases: [Option<PhaseBegin>; MAX_MANIFEST_PHASES],
 }
 
 impl Manifest {
+    /// A manifest for `app` that declares nothing.
     pub const fn empty(app: Name) -> Self {
         Manifest {
             app,
@@ -319,12 +362,22 @@ impl Manifest {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Hint {
+    /// How much parallelism the work has now.
     Parallelism(Parallelism),
+    /// The memory the work needs.
     Memory(Memory),
+    /// The I/O the work does.
     Io(Io),
+    /// A phase begins.
     PhaseBegin(PhaseBegin),
-    PhaseEnd { id: u32 },
+    /// A phase ends.
+    PhaseEnd {
+        /// The id its [`Hint::PhaseBegin`] carried.
+        id: u32,
+    },
+    /// Where the work may run.
     Placement(Placement),
+    /// The application's declared needs (see [`crate::manifest!`]).
     Manifest(Manifest),
 }
 
@@ -342,6 +395,7 @@ impl Hint {
         }
     }
 
+    /// The kind's name, as logged (`parallelism`, `phase_begin`, ...).
     pub const fn kind_name(&self) -> &'static str {
         match self {
             Hint::Parallelism(_) => "parallelism",
@@ -374,10 +428,15 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 /// A message's header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// Protocol version ([`VERSION`]).
     pub version: u8,
+    /// Reserved: written as 0, ignored when read.
     pub flags: u8,
+    /// Records in the message.
     pub count: u16,
+    /// Sequence number of the first record.
     pub seq: u32,
+    /// Length of the whole message, header included.
     pub total_len: u32,
 }
 
@@ -411,7 +470,9 @@ pub fn decode_header(msg: &[u8]) -> Result<Header, DecodeError> {
 /// A record as found in a message: its kind and body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawRecord<'a> {
+    /// The record kind (see [`kind`]).
     pub kind: u16,
+    /// The record's body, without its header.
     pub body: &'a [u8],
 }
 
@@ -594,8 +655,11 @@ pub fn decode_record(rec: RawRecord<'_>) -> Result<Option<Hint>, DecodeError> {
 /// the end are dropped and remembered in `overflow`.
 #[derive(Clone, Copy)]
 pub struct Buf<const N: usize> {
+    /// Storage; the first `len` bytes are written.
     pub bytes: [u8; N],
+    /// Bytes written.
     pub len: usize,
+    /// Whether some write did not fit.
     pub overflow: bool,
 }
 
@@ -606,6 +670,7 @@ impl<const N: usize> Default for Buf<N> {
 }
 
 impl<const N: usize> Buf<N> {
+    /// An empty buffer.
     pub const fn new() -> Self {
         Buf {
             bytes: [0; N],
@@ -654,6 +719,7 @@ impl<const N: usize> Buf<N> {
         }
     }
 
+    /// The bytes written.
     pub fn as_slice(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
@@ -792,10 +858,12 @@ impl MessageWriter {
         Ok(())
     }
 
+    /// Records pushed so far.
     pub fn count(&self) -> u16 {
         self.count
     }
 
+    /// Whether no record has been pushed.
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -835,9 +903,11 @@ wire_enum! {
     /// What the host did with one record, as reported on the event queue. It
     /// never says anything about the host's capacity.
     pub enum Outcome {
+        /// Accepted as sent.
         Accepted = 0 => "accepted",
         /// Accepted with values brought within the host's policy.
         Clamped = 1 => "clamped",
+        /// Not acted on: the guest sent hints faster than the host's rate limit.
         RateLimited = 2 => "rate_limited",
         /// Malformed or refused.
         Rejected = 3 => "rejected",
@@ -847,11 +917,13 @@ wire_enum! {
 /// One event-queue entry: `seq:u32 outcome:u8 reserved[3]`.
 pub const OUTCOME_LEN: usize = 8;
 
+/// The event-queue entry saying what happened to record `seq`.
 pub fn encode_outcome(seq: u32, outcome: Outcome) -> [u8; OUTCOME_LEN] {
     let s = seq.to_le_bytes();
     [s[0], s[1], s[2], s[3], outcome as u8, 0, 0, 0]
 }
 
+/// Reads an event-queue entry; `None` when it is short or its outcome unknown.
 pub fn decode_outcome(b: &[u8]) -> Option<(u32, Outcome)> {
     if b.len() < OUTCOME_LEN {
         return None;

@@ -3,7 +3,7 @@
  * Declares what a program needs to a perf-hint aware hypervisor. Every call
  * is safe with no device present. Functions returning int give 0 on success
  * or a negative PERFHINT_E* code. Kept in step with guest-hints/capi/src/lib.rs;
- * guest-hints/tests/cli_and_c_abi.rs compiles and runs a C program against it.
+ * guest-hints/capi/tests/c_abi.rs compiles and runs a C program against it.
  */
 #ifndef PERFHINT_H
 #define PERFHINT_H

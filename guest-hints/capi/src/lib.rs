@@ -2,16 +2,25 @@
 //! and `libperfhint.so`. Every function is safe to call with no
 //! device present; those that return `int` give 0 on success and a negative
 //! `PERFHINT_E*` code otherwise.
+//!
+//! Build it with `cargo build --release -p perfhint-capi` and link
+//! `libperfhint.a` (with `-lpthread -ldl -lm`) or `libperfhint.so`.
+#![warn(missing_docs)]
 
 use std::ffi::{c_char, c_int, CStr};
 
 use guest_hints::client::{hint, SendError};
 use guest_hints::wire::{IoClass, Locality};
 
+/// Success.
 pub const PERFHINT_OK: c_int = 0;
+/// There is no perf-hint device.
 pub const PERFHINT_ENODEV: c_int = -1;
+/// The device's queue is full; the hint was dropped.
 pub const PERFHINT_EBUSY: c_int = -2;
+/// The driver refused the message.
 pub const PERFHINT_EREFUSED: c_int = -3;
+/// A bad argument (or a hint too large for a message).
 pub const PERFHINT_EINVAL: c_int = -4;
 
 fn code(r: Result<u32, SendError>) -> c_int {
@@ -30,6 +39,8 @@ pub extern "C" fn perfhint_is_connected() -> c_int {
     c_int::from(guest_hints::is_connected())
 }
 
+/// `tasks` ready to run, the most threads that help (0: no limit known),
+/// and the serial fraction of the work (0.0 to 1.0, clamped).
 #[no_mangle]
 pub extern "C" fn perfhint_parallelism(tasks: u32, max_useful: u32, serial_fraction: f64) -> c_int {
     code(guest_hints::try_send(&[hint::parallelism(
@@ -39,6 +50,7 @@ pub extern "C" fn perfhint_parallelism(tasks: u32, max_useful: u32, serial_fract
     )]))
 }
 
+/// The working set, the peak, and the growth per second (0: steady), in bytes.
 #[no_mangle]
 pub extern "C" fn perfhint_memory(working_set: u64, peak: u64, growth_per_sec: u64) -> c_int {
     code(guest_hints::try_send(&[hint::memory(
@@ -48,6 +60,7 @@ pub extern "C" fn perfhint_memory(working_set: u64, peak: u64, growth_per_sec: u
     )]))
 }
 
+/// The kind of I/O and its rate in bytes per second.
 /// `class`: 0 none, 1 light, 2 sequential, 3 random, 4 network.
 #[no_mangle]
 pub extern "C" fn perfhint_io(class: c_int, bytes_per_sec: u64) -> c_int {
@@ -57,6 +70,9 @@ pub extern "C" fn perfhint_io(class: c_int, bytes_per_sec: u64) -> c_int {
     code(guest_hints::try_send(&[hint::io(class, bytes_per_sec)]))
 }
 
+/// Whether the work may move between hosts or NUMA nodes (`relocatable`,
+/// non-zero: yes), whether it cannot be split across machines
+/// (`monolithic`, likewise), and its data locality.
 /// `locality`: 0 any, 1 shared cache, 2 same NUMA node.
 #[no_mangle]
 pub extern "C" fn perfhint_placement(
@@ -96,6 +112,7 @@ pub unsafe extern "C" fn perfhint_phase_begin(name: *const c_char, expected_ms: 
     id
 }
 
+/// Ends the phase `id` that [`perfhint_phase_begin`] returned.
 #[no_mangle]
 pub extern "C" fn perfhint_phase_end(id: u32) -> c_int {
     code(guest_hints::try_send(&[hint::phase_end(id)]))

@@ -1,7 +1,8 @@
+#![forbid(unsafe_code)]
 //! `perfhint`: send hints from the shell, wrap a command in a phase, and
 //! show the manifest a binary embeds.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
@@ -150,129 +151,153 @@ fn send(hints: &[Hint]) -> bool {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.cmd {
+    match Cli::parse().cmd {
         Cmd::Send {
             hints,
             relocatable,
             monolithic,
             locality,
-        } => {
-            let mut v = hints.hints();
-            if relocatable || monolithic || locality.is_some() {
-                v.push(hint::placement(
-                    relocatable,
-                    monolithic,
-                    locality.unwrap_or(Locality::Any),
-                ));
-            }
-            if v.is_empty() {
-                eprintln!("perfhint send: give at least one hint (see perfhint send --help)");
-                return ExitCode::from(2);
-            }
-            if send(&v) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
+        } => cmd_send(&hints, relocatable, monolithic, locality),
         Cmd::Phase {
             name,
             expected_ms,
             hints,
             command,
-        } => {
-            let guard = guest_hints::Phase::new(&name)
-                .expected(Duration::from_millis(u64::from(expected_ms.unwrap_or(0))));
-            let guard = hints.hints().into_iter().fold(guard, |g, h| match h {
-                Hint::Parallelism(p) => g.parallelism(p.runnable_tasks),
-                Hint::Memory(m) => g.working_set(m.working_set_bytes),
-                Hint::Io(io) => g.io(io.class, io.bytes_per_sec),
-                _ => g,
-            });
-            let phase = guard.begin();
-            let status = Command::new(&command[0]).args(&command[1..]).status();
-            drop(phase);
-            match status {
-                Ok(s) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    let code = s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0));
-                    ExitCode::from(code.clamp(0, 255) as u8)
-                }
-                Err(e) => {
-                    eprintln!("perfhint phase: cannot run {}: {e}", command[0]);
-                    ExitCode::from(127)
-                }
-            }
+        } => cmd_phase(&name, expected_ms, &hints, &command),
+        Cmd::Inspect { binary } => cmd_inspect(&binary),
+        Cmd::Flood { count, batch } => cmd_flood(count, batch),
+        Cmd::Status => cmd_status(),
+    }
+}
+
+fn cmd_send(
+    hints: &HintArgs,
+    relocatable: bool,
+    monolithic: bool,
+    locality: Option<Locality>,
+) -> ExitCode {
+    let mut v = hints.hints();
+    if relocatable || monolithic || locality.is_some() {
+        v.push(hint::placement(
+            relocatable,
+            monolithic,
+            locality.unwrap_or(Locality::Any),
+        ));
+    }
+    if v.is_empty() {
+        eprintln!("perfhint send: give at least one hint (see perfhint send --help)");
+        return ExitCode::from(2);
+    }
+    if send(&v) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn cmd_phase(
+    name: &str,
+    expected_ms: Option<u32>,
+    hints: &HintArgs,
+    command: &[String],
+) -> ExitCode {
+    let Some((program, args)) = command.split_first() else {
+        eprintln!("perfhint phase: no command given");
+        return ExitCode::from(2);
+    };
+    let phase = guest_hints::Phase::new(name)
+        .expected(Duration::from_millis(u64::from(expected_ms.unwrap_or(0))));
+    let phase = hints.hints().into_iter().fold(phase, |p, h| match h {
+        Hint::Parallelism(x) => p.parallelism(x.runnable_tasks),
+        Hint::Memory(m) => p.working_set(m.working_set_bytes),
+        Hint::Io(io) => p.io(io.class, io.bytes_per_sec),
+        _ => p,
+    });
+    let guard = phase.begin();
+    let status = Command::new(program).args(args).status();
+    drop(guard);
+    match status {
+        Ok(s) => {
+            use std::os::unix::process::ExitStatusExt;
+            let code = s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0));
+            ExitCode::from(code.clamp(0, 255) as u8)
         }
-        Cmd::Inspect { binary } => {
-            let bytes = match std::fs::read(&binary) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("perfhint inspect: cannot read {}: {e}", binary.display());
-                    return ExitCode::from(1);
-                }
-            };
-            match guest_hints::note::find_in_elf(&bytes) {
-                Ok(Some(m)) => match serde_json::to_string_pretty(&m) {
-                    Ok(j) => {
-                        println!("{j}");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("perfhint inspect: {e}");
-                        ExitCode::from(1)
-                    }
-                },
-                Ok(None) => {
-                    eprintln!(
-                        "perfhint inspect: {} embeds no perf-hint manifest",
-                        binary.display()
-                    );
-                    ExitCode::from(1)
-                }
-                Err(e) => {
-                    eprintln!("perfhint inspect: {}: {e}", binary.display());
-                    ExitCode::from(1)
-                }
-            }
-        }
-        Cmd::Flood { count, batch } => {
-            let start = std::time::Instant::now();
-            let (mut sent, mut busy, mut other, mut writes) = (0u64, 0u64, 0u64, 0u64);
-            let mut i = 0u32;
-            while i < count {
-                let n = batch.min(count - i);
-                // I/O hints: they exercise the whole path without driving
-                // allocation decisions.
-                let hints: Vec<Hint> = (i..i + n)
-                    .map(|k| hint::io(IoClass::Random, u64::from(k)))
-                    .collect();
-                match guest_hints::try_send(&hints) {
-                    Ok(_) => {
-                        sent += u64::from(n);
-                        writes += 1;
-                    }
-                    Err(SendError::Busy) => busy += u64::from(n),
-                    Err(_) => other += u64::from(n),
-                }
-                i += n;
-            }
-            let secs = start.elapsed().as_secs_f64();
-            println!(
-                "flood: count={count} batch={batch} writes={writes} sent={sent} busy={busy} failed={other} \
-                 seconds={secs:.3} sent_per_sec={:.0}",
-                sent as f64 / secs.max(1e-9)
-            );
-            ExitCode::SUCCESS
-        }
-        Cmd::Status => {
-            if guest_hints::is_connected() {
-                println!("connected");
-            } else {
-                println!("no perf-hint device");
-            }
-            ExitCode::SUCCESS
+        Err(e) => {
+            eprintln!("perfhint phase: cannot run {program}: {e}");
+            ExitCode::from(127)
         }
     }
+}
+
+fn cmd_inspect(binary: &Path) -> ExitCode {
+    let bytes = match std::fs::read(binary) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("perfhint inspect: cannot read {}: {e}", binary.display());
+            return ExitCode::from(1);
+        }
+    };
+    let manifest = match guest_hints::note::find_in_elf(&bytes) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            eprintln!(
+                "perfhint inspect: {} embeds no perf-hint manifest",
+                binary.display()
+            );
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("perfhint inspect: {}: {e}", binary.display());
+            return ExitCode::from(1);
+        }
+    };
+    match serde_json::to_string_pretty(&manifest) {
+        Ok(j) => {
+            println!("{j}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("perfhint inspect: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn cmd_flood(count: u32, batch: u32) -> ExitCode {
+    let start = std::time::Instant::now();
+    let (mut sent, mut busy, mut other, mut writes) = (0u64, 0u64, 0u64, 0u64);
+    let mut i = 0u32;
+    while i < count {
+        let n = batch.min(count - i);
+        // I/O hints: they exercise the whole path without driving
+        // allocation decisions.
+        let hints: Vec<Hint> = (i..i + n)
+            .map(|k| hint::io(IoClass::Random, u64::from(k)))
+            .collect();
+        match guest_hints::try_send(&hints) {
+            Ok(_) => {
+                sent += u64::from(n);
+                writes += 1;
+            }
+            Err(SendError::Busy) => busy += u64::from(n),
+            Err(_) => other += u64::from(n),
+        }
+        i += n;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "flood: count={count} batch={batch} writes={writes} sent={sent} busy={busy} failed={other} \
+         seconds={secs:.3} sent_per_sec={:.0}",
+        sent as f64 / secs.max(1e-9)
+    );
+    ExitCode::SUCCESS
+}
+
+fn cmd_status() -> ExitCode {
+    if guest_hints::is_connected() {
+        println!("connected");
+    } else {
+        println!("no perf-hint device");
+    }
+    ExitCode::SUCCESS
 }

@@ -1,0 +1,67 @@
+//! The C ABI, built and linked as a C program would use it (no perf-hint
+//! device here: calls must say so through their return codes).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// target/<profile>/ of this test binary.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf()
+}
+
+#[test]
+fn c_program_links_and_runs() {
+    // Build the C ABI library the way a C user would.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args(["build", "-q", "-p", "perfhint-capi"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let lib = target_dir().join("libperfhint.a");
+    assert!(lib.exists(), "{}", lib.display());
+    let dir = std::env::temp_dir().join(format!("perfhint-c-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("t.c");
+    std::fs::write(
+        &src,
+        r#"
+#include <stdio.h>
+#include "perfhint.h"
+int main(void) {
+    if (perfhint_is_connected()) return 10;
+    if (perfhint_parallelism(8, 8, 0.1) != PERFHINT_ENODEV) return 11;
+    if (perfhint_io(99, 0) != PERFHINT_EINVAL) return 12;
+    uint32_t id = perfhint_phase_begin("c-phase", 100);
+    if (id == 0) return 13;
+    if (perfhint_phase_begin(NULL, 0) != 0) return 14;
+    if (perfhint_phase_end(id) != PERFHINT_ENODEV) return 15;
+    puts("ok");
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let include = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("include");
+    let exe = dir.join("t");
+    let cc = Command::new("cc")
+        .arg(&src)
+        .arg("-I")
+        .arg(&include)
+        .arg(&lib)
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let out = Command::new(&exe).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
