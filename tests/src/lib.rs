@@ -8,6 +8,9 @@
 //! is real. `PERFVMM_TEST_MODE=direct|nested` overrides the choice.
 
 pub mod cpio;
+pub mod report;
+
+pub use report::skip;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -68,7 +68,7 @@ fn host_without_kvm_gives_a_clear_error() {
     if perfvmm_tests::mode() == perfvmm_tests::Mode::Direct {
         // A host with hardware KVM cannot be made to lack it; the nested
         // harness's L1 can (it simply does not load the modules).
-        eprintln!("skipped: needs the nested harness");
+        perfvmm_tests::skip("needs the nested harness (an L1 without the KVM modules)");
         return;
     }
     let out = GuestRun::demo("pvrun=poweroff", &[]).without_kvm().run();
