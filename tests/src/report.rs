@@ -1,12 +1,17 @@
-//! What the harness did besides running tests: tests skipped, one line
-//! each (`test: reason`), appended to files under [`dir`], so that a skip
-//! is never hidden behind libtest's "ok".
+//! What the harness did besides running tests: tests skipped and nested
+//! runs retried, one line each (`test: reason`), appended to files under
+//! [`dir`]. `scripts/test` empties the directory when it starts and sums
+//! the files up when it ends, so that a skip or a retry is never hidden
+//! behind libtest's "ok".
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// The file skipped tests are listed in, under [`dir`].
 pub const SKIPS: &str = "skips";
+/// The file retried nested runs are listed in, under [`dir`].
+pub const RETRIES: &str = "retries";
 
 /// `$PERFVMM_TEST_REPORT_DIR`, else `perfvmm-tests-report` in the target
 /// directory (`$CARGO_TARGET_DIR`, else the workspace's `target`).
@@ -55,6 +60,17 @@ fn append(dir: &Path, file: &str, line: &str) -> std::io::Result<()> {
         .append(true)
         .open(dir.join(file))?
         .write_all(line.as_bytes())
+}
+
+/// Records a retry of a nested run by the running test; returns how many
+/// it has had in this process, this one included.
+pub fn retry(reason: &str) -> usize {
+    static DONE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let name = test_name();
+    let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
+    done.push(name.clone());
+    record(RETRIES, reason);
+    done.iter().filter(|n| **n == name).count()
 }
 
 /// Marks the running test skipped: says so on stderr and in the report.
