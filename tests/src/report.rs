@@ -73,11 +73,13 @@ pub fn retry(reason: &str) -> usize {
     done.iter().filter(|n| **n == name).count()
 }
 
-/// Marks the running test skipped: says so on stderr and in the report.
-/// The caller returns at once; libtest still prints "ok", and
+/// Marks the running test skipped: says so on stderr (past libtest's
+/// output capture, so that it shows when the test passes) and in the
+/// report. The caller returns at once; libtest still prints "ok", and
 /// `scripts/test` lists the skip in its summary.
 pub fn skip(reason: &str) {
-    eprintln!("SKIPPED: {}: {reason}", test_name());
+    let line = format!("SKIPPED: {}: {reason}\n", test_name());
+    let _ = std::io::stderr().write_all(line.as_bytes());
     record(SKIPS, reason);
 }
 
