@@ -141,6 +141,9 @@ pub struct GuestRun {
     pub fetch: Vec<(String, bool)>,
     /// Send SIGTERM to perfvmm this many seconds after it starts.
     pub sigterm_after_secs: Option<u32>,
+    /// With `sigterm_after_secs` as the deadline: send SIGTERM as soon as
+    /// perfvmm's output shows this text.
+    pub sigterm_on_console: Option<String>,
     /// Pass this process's standard input (a terminal) through to the
     /// guest's console instead of /dev/null.
     pub interactive: bool,
@@ -175,6 +178,7 @@ impl GuestRun {
             stream: false,
             fetch: Vec::new(),
             sigterm_after_secs: None,
+            sigterm_on_console: None,
             interactive: false,
             alongside: None,
             expect_crash: false,
@@ -220,6 +224,44 @@ impl GuestRun {
     pub fn sigterm_after(mut self, secs: u32) -> Self {
         self.sigterm_after_secs = Some(secs);
         self
+    }
+
+    /// Sends perfvmm SIGTERM as soon as its output (the guest console
+    /// included) shows `text`, or `max_secs` seconds after it starts if it
+    /// has not by then.
+    pub fn sigterm_once_console_shows(mut self, text: &str, max_secs: u32) -> Self {
+        self.sigterm_after_secs = Some(max_secs);
+        self.sigterm_on_console = Some(text.to_string());
+        self
+    }
+
+    /// A shell script that runs `cmd` and sends it SIGTERM (see
+    /// [`GuestRun::sigterm_after`] and [`GuestRun::sigterm_once_console_shows`]);
+    /// its exit status is `cmd`'s. A watched output goes through the named
+    /// pipe `fifo`, made by the script.
+    fn sigterm_script(&self, cmd: &str, secs: u32, fifo: &str) -> String {
+        let Some(text) = &self.sigterm_on_console else {
+            return format!(
+                "{cmd} </dev/null &\npid=$!\nsleep {secs}\nkill -TERM $pid\nwait $pid\n"
+            );
+        };
+        let (text, fifo) = (shell_quote(text), shell_quote(fifo));
+        format!(
+            "mkfifo {fifo}\n\
+             {cmd} </dev/null >{fifo} 2>&1 &\n\
+             pid=$!\n\
+             (sleep {secs}; kill -TERM $pid) </dev/null >/dev/null 2>&1 &\n\
+             timer=$!\n\
+             sent=\n\
+             while IFS= read -r line || [ -n \"$line\" ]; do\n\
+             printf '%s\\n' \"$line\"\n\
+             case $line in *{text}*) [ -n \"$sent\" ] || kill -TERM $pid; sent=1 ;; esac\n\
+             done <{fifo}\n\
+             wait $pid\n\
+             rc=$?\n\
+             kill $timer 2>/dev/null\n\
+             exit $rc\n"
+        )
     }
 
     /// Brings file `name` (written under `@FILES@`) back in [`RunOutput::files`].
@@ -325,6 +367,26 @@ impl GuestRun {
             .collect()
     }
 
+    /// perfvmm with `args`, or a shell running it when its console is
+    /// watched for the moment to send SIGTERM.
+    fn direct_command(&self, args: &[String], dir: &Path) -> Command {
+        let (Some(secs), Some(_)) = (self.sigterm_after_secs, &self.sigterm_on_console) else {
+            let mut cmd = Command::new(static_perfvmm());
+            cmd.args(args);
+            return cmd;
+        };
+        let line = std::iter::once(static_perfvmm().to_string_lossy().into_owned())
+            .chain(args.iter().cloned())
+            .map(|a| shell_quote(&a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let fifo = dir.join("console.fifo");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(self.sigterm_script(&line, secs, &fifo.to_string_lossy()));
+        cmd
+    }
+
     fn run_direct(&self) -> RunOutput {
         let (kernel, initrd) = guest_image();
         let dir = scratch_dir("direct");
@@ -336,14 +398,14 @@ impl GuestRun {
             &initrd.to_string_lossy(),
             &dir.to_string_lossy(),
         );
-        let child = Command::new(static_perfvmm())
-            .args(&args)
+        let child = self
+            .direct_command(&args, &dir)
             .stdin(self.stdin())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start perfvmm");
-        if let Some(secs) = self.sigterm_after_secs {
+        if let (Some(secs), None) = (self.sigterm_after_secs, &self.sigterm_on_console) {
             let pid = child.id() as libc::pid_t;
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_secs(u64::from(secs)));
@@ -405,9 +467,9 @@ impl GuestRun {
             + &match self.sigterm_after_secs {
                 None if self.interactive => format!("exec /perfvmm {quoted}\n"),
                 None => format!("exec /perfvmm {quoted} </dev/null\n"),
-                Some(secs) => format!(
-                "/perfvmm {quoted} </dev/null &\npid=$!\nsleep {secs}\nkill -TERM $pid\nwait $pid\n"
-            ),
+                Some(secs) => {
+                    self.sigterm_script(&format!("/perfvmm {quoted}"), secs, "/tmp/console.fifo")
+                }
             };
         run.file("run/cmd", 0o644, cmd.as_bytes());
         run.file(
@@ -741,5 +803,52 @@ mod tests {
         let crash = run.expect_crash();
         assert_eq!(crash.harness_failure(&exited(Some(3))), None);
         assert!(crash.harness_failure(&exited(None)).is_some());
+    }
+
+    /// Runs the SIGTERM script in `shell` around a stand-in for perfvmm
+    /// that prints `lines` (printf format), then exits 143 on SIGTERM;
+    /// returns what it printed and its exit status.
+    fn sigterm_script_run(shell: &[&str], lines: &str, text: &str, secs: u32) -> (String, i32) {
+        let dir = scratch_dir("sigterm-script");
+        let fake = format!(
+            "trap 'echo stopping; exit 143' TERM; printf {}; while :; do sleep 0.1; done",
+            shell_quote(lines)
+        );
+        let cmd = format!("{} -c {}", shell.join(" "), shell_quote(&fake));
+        let fifo = dir.join("fifo");
+        let script = GuestRun::raw(Vec::new())
+            .sigterm_once_console_shows(text, secs)
+            .sigterm_script(&cmd, secs, &fifo.to_string_lossy());
+        let out = Command::new(shell[0])
+            .args(&shell[1..])
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        (printed, out.status.code().unwrap())
+    }
+
+    #[test]
+    fn sigterm_goes_when_the_console_shows_the_text_or_at_the_deadline() {
+        // sh runs the script in direct mode, busybox's in the L1 host.
+        let mut shells = vec![vec!["sh"]];
+        if Path::new("/bin/busybox").exists() {
+            shells.push(vec!["/bin/busybox", "sh"]);
+        }
+        for shell in &shells {
+            let start = Instant::now();
+            let (out, code) =
+                sigterm_script_run(shell, "boot\\nguest: ready\\n", "guest: ready", 60);
+            assert_eq!(
+                (out.as_str(), code),
+                ("boot\nguest: ready\nstopping\n", 143),
+                "{shell:?}"
+            );
+            assert!(start.elapsed() < Duration::from_secs(30), "{shell:?}");
+            let (out, code) = sigterm_script_run(shell, "boot\\n", "never shown", 1);
+            assert_eq!((out.as_str(), code), ("boot\nstopping\n", 143), "{shell:?}");
+        }
     }
 }
