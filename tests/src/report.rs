@@ -35,11 +35,20 @@ pub fn test_name() -> String {
         .and_then(|p| p.file_stem())
         .and_then(|s| s.to_str())
         .unwrap_or("?");
-    // Cargo names test binaries `NAME-HASH`.
-    let bin = stem.rsplit_once('-').map_or(stem, |(name, _)| name);
+    let bin = without_cargo_hash(stem);
     match std::thread::current().name() {
         Some(t) if t != "main" => format!("{bin}::{t}"),
         _ => bin.to_string(),
+    }
+}
+
+/// `NAME` of a test binary's `NAME-HASH` (16 hex digits); other names whole.
+fn without_cargo_hash(stem: &str) -> &str {
+    match stem.rsplit_once('-') {
+        Some((name, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            name
+        }
+        _ => stem,
     }
 }
 
@@ -94,6 +103,13 @@ mod tests {
             name.ends_with("::report::tests::test_name_is_the_binary_and_the_test"),
             "{name}"
         );
+    }
+
+    #[test]
+    fn cargo_hashes_are_dropped_from_binary_names() {
+        assert_eq!(without_cargo_hash("boot-0123456789abcdef"), "boot");
+        assert_eq!(without_cargo_hash("perfvmm-run"), "perfvmm-run");
+        assert_eq!(without_cargo_hash("resize-bench"), "resize-bench");
     }
 
     #[test]
