@@ -68,7 +68,7 @@ fn host_without_kvm_gives_a_clear_error() {
     if perfvmm_tests::mode() == perfvmm_tests::Mode::Direct {
         // A host with hardware KVM cannot be made to lack it; the nested
         // harness's L1 can (it simply does not load the modules).
-        eprintln!("skipped: needs the nested harness");
+        perfvmm_tests::skip("needs the nested harness (an L1 without the KVM modules)");
         return;
     }
     let out = GuestRun::demo("pvrun=poweroff", &[]).without_kvm().run();
@@ -87,8 +87,11 @@ fn triple_fault_is_a_crash_with_a_reason() {
 
 #[test]
 fn sigterm_stops_cleanly() {
+    // SIGTERM once the guest has loaded its drivers and gone idle (its
+    // last line before idling), with a deadline; not after a fixed delay
+    // that a slow host may not boot within.
     let out = GuestRun::demo("pvrun=idle", &["--hint-log", "@FILES@/h.log"])
-        .sigterm_after(25)
+        .sigterm_once_console_shows("perfvmm-guest: nproc=", 180)
         .fetch("h.log")
         .run();
     out.expect_contains(MARKER)

@@ -107,14 +107,29 @@ fn control_api_resizes_reports_and_reloads() {
     let script = r#"
 s=@FILES@/api.sock
 ctl() { @PERFVMM@ ctl --api-sock $s "$@"; }
-i=0
-until ctl status 2>/dev/null | grep -q '"virtio_mem_driver": true'; do
-  i=$((i + 1)); [ $i -gt 600 ] && exit 1; sleep 0.2
-done
+# Polls `ctl status` every 0.2 s until it matches every grep pattern after
+# $2, for at most $1 seconds; $2 keeps the last status read. Fails on the
+# deadline.
+status_when() {
+  end=$(( $(date +%s) + $1 )); out=$2; shift 2
+  while [ "$(date +%s)" -lt $end ]; do
+    if ctl status > "$out.now" 2>/dev/null; then
+      mv "$out.now" "$out"; ok=1
+      for p in "$@"; do grep -q "$p" "$out" || ok=0; done
+      [ $ok = 1 ] && return 0
+    fi
+    sleep 0.2
+  done
+  return 1
+}
+status_when 120 @FILES@/status-boot.json '"virtio_mem_driver": true' || exit 1
 ctl resize --vcpus 3 > @FILES@/resize-vcpus.json 2>&1
 ctl resize --memory 768M > @FILES@/resize-memory.json 2>&1
 ctl resize --memory 12XB > @FILES@/resize-bad.txt 2>&1; echo "exit=$?" >> @FILES@/resize-bad.txt
-ctl status > @FILES@/status.json 2>&1
+# The balloon's first statistics (asserted) and all 256 MiB plugged take
+# the guest a while. At most 6 s: the guest powers off 8 s after it sees
+# more than 600 MiB, and the calls below need it running.
+status_when 6 @FILES@/status.json '"total_memory": [0-9]' '"virtio_mem_plugged_bytes": 268435456'
 ctl metrics > @FILES@/metrics.txt 2>&1
 printf '[vcpus]\nmax = 2\n' > @FILES@/small.toml
 ctl reload @FILES@/small.toml > @FILES@/reload.json 2>&1
