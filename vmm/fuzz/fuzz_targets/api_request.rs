@@ -2,7 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use perfvmm::api::{parse_resize, read_request};
+use perfvmm::control::api::parse_resize;
+use perfvmm::control::http::read_request;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = read_request(&mut std::io::Cursor::new(data)) {

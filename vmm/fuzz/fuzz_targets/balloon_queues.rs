@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use perfvmm::devices::balloon::{parse_stats, Balloon, QUEUE_SIZE};
+use perfvmm::devices::virtio::balloon::{parse_stats, Balloon, QUEUE_SIZE};
 use virtio_mmio::testing::{Desc, DriverRing};
 use virtio_mmio::VirtioDevice;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};

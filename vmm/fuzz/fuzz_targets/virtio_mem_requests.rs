@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use perfvmm::devices::virtio_mem::{VirtioMem, BLOCK_SIZE, QUEUE_SIZE, REQ_LEN, RESP_LEN};
+use perfvmm::devices::virtio::mem::{VirtioMem, BLOCK_SIZE, QUEUE_SIZE, REQ_LEN, RESP_LEN};
 use virtio_mmio::testing::{Desc, DriverRing};
 use virtio_mmio::VirtioDevice;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
