@@ -545,7 +545,10 @@ impl<'a> VmBuilder<'a> {
         let controller = Arc::new(Mutex::new(Controller::new(
             hints.engine,
             hints.decisions,
-            Actuators { vcpus, memory },
+            Actuators {
+                vcpus: Box::new(vcpus),
+                memory: Box::new(memory),
+            },
             self.decision_log,
             cfg.policy.clone(),
             self.start,

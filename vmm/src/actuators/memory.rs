@@ -39,7 +39,7 @@ pub enum MemoryResizeError {
 }
 
 /// Where the guest's memory stands; reported by the control API.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct MemoryStatus {
     pub boot_bytes: u64,
     pub max_bytes: u64,

@@ -8,8 +8,50 @@ pub mod memory;
 pub mod placement;
 pub mod vcpus;
 
-pub use memory::{MemoryManager, MemoryResizeError};
+pub use memory::{MemoryManager, MemoryResizeError, MemoryStatus};
 pub use vcpus::{ResizeError, VcpuManager};
+
+/// What the controller asks of the vCPU actuator.
+pub trait VcpuActuator: Send {
+    /// Asks the guest to go to `to` vCPUs; returns once the request is made.
+    fn resize(&mut self, to: u32) -> Result<(), ResizeError>;
+    /// vCPUs the guest ejected since the last call.
+    fn take_ejected(&mut self) -> Vec<u32>;
+}
+
+/// What the controller asks of the memory actuator.
+pub trait MemoryActuator: Send {
+    /// Sets the guest's memory to `bytes`; returns once the devices' targets are set.
+    fn resize(&mut self, bytes: u64) -> Result<(), MemoryResizeError>;
+    /// Periodic work; returns the memory the guest reports in use, if fresh.
+    fn tick(&mut self) -> Option<u64>;
+    /// Where the guest's memory stands.
+    fn status(&self) -> MemoryStatus;
+}
+
+impl VcpuActuator for VcpuManager {
+    fn resize(&mut self, to: u32) -> Result<(), ResizeError> {
+        VcpuManager::resize(self, to)
+    }
+
+    fn take_ejected(&mut self) -> Vec<u32> {
+        VcpuManager::take_ejected(self)
+    }
+}
+
+impl MemoryActuator for MemoryManager {
+    fn resize(&mut self, bytes: u64) -> Result<(), MemoryResizeError> {
+        MemoryManager::resize(self, bytes)
+    }
+
+    fn tick(&mut self) -> Option<u64> {
+        MemoryManager::tick(self)
+    }
+
+    fn status(&self) -> MemoryStatus {
+        MemoryManager::status(self)
+    }
+}
 
 /// A decision an actuator could not carry out.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::jsonl::JsonLines;
-use crate::actuators::{ActuatorError, MemoryManager, VcpuManager};
+use crate::actuators::{ActuatorError, MemoryActuator, MemoryStatus, VcpuActuator};
 use crate::devices::bus::lock;
 use crate::policy::{Decision, Engine, Policy, PolicyError, Resource};
 
@@ -36,18 +36,22 @@ pub enum ReloadError {
     Policy(#[from] PolicyError),
 }
 
-/// What a controller drives.
+/// What a controller drives: in perfvmm the [`VcpuManager`] and the
+/// [`MemoryManager`]; in tests, mocks.
+///
+/// [`VcpuManager`]: crate::actuators::VcpuManager
+/// [`MemoryManager`]: crate::actuators::MemoryManager
 pub struct Actuators {
-    pub vcpus: VcpuManager,
-    pub memory: MemoryManager,
+    pub vcpus: Box<dyn VcpuActuator>,
+    pub memory: Box<dyn MemoryActuator>,
 }
 
 /// Applies decisions to the VM and writes the decision log.
 pub struct Controller {
     engine: Arc<Mutex<Engine>>,
     rx: Receiver<Decision>,
-    vcpus: VcpuManager,
-    memory: MemoryManager,
+    vcpus: Box<dyn VcpuActuator>,
+    memory: Box<dyn MemoryActuator>,
     log: JsonLines,
     recent: VecDeque<Value>,
     counts: DecisionCounts,
@@ -218,11 +222,204 @@ impl Controller {
         self.counts
     }
 
-    pub fn memory(&self) -> &MemoryManager {
-        &self.memory
+    pub fn memory_status(&self) -> MemoryStatus {
+        self.memory.status()
     }
 
     pub fn engine(&self) -> &Arc<Mutex<Engine>> {
         &self.engine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::channel;
+
+    use guest_hints::client::hint;
+    use virtio_perf_device::HintSink;
+
+    use super::*;
+    use crate::actuators::{MemoryResizeError, ResizeError};
+    use crate::control::{HintLog, PolicySink};
+    use crate::policy::VmLimits;
+
+    const MIB: u64 = 1 << 20;
+
+    /// What the mock actuators were asked, shared with the test.
+    #[derive(Default)]
+    struct Calls {
+        vcpus: Vec<u32>,
+        memory: Vec<u64>,
+        ejected: Vec<u32>,
+        refuse_memory: bool,
+    }
+
+    struct MockVcpus(Arc<Mutex<Calls>>);
+    struct MockMemory(Arc<Mutex<Calls>>);
+
+    impl VcpuActuator for MockVcpus {
+        fn resize(&mut self, to: u32) -> Result<(), ResizeError> {
+            lock(&self.0).vcpus.push(to);
+            Ok(())
+        }
+        fn take_ejected(&mut self) -> Vec<u32> {
+            std::mem::take(&mut lock(&self.0).ejected)
+        }
+    }
+
+    impl MemoryActuator for MockMemory {
+        fn resize(&mut self, bytes: u64) -> Result<(), MemoryResizeError> {
+            let mut c = lock(&self.0);
+            if c.refuse_memory {
+                return Err(MemoryResizeError::NoVirtioMemDriver(bytes >> 20));
+            }
+            c.memory.push(bytes);
+            Ok(())
+        }
+        fn tick(&mut self) -> Option<u64> {
+            None
+        }
+        fn status(&self) -> MemoryStatus {
+            MemoryStatus::default()
+        }
+    }
+
+    struct Fixture {
+        controller: Controller,
+        sink: PolicySink,
+        calls: Arc<Mutex<Calls>>,
+        log_path: PathBuf,
+    }
+
+    impl Fixture {
+        fn new(name: &str) -> Self {
+            let start = Instant::now();
+            let limits = VmLimits {
+                boot_vcpus: 1,
+                max_vcpus: 4,
+                boot_memory: 512 * MIB,
+                max_memory: 1024 * MIB,
+            };
+            let engine = Arc::new(Mutex::new(Engine::new(Policy::default(), limits)));
+            let (tx, rx) = channel();
+            let hint_log = Arc::new(Mutex::new(HintLog::new(None, start).unwrap()));
+            let sink = PolicySink::new(engine.clone(), hint_log, tx, start);
+            let calls = Arc::new(Mutex::new(Calls::default()));
+            let actuators = Actuators {
+                vcpus: Box::new(MockVcpus(calls.clone())),
+                memory: Box::new(MockMemory(calls.clone())),
+            };
+            let log_path = std::env::temp_dir().join(format!(
+                "perfvmm-controller-{name}-{}.jsonl",
+                std::process::id()
+            ));
+            let log = JsonLines::create("decision log", Some(&log_path)).unwrap();
+            let controller = Controller::new(engine, rx, actuators, log, None, start);
+            Fixture {
+                controller,
+                sink,
+                calls,
+                log_path,
+            }
+        }
+
+        fn log_lines(&self) -> Vec<Value> {
+            std::fs::read_to_string(&self.log_path)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.log_path);
+        }
+    }
+
+    #[test]
+    fn a_hint_decision_is_applied_and_logged() {
+        let mut f = Fixture::new("apply");
+        f.sink.hint(1, &hint::parallelism(3, 3, 0.0));
+        assert!(
+            lock(&f.calls).vcpus.is_empty(),
+            "applied on drain, not in the sink"
+        );
+        f.controller.drain();
+        assert_eq!(lock(&f.calls).vcpus, vec![3]);
+        let lines = f.log_lines();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["to"], 3);
+        assert_eq!(lines[0]["applied"], true);
+        assert_eq!(f.controller.counts().applied[Resource::Vcpus as usize], 1);
+        assert_eq!(f.controller.recent_decisions(), lines);
+    }
+
+    #[test]
+    fn a_refused_decision_is_logged_with_its_reason_and_not_retried() {
+        let mut f = Fixture::new("refuse");
+        lock(&f.calls).refuse_memory = true;
+        f.sink.hint(1, &hint::memory(700 * MIB, 700 * MIB, 0));
+        f.controller.drain();
+        let lines = f.log_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["applied"], false);
+        assert!(lines[0]["error"].as_str().unwrap().contains("virtio-mem"));
+        assert_eq!(f.controller.counts().refused[Resource::Memory as usize], 1);
+        f.controller.tick();
+        assert_eq!(f.log_lines().len(), 1, "no retry until the demand moves");
+    }
+
+    #[test]
+    fn manual_resizes_and_ejections() {
+        let mut f = Fixture::new("manual");
+        let v = f.controller.manual_resize(Resource::Vcpus, 3);
+        assert_eq!(
+            (v["to"].as_u64(), v["applied"].as_bool()),
+            (Some(3), Some(true))
+        );
+        let again = f.controller.manual_resize(Resource::Vcpus, 3);
+        assert!(again["reason"].as_str().unwrap().contains("already"));
+        let v = f.controller.manual_resize(Resource::Vcpus, 99);
+        assert_eq!(v["to"], 4, "clamped to the VM's max");
+        assert_eq!(lock(&f.calls).vcpus, vec![3, 4]);
+        lock(&f.calls).ejected = vec![3];
+        f.controller.tick();
+        let last = f.log_lines().pop().unwrap();
+        assert_eq!(
+            (last["event"].as_str(), last["vcpu"].as_u64()),
+            (Some("ejected"), Some(3))
+        );
+    }
+
+    #[test]
+    fn reload_needs_a_readable_valid_policy() {
+        let mut f = Fixture::new("reload");
+        assert!(matches!(
+            f.controller.reload_policy(None),
+            Err(ReloadError::NoPolicyFile)
+        ));
+        let path = f.log_path.with_extension("toml");
+        std::fs::write(&path, "[vcpus]\nmax = 0\n").unwrap();
+        let e = f.controller.reload_policy(Some(path.clone())).unwrap_err();
+        assert!(e.to_string().contains("vcpus.max"), "{e}");
+        std::fs::write(&path, "[vcpus]\nmax = 2\n").unwrap();
+        let v = f.controller.reload_policy(Some(path.clone())).unwrap();
+        assert_eq!(v["event"], "policy_reloaded");
+        assert_eq!(
+            f.controller.status()["policy_file"],
+            path.display().to_string()
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn recent_decisions_are_bounded() {
+        let mut f = Fixture::new("recent");
+        for i in 0..(RECENT_DECISIONS as u64 + 10) {
+            f.controller.manual_resize(Resource::Vcpus, 1 + (i % 2) * 2);
+        }
+        assert_eq!(f.controller.recent_decisions().len(), RECENT_DECISIONS);
     }
 }

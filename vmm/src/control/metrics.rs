@@ -33,7 +33,7 @@ pub fn render(c: &Controller, counters: &Counters) -> String {
             a.wanted.unwrap_or(0),
         );
     }
-    let m = c.memory().status();
+    let m = c.memory_status();
     gauge(
         "perfvmm_guest_memory_bytes",
         "memory the guest has: boot size - balloon + virtio-mem plugged",
