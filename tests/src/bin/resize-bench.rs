@@ -2,7 +2,7 @@
 //!
 //! 1. latency: hint → vCPU online and hint → hot-plugged memory usable, as
 //!    the guest sees them (the policy's own decision takes well under 1 µs,
-//!    see `cargo bench -p perfvmm --bench policy`), with `shrink_after_ms = 0`;
+//!    see `cargo bench -p perfvmm-policy --bench engine`), with `shrink_after_ms = 0`;
 //! 2. allocation slack and shortage over the demo workload (its phases
 //!    stretched SCALE times), sampled in the guest every 100 ms: perfvmm with
 //!    its default policy and with a tighter one, against a static VM sized
