@@ -18,6 +18,7 @@ use guest_hints::wire::{Hint, Memory, Outcome, Parallelism};
 use serde::Serialize;
 
 use super::config::{Policy, Untrusted};
+use super::schedule::{Latencies, PlannedPhase, Schedule};
 
 /// Memory allocations are whole multiples of this (virtio-mem's block).
 pub const MEMORY_STEP: u64 = 2 << 20;
@@ -154,6 +155,21 @@ pub struct Engine {
     frames: Vec<Frame>,
     bucket: Bucket,
     rate_limited: u64,
+    /// The profile-derived schedule of the program running, if it has one.
+    schedule: Option<Schedule>,
+    /// How long this VM's resizes take to show in the guest, per resource.
+    latencies: [Latencies; 2],
+}
+
+/// One phase of a program's schedule as the engine takes it: when it is
+/// expected and what it needs, in the wire format's terms.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduledNeeds {
+    pub id: u32,
+    pub start_ms: u32,
+    pub duration_ms: u32,
+    pub parallelism: Option<Parallelism>,
+    pub memory: Option<Memory>,
 }
 
 /// VM-side limits the policy is combined with.
@@ -197,7 +213,52 @@ impl Engine {
             vm,
             frames: Vec::new(),
             rate_limited: 0,
+            schedule: None,
+            latencies: [Latencies::new(), Latencies::new()],
         }
+    }
+
+    /// A resize of `r` took `d` to show in the guest: later schedules are
+    /// provisioned this much earlier (the 95th percentile of recent ones).
+    pub fn observe_latency(&mut self, r: Resource, d: Duration) {
+        self.latencies[r as usize].observe(d);
+    }
+
+    /// How far ahead of a scheduled phase `r` is provisioned.
+    pub fn lead(&self, r: Resource) -> Duration {
+        let initial = Duration::from_millis(self.policy.timing.lead_ms);
+        self.latencies[r as usize].lead(initial)
+    }
+
+    /// The schedule in force, if any.
+    pub fn schedule(&self) -> Option<&Schedule> {
+        self.schedule.as_ref()
+    }
+
+    /// Puts a program's schedule in force, starting now (its manifest
+    /// arrived with it). Each phase's needs become wants the same way
+    /// hints do: vCPUs from parallelism plus headroom, memory from the
+    /// larger of working set and peak plus the reserve, within bounds.
+    pub fn set_schedule(&mut self, now: Duration, seq: u32, phases: &[ScheduledNeeds]) {
+        let planned = phases
+            .iter()
+            .map(|n| PlannedPhase {
+                id: n.id,
+                start: Duration::from_millis(u64::from(n.start_ms)),
+                duration: Duration::from_millis(u64::from(n.duration_ms)),
+                want: [
+                    n.parallelism.as_ref().map(|p| {
+                        let t = self.track(Resource::Vcpus);
+                        self.vcpus_wanted(p).clamp(t.min, t.max)
+                    }),
+                    n.memory.as_ref().map(|m| {
+                        let t = self.track(Resource::Memory);
+                        self.memory_wanted(m).clamp(t.min, t.max)
+                    }),
+                ],
+            })
+            .collect();
+        self.schedule = (!phases.is_empty()).then(|| Schedule::new(now, seq, planned));
     }
 
     /// Puts a new policy in force, keeping allocations and hinted demand;
@@ -276,12 +337,26 @@ impl Engine {
             .or(t.manifest)
     }
 
-    fn target(&self, r: Resource) -> (u64, Option<u32>) {
+    /// What the schedule asks of `r` now: the need of the due phase, the
+    /// manifest's sequence number, and the phase's id.
+    fn scheduled(&self, r: Resource, now: Duration) -> Option<(u64, u32, u32)> {
+        let s = self.schedule.as_ref()?;
+        let (w, phase) = s.demand(r as usize, now, self.lead(r))?;
+        Some((w, s.seq, phase))
+    }
+
+    /// The target for `r` at `now`, the hint behind it, and the scheduled
+    /// phase when the schedule sets it.
+    fn target(&self, r: Resource, now: Duration) -> (u64, Option<u32>, Option<u32>) {
         let t = self.track(r);
-        match self.wanted(r) {
-            Some((w, seq)) => (w.max(t.floor).clamp(t.min, t.max), Some(seq)),
-            None => (t.alloc.max(t.floor).clamp(t.min, t.max), None),
-        }
+        let hinted = self.wanted(r);
+        let (wanted, seq, phase) = match (hinted, self.scheduled(r, now)) {
+            (Some((h, _)), Some((w, seq, phase))) if w > h => (Some(w), Some(seq), Some(phase)),
+            (None, Some((w, seq, phase))) => (Some(w), Some(seq), Some(phase)),
+            (h, _) => (h.map(|h| h.0), h.map(|h| h.1), None),
+        };
+        let target = wanted.unwrap_or(t.alloc).max(t.floor).clamp(t.min, t.max);
+        (target, seq, phase)
     }
 
     fn vcpus_wanted(&self, p: &Parallelism) -> u64 {
@@ -367,6 +442,9 @@ impl Engine {
                 }
             }
             Hint::PhaseBegin(p) if !p.declared_only => {
+                if let Some(s) = &mut self.schedule {
+                    s.phase_began(p.id, now);
+                }
                 // A runaway guest cannot grow the stack without bound.
                 if self.frames.len() >= 64 {
                     self.frames.remove(0);
@@ -377,6 +455,9 @@ impl Engine {
                 });
             }
             Hint::PhaseEnd { id } => {
+                if let Some(s) = &mut self.schedule {
+                    s.phase_ended(*id);
+                }
                 if let Some(i) = self.frames.iter().rposition(|f| f.phase == *id) {
                     self.frames.truncate(i);
                 }
@@ -392,6 +473,14 @@ impl Engine {
     }
 
     fn evaluate_all(&mut self, now: Duration, cause: Option<u32>) -> Vec<Decision> {
+        if let Some(s) = self.schedule.take_if(|s| s.finished(now)) {
+            // The program's last phase is over: with nothing hinted, its
+            // resources go back to the VM's boot size.
+            let boot = [u64::from(self.vm.boot_vcpus), self.vm.boot_memory];
+            for (t, b) in self.tracks.iter_mut().zip(boot) {
+                t.base = t.base.or(Some((b, s.seq)));
+            }
+        }
         Resource::ALL
             .iter()
             .filter_map(|&r| self.evaluate(r, now, cause))
@@ -447,7 +536,8 @@ impl Engine {
     }
 
     fn evaluate(&mut self, r: Resource, now: Duration, cause: Option<u32>) -> Option<Decision> {
-        let (target, seq) = self.target(r);
+        let (target, seq, phase) = self.target(r, now);
+        let lead = self.lead(r);
         let timing = &self.policy.timing;
         let (shrink_after, cooldown) = (
             Duration::from_millis(timing.shrink_after_ms),
@@ -467,9 +557,13 @@ impl Engine {
                 ""
             };
             let what = r.show(target);
-            match r {
-                Resource::Vcpus => format!("grow: hinted parallelism needs {what}{why}"),
-                Resource::Memory => format!("grow: hinted memory needs {what}{why}"),
+            match (r, phase) {
+                (_, Some(id)) => format!(
+                    "grow: scheduled phase {id} needs {what}, provisioned {} ms ahead{why}",
+                    lead.as_millis()
+                ),
+                (Resource::Vcpus, None) => format!("grow: hinted parallelism needs {what}{why}"),
+                (Resource::Memory, None) => format!("grow: hinted memory needs {what}{why}"),
             }
         } else if target < t.alloc {
             let since = *t.lower_since.get_or_insert(now);
@@ -687,5 +781,64 @@ mod tests {
         assert!(e.tick(ms(5_000)).is_empty(), "no retry loop");
         let (_, d) = e.on_hint(ms(5_000), 2, &hint::memory(700 * MIB, 700 * MIB, 0));
         assert_eq!(one(d).to, 892 * MIB);
+    }
+
+    fn needs(id: u32, start_ms: u32, duration_ms: u32, tasks: u32) -> ScheduledNeeds {
+        ScheduledNeeds {
+            id,
+            start_ms,
+            duration_ms,
+            parallelism: Some(Parallelism {
+                runnable_tasks: tasks,
+                max_useful: 0,
+                serial_ppm: 0,
+            }),
+            memory: None,
+        }
+    }
+
+    #[test]
+    fn a_schedule_provisions_the_next_phase_lead_ahead() {
+        let mut e = engine(1, 4);
+        // Serial 0-3 s, parallel 3-6 s on 4 vCPUs; the default lead is 1 s.
+        e.set_schedule(
+            ms(0),
+            5,
+            &[needs(1, 0, 3_000, 1), needs(2, 3_000, 3_000, 4)],
+        );
+        assert!(e.tick(ms(1_900)).is_empty());
+        let d = one(e.tick(ms(2_000)));
+        assert_eq!((d.from, d.to, d.hints.clone()), (1, 4, vec![5]));
+        assert!(d.reason.contains("scheduled phase 2"), "{}", d.reason);
+        assert!(e.tick(ms(5_900)).is_empty(), "held through the phase");
+        // Over at 6 s; the shrink waits the usual window.
+        assert!(e.tick(ms(6_000)).is_empty());
+        assert_eq!(one(e.tick(ms(8_000))).to, 1);
+        assert!(e.schedule().is_none(), "a finished schedule goes");
+    }
+
+    #[test]
+    fn measured_latency_sets_the_lead() {
+        let mut e = engine(1, 4);
+        for _ in 0..5 {
+            e.observe_latency(Resource::Vcpus, ms(1_500));
+        }
+        assert_eq!(e.lead(Resource::Vcpus), ms(1_500));
+        assert_eq!(e.lead(Resource::Memory), ms(1_000), "per resource");
+        e.set_schedule(ms(0), 5, &[needs(2, 3_000, 3_000, 4)]);
+        assert!(e.tick(ms(1_400)).is_empty());
+        assert_eq!(one(e.tick(ms(1_500))).to, 4);
+    }
+
+    #[test]
+    fn a_hint_above_the_schedule_wins_and_the_schedule_respects_bounds() {
+        let mut e = engine(1, 3);
+        e.set_schedule(ms(0), 5, &[needs(2, 0, 3_000, 8)]);
+        assert_eq!(one(e.tick(ms(0))).to, 3, "clamped to the VM's max");
+        let mut e = engine(1, 8);
+        e.set_schedule(ms(0), 5, &[needs(2, 0, 3_000, 2)]);
+        let (_, d) = e.on_hint(ms(10), 6, &hint::parallelism(6, 6, 0.0));
+        let d = one(d);
+        assert_eq!((d.to, d.hints.clone()), (6, vec![6]));
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod schedule;
 
 pub use config::{Policy, PolicyError};
-pub use engine::{Decision, Engine, Resource, VmLimits};
+pub use engine::{Decision, Engine, Resource, ScheduledNeeds, VmLimits};

@@ -17,6 +17,8 @@ pub trait VcpuActuator: Send {
     fn resize(&mut self, to: u32) -> Result<(), ResizeError>;
     /// vCPUs the guest ejected since the last call.
     fn take_ejected(&mut self) -> Vec<u32>;
+    /// vCPUs the guest has taken: enabled, and any insertion acknowledged.
+    fn in_guest(&self) -> u32;
 }
 
 /// What the controller asks of the memory actuator.
@@ -27,6 +29,10 @@ pub trait MemoryActuator: Send {
     fn tick(&mut self) -> Option<u64>;
     /// Where the guest's memory stands.
     fn status(&self) -> MemoryStatus;
+    /// Memory the guest has taken: boot size − balloon + plugged.
+    fn in_guest(&self) -> u64 {
+        self.status().guest_bytes
+    }
 }
 
 impl VcpuActuator for VcpuManager {
@@ -36,6 +42,10 @@ impl VcpuActuator for VcpuManager {
 
     fn take_ejected(&mut self) -> Vec<u32> {
         VcpuManager::take_ejected(self)
+    }
+
+    fn in_guest(&self) -> u32 {
+        VcpuManager::acknowledged(self)
     }
 }
 

@@ -120,6 +120,16 @@ impl VcpuManager {
         self.ged.write(1).map_err(ResizeError::Interrupt)
     }
 
+    /// vCPUs enabled whose insertion the guest has acknowledged (its ACPI
+    /// scan has run), pending removals included until ejected.
+    pub fn acknowledged(&self) -> u32 {
+        let st = lock(&self.states);
+        st.slots
+            .iter()
+            .filter(|s| s.enabled && !s.inserting)
+            .count() as u32
+    }
+
     /// vCPUs the guest ejected since the last call (now parked).
     pub fn take_ejected(&self) -> Vec<u32> {
         std::mem::take(&mut lock(&self.states).ejected)

@@ -57,7 +57,12 @@ pub struct Controller {
     counts: DecisionCounts,
     policy_path: Option<PathBuf>,
     start: Instant,
+    /// Grows not yet visible in the guest: (target, when applied), per resource.
+    pending: [Option<(u64, Duration)>; 2],
 }
+
+/// A grow the guest has not taken after this long is no longer timed.
+const LATENCY_GIVE_UP: Duration = Duration::from_secs(30);
 
 impl Controller {
     /// A controller applying the decisions `rx` receives (from the hint
@@ -80,6 +85,7 @@ impl Controller {
             counts: DecisionCounts::default(),
             policy_path,
             start,
+            pending: [None, None],
         }
     }
 
@@ -110,6 +116,7 @@ impl Controller {
         match &result {
             Ok(()) => {
                 self.counts.applied[r as usize] += 1;
+                self.pending[r as usize] = (d.to > d.from).then_some((d.to, self.now()));
                 log::info!(
                     "policy: {} {} → {}: {}",
                     r.as_str(),
@@ -140,9 +147,37 @@ impl Controller {
         }
     }
 
-    /// Periodic work: guest memory statistics, delayed shrinks, and noting
-    /// vCPUs the guest ejected.
+    /// Times the grows the guest has now taken; the engine sets its lead
+    /// time from them.
+    fn time_grows(&mut self) {
+        let now = self.now();
+        for r in Resource::ALL {
+            let Some((to, at)) = self.pending[r as usize] else {
+                continue;
+            };
+            let have = match r {
+                Resource::Vcpus => u64::from(self.vcpus.in_guest()),
+                Resource::Memory => self.memory.in_guest(),
+            };
+            let waited = now.saturating_sub(at);
+            if have >= to {
+                lock(&self.engine).observe_latency(r, waited);
+                log::debug!(
+                    "policy: {} grow visible after {} ms",
+                    r.as_str(),
+                    waited.as_millis()
+                );
+            }
+            if have >= to || waited > LATENCY_GIVE_UP {
+                self.pending[r as usize] = None;
+            }
+        }
+    }
+
+    /// Periodic work: guest memory statistics, resize latencies, delayed
+    /// shrinks, and noting vCPUs the guest ejected.
     pub fn tick(&mut self) {
+        self.time_grows();
         let in_use = self.memory.tick();
         let now = self.now();
         let decisions = {
@@ -205,10 +240,13 @@ impl Controller {
     /// Allocation, bounds, hinted demand, open phases and memory state.
     pub fn status(&self) -> Value {
         let e = lock(&self.engine);
+        let lead_ms = |r| e.lead(r).as_millis() as u64;
         json!({
             "uptime_ms": self.now().as_millis() as u64,
             "allocations": e.allocations(),
             "open_phases": e.open_phases(),
+            "lead_ms": { "vcpus": lead_ms(Resource::Vcpus), "memory": lead_ms(Resource::Memory) },
+            "scheduled_phases": e.schedule().map(|s| s.phases().len()).unwrap_or(0),
             "memory": self.memory.status(),
             "policy_file": self.policy_path,
         })
@@ -264,6 +302,9 @@ mod tests {
         }
         fn take_ejected(&mut self) -> Vec<u32> {
             std::mem::take(&mut lock(&self.0).ejected)
+        }
+        fn in_guest(&self) -> u32 {
+            lock(&self.0).vcpus.last().copied().unwrap_or(1)
         }
     }
 
@@ -412,6 +453,19 @@ mod tests {
             path.display().to_string()
         );
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn grows_are_timed_until_the_guest_takes_them() {
+        let mut f = Fixture::new("latency");
+        f.controller.manual_resize(Resource::Vcpus, 3);
+        f.controller.tick();
+        let e = lock(&f.controller.engine);
+        assert!(
+            e.lead(Resource::Vcpus) < Duration::from_secs(1),
+            "measured, not the default"
+        );
+        assert_eq!(e.lead(Resource::Memory), Duration::from_secs(1));
     }
 
     #[test]
