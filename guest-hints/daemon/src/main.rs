@@ -1,0 +1,70 @@
+//! perfhintd: watches process starts in the guest and, for every program
+//! whose binary embeds a perf-hint manifest (`guest_hints::manifest!` at
+//! build time, or `perfhint embed` afterwards), sends that manifest through
+//! `/dev/perfhint` — so an unmodified, un-relinked program has its needs,
+//! and its profile-derived schedule, announced as it starts.
+//!
+//! Process starts come from the kernel's process-events connector (netlink,
+//! `PROC_EVENT_EXEC`; needs root). Where that is unavailable perfhintd
+//! polls `/proc` for new processes instead, and says so.
+
+#![deny(unsafe_code)]
+
+mod proc_events;
+mod scan;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use scan::Announcer;
+
+/// Announces the perf-hint manifests of programs as they start.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Poll /proc every this many milliseconds instead of listening to the
+    /// kernel's process events (also the fallback when those are unavailable).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    poll_ms: Option<u64>,
+    /// Print a line for every manifest sent.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut announcer = Announcer::new(args.verbose);
+    let events = match args.poll_ms {
+        Some(_) => None,
+        None => match proc_events::Listener::open() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("perfhintd: process events unavailable ({e}); polling /proc");
+                None
+            }
+        },
+    };
+    match events {
+        Some(mut listener) => loop {
+            match listener.next_exec() {
+                Ok(pid) => announcer.started(pid),
+                Err(e) => {
+                    eprintln!("perfhintd: process events: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        },
+        None => {
+            let period = Duration::from_millis(args.poll_ms.unwrap_or(20));
+            let mut poller = scan::Poller::new();
+            loop {
+                for pid in poller.new_processes() {
+                    announcer.started(pid);
+                }
+                std::thread::sleep(period);
+            }
+        }
+    }
+}
