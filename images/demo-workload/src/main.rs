@@ -1,8 +1,14 @@
 //! The demo guest's workload: four announced phases — serial, parallel over
 //! N threads, memory-heavy (a working set of M MiB that may peak at twice
-//! that) and I/O-heavy — each
-//! declaring its needs through guest-hints before it starts. Its manifest is
-//! embedded at compile time (`perfhint inspect demo-workload`).
+//! that) and I/O-heavy — each declaring its needs through guest-hints as it
+//! starts. Its manifest is embedded at compile time (`perfhint inspect
+//! demo-workload`); `perfhint profile` + `perfhint embed` add a per-phase
+//! schedule so the host can provision each phase before it begins.
+//!
+//! Phase lengths (at `--scale 1`): serial 2.5 s, parallel 2 s, memory 1.5 s,
+//! I/O 0.5 s. Under nested TCG a vCPU hot-add takes 0.3–1.2 s to show in
+//! the guest, so the serial phase is about twice the slowest resize: long
+//! enough for a schedule to have the parallel phase's vCPUs online in time.
 //!
 //!   demo-workload [--threads N] [--memory-mib M] [--io-mib K] [--scale F]
 
@@ -18,11 +24,23 @@ manifest!(ManifestBuilder::new("demo-workload")
     .memory(64 << 20, 96 << 20)
     .io(IoClass::Sequential, 32 << 20)
     .placement(true, false, Locality::SharedCache)
-    .phase(1, "serial", 300)
-    .phase(2, "parallel", 500)
-    .phase(3, "memory", 500)
-    .phase(4, "io", 500)
+    .phase(1, "serial", SERIAL_MS as u32)
+    .phase(2, "parallel", PARALLEL_MS as u32)
+    .phase(3, "memory", MEMORY_MS as u32)
+    .phase(4, "io", IO_MS as u32)
     .build());
+
+const SERIAL_MS: u64 = 2_500;
+const PARALLEL_MS: u64 = 2_000;
+const MEMORY_MS: u64 = 1_500;
+const IO_MS: u64 = 500;
+
+/// CPUs online in the guest now.
+fn cpus_online() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
 
 struct Args {
     threads: u32,
@@ -110,42 +128,45 @@ fn main() {
 
     {
         let _p = Phase::new("serial")
-            .expected(ms(300, args.scale))
+            .expected(ms(SERIAL_MS, args.scale))
             .parallelism(1)
             .begin();
         println!("demo-workload: phase serial");
-        spin(ms(300, args.scale));
+        spin(ms(SERIAL_MS, args.scale));
     }
     {
         let n = args.threads;
         let _p = Phase::new("parallel")
-            .expected(ms(500, args.scale))
+            .expected(ms(PARALLEL_MS, args.scale))
             .parallelism(n)
             .begin();
-        println!("demo-workload: phase parallel ({n} threads)");
-        let d = ms(500, args.scale);
+        println!(
+            "demo-workload: phase parallel ({n} threads) starts with {} CPU(s) online",
+            cpus_online()
+        );
+        let d = ms(PARALLEL_MS, args.scale);
         let handles: Vec<_> = (0..n)
             .map(|_| std::thread::spawn(move || spin(d)))
             .collect();
         for h in handles {
             let _ = h.join();
         }
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        println!("demo-workload: parallel phase ends with {cpus} CPU(s) online");
+        println!(
+            "demo-workload: parallel phase ends with {} CPU(s) online",
+            cpus_online()
+        );
     }
     {
         let bytes = args.memory_mib << 20;
         let _p = Phase::new("memory")
-            .expected(ms(500, args.scale))
+            .expected(ms(MEMORY_MS, args.scale))
             .memory(bytes, 2 * bytes)
             .begin();
         println!("demo-workload: phase memory ({} MiB)", args.memory_mib);
         let mut v = vec![0u8; bytes as usize];
         let start = Instant::now();
         let mut pass = 0u8;
-        while start.elapsed() < ms(500, args.scale) || pass == 0 {
+        while start.elapsed() < ms(MEMORY_MS, args.scale) || pass == 0 {
             for i in (0..v.len()).step_by(4096) {
                 v[i] = v[i].wrapping_add(pass | 1);
             }
@@ -160,7 +181,7 @@ fn main() {
     {
         let bytes = args.io_mib << 20;
         let _p = Phase::new("io")
-            .expected(ms(500, args.scale))
+            .expected(ms(IO_MS, args.scale))
             .io(IoClass::Sequential, bytes)
             .begin();
         println!("demo-workload: phase io ({} MiB)", args.io_mib);
@@ -188,11 +209,9 @@ fn main() {
     println!("demo-workload: idle");
     // Long enough for the host's 2 s shrink window and the balloon to act.
     std::thread::sleep(ms(6_000, args.scale));
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     println!(
-        "demo-workload: idle ends with {cpus} CPU(s) online, MemTotal {} MiB",
+        "demo-workload: idle ends with {} CPU(s) online, MemTotal {} MiB",
+        cpus_online(),
         mem_total_mib()
     );
     let s = guest_hints::stats();

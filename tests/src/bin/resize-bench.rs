@@ -119,7 +119,7 @@ fn sampled_demo(
 fn main() {
     let arg = |n: usize| std::env::args().nth(n).and_then(|a| a.parse::<f64>().ok());
     let rounds = arg(1).unwrap_or(5.0) as u32;
-    let scale = arg(2).unwrap_or(3.0);
+    let scale = arg(2).unwrap_or(1.0);
     latency(rounds);
 
     println!("\ndemo workload (phases x{scale}), sampled in the guest every 100 ms");
