@@ -160,15 +160,69 @@ impl Default for PlacementPolicy {
     }
 }
 
+/// How allocations are decided.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The boot size, never changed (manual resizes through the API aside).
+    Static,
+    /// No hints: usage observed from the host side (vCPU threads' run time,
+    /// the balloon's statistics) over a moving window, a percentile and a
+    /// margin, as Kubernetes' VPA and Borg's Autopilot size from usage.
+    Reactive,
+    /// The guest's hints, as they arrive.
+    Hints,
+    /// Hints, and the program's profile-derived schedule where its
+    /// manifest has one: each phase provisioned a lead time ahead.
+    #[default]
+    Schedule,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Static => "static",
+            Mode::Reactive => "reactive",
+            Mode::Hints => "hints",
+            Mode::Schedule => "schedule",
+        }
+    }
+}
+
+/// The `reactive` mode's parameters.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReactivePolicy {
+    /// Usage samples older than this are forgotten.
+    pub window_ms: u64,
+    /// The share of samples the allocation must cover (0 < p <= 1).
+    pub percentile: f64,
+    /// Added on top of that percentile, as a fraction of it.
+    pub margin: f64,
+}
+
+impl Default for ReactivePolicy {
+    fn default() -> Self {
+        ReactivePolicy {
+            window_ms: 10_000,
+            percentile: 0.95,
+            margin: 0.2,
+        }
+    }
+}
+
 /// The whole policy.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
+    /// How allocations are decided.
+    pub mode: Mode,
     pub vcpus: VcpuPolicy,
     pub memory: MemoryPolicy,
     pub timing: TimingPolicy,
     pub hints: HintPolicy,
     pub placement: PlacementPolicy,
+    pub reactive: ReactivePolicy,
 }
 
 /// The largest policy file [`Policy::load`] reads.
@@ -245,6 +299,13 @@ impl Policy {
                 "memory.max ({}) is below memory.min ({})",
                 self.memory.max.0, self.memory.min.0
             ));
+        }
+        let r = &self.reactive;
+        if !(r.percentile > 0.0 && r.percentile <= 1.0) {
+            return Err("reactive.percentile must be above 0 and at most 1".into());
+        }
+        if !(0.0..=10.0).contains(&r.margin) || r.window_ms == 0 {
+            return Err("reactive.margin must be 0 to 10 and reactive.window_ms at least 1".into());
         }
         if self.hints.rate_per_sec == 0 || self.hints.burst == 0 {
             return Err("hints.rate_per_sec and hints.burst must be at least 1".into());

@@ -12,12 +12,13 @@
 //! `cooldown_ms` old. A change the VM could not make is not retried until
 //! the target changes.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use guest_hints::wire::{Hint, Memory, Outcome, Parallelism};
 use serde::Serialize;
 
-use super::config::{Policy, Untrusted};
+use super::config::{Mode, Policy, Untrusted};
 use super::schedule::{Latencies, PlannedPhase, Schedule};
 
 /// Memory allocations are whole multiples of this (virtio-mem's block).
@@ -159,7 +160,65 @@ pub struct Engine {
     schedule: Option<Schedule>,
     /// How long this VM's resizes take to show in the guest, per resource.
     latencies: [Latencies; 2],
+    /// Observed usage per resource (reactive mode): (when, value).
+    usage: [VecDeque<(Duration, f64)>; 2],
 }
+
+/// What sets a target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// Nothing: the allocation holds (or follows the guest's memory floor).
+    Nothing,
+    /// The hint with this sequence number.
+    Hint(u32),
+    /// The schedule of the manifest with this sequence number, for this phase.
+    Schedule(u32, u32),
+    /// Observed usage (reactive mode).
+    Usage,
+    /// The boot size (static mode).
+    Boot,
+}
+
+impl Source {
+    fn seq(self) -> Option<u32> {
+        match self {
+            Source::Hint(s) | Source::Schedule(s, _) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Why a resource grows, for the decision log.
+fn grow_reason(
+    r: Resource,
+    target: u64,
+    source: Source,
+    lead: Duration,
+    at_max: bool,
+    at_floor: bool,
+) -> String {
+    let what = r.show(target);
+    let why = if at_max {
+        " (policy max)"
+    } else if at_floor || source == Source::Nothing {
+        " (the guest reports this much in use)"
+    } else {
+        ""
+    };
+    match (source, r) {
+        (Source::Schedule(_, id), _) => format!(
+            "grow: scheduled phase {id} needs {what}, provisioned {} ms ahead{why}",
+            lead.as_millis()
+        ),
+        (Source::Usage, _) => format!("grow: observed usage needs {what}{why}"),
+        (Source::Boot, _) => format!("grow: back to the boot size, {what}{why}"),
+        (_, Resource::Vcpus) => format!("grow: hinted parallelism needs {what}{why}"),
+        (_, Resource::Memory) => format!("grow: hinted memory needs {what}{why}"),
+    }
+}
+
+/// Usage samples kept per resource (reactive mode), at most.
+pub const MAX_USAGE_SAMPLES: usize = 4096;
 
 /// One phase of a program's schedule as the engine takes it: when it is
 /// expected and what it needs, in the wire format's terms.
@@ -215,6 +274,7 @@ impl Engine {
             rate_limited: 0,
             schedule: None,
             latencies: [Latencies::new(), Latencies::new()],
+            usage: [VecDeque::new(), VecDeque::new()],
         }
     }
 
@@ -345,18 +405,79 @@ impl Engine {
         Some((w, s.seq, phase))
     }
 
-    /// The target for `r` at `now`, the hint behind it, and the scheduled
-    /// phase when the schedule sets it.
-    fn target(&self, r: Resource, now: Duration) -> (u64, Option<u32>, Option<u32>) {
+    /// The target for `r` at `now` under the policy's mode, and what sets it.
+    fn target(&self, r: Resource, now: Duration) -> (u64, Source) {
         let t = self.track(r);
-        let hinted = self.wanted(r);
-        let (wanted, seq, phase) = match (hinted, self.scheduled(r, now)) {
-            (Some((h, _)), Some((w, seq, phase))) if w > h => (Some(w), Some(seq), Some(phase)),
-            (None, Some((w, seq, phase))) => (Some(w), Some(seq), Some(phase)),
-            (h, _) => (h.map(|h| h.0), h.map(|h| h.1), None),
+        let (wanted, source) = match self.policy.mode {
+            Mode::Static => {
+                let boot = [u64::from(self.vm.boot_vcpus), self.vm.boot_memory][r as usize];
+                return (boot.clamp(t.min, t.max), Source::Boot);
+            }
+            Mode::Reactive => match self.recommended(r, now) {
+                Some(w) => (Some(w), Source::Usage),
+                None => (None, Source::Nothing),
+            },
+            Mode::Hints => self.hinted(r),
+            Mode::Schedule => match (self.hinted(r), self.scheduled(r, now)) {
+                ((Some(h), _), Some((w, seq, phase))) if w > h => {
+                    (Some(w), Source::Schedule(seq, phase))
+                }
+                ((None, _), Some((w, seq, phase))) => (Some(w), Source::Schedule(seq, phase)),
+                (hinted, _) => hinted,
+            },
         };
         let target = wanted.unwrap_or(t.alloc).max(t.floor).clamp(t.min, t.max);
-        (target, seq, phase)
+        (target, source)
+    }
+
+    fn hinted(&self, r: Resource) -> (Option<u64>, Source) {
+        match self.wanted(r) {
+            Some((w, seq)) => (Some(w), Source::Hint(seq)),
+            None => (None, Source::Nothing),
+        }
+    }
+
+    /// The reactive mode's recommendation: the policy's percentile of the
+    /// usage samples in the window, plus its margin.
+    fn recommended(&self, r: Resource, now: Duration) -> Option<u64> {
+        let p = &self.policy.reactive;
+        let window = Duration::from_millis(p.window_ms);
+        let mut v: Vec<f64> = self.usage[r as usize]
+            .iter()
+            .filter(|(t, _)| now.saturating_sub(*t) <= window)
+            .map(|&(_, v)| v)
+            .collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let i = ((v.len() - 1) as f64 * p.percentile).ceil() as usize;
+        let want = v[i.min(v.len() - 1)] * (1.0 + p.margin);
+        Some(match r {
+            Resource::Vcpus => (want - 1e-9).ceil().max(1.0) as u64,
+            Resource::Memory => {
+                let bytes = want as u64;
+                bytes.div_ceil(MEMORY_STEP).saturating_mul(MEMORY_STEP)
+            }
+        })
+    }
+
+    /// A usage sample for the reactive mode: busy vCPUs (run time of the
+    /// vCPU threads over wall time) or memory bytes in use. Samples older
+    /// than the window are dropped.
+    pub fn observe_usage(&mut self, now: Duration, r: Resource, value: f64) {
+        let window = Duration::from_millis(self.policy.reactive.window_ms);
+        let samples = &mut self.usage[r as usize];
+        while samples
+            .front()
+            .is_some_and(|(t, _)| now.saturating_sub(*t) > window)
+            || samples.len() >= MAX_USAGE_SAMPLES
+        {
+            samples.pop_front();
+        }
+        if value.is_finite() && value >= 0.0 {
+            samples.push_back((now, value));
+        }
     }
 
     fn vcpus_wanted(&self, p: &Parallelism) -> u64 {
@@ -536,7 +657,7 @@ impl Engine {
     }
 
     fn evaluate(&mut self, r: Resource, now: Duration, cause: Option<u32>) -> Option<Decision> {
-        let (target, seq, phase) = self.target(r, now);
+        let (target, source) = self.target(r, now);
         let lead = self.lead(r);
         let timing = &self.policy.timing;
         let (shrink_after, cooldown) = (
@@ -549,22 +670,7 @@ impl Engine {
         }
         t.refused = None;
         let reason = if target > t.alloc {
-            let why = if target == t.max {
-                " (policy max)"
-            } else if seq.is_none() || target == t.floor {
-                " (the guest reports this much in use)"
-            } else {
-                ""
-            };
-            let what = r.show(target);
-            match (r, phase) {
-                (_, Some(id)) => format!(
-                    "grow: scheduled phase {id} needs {what}, provisioned {} ms ahead{why}",
-                    lead.as_millis()
-                ),
-                (Resource::Vcpus, None) => format!("grow: hinted parallelism needs {what}{why}"),
-                (Resource::Memory, None) => format!("grow: hinted memory needs {what}{why}"),
-            }
+            grow_reason(r, target, source, lead, target == t.max, target == t.floor)
         } else if target < t.alloc {
             let since = *t.lower_since.get_or_insert(now);
             let held = now.saturating_sub(since) >= shrink_after;
@@ -584,7 +690,7 @@ impl Engine {
             return None;
         };
         // The hint that set the demand and the one just taken, once each.
-        let mut hints: Vec<u32> = seq.into_iter().chain(cause).collect();
+        let mut hints: Vec<u32> = source.seq().into_iter().chain(cause).collect();
         hints.sort_unstable();
         hints.dedup();
         Some(self.change(now, r, target, reason, hints))
@@ -840,5 +946,73 @@ mod tests {
         let (_, d) = e.on_hint(ms(10), 6, &hint::parallelism(6, 6, 0.0));
         let d = one(d);
         assert_eq!((d.to, d.hints.clone()), (6, vec![6]));
+    }
+
+    fn engine_in(mode: Mode, boot: u32, max: u32) -> Engine {
+        let p = Policy {
+            mode,
+            ..Policy::default()
+        };
+        Engine::new(p, limits(boot, max))
+    }
+
+    #[test]
+    fn static_mode_keeps_the_boot_size() {
+        let mut e = engine_in(Mode::Static, 2, 4);
+        let (o, d) = e.on_hint(ms(0), 1, &hint::parallelism(4, 4, 0.0));
+        assert_eq!(o, Outcome::Accepted, "the guest learns nothing of the mode");
+        assert!(d.is_empty());
+        e.set_schedule(ms(0), 2, &[needs(1, 0, 3_000, 4)]);
+        assert!(e.tick(ms(5_000)).is_empty());
+        // A manual resize still works; the static policy takes it back.
+        assert!(e
+            .set_allocation(ms(6_000), Resource::Vcpus, 3, "manual")
+            .is_some());
+        assert!(e.tick(ms(7_000)).is_empty(), "after the shrink window");
+        assert_eq!(one(e.tick(ms(9_000))).to, 2);
+    }
+
+    #[test]
+    fn hints_mode_ignores_schedules() {
+        let mut e = engine_in(Mode::Hints, 1, 4);
+        e.set_schedule(ms(0), 2, &[needs(1, 0, 3_000, 4)]);
+        assert!(e.tick(ms(100)).is_empty());
+        let (_, d) = e.on_hint(ms(200), 3, &hint::parallelism(3, 3, 0.0));
+        assert_eq!(one(d).to, 3);
+    }
+
+    #[test]
+    fn reactive_mode_follows_usage_not_hints() {
+        let mut e = engine_in(Mode::Reactive, 1, 8);
+        let (_, d) = e.on_hint(ms(0), 1, &hint::parallelism(8, 8, 0.0));
+        assert!(d.is_empty(), "hints are not used");
+        // Busy 2.5 vCPUs: p95 2.5 x 1.2 margin = 3 vCPUs.
+        for i in 0..20 {
+            e.observe_usage(ms(i * 100), Resource::Vcpus, 2.5);
+        }
+        let d = one(e.tick(ms(2_000)));
+        assert_eq!(d.to, 3);
+        assert!(d.reason.contains("observed usage"), "{}", d.reason);
+        // Usage falls; once the high samples leave the 10 s window, it shrinks.
+        for i in 21..150 {
+            e.observe_usage(ms(i * 100), Resource::Vcpus, 0.5);
+        }
+        assert!(e.tick(ms(15_000)).is_empty(), "after the shrink window");
+        assert_eq!(one(e.tick(ms(17_000))).to, 1);
+        // Memory: 300 MiB in use -> 360 MiB, in 2 MiB steps.
+        e.observe_usage(ms(17_000), Resource::Memory, (300 * MIB) as f64);
+        assert_eq!(e.recommended(Resource::Memory, ms(17_000)), Some(360 * MIB));
+    }
+
+    #[test]
+    fn usage_samples_are_bounded_and_sane() {
+        let mut e = engine_in(Mode::Reactive, 1, 8);
+        for i in 0..(MAX_USAGE_SAMPLES as u64 + 100) {
+            e.observe_usage(ms(i), Resource::Vcpus, 1.0);
+        }
+        e.observe_usage(ms(0), Resource::Vcpus, f64::NAN);
+        e.observe_usage(ms(0), Resource::Vcpus, -3.0);
+        assert!(e.usage[0].len() <= MAX_USAGE_SAMPLES);
+        assert!(e.usage[0].iter().all(|(_, v)| *v == 1.0));
     }
 }

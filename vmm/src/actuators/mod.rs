@@ -19,6 +19,9 @@ pub trait VcpuActuator: Send {
     fn take_ejected(&mut self) -> Vec<u32>;
     /// vCPUs the guest has taken: enabled, and any insertion acknowledged.
     fn in_guest(&self) -> u32;
+    /// Total time the vCPU threads have run: its growth over wall time is
+    /// how many vCPUs were busy (the reactive mode's usage).
+    fn run_time(&self) -> std::time::Duration;
 }
 
 /// What the controller asks of the memory actuator.
@@ -46,6 +49,10 @@ impl VcpuActuator for VcpuManager {
 
     fn in_guest(&self) -> u32 {
         VcpuManager::acknowledged(self)
+    }
+
+    fn run_time(&self) -> std::time::Duration {
+        VcpuManager::run_time(self)
     }
 }
 

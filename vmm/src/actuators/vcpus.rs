@@ -8,6 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::VmFd;
@@ -38,8 +39,10 @@ pub struct VcpuManager {
     created: Vec<bool>,
     states: Arc<Mutex<CpuStates>>,
     ged: EventFd,
-    /// Called with (vCPU index, thread id) when a vCPU thread starts (pinning).
+    /// Called with the vCPU index when a vCPU thread starts (pinning).
     on_start: Arc<dyn Fn(u32) + Send + Sync>,
+    /// Kernel thread ids of the vCPU threads, for their run time.
+    threads: Arc<Mutex<Vec<libc::pid_t>>>,
 }
 
 impl VcpuManager {
@@ -61,6 +64,7 @@ impl VcpuManager {
             states,
             ged,
             on_start,
+            threads: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -88,9 +92,12 @@ impl VcpuManager {
 
     pub fn spawn(&self, vcpu: Vcpu) -> Result<(), ResizeError> {
         let on_start = self.on_start.clone();
+        let threads = self.threads.clone();
         thread::Builder::new()
             .name(format!("vcpu{}", vcpu.index()))
             .spawn(move || {
+                // SAFETY: gettid(2) has no arguments and cannot fail.
+                lock(&threads).push(unsafe { libc::gettid() });
                 on_start(vcpu.index());
                 vcpu.run()
             })
@@ -128,6 +135,21 @@ impl VcpuManager {
             .iter()
             .filter(|s| s.enabled && !s.inserting)
             .count() as u32
+    }
+
+    /// Time the vCPU threads have spent running (in the guest or in
+    /// perfvmm's exit handling; a halted vCPU does not run), from
+    /// `/proc/self/task/TID/schedstat`.
+    pub fn run_time(&self) -> Duration {
+        let ns: u64 = lock(&self.threads)
+            .iter()
+            .filter_map(|tid| {
+                let text =
+                    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+                text.split_whitespace().next()?.parse::<u64>().ok()
+            })
+            .sum();
+        Duration::from_nanos(ns)
     }
 
     /// vCPUs the guest ejected since the last call (now parked).

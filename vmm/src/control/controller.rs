@@ -59,6 +59,8 @@ pub struct Controller {
     start: Instant,
     /// Grows not yet visible in the guest: (target, when applied), per resource.
     pending: [Option<(u64, Duration)>; 2],
+    /// The vCPU threads' run time at the previous tick, and when.
+    last_run_time: Option<(Duration, Duration)>,
 }
 
 /// A grow the guest has not taken after this long is no longer timed.
@@ -86,6 +88,7 @@ impl Controller {
             policy_path,
             start,
             pending: [None, None],
+            last_run_time: None,
         }
     }
 
@@ -174,16 +177,30 @@ impl Controller {
         }
     }
 
+    /// vCPUs busy since the previous tick: the vCPU threads' run time over
+    /// the wall time passed.
+    fn busy_vcpus(&mut self, now: Duration) -> Option<f64> {
+        let run = self.vcpus.run_time();
+        let (last_run, last_at) = self.last_run_time.replace((run, now))?;
+        let wall = now.saturating_sub(last_at).as_secs_f64();
+        (wall > 0.0).then(|| run.saturating_sub(last_run).as_secs_f64() / wall)
+    }
+
     /// Periodic work: guest memory statistics, resize latencies, delayed
     /// shrinks, and noting vCPUs the guest ejected.
     pub fn tick(&mut self) {
         self.time_grows();
         let in_use = self.memory.tick();
         let now = self.now();
+        let busy = self.busy_vcpus(now);
         let decisions = {
             let mut e = lock(&self.engine);
             if let Some(bytes) = in_use {
                 e.observe_memory_in_use(bytes);
+                e.observe_usage(now, Resource::Memory, bytes as f64);
+            }
+            if let Some(busy) = busy {
+                e.observe_usage(now, Resource::Vcpus, busy);
             }
             e.tick(now)
         };
@@ -305,6 +322,9 @@ mod tests {
         }
         fn in_guest(&self) -> u32 {
             lock(&self.0).vcpus.last().copied().unwrap_or(1)
+        }
+        fn run_time(&self) -> Duration {
+            Duration::ZERO
         }
     }
 
