@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use virtio_bindings::virtio_config as config;
@@ -55,7 +55,18 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize) -> bool;
     /// Back to the state before activation.
     fn reset(&mut self);
+    /// The last [`process_queue`](Self::process_queue) stopped at its work
+    /// budget ([`WAKE_BUDGET`]) with chains left: the caller should run the
+    /// queue again after serving its other events.
+    fn has_more_work(&self) -> bool {
+        false
+    }
 }
+
+/// Chains a device takes from one queue per wake: one full ring of the
+/// largest queue size used here. What is left waits for the next wake, so
+/// a guest that keeps republishing buffers cannot hold the VMM's event loop.
+pub const WAKE_BUDGET: usize = 256;
 
 /// Copies the window `[offset, offset + data.len())` of a config space into
 /// `data`; bytes past the end (or an offset that overflows) read as 0.
@@ -67,5 +78,35 @@ pub fn read_config_window(config: &[u8], offset: u64, data: &mut [u8]) {
             .and_then(|o| config.get(o))
             .copied()
             .unwrap_or(0);
+    }
+}
+
+/// A device's per-queue record of work left when the budget ran out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkLeft(u32);
+
+impl WorkLeft {
+    /// Pops the next chain of `queue` (`None` once it is empty, or once
+    /// `taken` reaches [`WAKE_BUDGET`], noting that queue `index` has work left).
+    pub fn pop<'m>(
+        &mut self,
+        index: usize,
+        queue: Option<&mut Queue>,
+        mem: &'m GuestMemoryMmap<()>,
+        taken: &mut usize,
+    ) -> Option<virtio_queue::DescriptorChain<&'m GuestMemoryMmap<()>>> {
+        let bit = 1u32.checked_shl(index as u32).unwrap_or(0);
+        if *taken >= WAKE_BUDGET {
+            self.0 |= bit;
+            return None;
+        }
+        self.0 &= !bit;
+        *taken += 1;
+        queue?.pop_descriptor_chain(mem)
+    }
+
+    /// Some queue stopped at its budget.
+    pub fn any(self) -> bool {
+        self.0 != 0
     }
 }

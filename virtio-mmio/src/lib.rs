@@ -21,5 +21,7 @@ pub mod testing;
 pub mod transport;
 
 pub use chain::{read_chain, ChainError, ChainLimits, WritableBuffers};
-pub use device::{read_config_window, Interrupt, Mem, VirtioDevice, VIRTIO_F_VERSION_1};
+pub use device::{
+    read_config_window, Interrupt, Mem, VirtioDevice, WorkLeft, VIRTIO_F_VERSION_1, WAKE_BUDGET,
+};
 pub use transport::MmioTransport;

@@ -135,6 +135,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
+    /// The device stopped at its work budget with chains left.
+    pub fn has_more_work(&self) -> bool {
+        self.activated && self.device.has_more_work()
+    }
+
     /// Processes every queue, for when a notification may have been merged.
     pub fn notify_all(&mut self) {
         for i in 0..self.device.queue_max_sizes().len() {

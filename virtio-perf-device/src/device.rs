@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use guest_hints::wire::{self, Hint, Outcome, MAX_MESSAGE_LEN, OUTCOME_LEN};
-use virtio_mmio::{read_chain, ChainError, ChainLimits, Mem, VirtioDevice, WritableBuffers};
+use virtio_mmio::{
+    read_chain, ChainError, ChainLimits, Mem, VirtioDevice, WorkLeft, WritableBuffers,
+};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -63,6 +65,8 @@ pub struct PerfHintDevice<S: HintSink> {
     pending: VecDeque<[u8; OUTCOME_LEN]>,
     /// Reused message buffer.
     buf: Vec<u8>,
+    /// Whether `hintq` had chains left when its work budget ran out.
+    left: WorkLeft,
 }
 
 impl<S: HintSink> PerfHintDevice<S> {
@@ -82,6 +86,7 @@ impl<S: HintSink> PerfHintDevice<S> {
             eventq_enabled: false,
             pending: VecDeque::new(),
             buf: Vec::with_capacity(MAX_MESSAGE_LEN),
+            left: WorkLeft::default(),
         }
     }
 
@@ -176,13 +181,11 @@ impl<S: HintSink> PerfHintDevice<S> {
             return false;
         };
         let mut used = false;
-        loop {
-            let Some(queue) = self.queues.get_mut(HINTQ) else {
-                return used;
-            };
-            let Some(chain) = queue.pop_descriptor_chain(mem.as_ref()) else {
-                break;
-            };
+        let mut taken = 0;
+        while let Some(chain) =
+            self.left
+                .pop(HINTQ, self.queues.get_mut(HINTQ), mem.as_ref(), &mut taken)
+        {
             let head = chain.head_index();
             match self.gather(mem.as_ref(), chain) {
                 Ok(()) => self.handle_message(),
@@ -305,6 +308,11 @@ impl<S: HintSink> VirtioDevice for PerfHintDevice<S> {
         self.queues.clear();
         self.pending.clear();
         self.eventq_enabled = false;
+        self.left = WorkLeft::default();
+    }
+
+    fn has_more_work(&self) -> bool {
+        self.left.any()
     }
 }
 

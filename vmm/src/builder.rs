@@ -71,6 +71,8 @@ pub struct VmConfig {
     pub decision_log: Option<PathBuf>,
     pub policy: Option<PathBuf>,
     pub api_sock: Option<PathBuf>,
+    /// Most bytes each of the hint and decision logs holds.
+    pub log_limit: u64,
 }
 
 /// Why a VM could not be built (exit status 1, one line on standard error).
@@ -174,10 +176,11 @@ impl Inputs {
             let path = path.clone().unwrap_or_default();
             move |source| VmError::LogFile { path, source }
         };
-        let decision_log = JsonLines::create("decision log", cfg.decision_log.as_deref())
-            .map_err(log_err(&cfg.decision_log))?;
-        let hint_log =
-            HintLog::new(cfg.hint_log.as_deref(), start).map_err(log_err(&cfg.hint_log))?;
+        let decision_log =
+            JsonLines::create("decision log", cfg.decision_log.as_deref(), cfg.log_limit)
+                .map_err(log_err(&cfg.decision_log))?;
+        let hint_log = HintLog::new(cfg.hint_log.as_deref(), cfg.log_limit, start)
+            .map_err(log_err(&cfg.hint_log))?;
         // Bound before the guest starts, so a client can connect as soon as perfvmm runs.
         let api_listener = cfg
             .api_sock
@@ -565,7 +568,7 @@ impl<'a> VmBuilder<'a> {
         )));
         subscribers.push(Box::new(PolicyTick::new(
             hints.transport,
-            controller,
+            controller.clone(),
             self.hint_log.clone(),
         )?));
         Ok(Vm::new(VmParts {
@@ -574,6 +577,7 @@ impl<'a> VmBuilder<'a> {
             subscribers,
             console,
             hint_log: self.hint_log,
+            controller,
             hint_counters: hints.counters,
             api_sock: cfg.api_sock.clone(),
             log_counters: cfg.hint_log.is_some(),

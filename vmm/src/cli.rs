@@ -82,6 +82,12 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub decision_log: Option<PathBuf>,
 
+    /// Largest size of each of --hint-log and --decision-log: past it, lines
+    /// are counted instead of written, and a last line says how many were
+    /// dropped (a guest cannot fill the host's disk).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub log_limit: u64,
+
     /// Print boot timings (perfvmm start to first guest instruction and to
     /// the guest's /init) and perfvmm's own memory use on standard error.
     #[arg(long)]

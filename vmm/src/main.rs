@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         api_sock: cli.api_sock,
         boot_timer: cli.boot_timer,
         hint_log: cli.hint_log,
+        log_limit: cli.log_limit,
     };
     let run = builder::build(&cfg, start).and_then(|vm| Ok(vm.run()?));
     match run {

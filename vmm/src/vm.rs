@@ -13,7 +13,7 @@ use virtio_perf_device::Counters;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::terminal::Terminal;
 
-use crate::control::HintLog;
+use crate::control::{Controller, HintLog};
 use crate::devices::bus::lock;
 use crate::devices::serial::{ConsoleOut, SerialDevice};
 use crate::event_loop::{self, ConsoleInput};
@@ -31,6 +31,8 @@ pub struct VmParts {
     pub subscribers: Vec<Box<dyn MutEventSubscriber>>,
     pub console: Console,
     pub hint_log: Arc<Mutex<HintLog>>,
+    /// Its decision log is closed at shutdown.
+    pub controller: Arc<Mutex<Controller>>,
     pub hint_counters: Arc<Counters>,
     /// Removed at shutdown.
     pub api_sock: Option<PathBuf>,
@@ -99,6 +101,7 @@ impl Vm {
         let _ = io::stdout().flush();
         let counters = parts.hint_counters.snapshot();
         lock(&parts.hint_log).finish(&counters);
+        lock(&parts.controller).close_log();
         if parts.log_counters || counters.messages > 0 {
             match serde_json::to_string(&counters) {
                 Ok(c) => log::info!("perf-hint counters: {c}"),

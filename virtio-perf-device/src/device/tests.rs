@@ -515,3 +515,21 @@ mod transport {
         }
     }
 }
+
+#[test]
+fn one_wake_takes_at_most_a_ring_of_chains() {
+    let mut f = Fixture::new(false);
+    let msg = message(&[par(1)], 0);
+    for _ in 0..virtio_mmio::WAKE_BUDGET {
+        f.post_message(&msg);
+    }
+    f.process();
+    assert_eq!(usize::from(f.used_hintq()), virtio_mmio::WAKE_BUDGET);
+    assert!(f.dev.has_more_work(), "stopped at the budget: come back");
+    for _ in 0..10 {
+        f.post_message(&msg);
+    }
+    f.process();
+    assert_eq!(usize::from(f.used_hintq()), virtio_mmio::WAKE_BUDGET + 10);
+    assert!(!f.dev.has_more_work(), "drained within the budget");
+}

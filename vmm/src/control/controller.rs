@@ -254,6 +254,11 @@ impl Controller {
         Ok(v)
     }
 
+    /// Closes the decision log (saying how many lines its limit dropped).
+    pub fn close_log(&mut self) {
+        self.log.close();
+    }
+
     /// Allocation, bounds, hinted demand, open phases and memory state.
     pub fn status(&self) -> Value {
         let e = lock(&self.engine);
@@ -363,7 +368,7 @@ mod tests {
             };
             let engine = Arc::new(Mutex::new(Engine::new(Policy::default(), limits)));
             let (tx, rx) = channel();
-            let hint_log = Arc::new(Mutex::new(HintLog::new(None, start).unwrap()));
+            let hint_log = Arc::new(Mutex::new(HintLog::new(None, 0, start).unwrap()));
             let sink = PolicySink::new(engine.clone(), hint_log, tx, start);
             let calls = Arc::new(Mutex::new(Calls::default()));
             let actuators = Actuators {
@@ -374,7 +379,7 @@ mod tests {
                 "perfvmm-controller-{name}-{}.jsonl",
                 std::process::id()
             ));
-            let log = JsonLines::create("decision log", Some(&log_path)).unwrap();
+            let log = JsonLines::create("decision log", Some(&log_path), 1 << 20).unwrap();
             let controller = Controller::new(engine, rx, actuators, log, None, start);
             Fixture {
                 controller,

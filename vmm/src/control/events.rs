@@ -50,9 +50,18 @@ impl MutEventSubscriber for HintQueueHandler {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         // The count only says "kicked at least once"; every queue is run.
         let _ = self.notify.read();
-        lock(&self.transport).notify_all();
+        let more = {
+            let mut t = lock(&self.transport);
+            t.notify_all();
+            t.has_more_work()
+        };
         lock(&self.log).flush();
         lock(&self.controller).drain();
+        if more {
+            // The guest posted more than one wake's budget: come back once
+            // the loop has served its other events (the tick, signals, exits).
+            let _ = self.notify.write(1);
+        }
     }
 
     fn init(&mut self, ops: &mut EventOps) {

@@ -31,10 +31,11 @@ pub struct HintLog {
 }
 
 impl HintLog {
-    /// Opens the log at `path` (no log without one); times count from `start`.
-    pub fn new(path: Option<&Path>, start: Instant) -> std::io::Result<Self> {
+    /// Opens the log at `path` (no log without one), at most `limit` bytes;
+    /// times count from `start`.
+    pub fn new(path: Option<&Path>, limit: u64, start: Instant) -> std::io::Result<Self> {
         Ok(Self {
-            out: JsonLines::create("hint log", path)?,
+            out: JsonLines::create("hint log", path, limit)?,
             start,
         })
     }
@@ -71,10 +72,14 @@ impl HintLog {
         self.out.flush();
     }
 
-    /// Appends the final counters and flushes.
+    /// Appends the final counters (past the limit if need be: the last
+    /// line is always there) and closes the log.
     pub fn finish(&mut self, counters: &CountersSnapshot) {
         let t = self.t_ms();
-        self.out.write(&json!({ "t_ms": t, "counters": counters }));
-        self.flush();
+        let dropped = self.out.dropped();
+        self.out.write_always(
+            &json!({ "t_ms": t, "counters": counters, "log_dropped_lines": dropped }),
+        );
+        self.out.close();
     }
 }

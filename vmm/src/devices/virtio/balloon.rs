@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
-use virtio_mmio::{read_chain, ChainError, ChainLimits, Mem, VirtioDevice, VIRTIO_F_VERSION_1};
+use virtio_mmio::{
+    read_chain, ChainError, ChainLimits, Mem, VirtioDevice, WorkLeft, VIRTIO_F_VERSION_1,
+};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -155,6 +157,7 @@ pub struct Balloon {
     mem: Option<Mem>,
     queues: Vec<Queue>,
     buf: Vec<u8>,
+    left: WorkLeft,
 }
 
 impl Default for Balloon {
@@ -176,6 +179,7 @@ impl Balloon {
             mem: None,
             queues: Vec::new(),
             buf: Vec::new(),
+            left: WorkLeft::default(),
         }
     }
 
@@ -242,10 +246,10 @@ impl Balloon {
             return false;
         };
         let mut used = false;
-        while let Some(chain) = self
-            .queues
-            .get_mut(index)
-            .and_then(|q| q.pop_descriptor_chain(mem.as_ref()))
+        let mut taken = 0;
+        while let Some(chain) =
+            self.left
+                .pop(index, self.queues.get_mut(index), mem.as_ref(), &mut taken)
         {
             let head = chain.head_index();
             match self.gather(mem.as_ref(), chain, MAX_PFN_BYTES) {
@@ -315,11 +319,13 @@ impl Balloon {
             return false;
         };
         let mut used = false;
-        while let Some(chain) = self
-            .queues
-            .get_mut(STATSQ)
-            .and_then(|q| q.pop_descriptor_chain(mem.as_ref()))
-        {
+        let mut taken = 0;
+        while let Some(chain) = self.left.pop(
+            STATSQ,
+            self.queues.get_mut(STATSQ),
+            mem.as_ref(),
+            &mut taken,
+        ) {
             let head = chain.head_index();
             let parsed = self
                 .gather(mem.as_ref(), chain, MAX_STATS_BYTES)
@@ -394,6 +400,11 @@ impl VirtioDevice for Balloon {
         self.stats_requested = None;
         // A rebooted driver starts with an empty balloon.
         self.actual_pages = 0;
+        self.left = WorkLeft::default();
+    }
+
+    fn has_more_work(&self) -> bool {
+        self.left.any()
     }
 }
 

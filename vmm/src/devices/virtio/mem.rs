@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 use virtio_bindings::virtio_ids::VIRTIO_ID_MEM;
-use virtio_mmio::{read_chain, ChainLimits, Mem, VirtioDevice, VIRTIO_F_VERSION_1};
+use virtio_mmio::{read_chain, ChainLimits, Mem, VirtioDevice, WorkLeft, VIRTIO_F_VERSION_1};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -73,6 +73,7 @@ pub struct VirtioMem {
     queues: Vec<Queue>,
     /// Reused request buffer.
     buf: Vec<u8>,
+    left: WorkLeft,
 }
 
 impl VirtioMem {
@@ -89,6 +90,7 @@ impl VirtioMem {
             mem: None,
             queues: Vec::new(),
             buf: Vec::with_capacity(REQ_LEN),
+            left: WorkLeft::default(),
         }
     }
 
@@ -235,10 +237,10 @@ impl VirtioMem {
             return false;
         };
         let mut used = false;
+        let mut taken = 0;
         while let Some(chain) = self
-            .queues
-            .first_mut()
-            .and_then(|q| q.pop_descriptor_chain(mem.as_ref()))
+            .left
+            .pop(0, self.queues.first_mut(), mem.as_ref(), &mut taken)
         {
             let head = chain.head_index();
             let mut written = 0;
@@ -301,6 +303,11 @@ impl VirtioDevice for VirtioMem {
         // finds them in `plugged_size` and unplugs them (UNPLUG_ALL).
         self.mem = None;
         self.queues.clear();
+        self.left = WorkLeft::default();
+    }
+
+    fn has_more_work(&self) -> bool {
+        self.left.any()
     }
 }
 

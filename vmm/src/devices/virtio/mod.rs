@@ -77,7 +77,12 @@ impl<D: VirtioDevice> MutEventSubscriber for QueueHandler<D> {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         // The ioeventfd does not say which queue was kicked: run them all.
         let _ = self.notify.read();
-        lock(&self.transport).notify_all();
+        let mut t = lock(&self.transport);
+        t.notify_all();
+        if t.has_more_work() {
+            // Come back once the loop has served its other events.
+            let _ = self.notify.write(1);
+        }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
