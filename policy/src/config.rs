@@ -246,12 +246,21 @@ impl Policy {
     /// Reads, parses and checks the policy file at `path`.
     pub fn load(path: &std::path::Path) -> Result<Policy, PolicyError> {
         use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        /// `O_NONBLOCK` on Linux (x86 and arm alike); std has no name for it.
+        const O_NONBLOCK: i32 = 0o4000;
         let name = path.display().to_string();
         let read_err = |source| PolicyError::Read {
             path: name.clone(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(read_err)?;
+        // Non-blocking, so that a FIFO cannot hold the caller; a regular
+        // file reads the same either way.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(O_NONBLOCK)
+            .open(path)
+            .map_err(read_err)?;
         let meta = file.metadata().map_err(read_err)?;
         if !meta.is_file() || meta.len() > MAX_POLICY_BYTES {
             return Err(PolicyError::NotAPolicyFile { path: name });
@@ -425,5 +434,31 @@ mod tests {
             .to_string();
         assert!(e.contains("host_cpus"), "{e}");
         assert!(Policy::from_toml("p.toml", "[hints]\nuntrusted = \"maybe\"\n").is_err());
+    }
+
+    #[test]
+    fn load_refuses_what_is_not_a_small_regular_file_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("perfvmm-policy-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let start = std::time::Instant::now();
+        assert!(matches!(
+            Policy::load(&fifo),
+            Err(PolicyError::NotAPolicyFile { .. })
+        ));
+        assert!(start.elapsed() < std::time::Duration::from_secs(1), "no blocking");
+        assert!(matches!(
+            Policy::load(std::path::Path::new("/dev/zero")),
+            Err(PolicyError::NotAPolicyFile { .. })
+        ));
+        let big = dir.join("big.toml");
+        std::fs::write(&big, vec![b'#'; MAX_POLICY_BYTES as usize + 1]).unwrap();
+        assert!(matches!(
+            Policy::load(&big),
+            Err(PolicyError::NotAPolicyFile { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -137,7 +137,14 @@ ctl decisions > @FILES@/decisions.json 2>&1
 "#;
     let out = run(
         "pvrun=manual",
-        &["--cpus", "1,max=4", "--api-sock", "@FILES@/api.sock"],
+        &[
+            "--cpus",
+            "1,max=4",
+            "--api-sock",
+            "@FILES@/api.sock",
+            "--policy-dir",
+            "@FILES@",
+        ],
     )
     .alongside(script)
     .fetch("resize-vcpus.json")

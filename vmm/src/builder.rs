@@ -36,8 +36,8 @@ use crate::actuators::{MemoryManager, VcpuManager};
 use crate::boot::{self, BootError};
 use crate::cli::{CpuSpec, MemSpec};
 use crate::control::{
-    api, Actuators, Controller, HintLog, HintQueueHandler, JsonLines, PerfHintTransport,
-    PolicySink, PolicyTick,
+    api, api_server, Actuators, Controller, HintLog, HintQueueHandler, JsonLines,
+    PerfHintTransport, PolicySink, PolicyTick, ReloadScope,
 };
 use crate::devices::boot_timer::{BootTimer, BootTimes, InitHook};
 use crate::devices::bus::{Bus, BusDevice, BusError};
@@ -73,6 +73,10 @@ pub struct VmConfig {
     pub api_sock: Option<PathBuf>,
     /// Most bytes each of the hint and decision logs holds.
     pub log_limit: u64,
+    /// A group whose members may use the API socket too.
+    pub api_sock_group: Option<u32>,
+    /// A directory whose policy files a reload through the API may read.
+    pub policy_dir: Option<PathBuf>,
 }
 
 /// Why a VM could not be built (exit status 1, one line on standard error).
@@ -186,7 +190,13 @@ impl Inputs {
             .api_sock
             .as_deref()
             .map(|p| {
-                api::bind(p).map_err(|source| VmError::ApiSock {
+                api_server::bind(
+                    p,
+                    api_server::Access {
+                        group: cfg.api_sock_group,
+                    },
+                )
+                .map_err(|source| VmError::ApiSock {
                     path: p.to_path_buf(),
                     source,
                 })
@@ -553,11 +563,21 @@ impl<'a> VmBuilder<'a> {
                 memory: Box::new(memory),
             },
             self.decision_log,
-            cfg.policy.clone(),
+            ReloadScope {
+                start_file: cfg.policy.clone(),
+                dir: cfg.policy_dir.clone(),
+            },
             self.start,
         )));
         if let Some(listener) = self.api_listener {
-            api::spawn(listener, controller.clone(), hints.counters.clone())?;
+            let state = api::ApiState {
+                controller: controller.clone(),
+                counters: hints.counters.clone(),
+            };
+            let access = api_server::Access {
+                group: cfg.api_sock_group,
+            };
+            api_server::spawn(listener, state, access)?;
         }
         let mut subscribers = self.subscribers;
         subscribers.push(Box::new(HintQueueHandler::new(

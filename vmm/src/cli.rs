@@ -66,6 +66,16 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
 
+    /// Let this group's members use the API socket too (mode 0660); without
+    /// it the socket is 0600 and serves perfvmm's own user and root only.
+    #[arg(long, value_name = "GID", requires = "api_sock")]
+    pub api_sock_group: Option<u32>,
+
+    /// A directory whose policy files `perfvmm ctl reload FILE` may read;
+    /// without it a reload reads only the --policy file perfvmm started with.
+    #[arg(long, value_name = "DIR")]
+    pub policy_dir: Option<PathBuf>,
+
     /// Write every hint the guest sends through the perf-hint device as one
     /// JSON line to this file (time, sequence number, kind, fields, outcome),
     /// and the device's counters as the last line when the VM ends.

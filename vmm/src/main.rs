@@ -45,6 +45,8 @@ fn main() -> ExitCode {
         boot_timer: cli.boot_timer,
         hint_log: cli.hint_log,
         log_limit: cli.log_limit,
+        api_sock_group: cli.api_sock_group,
+        policy_dir: cli.policy_dir,
     };
     let run = builder::build(&cfg, start).and_then(|vm| Ok(vm.run()?));
     match run {

@@ -10,25 +10,19 @@
 //! | PUT    | /resize          | `{"vcpus": 3}` or `{"memory": "768M"}` |
 //! | PUT    | /policy/reload   | `{}` or `{"path": "new.toml"}`         |
 //!
-//! Requests are read with a timeout and size limits, on a thread of their
-//! own: a stuck or hostile client never stalls the VM.
+//! The socket, its access rules and the connection threads are in
+//! [`super::api_server`]; this module answers requests.
 
-use std::io::{self, BufReader, Write};
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::Value;
 use virtio_perf_device::Counters;
 
-use super::http::{read_request, Request, Response};
-use super::{metrics, Controller};
+use super::http::{Request, Response};
+use super::{metrics, Controller, ReloadError};
 use crate::devices::bus::lock;
-use crate::policy::Resource;
-
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::policy::{Policy, Resource};
 
 /// A `PUT /resize` body that could not be used.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -43,30 +37,6 @@ pub enum ResizeBodyError {
     Memory,
     #[error("give exactly one of \"vcpus\" and \"memory\"")]
     Which,
-}
-
-/// Binds the socket. A stale socket file (nobody listening) is replaced; a
-/// live one, or any other kind of file, is an error.
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            if UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "another process is serving this socket",
-                ));
-            }
-            std::fs::remove_file(path)?;
-        }
-        Ok(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "exists and is not a socket",
-            ))
-        }
-        Err(_) => {}
-    }
-    UnixListener::bind(path)
 }
 
 /// What the API serves from.
@@ -95,6 +65,23 @@ pub fn parse_resize(body: &[u8]) -> Result<(Resource, u64), ResizeBodyError> {
     }
 }
 
+/// `PUT /policy/reload`: the file is resolved and read without holding the
+/// controller, so a slow file never stalls the VM's event loop.
+fn reload(state: &ApiState, req: &Request) -> Response {
+    let path = serde_json::from_slice::<Value>(&req.body)
+        .ok()
+        .and_then(|v| v.get("path")?.as_str().map(PathBuf::from));
+    let scope = lock(&state.controller).reload_scope().clone();
+    let loaded = scope
+        .resolve(path.as_deref())
+        .and_then(|p| Ok((Policy::load(&p)?, p)));
+    match loaded {
+        Ok((policy, p)) => Response::json(200, &lock(&state.controller).put_policy(p, policy)),
+        Err(e @ ReloadError::NotAllowed) => Response::error(403, e),
+        Err(e) => Response::error(400, e),
+    }
+}
+
 /// Answers one request.
 pub fn route(state: &ApiState, req: &Request) -> Response {
     match (req.method.as_str(), req.path.as_str()) {
@@ -117,63 +104,12 @@ pub fn route(state: &ApiState, req: &Request) -> Response {
             Ok((r, to)) => Response::json(200, &lock(&state.controller).manual_resize(r, to)),
             Err(e) => Response::error(400, e),
         },
-        ("PUT", "/policy/reload") => {
-            let path = serde_json::from_slice::<Value>(&req.body)
-                .ok()
-                .and_then(|v| v.get("path")?.as_str().map(PathBuf::from));
-            match lock(&state.controller).reload_policy(path) {
-                Ok(v) => Response::json(200, &v),
-                Err(e) => Response::error(400, e),
-            }
-        }
+        ("PUT", "/policy/reload") => reload(state, req),
         (_, "/status" | "/decisions" | "/metrics" | "/resize" | "/policy/reload") => {
             Response::error(405, format!("{} is not allowed here", req.method))
         }
         _ => Response::error(404, format!("no such endpoint: {}", req.path)),
     }
-}
-
-fn serve(state: &ApiState, stream: UnixStream) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let response = match read_request(&mut reader) {
-        Ok(req) => {
-            log::debug!("api: {} {}", req.method, req.path);
-            route(state, &req)
-        }
-        Err(e) => Response::error(400, e),
-    };
-    let mut w = stream;
-    response.write_to(&mut w)?;
-    w.flush()
-}
-
-/// Serves the API on a thread of its own until the process ends.
-pub fn spawn(
-    listener: UnixListener,
-    controller: Arc<Mutex<Controller>>,
-    counters: Arc<Counters>,
-) -> io::Result<()> {
-    let state = ApiState {
-        controller,
-        counters,
-    };
-    std::thread::Builder::new()
-        .name("api".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                match stream {
-                    Ok(s) => {
-                        if let Err(e) = serve(&state, s) {
-                            log::debug!("api: {e}");
-                        }
-                    }
-                    Err(e) => log::warn!("api: accept: {e}"),
-                }
-            }
-        })?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -195,25 +131,5 @@ mod tests {
         assert!(parse_resize(br#"{"vcpus":-1}"#).is_err());
         assert!(parse_resize(br#"{"vcpus":2,"memory":"1G"}"#).is_err());
         assert!(parse_resize(b"not json").is_err());
-    }
-    #[test]
-    fn bind_replaces_a_stale_socket_but_not_a_live_one_or_a_file() {
-        let dir = std::env::temp_dir().join(format!("perfvmm-api-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("s");
-        let live = bind(&sock).unwrap();
-        assert_eq!(bind(&sock).unwrap_err().kind(), io::ErrorKind::AddrInUse);
-        drop(live);
-        let again = bind(&sock).expect("stale socket replaced");
-        drop(again);
-        let file = dir.join("f");
-        std::fs::write(&file, "x").unwrap();
-        assert!(bind(&file).is_err());
-        assert_eq!(
-            std::fs::read(&file).unwrap(),
-            b"x",
-            "a file is never removed"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -30,10 +30,45 @@ pub struct DecisionCounts {
 /// A policy reload that could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    #[error("this VM has no --policy file; give a path")]
+    #[error("this VM has no --policy file; give a path in --policy-dir")]
     NoPolicyFile,
+    #[error(
+        "a reload reads only the --policy file perfvmm started with, or a file in --policy-dir"
+    )]
+    NotAllowed,
     #[error(transparent)]
     Policy(#[from] PolicyError),
+}
+
+/// Which policy files a reload may read: the one perfvmm started with, and
+/// any in a directory the operator named. Paths are compared canonical, so
+/// `..` and links cannot leave the directory.
+#[derive(Clone, Debug, Default)]
+pub struct ReloadScope {
+    pub start_file: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
+}
+
+impl ReloadScope {
+    /// The file a reload of `requested` (none: the start file) may read.
+    pub fn resolve(&self, requested: Option<&std::path::Path>) -> Result<PathBuf, ReloadError> {
+        let Some(requested) = requested else {
+            return self.start_file.clone().ok_or(ReloadError::NoPolicyFile);
+        };
+        let canonical = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+        let wanted = canonical(requested).ok_or(ReloadError::NotAllowed)?;
+        let is_start = self.start_file.as_deref().and_then(canonical) == Some(wanted.clone());
+        let in_dir = self
+            .dir
+            .as_deref()
+            .and_then(canonical)
+            .is_some_and(|d| wanted.parent() == Some(d.as_path()));
+        if is_start || in_dir {
+            Ok(wanted)
+        } else {
+            Err(ReloadError::NotAllowed)
+        }
+    }
 }
 
 /// What a controller drives: in perfvmm the [`VcpuManager`] and the
@@ -56,6 +91,7 @@ pub struct Controller {
     recent: VecDeque<Value>,
     counts: DecisionCounts,
     policy_path: Option<PathBuf>,
+    scope: ReloadScope,
     start: Instant,
     /// Grows not yet visible in the guest: (target, when applied), per resource.
     pending: [Option<(u64, Duration)>; 2],
@@ -74,7 +110,7 @@ impl Controller {
         rx: Receiver<Decision>,
         actuators: Actuators,
         log: JsonLines,
-        policy_path: Option<PathBuf>,
+        scope: ReloadScope,
         start: Instant,
     ) -> Self {
         Controller {
@@ -85,7 +121,8 @@ impl Controller {
             log,
             recent: VecDeque::new(),
             counts: DecisionCounts::default(),
-            policy_path,
+            policy_path: scope.start_file.clone(),
+            scope,
             start,
             pending: [None, None],
             last_run_time: None,
@@ -237,12 +274,23 @@ impl Controller {
         }
     }
 
-    /// Reads the policy file again (or `path`) and puts it in force.
+    /// Which files a reload may read.
+    pub fn reload_scope(&self) -> &ReloadScope {
+        &self.scope
+    }
+
+    /// Reads the policy file again (or `path`, within the reload scope) and
+    /// puts it in force. The control API reads the file without holding the
+    /// controller ([`ReloadScope::resolve`], [`Policy::load`], then
+    /// [`Self::put_policy`]); this does all three, for tests and tools.
     pub fn reload_policy(&mut self, path: Option<PathBuf>) -> Result<Value, ReloadError> {
-        let path = path
-            .or_else(|| self.policy_path.clone())
-            .ok_or(ReloadError::NoPolicyFile)?;
+        let path = self.scope.resolve(path.as_deref())?;
         let policy = Policy::load(&path)?;
+        Ok(self.put_policy(path, policy))
+    }
+
+    /// Puts `policy`, read from `path`, in force and logs it.
+    pub fn put_policy(&mut self, path: PathBuf, policy: Policy) -> Value {
         lock(&self.engine).reload(policy);
         self.policy_path = Some(path.clone());
         let t = self.now().as_millis() as u64;
@@ -251,7 +299,7 @@ impl Controller {
         self.write(v.clone());
         // New bounds may change allocations at once.
         self.tick();
-        Ok(v)
+        v
     }
 
     /// Closes the decision log (saying how many lines its limit dropped).
@@ -380,7 +428,11 @@ mod tests {
                 std::process::id()
             ));
             let log = JsonLines::create("decision log", Some(&log_path), 1 << 20).unwrap();
-            let controller = Controller::new(engine, rx, actuators, log, None, start);
+            let scope = ReloadScope {
+                start_file: None,
+                dir: Some(std::env::temp_dir()),
+            };
+            let controller = Controller::new(engine, rx, actuators, log, scope, start);
             Fixture {
                 controller,
                 sink,

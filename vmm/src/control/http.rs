@@ -102,8 +102,11 @@ impl Response {
         let reason = match self.0 {
             200 => "OK",
             400 => "Bad Request",
+            403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            408 => "Request Timeout",
+            503 => "Service Unavailable",
             _ => "Error",
         };
         write!(

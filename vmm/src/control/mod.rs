@@ -4,6 +4,7 @@
 //! API through which an operator reads and steers the VM.
 
 pub mod api;
+pub mod api_server;
 pub mod controller;
 pub mod events;
 pub mod hint_log;
@@ -12,7 +13,7 @@ pub mod jsonl;
 pub mod metrics;
 pub mod sink;
 
-pub use controller::{Actuators, Controller, ReloadError};
+pub use controller::{Actuators, Controller, ReloadError, ReloadScope};
 pub use events::{HintQueueHandler, PerfHintTransport, PolicyTick};
 pub use hint_log::HintLog;
 pub use jsonl::JsonLines;
