@@ -441,14 +441,20 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("perfvmm-policy-load-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let fifo = dir.join("fifo");
-        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
         assert!(made.success());
         let start = std::time::Instant::now();
         assert!(matches!(
             Policy::load(&fifo),
             Err(PolicyError::NotAPolicyFile { .. })
         ));
-        assert!(start.elapsed() < std::time::Duration::from_secs(1), "no blocking");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "no blocking"
+        );
         assert!(matches!(
             Policy::load(std::path::Path::new("/dev/zero")),
             Err(PolicyError::NotAPolicyFile { .. })

@@ -148,3 +148,19 @@ fn bad_policy_file_is_refused_with_key_and_line() {
         .expect_contains("maxx")
         .expect_exit(1);
 }
+
+/// `--cpus 4` with a policy of at most 2 vCPUs: the guest boots with 2,
+/// and perfvmm says why (it used to keep 4 while reporting 2).
+#[test]
+fn the_boot_size_obeys_the_policy() {
+    let out = GuestRun::demo(
+        "pvrun=poweroff",
+        &["--cpus", "4", "--policy", "@FILES@/policy.toml"],
+    )
+    .file("policy.toml", b"[vcpus]\nmax = 2\n".to_vec())
+    .l1_cpus(4)
+    .run();
+    out.expect_contains("perfvmm-guest: nproc=2 ")
+        .expect_contains("booting with 2 instead of 4")
+        .expect_exit(0);
+}

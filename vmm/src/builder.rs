@@ -129,7 +129,12 @@ fn kvm_err<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, 
 /// Builds the VM `cfg` describes and starts its vCPUs; `start` is when
 /// perfvmm started (boot times and log timestamps count from it).
 pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vm, VmError> {
-    let inputs = Inputs::load(cfg, start)?;
+    let policy = match &cfg.policy {
+        Some(path) => Policy::load(path)?,
+        None => Policy::default(),
+    };
+    let cfg = &within_policy(cfg, &policy);
+    let inputs = Inputs::load(cfg, policy, start)?;
     let entry = load_guest(cfg, &inputs)?;
     let (kvm, vm) = create_kvm_vm(cfg, &inputs.mem)?;
     let mut b = VmBuilder::new(cfg, start, inputs, vm)?;
@@ -140,6 +145,37 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vm, VmError> {
     let cpus = b.attach_cpu_hotplug()?;
     b.attach_boot_timer()?;
     b.start(&kvm, entry, console, hints, memory, cpus)
+}
+
+/// The command line's boot sizes brought within the policy's bounds: the
+/// VM boots at what the policy allows, and says so, rather than reporting
+/// one size while the guest has another.
+pub fn within_policy(cfg: &VmConfig, policy: &Policy) -> VmConfig {
+    let mut c = cfg.clone();
+    let vmax = policy.vcpus.max.min(cfg.cpus.max).max(1);
+    let vmin = policy.vcpus.min.min(vmax);
+    c.cpus.boot = cfg.cpus.boot.clamp(vmin, vmax);
+    let mmax = policy.memory.max.0.min(cfg.memory.max);
+    let mmin = policy.memory.min.0.min(mmax);
+    // Whole 2 MiB steps, as every allocation is.
+    c.memory.boot = cfg.memory.boot.clamp(mmin, mmax) & !((2 << 20) - 1);
+    if c.cpus.boot != cfg.cpus.boot {
+        log::warn!(
+            "the policy allows {vmin}..={vmax} vCPUs: booting with {} instead of {}",
+            c.cpus.boot,
+            cfg.cpus.boot
+        );
+    }
+    if c.memory.boot != cfg.memory.boot {
+        log::warn!(
+            "the policy allows {}..={} MiB: booting with {} MiB instead of {}",
+            mmin >> 20,
+            mmax >> 20,
+            c.memory.boot >> 20,
+            cfg.memory.boot >> 20
+        );
+    }
+    c
 }
 
 /// What the user gave, loaded and checked before KVM is touched.
@@ -159,7 +195,7 @@ impl Inputs {
     /// Guest memory first (binding it to a NUMA node before any page is
     /// touched), then the policy and the output files: a bad policy or a
     /// path that cannot be written is an input error too.
-    pub fn load(cfg: &VmConfig, start: Instant) -> Result<Self, VmError> {
+    pub fn load(cfg: &VmConfig, policy: Policy, start: Instant) -> Result<Self, VmError> {
         let hotplug = memory::hotplug_region(cfg.memory.boot, cfg.memory.max);
         let mem = memory::create_guest_memory(cfg.memory.boot, hotplug).map_err(|source| {
             VmError::Memory {
@@ -167,10 +203,6 @@ impl Inputs {
                 source,
             }
         })?;
-        let policy = match &cfg.policy {
-            Some(path) => Policy::load(path)?,
-            None => Policy::default(),
-        };
         let host_regions: Vec<(usize, usize)> = mem
             .iter()
             .map(|r| (r.as_ptr() as usize, r.len() as usize))
@@ -604,5 +636,58 @@ impl<'a> VmBuilder<'a> {
             kvm_vm: vm,
             mem: self.mem,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(cpus: (u32, u32), memory: (u64, u64)) -> VmConfig {
+        VmConfig {
+            kernel: PathBuf::new(),
+            initrd: None,
+            cmdline: None,
+            cpus: CpuSpec {
+                boot: cpus.0,
+                max: cpus.1,
+            },
+            memory: MemSpec {
+                boot: memory.0,
+                max: memory.1,
+            },
+            boot_timer: false,
+            hint_log: None,
+            decision_log: None,
+            policy: None,
+            api_sock: None,
+            log_limit: 0,
+            api_sock_group: None,
+            policy_dir: None,
+        }
+    }
+
+    #[test]
+    fn the_boot_size_obeys_the_policy() {
+        const MIB: u64 = 1 << 20;
+        let p = Policy::from_toml("p", "[vcpus]\nmax = 2\n[memory]\nmax = \"512M\"\n").unwrap();
+        let c = within_policy(&cfg((4, 4), (1024 * MIB, 1024 * MIB)), &p);
+        assert_eq!((c.cpus.boot, c.cpus.max), (2, 4));
+        assert_eq!(c.memory.boot, 512 * MIB);
+        let p = Policy::from_toml("p", "[vcpus]\nmin = 3\n").unwrap();
+        assert_eq!(
+            within_policy(&cfg((1, 4), (512 * MIB, 512 * MIB)), &p)
+                .cpus
+                .boot,
+            3
+        );
+        assert_eq!(
+            within_policy(&cfg((1, 2), (512 * MIB, 512 * MIB)), &p)
+                .cpus
+                .boot,
+            2
+        );
+        let unchanged = within_policy(&cfg((2, 4), (512 * MIB, MIB << 10)), &Policy::default());
+        assert_eq!((unchanged.cpus.boot, unchanged.memory.boot), (2, 512 * MIB));
     }
 }

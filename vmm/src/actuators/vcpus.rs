@@ -163,15 +163,19 @@ impl VcpuManager {
 /// enabling the lowest free slots; shrinks by asking for the highest slots
 /// to be removed. Slot 0 is never removed.
 pub fn plan_resize(slots: &mut [CpuSlot], to: u32) -> Vec<u32> {
-    let mut count = slots.iter().filter(|s| s.enabled && !s.removing).count() as u32;
+    let mut count = slots
+        .iter()
+        .filter(|s| s.enabled && !s.remove_requested)
+        .count() as u32;
     let mut added = Vec::new();
     for (i, slot) in slots.iter_mut().enumerate() {
         if count >= to {
             break;
         }
-        if slot.enabled && slot.removing {
+        if slot.enabled && slot.remove_requested {
             // A pending removal is simply withdrawn.
             slot.removing = false;
+            slot.remove_requested = false;
             count += 1;
         } else if !slot.enabled {
             slot.enabled = true;
@@ -184,8 +188,9 @@ pub fn plan_resize(slots: &mut [CpuSlot], to: u32) -> Vec<u32> {
         if count <= to {
             break;
         }
-        if slot.enabled && !slot.removing {
+        if slot.enabled && !slot.remove_requested {
             slot.removing = true;
+            slot.remove_requested = true;
             slot.inserting = false;
             count -= 1;
         }
@@ -208,7 +213,7 @@ mod tests {
     }
 
     fn online(s: &[CpuSlot]) -> Vec<bool> {
-        s.iter().map(|s| s.enabled && !s.removing).collect()
+        s.iter().map(|s| s.enabled && !s.remove_requested).collect()
     }
 
     #[test]

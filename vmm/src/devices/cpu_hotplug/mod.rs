@@ -31,8 +31,17 @@ pub const STS_EJECT: u32 = 1 << 3;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuSlot {
     pub enabled: bool,
+    /// The guest is told to add this vCPU (until its scan acknowledges).
     pub inserting: bool,
+    /// The guest is told to remove this vCPU (until its scan acknowledges).
     pub removing: bool,
+    /// perfvmm wants this vCPU gone, until the guest ejects it or perfvmm
+    /// changes its mind. Only such a vCPU may be ejected.
+    pub remove_requested: bool,
+    /// The guest acknowledged a removal request: its eject is accepted even
+    /// if perfvmm withdrew the request since (the guest may already have
+    /// taken the vCPU offline).
+    pub eject_allowed: bool,
 }
 
 /// vCPU states shared between the controller and perfvmm.
@@ -41,6 +50,8 @@ pub struct CpuStates {
     pub slots: Vec<CpuSlot>,
     /// vCPUs the guest ejected, not yet seen by perfvmm.
     pub ejected: Vec<u32>,
+    /// Ejects refused: vCPU 0, or a vCPU perfvmm did not ask to remove.
+    pub refused_ejects: u64,
 }
 
 impl CpuStates {
@@ -54,13 +65,15 @@ impl CpuStates {
         Arc::new(Mutex::new(CpuStates {
             slots,
             ejected: Vec::new(),
+            refused_ejects: 0,
         }))
     }
 
+    /// vCPUs enabled and not asked to go.
     pub fn enabled_count(&self) -> u32 {
         self.slots
             .iter()
-            .filter(|s| s.enabled && !s.removing)
+            .filter(|s| s.enabled && !s.remove_requested)
             .count() as u32
     }
 }
@@ -121,13 +134,16 @@ impl BusDevice for CpuHotplugController {
                 if v & STS_INSERTING != 0 {
                     slot.inserting = false;
                 }
-                if v & STS_REMOVING != 0 {
+                if v & STS_REMOVING != 0 && slot.removing {
                     slot.removing = false;
+                    slot.eject_allowed = slot.remove_requested;
                 }
-                if v & STS_EJECT != 0 && slot.enabled {
-                    slot.enabled = false;
-                    slot.removing = false;
+                let may_eject = sel != 0 && (slot.remove_requested || slot.eject_allowed);
+                if v & STS_EJECT != 0 && slot.enabled && may_eject {
+                    *slot = CpuSlot::default();
                     st.ejected.push(sel);
+                } else if v & STS_EJECT != 0 {
+                    st.refused_ejects += 1;
                 }
             }
             _ => {}
@@ -155,18 +171,32 @@ mod tests {
             s.slots[2] = CpuSlot {
                 enabled: true,
                 inserting: true,
-                removing: false,
+                ..Default::default()
             };
         }
         c.write(CSEL, &2u32.to_le_bytes());
         assert_eq!(rd(&mut c, CSTS), STS_ENABLED | STS_INSERTING);
         c.write(CSTS, &STS_INSERTING.to_le_bytes());
         assert_eq!(rd(&mut c, CSTS), STS_ENABLED);
-        states.lock().unwrap().slots[2].removing = true;
+        // An eject perfvmm did not ask for is refused.
+        c.write(CSTS, &STS_EJECT.to_le_bytes());
+        assert_eq!(rd(&mut c, CSTS), STS_ENABLED);
+        {
+            let mut s = states.lock().unwrap();
+            s.slots[2].removing = true;
+            s.slots[2].remove_requested = true;
+        }
         assert_eq!(states.lock().unwrap().enabled_count(), 1);
+        c.write(CSTS, &STS_REMOVING.to_le_bytes());
         c.write(CSTS, &STS_EJECT.to_le_bytes());
         assert_eq!(rd(&mut c, CSTS), 0);
         assert_eq!(states.lock().unwrap().ejected, vec![2]);
+        // vCPU 0 is never ejected.
+        states.lock().unwrap().slots[0].remove_requested = true;
+        c.write(CSEL, &0u32.to_le_bytes());
+        c.write(CSTS, &STS_EJECT.to_le_bytes());
+        assert_eq!(rd(&mut c, CSTS), STS_ENABLED);
+        assert_eq!(states.lock().unwrap().refused_ejects, 2);
         // Out-of-range selections read 0 and ignore writes.
         c.write(CSEL, &99u32.to_le_bytes());
         assert_eq!(rd(&mut c, CSTS), 0);
