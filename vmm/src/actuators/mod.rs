@@ -17,7 +17,8 @@ pub trait VcpuActuator: Send {
     fn resize(&mut self, to: u32) -> Result<(), ResizeError>;
     /// vCPUs the guest ejected since the last call.
     fn take_ejected(&mut self) -> Vec<u32>;
-    /// vCPUs the guest has taken: enabled, and any insertion acknowledged.
+    /// vCPUs the guest has taken: enabled, and any insertion acknowledged
+    /// (vCPUs asked to go count until the guest ejects them).
     fn in_guest(&self) -> u32;
     /// Total time the vCPU threads have run: its growth over wall time is
     /// how many vCPUs were busy (the reactive mode's usage).

@@ -97,10 +97,14 @@ pub struct Controller {
     pending: [Option<(u64, Duration)>; 2],
     /// The vCPU threads' run time at the previous tick, and when.
     last_run_time: Option<(Duration, Duration)>,
+    /// A vCPU shrink the guest has not completed: (target, when applied).
+    removal: Option<(u64, Duration)>,
 }
 
 /// A grow the guest has not taken after this long is no longer timed.
 const LATENCY_GIVE_UP: Duration = Duration::from_secs(30);
+/// A vCPU removal the guest has not completed by then is reported refused.
+pub const REMOVAL_DEADLINE: Duration = Duration::from_secs(10);
 
 impl Controller {
     /// A controller applying the decisions `rx` receives (from the hint
@@ -126,6 +130,7 @@ impl Controller {
             start,
             pending: [None, None],
             last_run_time: None,
+            removal: None,
         }
     }
 
@@ -157,6 +162,9 @@ impl Controller {
             Ok(()) => {
                 self.counts.applied[r as usize] += 1;
                 self.pending[r as usize] = (d.to > d.from).then_some((d.to, self.now()));
+                if r == Resource::Vcpus {
+                    self.removal = (d.to < d.from).then_some((d.to, self.now()));
+                }
                 log::info!(
                     "policy: {} {} → {}: {}",
                     r.as_str(),
@@ -214,6 +222,45 @@ impl Controller {
         }
     }
 
+    /// A vCPU removal the guest left undone past [`REMOVAL_DEADLINE`] is
+    /// withdrawn and logged as refused; the allocation becomes what the
+    /// guest really holds.
+    fn check_removal(&mut self) {
+        let Some((to, at)) = self.removal else { return };
+        let have = u64::from(self.vcpus.in_guest());
+        if have <= to {
+            self.removal = None;
+            return;
+        }
+        let now = self.now();
+        if now.saturating_sub(at) < REMOVAL_DEADLINE {
+            return;
+        }
+        self.removal = None;
+        let d = Decision {
+            t_ms: now.as_millis() as u64,
+            resource: Resource::Vcpus,
+            from: have,
+            to,
+            reason: format!(
+                "the guest did not eject its vCPUs within {} s",
+                REMOVAL_DEADLINE.as_secs()
+            ),
+            hints: Vec::new(),
+            clamped: false,
+            rate_limited: 0,
+        };
+        // Withdraw what is left of the request, so the slots match the guest.
+        let _ = self.vcpus.resize(have as u32);
+        lock(&self.engine).refused(&d);
+        self.counts.refused[Resource::Vcpus as usize] += 1;
+        log::warn!("policy: vCPUs {have} → {to} not applied: {}", d.reason);
+        let mut v = serde_json::to_value(&d).unwrap_or_default();
+        v["applied"] = json!(false);
+        v["error"] = json!(d.reason);
+        self.write(v);
+    }
+
     /// vCPUs busy since the previous tick: the vCPU threads' run time over
     /// the wall time passed.
     fn busy_vcpus(&mut self, now: Duration) -> Option<f64> {
@@ -227,6 +274,7 @@ impl Controller {
     /// shrinks, and noting vCPUs the guest ejected.
     pub fn tick(&mut self) {
         self.time_grows();
+        self.check_removal();
         let in_use = self.memory.tick();
         let now = self.now();
         let busy = self.busy_vcpus(now);
@@ -543,6 +591,32 @@ mod tests {
             "measured, not the default"
         );
         assert_eq!(e.lead(Resource::Memory), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_removal_the_guest_never_completes_is_reported_refused() {
+        let mut f = Fixture::new("removal");
+        f.controller.manual_resize(Resource::Vcpus, 3);
+        // The mock guest holds whatever it was last asked for; make it keep 3.
+        f.controller.removal = None;
+        f.controller.apply(Decision {
+            t_ms: 0,
+            resource: Resource::Vcpus,
+            from: 3,
+            to: 1,
+            reason: "test".into(),
+            hints: Vec::new(),
+            clamped: false,
+            rate_limited: 0,
+        });
+        lock(&f.calls).vcpus.push(3);
+        f.controller.removal = Some((1, Duration::ZERO));
+        f.controller.start -= REMOVAL_DEADLINE;
+        f.controller.tick();
+        let last = f.log_lines().pop().unwrap();
+        assert_eq!(last["applied"], false, "{last}");
+        assert!(last["error"].as_str().unwrap().contains("did not eject"));
+        assert_eq!(lock(&f.controller.engine).allocation(Resource::Vcpus), 3);
     }
 
     #[test]
