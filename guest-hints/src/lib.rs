@@ -30,6 +30,7 @@ pub mod client;
 pub mod manifest;
 pub mod mmio;
 pub mod note;
+pub mod resources;
 pub mod size;
 pub mod wire;
 
@@ -39,6 +40,8 @@ pub use manifest::ManifestBuilder;
 mod global;
 #[cfg(feature = "std")]
 pub mod linux;
+#[cfg(feature = "std")]
+pub mod trace;
 
 #[cfg(feature = "std")]
 pub use global::*;
