@@ -68,6 +68,12 @@ enum Cmd {
         /// Expected duration in milliseconds.
         #[arg(long, value_name = "MS")]
         expected_ms: Option<u32>,
+        /// After beginning, wait up to MS milliseconds until the phase's
+        /// --parallelism CPUs are online and its --working-set is available
+        /// in this guest, then run CMD either way. CMD finds the outcome in
+        /// PERFHINT_WAIT (met or timed_out); a timeout is also said on stderr.
+        #[arg(long, value_name = "MS")]
+        wait: Option<u64>,
         #[command(flatten)]
         hints: HintArgs,
         /// The command and its arguments.
@@ -161,9 +167,10 @@ fn main() -> ExitCode {
         Cmd::Phase {
             name,
             expected_ms,
+            wait,
             hints,
             command,
-        } => cmd_phase(&name, expected_ms, &hints, &command),
+        } => cmd_phase(&name, expected_ms, wait, &hints, &command),
         Cmd::Inspect { binary } => cmd_inspect(&binary),
         Cmd::Flood { count, batch } => cmd_flood(count, batch),
         Cmd::Status => cmd_status(),
@@ -198,6 +205,7 @@ fn cmd_send(
 fn cmd_phase(
     name: &str,
     expected_ms: Option<u32>,
+    wait: Option<u64>,
     hints: &HintArgs,
     command: &[String],
 ) -> ExitCode {
@@ -213,8 +221,29 @@ fn cmd_phase(
         Hint::Io(io) => p.io(io.class, io.bytes_per_sec),
         _ => p,
     });
-    let guard = phase.begin();
-    let status = Command::new(program).args(args).status();
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let guard = match wait {
+        None => phase.begin(),
+        Some(ms) => {
+            let need = phase.need();
+            let (guard, waited) = phase.begin_and_wait(Duration::from_millis(ms));
+            match waited {
+                guest_hints::WaitOutcome::Met => {
+                    cmd.env("PERFHINT_WAIT", "met");
+                }
+                guest_hints::WaitOutcome::TimedOut => {
+                    eprintln!(
+                        "perfhint phase: {name}: {} not online within {ms} ms; running {program} anyway",
+                        describe_need(&need)
+                    );
+                    cmd.env("PERFHINT_WAIT", "timed_out");
+                }
+            }
+            guard
+        }
+    };
+    let status = cmd.status();
     drop(guard);
     match status {
         Ok(s) => {
@@ -226,6 +255,21 @@ fn cmd_phase(
             eprintln!("perfhint phase: cannot run {program}: {e}");
             ExitCode::from(127)
         }
+    }
+}
+
+/// "4 CPUs and 1.0 GiB of available memory", for messages.
+fn describe_need(need: &guest_hints::resources::Need) -> String {
+    let cpus = format!("{} CPUs", need.cpus);
+    let mem = format!(
+        "{:.1} MiB of available memory",
+        need.working_set_bytes as f64 / (1u64 << 20) as f64
+    );
+    match (need.cpus > 0, need.working_set_bytes > 0) {
+        (true, true) => format!("{cpus} and {mem}"),
+        (true, false) => cpus,
+        (false, true) => mem,
+        (false, false) => "nothing".to_string(),
     }
 }
 
