@@ -22,9 +22,11 @@
 //! client. The C ABI is the `perfhint-capi` crate (`guest-hints/capi`), the
 //! `perfhint` command-line tool the `perfhint` crate (`guest-hints/cli`).
 //!
-//! Features: `std` (default) for the `/dev/perfhint` transport and the
-//! process-wide client; `serde` for `serde::Serialize` on the wire types.
-//! Without `std` the crate is `no_std` and allocates nothing.
+//! Features: `std` (default) for the `/dev/perfhint` transport, the
+//! process-wide client and the hint trace; `serde` for `serde::Serialize`
+//! on the wire types; `build` for reading profiles (`profile`) and turning
+//! them into a manifest from a `build.rs` (`build`). Without `std` the crate
+//! is `no_std` and allocates nothing.
 
 pub mod client;
 pub mod manifest;
@@ -42,6 +44,11 @@ mod global;
 pub mod linux;
 #[cfg(feature = "std")]
 pub mod trace;
+
+#[cfg(feature = "build")]
+pub mod build;
+#[cfg(feature = "build")]
+pub mod profile;
 
 #[cfg(feature = "std")]
 pub use global::*;

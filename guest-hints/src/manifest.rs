@@ -40,6 +40,32 @@ impl ManifestBuilder {
         self
     }
 
+    /// Like [`Self::parallelism`], with the serial fraction in parts per
+    /// million (clamped to [`PPM`]), as generated code writes it.
+    pub const fn parallelism_ppm(mut self, tasks: u32, max_useful: u32, serial_ppm: u32) -> Self {
+        self.m.parallelism = Some(Parallelism {
+            runnable_tasks: tasks,
+            max_useful,
+            serial_ppm: if serial_ppm > PPM { PPM } else { serial_ppm },
+        });
+        self
+    }
+
+    /// Working set, peak memory and growth per second, in bytes.
+    pub const fn memory_growth(
+        mut self,
+        working_set_bytes: u64,
+        peak_bytes: u64,
+        growth_bytes_per_sec: u64,
+    ) -> Self {
+        self.m.memory = Some(Memory {
+            working_set_bytes,
+            peak_bytes,
+            growth_bytes_per_sec,
+        });
+        self
+    }
+
     /// Working set and peak memory, in bytes.
     pub const fn memory(mut self, working_set_bytes: u64, peak_bytes: u64) -> Self {
         self.m.memory = Some(Memory {
