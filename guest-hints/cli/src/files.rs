@@ -14,16 +14,34 @@ pub fn is_read_only(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Replaces `target` with `bytes` (mode `mode`) through a temporary file in
-/// the same directory and a rename; on any error `target` is unchanged.
-/// Refuses a target that is read-only.
-pub fn write_atomic(target: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+/// Whether `target` could be written by [`write_atomic`]: not read-only,
+/// not a directory, in a directory that exists.
+pub fn check_writable(target: &Path) -> Result<(), String> {
     if is_read_only(target) {
         return Err(format!("{} is read-only", target.display()));
     }
     if fs::metadata(target).is_ok_and(|m| m.is_dir()) {
         return Err(format!("{} is a directory", target.display()));
     }
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return Err(format!(
+            "cannot write {}: {} is not a directory",
+            target.display(),
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Replaces `target` with `bytes` (mode `mode`) through a temporary file in
+/// the same directory and a rename; on any error `target` is unchanged.
+/// Refuses a target that is read-only.
+pub fn write_atomic(target: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    check_writable(target)?;
     let name = target
         .file_name()
         .ok_or_else(|| format!("{} names no file", target.display()))?;
@@ -76,6 +94,8 @@ mod tests {
         assert_eq!(fs::read(&f).unwrap(), b"two");
         let e = write_atomic(&f.join("under-a-file"), b"x", 0o644).unwrap_err();
         assert!(e.starts_with("cannot write"), "{e}");
+        let e = write_atomic(&dir, b"x", 0o644).unwrap_err();
+        assert!(e.ends_with("is a directory"), "{e}");
         // No temporary file is left behind.
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
         fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();

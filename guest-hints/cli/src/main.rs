@@ -390,8 +390,8 @@ fn cmd_profile(output: &Path, interval_ms: u32, merge: &[PathBuf], command: &[St
         return fail("profile", "--interval-ms must be at least 1");
     }
     // Refuse an output that cannot be written before running anything.
-    if files::is_read_only(output) {
-        return fail("profile", format_args!("{} is read-only", output.display()));
+    if let Err(e) = files::check_writable(output) {
+        return fail("profile", e);
     }
     let (p, status) = match profile::profile(command, interval_ms) {
         Ok(r) => r,

@@ -49,6 +49,9 @@ fn inspect_shows_the_example_manifest() {
     assert_eq!(json["parallelism"]["max_useful"], 16);
     assert_eq!(json["io"]["class"], "sequential");
     assert_eq!(json["phases"][1]["name"], "compute");
+    // Only the phases it declares: no null for each unused slot.
+    assert_eq!(json["phases"].as_array().unwrap().len(), 2);
+    assert_eq!(json["schedule"], serde_json::json!([]));
 
     // It survives strip.
     let stripped =

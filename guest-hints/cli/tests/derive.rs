@@ -236,6 +236,18 @@ fn profile_refuses_bad_arguments_with_one_line() {
         );
         assert!(!out.exists());
     }
+    // An output that cannot be written is refused before CMD runs.
+    let marker = dir.join("ran");
+    let o = perfhint()
+        .args(["profile", "-o"])
+        .arg(dir.join("no-such-dir").join("p.json"))
+        .args(["--", "touch"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("is not a directory"));
+    assert!(!marker.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
