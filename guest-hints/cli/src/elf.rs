@@ -225,14 +225,26 @@ fn same_loaded_image(before: &[u8], after: &[u8]) -> Result<(), String> {
         return Err("the result's program headers differ".to_string());
     }
     let header_len: u64 = if a.is_64() { 64 } else { 52 };
+    let skip = old_note.unwrap_or((0, 0));
     for &(_, _, (off, size)) in &sa {
-        for i in off.max(header_len)..off + size {
-            if old_note.is_some_and(|(o, n)| i >= o && i < o + n) {
+        let start = off.max(header_len);
+        let end = off.saturating_add(size);
+        // The segment's bytes, less the superseded note's.
+        let pieces = [
+            (start, end.min(skip.0)),
+            (start.max(skip.0.saturating_add(skip.1)), end),
+        ];
+        for (from, to) in pieces {
+            if from >= to {
                 continue;
             }
-            if before.get(i as usize) != after.get(i as usize) {
+            let range = usize::try_from(from).ok()..usize::try_from(to).ok();
+            let (Some(f), Some(t)) = (range.start, range.end) else {
+                return Err("a segment lies outside the address space".to_string());
+            };
+            if before.get(f..t) != after.get(f..t) {
                 return Err(format!(
-                    "the result changes loaded bytes at file offset {i:#x}"
+                    "the result changes loaded bytes between file offsets {f:#x} and {t:#x}"
                 ));
             }
         }
@@ -254,6 +266,39 @@ mod tests {
         area.extend(note::note_bytes(&m));
         assert_eq!(note::find_in_notes(&area), Some(m));
         assert_eq!(note::find_in_notes(&superseded_note(40)), None);
+    }
+
+    #[test]
+    fn embedding_keeps_what_is_loaded_and_reads_back() {
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        let m = guest_hints::profile::derive_manifest(
+            &guest_hints::profile::Profile::from_json(
+                r#"{"format":"perfhint-profile","version":1,"command":["t"],"binary":null,
+                    "build_id":null,"wall_ms":10,"interval_ms":10,"runs":1,
+                    "cpu_time_source":"ticks","working_set_source":"rss","io_source":"chars",
+                    "phases":[{"id":1,"name":"a","source":"explicit","start_ms":0,
+                    "duration_ms":10,"parallelism_p50":1.0,"parallelism_p95":1.0,
+                    "max_useful":1,"working_set_bytes":1,"peak_bytes":2,
+                    "io_bytes_per_sec":0,"io_class":"none","samples":1}]}"#,
+            )
+            .unwrap(),
+            "t",
+        );
+        let (out, placed) = embed(&exe, &m).unwrap();
+        assert_eq!(placed, Placed::Added);
+        assert_eq!(
+            note::find_in_elf(&out).unwrap(),
+            note::find_in_notes(&note::note_bytes(&m))
+        );
+        same_loaded_image(&exe, &out).unwrap();
+        // Once embedded, a note of the same size goes in place.
+        let (again, placed) = embed(&out, &m).unwrap();
+        assert_eq!(placed, Placed::InPlace);
+        assert_eq!(again, out);
+        // A change to anything loaded is caught.
+        let mut bad = out.clone();
+        bad[0x200] ^= 1;
+        assert!(same_loaded_image(&exe, &bad).is_err());
     }
 
     #[test]

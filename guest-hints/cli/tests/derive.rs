@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use serde_json::Value;
 
@@ -35,6 +35,13 @@ fn examples() -> PathBuf {
             target_dir().join("examples")
         })
         .clone()
+}
+
+/// Tests that measure CPU time take turns, so that they do not compete
+/// with each other for the machine's CPUs (other work still may).
+fn measuring() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A fresh directory for one test.
@@ -101,6 +108,7 @@ fn f(v: &Value) -> f64 {
 
 #[test]
 fn profile_finds_the_phases_and_their_parallelism() {
+    let _turn = measuring();
     let dir = scratch("phases");
     let demo = examples().join("phases_demo");
     let out = dir.join("p.json");
@@ -154,6 +162,7 @@ fn profile_finds_the_phases_and_their_parallelism() {
 
 #[test]
 fn profile_finds_phases_nobody_announced() {
+    let _turn = measuring();
     let dir = scratch("detect");
     let demo = examples().join("phases_demo");
     let out = dir.join("p.json");
@@ -181,6 +190,7 @@ fn profile_finds_phases_nobody_announced() {
 
 #[test]
 fn profile_of_a_shell_script_with_phases_exits_as_it_does() {
+    let _turn = measuring();
     let dir = scratch("shell");
     let out = dir.join("p.json");
     let ph = env!("CARGO_BIN_EXE_perfhint");
@@ -253,6 +263,7 @@ fn profile_refuses_bad_arguments_with_one_line() {
 
 #[test]
 fn merge_combines_runs_of_one_binary() {
+    let _turn = measuring();
     let dir = scratch("merge");
     let demo = examples().join("phases_demo");
     let mut runs = Vec::new();
