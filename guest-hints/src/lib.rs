@@ -17,9 +17,11 @@
 //!
 //! Layers: [`wire`] (the message format, shared with the device), [`client`]
 //! (numbering and batching over any [`client::Transport`]), [`mmio`] (a
-//! bare-metal virtio-mmio driver for `no_std` guests) — all `no_std`; and with
-//! the `std` feature, the `/dev/perfhint` transport and a process-wide
-//! client. The C ABI is the `perfhint-capi` crate (`guest-hints/capi`), the
+//! bare-metal virtio-mmio driver for `no_std` guests), [`resources`] (what
+//! the guest can see of its CPUs and memory) — all `no_std`; and with the
+//! `std` feature, the `/dev/perfhint` transport, a process-wide client
+//! (including `Phase::begin_and_wait`) and the hint trace (`trace`,
+//! `PERFHINT_TRACE`). The C ABI is the `perfhint-capi` crate (`guest-hints/capi`), the
 //! `perfhint` command-line tool the `perfhint` crate (`guest-hints/cli`).
 //!
 //! Features: `std` (default) for the `/dev/perfhint` transport, the
