@@ -84,7 +84,8 @@ fn main() {
                 .working_set((mib as u64) << 20)
                 .begin()
         });
-        let mut buf = vec![0u8; mib << 20];
+        // Filled at once (every page touched now), then touched over and over.
+        let mut buf = vec![1u8; mib << 20];
         spin(d, &mut buf);
     });
 }
