@@ -3,10 +3,11 @@
 //! there, a silent no-op when it is not.
 
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::client::{hint, Client, ClientStats, SendError};
 use crate::linux::DevTransport;
+use crate::resources::{Need, CPU_ONLINE_PATH, MEMINFO_PATH};
 use crate::wire::{Hint, IoClass, Locality};
 
 fn client() -> &'static Mutex<Client<DevTransport>> {
@@ -29,33 +30,18 @@ pub fn stats() -> ClientStats {
     with(|c| c.stats())
 }
 
-fn trace_enabled() -> bool {
-    static TRACE: OnceLock<bool> = OnceLock::new();
-    *TRACE.get_or_init(|| std::env::var_os("PERFHINT_TRACE").is_some_and(|v| v != "0"))
-}
-
 /// Sends hints as one message, reporting failures.
 ///
-/// With `PERFHINT_TRACE=1` in the environment, every hint is also printed to
-/// standard error as `perfhint-trace seq=N kind=K` (or `seq=dropped`), so a
-/// run can be compared with the host's hint log.
+/// With `PERFHINT_TRACE` in the environment every hint is also traced,
+/// device or not (see [`crate::trace`]): `PERFHINT_TRACE=1` prints
+/// `perfhint-trace seq=N kind=K` (or `seq=dropped`) on standard error, so a
+/// run can be compared with the host's hint log; `PERFHINT_TRACE=FILE`
+/// appends one JSON line per hint, with a `CLOCK_MONOTONIC` timestamp, to
+/// FILE (what `perfhint profile` reads).
 pub fn try_send(hints: &[Hint]) -> Result<u32, SendError> {
+    let t_ns = crate::trace::monotonic_ns();
     let r = with(|c| c.send_all(hints));
-    if trace_enabled() {
-        for (i, h) in hints.iter().enumerate() {
-            match r {
-                Ok(seq) => eprintln!(
-                    "perfhint-trace seq={} kind={}",
-                    seq.wrapping_add(i as u32),
-                    h.kind_name()
-                ),
-                Err(e) => eprintln!(
-                    "perfhint-trace seq=dropped kind={} reason={e:?}",
-                    h.kind_name()
-                ),
-            }
-        }
-    }
+    crate::trace::record(t_ns, hints, r);
     r
 }
 
@@ -166,6 +152,48 @@ impl Phase {
         self
     }
 
+    /// What the phase asks for, as the guest can check it: its parallelism
+    /// as online CPUs and its working set as available memory (the last
+    /// of each given).
+    pub fn need(&self) -> Need {
+        let mut need = Need::default();
+        for h in &self.extra {
+            match h {
+                Hint::Parallelism(p) => need.cpus = p.runnable_tasks,
+                Hint::Memory(m) => need.working_set_bytes = m.working_set_bytes,
+                _ => {}
+            }
+        }
+        need
+    }
+
+    /// Sends the phase's begin (and its hints), then waits until what the
+    /// phase asks for is online in this guest — as many online CPUs
+    /// (`/sys/devices/system/cpu/online`) as its parallelism, and, if it
+    /// gave a working set, that much available memory (`MemAvailable` in
+    /// `/proc/meminfo`) — or until `timeout` passes, checking every 10 ms.
+    ///
+    /// The guest learns nothing of the host: only whether its own request
+    /// is met. A phase that asks for nothing is met at once; what cannot be
+    /// read is not met.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use guest_hints::{Phase, WaitOutcome};
+    /// let (_phase, waited) = Phase::new("solve")
+    ///     .parallelism(8)
+    ///     .working_set(4 << 30)
+    ///     .begin_and_wait(Duration::from_millis(500));
+    /// if waited == WaitOutcome::TimedOut {
+    ///     // run with what there is
+    /// }
+    /// ```
+    pub fn begin_and_wait(self, timeout: Duration) -> (PhaseGuard, WaitOutcome) {
+        let need = self.need();
+        let guard = self.begin();
+        (guard, wait_for(need, timeout))
+    }
+
     /// Sends the phase's begin (and its hints) as one message.
     pub fn begin(self) -> PhaseGuard {
         let id = next_phase_id();
@@ -174,6 +202,51 @@ impl Phase {
         hints.extend(self.extra);
         send(&hints);
         PhaseGuard { id }
+    }
+}
+
+/// What [`Phase::begin_and_wait`] and [`wait_for`] saw.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// What was asked for is online in the guest.
+    Met,
+    /// The timeout passed first.
+    TimedOut,
+}
+
+/// How often [`wait_for`] looks.
+const WAIT_POLL: Duration = Duration::from_millis(10);
+
+/// Whether `need` is met now, as this guest sees it.
+pub fn need_is_met(need: &Need) -> bool {
+    if need.is_empty() {
+        return true;
+    }
+    let cpus = (need.cpus > 0)
+        .then(|| std::fs::read_to_string(CPU_ONLINE_PATH).ok())
+        .flatten();
+    let meminfo = (need.working_set_bytes > 0)
+        .then(|| std::fs::read_to_string(MEMINFO_PATH).ok())
+        .flatten();
+    need.is_met(cpus.as_deref(), meminfo.as_deref())
+}
+
+/// Waits until `need` is met in this guest or `timeout` passes, checking
+/// every 10 ms (at least once, even with a zero timeout).
+pub fn wait_for(need: Need, timeout: Duration) -> WaitOutcome {
+    let deadline = Instant::now().checked_add(timeout);
+    loop {
+        if need_is_met(&need) {
+            return WaitOutcome::Met;
+        }
+        let now = Instant::now();
+        let left = match deadline {
+            Some(d) if d > now => d - now,
+            Some(_) => return WaitOutcome::TimedOut,
+            None => WAIT_POLL, // a timeout too long to represent: wait on
+        };
+        std::thread::sleep(left.min(WAIT_POLL));
     }
 }
 
@@ -198,4 +271,55 @@ impl Drop for PhaseGuard {
 /// Begins a phase named `name`; it ends when the guard is dropped.
 pub fn phase(name: &str) -> PhaseGuard {
     Phase::new(name).begin()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_phase_asks_for_its_last_parallelism_and_working_set() {
+        let p = Phase::new("x")
+            .parallelism(2)
+            .working_set(10)
+            .parallelism(6);
+        assert_eq!(
+            p.need(),
+            Need {
+                cpus: 6,
+                working_set_bytes: 10
+            }
+        );
+        assert_eq!(Phase::new("y").need(), Need::default());
+    }
+
+    #[test]
+    fn waiting_meets_or_times_out() {
+        // Nothing asked for: met at once.
+        assert_eq!(wait_for(Need::default(), Duration::ZERO), WaitOutcome::Met);
+        // More CPUs than any machine has: times out, about on time.
+        let start = Instant::now();
+        let huge = Need {
+            cpus: u32::MAX,
+            working_set_bytes: 0,
+        };
+        assert_eq!(
+            wait_for(huge, Duration::from_millis(50)),
+            WaitOutcome::TimedOut
+        );
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(50) && took < Duration::from_secs(2));
+        // One CPU is online wherever /sys is mounted.
+        if std::path::Path::new(CPU_ONLINE_PATH).exists() {
+            let one = Need {
+                cpus: 1,
+                working_set_bytes: 0,
+            };
+            let (_g, w) = Phase::new("t")
+                .parallelism(1)
+                .begin_and_wait(Duration::ZERO);
+            assert_eq!(w, WaitOutcome::Met);
+            assert_eq!(wait_for(one, Duration::ZERO), WaitOutcome::Met);
+        }
+    }
 }

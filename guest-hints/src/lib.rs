@@ -17,19 +17,24 @@
 //!
 //! Layers: [`wire`] (the message format, shared with the device), [`client`]
 //! (numbering and batching over any [`client::Transport`]), [`mmio`] (a
-//! bare-metal virtio-mmio driver for `no_std` guests) — all `no_std`; and with
-//! the `std` feature, the `/dev/perfhint` transport and a process-wide
-//! client. The C ABI is the `perfhint-capi` crate (`guest-hints/capi`), the
+//! bare-metal virtio-mmio driver for `no_std` guests), [`resources`] (what
+//! the guest can see of its CPUs and memory) — all `no_std`; and with the
+//! `std` feature, the `/dev/perfhint` transport, a process-wide client
+//! (including `Phase::begin_and_wait`) and the hint trace (`trace`,
+//! `PERFHINT_TRACE`). The C ABI is the `perfhint-capi` crate (`guest-hints/capi`), the
 //! `perfhint` command-line tool the `perfhint` crate (`guest-hints/cli`).
 //!
-//! Features: `std` (default) for the `/dev/perfhint` transport and the
-//! process-wide client; `serde` for `serde::Serialize` on the wire types.
-//! Without `std` the crate is `no_std` and allocates nothing.
+//! Features: `std` (default) for the `/dev/perfhint` transport, the
+//! process-wide client and the hint trace; `serde` for `serde::Serialize`
+//! on the wire types; `build` for reading profiles (`profile`) and turning
+//! them into a manifest from a `build.rs` (`build`). Without `std` the crate
+//! is `no_std` and allocates nothing.
 
 pub mod client;
 pub mod manifest;
 pub mod mmio;
 pub mod note;
+pub mod resources;
 pub mod size;
 pub mod wire;
 
@@ -39,6 +44,13 @@ pub use manifest::ManifestBuilder;
 mod global;
 #[cfg(feature = "std")]
 pub mod linux;
+#[cfg(feature = "std")]
+pub mod trace;
+
+#[cfg(feature = "build")]
+pub mod build;
+#[cfg(feature = "build")]
+pub mod profile;
 
 #[cfg(feature = "std")]
 pub use global::*;

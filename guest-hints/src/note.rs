@@ -10,6 +10,9 @@ use crate::wire::{self, Hint, Manifest};
 pub const NOTE_OWNER: &[u8; 9] = b"perfhint\0";
 /// The note type of a perf-hint manifest.
 pub const NT_PERFHINT_MANIFEST: u32 = 0x5048_0001;
+/// The note type `perfhint embed` gives a manifest it replaced but could not
+/// remove (an allocated section too small for the new one): readers skip it.
+pub const NT_PERFHINT_SUPERSEDED: u32 = 0x5048_0002;
 /// Section the note lives in.
 pub const NOTE_SECTION: &str = ".note.perfhint";
 
@@ -57,6 +60,13 @@ impl<const N: usize> Note<N> {
         }
         Note { bytes }
     }
+}
+
+/// The note for `m` (as [`Note::new`] builds it), at run time.
+#[cfg(feature = "std")]
+pub fn note_bytes(m: &Manifest) -> Vec<u8> {
+    let note: Note<{ 12 + 12 + wire::MAX_MESSAGE_LEN }> = Note::new(m);
+    note.bytes[..note_len(m)].to_vec()
 }
 
 /// Embeds the application's declared needs in its binary as an ELF note.
@@ -217,5 +227,12 @@ mod tests {
         assert_eq!(find_in_notes(&note.bytes[..20]), None);
         assert_eq!(find_in_notes(&[0xff; 40]), None);
         assert!(find_in_elf(b"nope").is_err());
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn note_bytes_at_run_time_are_the_const_note() {
+        let note: Note<{ note_len(&M) }> = Note::new(&M);
+        assert_eq!(note_bytes(&M), note.bytes.to_vec());
     }
 }

@@ -51,6 +51,8 @@ pub mod kind {
     pub const PLACEMENT: u16 = 6;
     /// [`super::Hint::Manifest`].
     pub const MANIFEST: u16 = 7;
+    /// [`super::Hint::PhaseNeeds`].
+    pub const PHASE_NEEDS: u16 = 8;
 }
 
 /// Minimum body lengths of the version-1 kinds.
@@ -61,6 +63,8 @@ const PHASE_BEGIN_FIXED: usize = 12;
 const PHASE_END_LEN: usize = 4;
 const PLACEMENT_LEN: usize = 4;
 const MANIFEST_FIXED: usize = 4;
+/// Body length of a `phase_needs` record.
+const PHASE_NEEDS_LEN: usize = 52;
 
 /// Why a message or record could not be decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,8 +324,150 @@ pub struct Placement {
     pub locality: Locality,
 }
 
+/// What one phase of a program needs, measured beforehand (by `perfhint
+/// profile`) rather than announced as it begins: one entry of a manifest's
+/// [`Manifest::schedule`], or a standalone hint.
+///
+/// A valid value (see [`PhaseNeeds::is_valid`]) has `parallelism_p50_milli
+/// <= parallelism_p95_milli`, `working_set_bytes <= peak_bytes` unless
+/// `peak_bytes` is 0 (unknown), and `start_ms + duration_ms` within a u32.
+/// The encoder writes [`PhaseNeeds::normalized`], so whatever it writes
+/// decodes.
+///
+/// ```
+/// use guest_hints::wire::{IoClass, PhaseNeeds};
+/// const LOAD: PhaseNeeds = PhaseNeeds::new(1, 0, 1_500)
+///     .parallelism(1.0, 1.2, 1)
+///     .memory(64 << 20, 80 << 20)
+///     .io(IoClass::Sequential, 200 << 20);
+/// assert_eq!(LOAD.parallelism_p95_milli, 1_200);
+/// assert!(LOAD.is_valid());
+/// ```
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PhaseNeeds {
+    /// Identifies the phase within its schedule.
+    pub id: u32,
+    /// Expected start, in milliseconds from the program's start.
+    pub start_ms: u32,
+    /// Expected duration in milliseconds.
+    pub duration_ms: u32,
+    /// Median effective parallelism (CPU time / wall time), ×1000.
+    pub parallelism_p50_milli: u32,
+    /// 95th percentile of the effective parallelism, ×1000.
+    pub parallelism_p95_milli: u32,
+    /// The most threads that were ever running at once (0: unknown).
+    pub max_useful: u32,
+    /// Memory the phase touches repeatedly, in bytes.
+    pub working_set_bytes: u64,
+    /// The most memory the phase uses, in bytes (0: unknown).
+    pub peak_bytes: u64,
+    /// The phase's kind of I/O.
+    pub io_class: IoClass,
+    /// The phase's I/O rate in bytes per second.
+    pub io_bytes_per_sec: u64,
+}
+
+impl PhaseNeeds {
+    /// Phase `id`, expected `start_ms` after the program's start for
+    /// `duration_ms`, needing nothing else yet (add it with the other
+    /// methods).
+    pub const fn new(id: u32, start_ms: u32, duration_ms: u32) -> Self {
+        PhaseNeeds {
+            id,
+            start_ms,
+            duration_ms,
+            parallelism_p50_milli: 0,
+            parallelism_p95_milli: 0,
+            max_useful: 0,
+            working_set_bytes: 0,
+            peak_bytes: 0,
+            io_class: IoClass::None,
+            io_bytes_per_sec: 0,
+        }
+    }
+
+    /// Effective parallelism, median and 95th percentile (in threads, for
+    /// example 3.5; negative and NaN count as 0), and the most threads that
+    /// help (0: unknown).
+    pub const fn parallelism(self, p50: f64, p95: f64, max_useful: u32) -> Self {
+        // `as` saturates and maps NaN to 0.
+        self.parallelism_milli((p50 * 1000.0) as u32, (p95 * 1000.0) as u32, max_useful)
+    }
+
+    /// [`Self::parallelism`] in thousandths of a thread.
+    pub const fn parallelism_milli(
+        mut self,
+        p50_milli: u32,
+        p95_milli: u32,
+        max_useful: u32,
+    ) -> Self {
+        self.parallelism_p50_milli = p50_milli;
+        self.parallelism_p95_milli = p95_milli;
+        self.max_useful = max_useful;
+        self
+    }
+
+    /// Working set and peak memory, in bytes.
+    pub const fn memory(mut self, working_set_bytes: u64, peak_bytes: u64) -> Self {
+        self.working_set_bytes = working_set_bytes;
+        self.peak_bytes = peak_bytes;
+        self
+    }
+
+    /// The kind of I/O and its rate in bytes per second.
+    pub const fn io(mut self, class: IoClass, bytes_per_sec: u64) -> Self {
+        self.io_class = class;
+        self.io_bytes_per_sec = bytes_per_sec;
+        self
+    }
+
+    /// Expected end, in milliseconds from the program's start.
+    pub const fn end_ms(&self) -> u64 {
+        self.start_ms as u64 + self.duration_ms as u64
+    }
+
+    /// Whether the decoder accepts it: p50 ≤ p95, working set ≤ peak (when
+    /// the peak is known), and the end within a u32 of milliseconds.
+    pub const fn is_valid(&self) -> bool {
+        self.parallelism_p50_milli <= self.parallelism_p95_milli
+            && (self.peak_bytes == 0 || self.working_set_bytes <= self.peak_bytes)
+            && self.end_ms() <= u32::MAX as u64
+    }
+
+    /// The nearest valid value: p95 raised to p50, the peak raised to the
+    /// working set, the duration cut to end within a u32. A valid value is
+    /// returned unchanged.
+    pub const fn normalized(mut self) -> Self {
+        if self.parallelism_p95_milli < self.parallelism_p50_milli {
+            self.parallelism_p95_milli = self.parallelism_p50_milli;
+        }
+        if self.peak_bytes != 0 && self.working_set_bytes > self.peak_bytes {
+            self.peak_bytes = self.working_set_bytes;
+        }
+        if self.end_ms() > u32::MAX as u64 {
+            self.duration_ms = u32::MAX - self.start_ms;
+        }
+        self
+    }
+}
+
 /// Phases a manifest can declare.
 pub const MAX_MANIFEST_PHASES: usize = 8;
+
+/// Entries in a manifest's [`Manifest::schedule`].
+pub const MAX_SCHEDULE_PHASES: usize = 16;
+
+/// Serializes only the slots in use, so that a manifest shows its phases,
+/// not its capacity.
+#[cfg(feature = "serde")]
+fn serialize_present<S, T, const N: usize>(slots: &[Option<T>; N], s: S) -> Result<S::Ok, S::Error>
+where
+    S: serde::Serializer,
+    T: serde::Serialize,
+{
+    s.collect_seq(slots.iter().flatten())
+}
 
 /// An application's declared needs, embedded at compile time.
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -338,7 +484,13 @@ pub struct Manifest {
     /// Its placement needs, if declared.
     pub placement: Option<Placement>,
     /// The phases it declares (`declared_only` set), in order; unused slots are `None`.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "serialize_present"))]
     pub phases: [Option<PhaseBegin>; MAX_MANIFEST_PHASES],
+    /// What each phase of a typical run needs and when, in order of
+    /// `start_ms` (derived from a profile by `perfhint embed`); unused slots
+    /// are `None`, and follow the used ones.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "serialize_present"))]
+    pub schedule: [Option<PhaseNeeds>; MAX_SCHEDULE_PHASES],
 }
 
 impl Manifest {
@@ -351,6 +503,7 @@ impl Manifest {
             io: None,
             placement: None,
             phases: [None; MAX_MANIFEST_PHASES],
+            schedule: [None; MAX_SCHEDULE_PHASES],
         }
     }
 }
@@ -379,6 +532,8 @@ pub enum Hint {
     Placement(Placement),
     /// The application's declared needs (see [`crate::manifest!`]).
     Manifest(Manifest),
+    /// What one phase needs and when (usually inside a manifest's schedule).
+    PhaseNeeds(PhaseNeeds),
 }
 
 impl Hint {
@@ -392,6 +547,7 @@ impl Hint {
             Hint::PhaseEnd { .. } => kind::PHASE_END,
             Hint::Placement(_) => kind::PLACEMENT,
             Hint::Manifest(_) => kind::MANIFEST,
+            Hint::PhaseNeeds(_) => kind::PHASE_NEEDS,
         }
     }
 
@@ -405,6 +561,7 @@ impl Hint {
             Hint::PhaseEnd { .. } => "phase_end",
             Hint::Placement(_) => "placement",
             Hint::Manifest(_) => "manifest",
+            Hint::PhaseNeeds(_) => "phase_needs",
         }
     }
 }
@@ -591,6 +748,27 @@ fn decode_placement(b: &[u8]) -> Result<Placement, DecodeError> {
     })
 }
 
+fn decode_phase_needs(b: &[u8]) -> Result<PhaseNeeds, DecodeError> {
+    need(b, PHASE_NEEDS_LEN)?;
+    // Bytes 41..44 are reserved: written as 0, ignored when read.
+    let p = PhaseNeeds {
+        id: u32_at(b, 0),
+        start_ms: u32_at(b, 4),
+        duration_ms: u32_at(b, 8),
+        parallelism_p50_milli: u32_at(b, 12),
+        parallelism_p95_milli: u32_at(b, 16),
+        max_useful: u32_at(b, 20),
+        working_set_bytes: u64_at(b, 24),
+        peak_bytes: u64_at(b, 32),
+        io_class: IoClass::from_u8(b[40]).ok_or(DecodeError::BadValue)?,
+        io_bytes_per_sec: u64_at(b, 44),
+    };
+    if !p.is_valid() {
+        return Err(DecodeError::BadValue);
+    }
+    Ok(p)
+}
+
 fn decode_manifest(b: &[u8]) -> Result<Manifest, DecodeError> {
     need(b, MANIFEST_FIXED)?;
     let name_len = u16_at(b, 0) as usize;
@@ -601,6 +779,7 @@ fn decode_manifest(b: &[u8]) -> Result<Manifest, DecodeError> {
     )?;
     let mut m = Manifest::empty(name);
     let mut phases = 0;
+    let mut schedule = 0;
     let records = Records {
         rest: &b[MANIFEST_FIXED + name_len..],
         remaining: count,
@@ -620,8 +799,13 @@ fn decode_manifest(b: &[u8]) -> Result<Manifest, DecodeError> {
                 });
                 phases += 1;
             }
+            Some(Hint::PhaseNeeds(p)) if schedule < MAX_SCHEDULE_PHASES => {
+                m.schedule[schedule] = Some(p);
+                schedule += 1;
+            }
             Some(Hint::Manifest(_)) => return Err(DecodeError::NestedManifest),
-            // Extra phases, phase ends and unknown kinds are skipped.
+            // Extra phases and schedule entries, phase ends and unknown
+            // kinds are skipped.
             _ => {}
         }
     }
@@ -642,6 +826,7 @@ pub fn decode_record(rec: RawRecord<'_>) -> Result<Option<Hint>, DecodeError> {
         }
         kind::PLACEMENT => Hint::Placement(decode_placement(b)?),
         kind::MANIFEST => Hint::Manifest(decode_manifest(b)?),
+        kind::PHASE_NEEDS => Hint::PhaseNeeds(decode_phase_needs(b)?),
         _ => return Ok(None),
     }))
 }
@@ -799,10 +984,35 @@ pub const fn write_record<const N: usize>(out: &mut Buf<N>, hint: &Hint) {
                 }
                 i += 1;
             }
+            // After every version-1 record, so that a reader that does not
+            // know kind 8 skips these and decodes the rest as before.
+            let mut i = 0;
+            while i < MAX_SCHEDULE_PHASES {
+                if let Some(p) = m.schedule[i] {
+                    write_record(out, &Hint::PhaseNeeds(p));
+                    count += 1;
+                }
+                i += 1;
+            }
             out.set_u16(count_at, count);
         }
+        Hint::PhaseNeeds(p) => {
+            let p = p.normalized();
+            out.put_u32(p.id);
+            out.put_u32(p.start_ms);
+            out.put_u32(p.duration_ms);
+            out.put_u32(p.parallelism_p50_milli);
+            out.put_u32(p.parallelism_p95_milli);
+            out.put_u32(p.max_useful);
+            out.put_u64(p.working_set_bytes);
+            out.put_u64(p.peak_bytes);
+            out.put_slice(&[p.io_class as u8, 0, 0, 0]);
+            out.put_u64(p.io_bytes_per_sec);
+        }
     }
-    let body = out.len - start - RECORD_HEADER_LEN;
+    // When the buffer filled up, even the record header may be missing (and
+    // `overflow` is set): never underflow.
+    let body = out.len.saturating_sub(start + RECORD_HEADER_LEN);
     if body > u16::MAX as usize {
         out.overflow = true;
     }

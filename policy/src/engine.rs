@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use guest_hints::wire::{Hint, Memory, Outcome, Parallelism};
+use guest_hints::wire::{Hint, Memory, Outcome, Parallelism, PhaseNeeds};
 use serde::Serialize;
 
 use super::config::{Mode, Policy, Untrusted};
@@ -156,8 +156,10 @@ pub struct Engine {
     frames: Vec<Frame>,
     bucket: Bucket,
     rate_limited: u64,
-    /// The profile-derived schedule of the program running, if it has one.
+    /// The profile-derived schedule of the program running, if it has one,
+    /// and the needs it was made from.
     schedule: Option<Schedule>,
+    schedule_needs: Vec<ScheduledNeeds>,
     /// How long this VM's resizes take to show in the guest, per resource.
     latencies: [Latencies; 2],
     /// Observed usage per resource (reactive mode): (when, value).
@@ -231,6 +233,36 @@ pub struct ScheduledNeeds {
     pub memory: Option<Memory>,
 }
 
+impl ScheduledNeeds {
+    /// A schedule entry from the wire. vCPUs: the most threads the profile
+    /// saw running at once when it knows, else the 95th percentile of the
+    /// effective parallelism — a profile taken on fewer CPUs than the phase
+    /// could use caps the effective figure, not the runnable threads.
+    pub fn from_wire(n: &PhaseNeeds) -> Self {
+        let tasks = if n.max_useful > 0 {
+            n.max_useful
+        } else {
+            n.parallelism_p95_milli.div_ceil(1000)
+        };
+        let memory = n.working_set_bytes.max(n.peak_bytes);
+        ScheduledNeeds {
+            id: n.id,
+            start_ms: n.start_ms,
+            duration_ms: n.duration_ms,
+            parallelism: (tasks > 0).then_some(Parallelism {
+                runnable_tasks: tasks,
+                max_useful: 0,
+                serial_ppm: 0,
+            }),
+            memory: (memory > 0).then_some(Memory {
+                working_set_bytes: n.working_set_bytes,
+                peak_bytes: n.peak_bytes,
+                growth_bytes_per_sec: 0,
+            }),
+        }
+    }
+}
+
 /// VM-side limits the policy is combined with.
 #[derive(Clone, Copy, Debug)]
 pub struct VmLimits {
@@ -273,6 +305,7 @@ impl Engine {
             frames: Vec::new(),
             rate_limited: 0,
             schedule: None,
+            schedule_needs: Vec::new(),
             latencies: [Latencies::new(), Latencies::new()],
             usage: [VecDeque::new(), VecDeque::new()],
         }
@@ -293,6 +326,19 @@ impl Engine {
     /// The schedule in force, if any.
     pub fn schedule(&self) -> Option<&Schedule> {
         self.schedule.as_ref()
+    }
+
+    /// A standalone `phase_needs` hint: added to the schedule in force
+    /// (replacing a phase of the same id), or the start of a new one now.
+    fn add_to_schedule(&mut self, now: Duration, seq: u32, needs: ScheduledNeeds) {
+        let mut phases = match &self.schedule {
+            Some(_) => self.schedule_needs.clone(),
+            None => Vec::new(),
+        };
+        phases.retain(|p| p.id != needs.id);
+        phases.push(needs);
+        let origin = self.schedule.as_ref().map_or(now, |s| s.origin());
+        self.set_schedule(origin, seq, &phases);
     }
 
     /// Puts a program's schedule in force, starting now (its manifest
@@ -319,6 +365,7 @@ impl Engine {
             })
             .collect();
         self.schedule = (!phases.is_empty()).then(|| Schedule::new(now, seq, planned));
+        self.schedule_needs = phases.to_vec();
     }
 
     /// Puts a new policy in force, keeping allocations and hinted demand;
@@ -549,6 +596,15 @@ impl Engine {
                 }
             }
             Hint::Manifest(m) => {
+                let schedule: Vec<ScheduledNeeds> = m
+                    .schedule
+                    .iter()
+                    .flatten()
+                    .map(ScheduledNeeds::from_wire)
+                    .collect();
+                if !schedule.is_empty() {
+                    self.set_schedule(now, seq, &schedule);
+                }
                 if let Some(p) = &m.parallelism {
                     let w = self.vcpus_wanted(p);
                     if let Some(w) = self.admit(Resource::Vcpus, w, &mut outcome) {
@@ -562,6 +618,7 @@ impl Engine {
                     }
                 }
             }
+            Hint::PhaseNeeds(n) => self.add_to_schedule(now, seq, ScheduledNeeds::from_wire(n)),
             Hint::PhaseBegin(p) if !p.declared_only => {
                 if let Some(s) = &mut self.schedule {
                     s.phase_began(p.id, now);
@@ -1014,5 +1071,38 @@ mod tests {
         e.observe_usage(ms(0), Resource::Vcpus, -3.0);
         assert!(e.usage[0].len() <= MAX_USAGE_SAMPLES);
         assert!(e.usage[0].iter().all(|(_, v)| *v == 1.0));
+    }
+
+    #[test]
+    fn a_manifest_schedule_and_a_standalone_phase_needs_set_the_schedule() {
+        use guest_hints::wire::{Manifest, Name, PhaseNeeds};
+        let mut e = engine(1, 4);
+        let mut m = Manifest::empty(Name::from_static("app"));
+        m.schedule[0] = Some(PhaseNeeds::new(1, 0, 2_000).parallelism(1.0, 1.0, 1));
+        m.schedule[1] = Some(PhaseNeeds::new(2, 2_000, 2_000).parallelism(2.0, 3.9, 4));
+        let (o, d) = e.on_hint(ms(0), 3, &Hint::Manifest(m));
+        assert_eq!(o, Outcome::Accepted);
+        assert!(d.is_empty());
+        assert_eq!(e.schedule().map(|s| s.phases().len()), Some(2));
+        // max_useful (4) wins over the effective p95 (3.9 -> 4 anyway).
+        assert_eq!(one(e.tick(ms(1_000))).to, 4);
+        // A standalone phase_needs joins the schedule in force.
+        let later = PhaseNeeds::new(3, 6_000, 1_000).memory(600 << 20, 700 << 20);
+        e.on_hint(ms(1_100), 4, &Hint::PhaseNeeds(later));
+        assert_eq!(e.schedule().map(|s| s.phases().len()), Some(3));
+        let d = e.tick(ms(5_000));
+        assert!(
+            d.iter()
+                .any(|d| d.resource == Resource::Memory && d.to > 512 * MIB),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn effective_parallelism_stands_in_when_the_profile_saw_no_thread_count() {
+        let n = ScheduledNeeds::from_wire(&PhaseNeeds::new(1, 0, 1).parallelism(1.2, 2.1, 0));
+        assert_eq!(n.parallelism.map(|p| p.runnable_tasks), Some(3));
+        let none = ScheduledNeeds::from_wire(&PhaseNeeds::new(1, 0, 1));
+        assert!(none.parallelism.is_none() && none.memory.is_none());
     }
 }

@@ -63,6 +63,11 @@ impl Schedule {
         &self.phases
     }
 
+    /// When the program started (its manifest arrived).
+    pub fn origin(&self) -> Duration {
+        self.origin
+    }
+
     fn index(&self, id: u32) -> Option<usize> {
         self.phases.iter().position(|p| p.id == id)
     }

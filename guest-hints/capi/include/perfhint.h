@@ -2,7 +2,9 @@
  *
  * Declares what a program needs to a perf-hint aware hypervisor. Every call
  * is safe with no device present. Functions returning int give 0 on success
- * or a negative PERFHINT_E* code. Kept in step with guest-hints/capi/src/lib.rs;
+ * or a negative PERFHINT_E* code. With PERFHINT_TRACE=FILE in the environment
+ * every hint is also appended to FILE as a JSON line (docs/derived-hints.md).
+ * Kept in step with guest-hints/capi/src/lib.rs;
  * guest-hints/capi/tests/c_abi.rs compiles and runs a C program against it.
  */
 #ifndef PERFHINT_H
@@ -19,6 +21,7 @@ extern "C" {
 #define PERFHINT_EBUSY (-2)    /* queue full, hint dropped */
 #define PERFHINT_EREFUSED (-3) /* the driver refused the message */
 #define PERFHINT_EINVAL (-4)   /* bad argument */
+#define PERFHINT_TIMEDOUT 1    /* perfhint_phase_begin_wait: begun, but not met in time */
 
 enum perfhint_io_class {
   PERFHINT_IO_NONE = 0,
@@ -40,6 +43,14 @@ int perfhint_memory(uint64_t working_set, uint64_t peak, uint64_t growth_per_sec
 int perfhint_io(int io_class, uint64_t bytes_per_sec);
 int perfhint_placement(int relocatable, int monolithic, int locality);
 uint32_t perfhint_phase_begin(const char *name, uint32_t expected_ms);
+/* Begins a phase wanting `parallelism` CPUs and `working_set` bytes (0: not
+ * asked for), then waits until the guest has them online (online CPUs,
+ * MemAvailable) or `timeout_ms` passes, checking every 10 ms. Returns
+ * PERFHINT_OK (met) or PERFHINT_TIMEDOUT, with the phase begun and its id in
+ * *phase_id either way; PERFHINT_EINVAL (no phase begun) when name is NULL or
+ * not UTF-8 or phase_id is NULL. */
+int perfhint_phase_begin_wait(const char *name, uint32_t expected_ms, uint32_t parallelism,
+                              uint64_t working_set, uint32_t timeout_ms, uint32_t *phase_id);
 int perfhint_phase_end(uint32_t phase_id);
 
 #ifdef __cplusplus

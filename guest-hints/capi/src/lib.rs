@@ -22,6 +22,9 @@ pub const PERFHINT_EBUSY: c_int = -2;
 pub const PERFHINT_EREFUSED: c_int = -3;
 /// A bad argument (or a hint too large for a message).
 pub const PERFHINT_EINVAL: c_int = -4;
+/// [`perfhint_phase_begin_wait`]: the phase began, but what it asked for
+/// was not online in the guest before the timeout (not an error: positive).
+pub const PERFHINT_TIMEDOUT: c_int = 1;
 
 fn code(r: Result<u32, SendError>) -> c_int {
     match r {
@@ -110,6 +113,57 @@ pub unsafe extern "C" fn perfhint_phase_begin(name: *const c_char, expected_ms: 
     let id = guard.id();
     std::mem::forget(guard);
     id
+}
+
+/// Begins a phase that wants `parallelism` CPUs and `working_set` bytes
+/// (0: not asked for), then waits until the guest has them online — as
+/// many online CPUs as `parallelism`, and `working_set` bytes of available
+/// memory (`MemAvailable`) — or until `timeout_ms` passes, checking every
+/// 10 ms. The guest learns nothing of the host, only whether its own
+/// request is met.
+///
+/// Returns [`PERFHINT_OK`] when met, [`PERFHINT_TIMEDOUT`] when the timeout
+/// passed first (the phase has begun either way, device or not, and its id
+/// is in `*phase_id`: end it with [`perfhint_phase_end`]), or
+/// [`PERFHINT_EINVAL`] when `name` is NULL or not UTF-8 or `phase_id` is
+/// NULL (then no phase begins).
+///
+/// # Safety
+/// `name` must be NULL or a NUL-terminated string; `phase_id` must be NULL
+/// or point to a writable `uint32_t`.
+#[no_mangle]
+pub unsafe extern "C" fn perfhint_phase_begin_wait(
+    name: *const c_char,
+    expected_ms: u32,
+    parallelism: u32,
+    working_set: u64,
+    timeout_ms: u32,
+    phase_id: *mut u32,
+) -> c_int {
+    if name.is_null() || phase_id.is_null() {
+        return PERFHINT_EINVAL;
+    }
+    // SAFETY: the caller passes a NUL-terminated string (checked non-null above).
+    let Ok(name) = unsafe { CStr::from_ptr(name) }.to_str() else {
+        return PERFHINT_EINVAL;
+    };
+    let mut phase = guest_hints::Phase::new(name)
+        .expected(std::time::Duration::from_millis(u64::from(expected_ms)));
+    if parallelism > 0 {
+        phase = phase.parallelism(parallelism);
+    }
+    if working_set > 0 {
+        phase = phase.working_set(working_set);
+    }
+    let (guard, waited) =
+        phase.begin_and_wait(std::time::Duration::from_millis(u64::from(timeout_ms)));
+    // SAFETY: the caller passes a writable uint32_t (checked non-null above).
+    unsafe { phase_id.write(guard.id()) };
+    std::mem::forget(guard);
+    match waited {
+        guest_hints::WaitOutcome::Met => PERFHINT_OK,
+        guest_hints::WaitOutcome::TimedOut => PERFHINT_TIMEDOUT,
+    }
 }
 
 /// Ends the phase `id` that [`perfhint_phase_begin`] returned.

@@ -38,6 +38,15 @@ int main(void) {
     if (id == 0) return 13;
     if (perfhint_phase_begin(NULL, 0) != 0) return 14;
     if (perfhint_phase_end(id) != PERFHINT_ENODEV) return 15;
+    uint32_t wid = 0;
+    /* Nothing asked for: met at once. */
+    if (perfhint_phase_begin_wait("w", 0, 0, 0, 0, &wid) != PERFHINT_OK || wid == 0) return 16;
+    perfhint_phase_end(wid);
+    /* More CPUs than any guest has: times out. */
+    if (perfhint_phase_begin_wait("w2", 0, 4000000000u, 0, 30, &wid) != PERFHINT_TIMEDOUT) return 17;
+    perfhint_phase_end(wid);
+    if (perfhint_phase_begin_wait(NULL, 0, 0, 0, 0, &wid) != PERFHINT_EINVAL) return 18;
+    if (perfhint_phase_begin_wait("x", 0, 0, 0, 0, NULL) != PERFHINT_EINVAL) return 19;
     puts("ok");
     return 0;
 }
@@ -60,8 +69,36 @@ int main(void) {
         "{}",
         String::from_utf8_lossy(&cc.stderr)
     );
-    let out = Command::new(&exe).output().unwrap();
+    let trace = dir.join("trace.jsonl");
+    let out = Command::new(&exe)
+        .env("PERFHINT_TRACE", &trace)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    // With no device, every hint was still traced, one JSON line each.
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let events: Vec<String> = trace
+        .lines()
+        .map(|l| {
+            let event = l.split("\"event\":\"").nth(1).unwrap();
+            event[..event.find('"').unwrap()].to_string()
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "parallelism",
+            "phase_begin",
+            "phase_end",
+            "phase_begin",
+            "phase_end",
+            "phase_begin",
+            "parallelism",
+            "phase_end",
+        ],
+        "{trace}"
+    );
+    assert!(trace.contains("\"name\":\"c-phase\""), "{trace}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,6 +1,10 @@
 #![forbid(unsafe_code)]
-//! `perfhint`: send hints from the shell, wrap a command in a phase, and
-//! show the manifest a binary embeds.
+//! `perfhint`: send hints from the shell, wrap a command in a phase, show
+//! the manifest a binary embeds, profile a program and embed what it needs.
+
+mod elf;
+mod files;
+mod profile;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -68,14 +72,53 @@ enum Cmd {
         /// Expected duration in milliseconds.
         #[arg(long, value_name = "MS")]
         expected_ms: Option<u32>,
+        /// After beginning, wait up to MS milliseconds until the phase's
+        /// --parallelism CPUs are online and its --working-set is available
+        /// in this guest, then run CMD either way. CMD finds the outcome in
+        /// PERFHINT_WAIT (met or timed_out); a timeout is also said on stderr.
+        #[arg(long, value_name = "MS")]
+        wait: Option<u64>,
         #[command(flatten)]
         hints: HintArgs,
         /// The command and its arguments.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
-    /// Print the manifest a binary embeds (ELF note .note.perfhint) as JSON.
+    /// Print the manifest a binary embeds (ELF note .note.perfhint) as JSON,
+    /// its schedule included.
     Inspect { binary: PathBuf },
+    /// Run CMD, sampling its process tree, and write its profile (phases
+    /// and what each needs) to FILE; exit with CMD's status. Or, with
+    /// --merge, combine profiles of several runs of one binary.
+    Profile {
+        /// The profile to write.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+        /// Milliseconds between samples (at least 1).
+        #[arg(long, value_name = "MS", default_value_t = 10)]
+        interval_ms: u32,
+        /// Profiles of runs of one binary to combine (medians, with their
+        /// spread) instead of running a command.
+        #[arg(long, value_name = "PROFILE", num_args = 1.., conflicts_with = "command")]
+        merge: Vec<PathBuf>,
+        /// The command and its arguments.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Write the manifest derived from PROFILE (a profile of BINARY) into
+    /// BINARY's .note.perfhint section, in place or as OUT.
+    Embed {
+        /// An ELF executable or library.
+        binary: PathBuf,
+        /// Its profile (perfhint profile).
+        profile: PathBuf,
+        /// Write the result here instead of replacing BINARY.
+        #[arg(short = 'o', long = "output", value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// Embed even when neither BINARY nor PROFILE has a build-id to compare.
+        #[arg(long)]
+        no_build_id_check: bool,
+    },
     /// Say whether a perf-hint device is present.
     Status,
     /// Send COUNT hints as fast as possible without blocking, then report
@@ -161,10 +204,23 @@ fn main() -> ExitCode {
         Cmd::Phase {
             name,
             expected_ms,
+            wait,
             hints,
             command,
-        } => cmd_phase(&name, expected_ms, &hints, &command),
+        } => cmd_phase(&name, expected_ms, wait, &hints, &command),
         Cmd::Inspect { binary } => cmd_inspect(&binary),
+        Cmd::Profile {
+            output,
+            interval_ms,
+            merge,
+            command,
+        } => cmd_profile(&output, interval_ms, &merge, &command),
+        Cmd::Embed {
+            binary,
+            profile,
+            output,
+            no_build_id_check,
+        } => cmd_embed(&binary, &profile, output.as_deref(), no_build_id_check),
         Cmd::Flood { count, batch } => cmd_flood(count, batch),
         Cmd::Status => cmd_status(),
     }
@@ -198,6 +254,7 @@ fn cmd_send(
 fn cmd_phase(
     name: &str,
     expected_ms: Option<u32>,
+    wait: Option<u64>,
     hints: &HintArgs,
     command: &[String],
 ) -> ExitCode {
@@ -213,8 +270,29 @@ fn cmd_phase(
         Hint::Io(io) => p.io(io.class, io.bytes_per_sec),
         _ => p,
     });
-    let guard = phase.begin();
-    let status = Command::new(program).args(args).status();
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let guard = match wait {
+        None => phase.begin(),
+        Some(ms) => {
+            let need = phase.need();
+            let (guard, waited) = phase.begin_and_wait(Duration::from_millis(ms));
+            match waited {
+                guest_hints::WaitOutcome::Met => {
+                    cmd.env("PERFHINT_WAIT", "met");
+                }
+                guest_hints::WaitOutcome::TimedOut => {
+                    eprintln!(
+                        "perfhint phase: {name}: {} not online within {ms} ms; running {program} anyway",
+                        describe_need(&need)
+                    );
+                    cmd.env("PERFHINT_WAIT", "timed_out");
+                }
+            }
+            guard
+        }
+    };
+    let status = cmd.status();
     drop(guard);
     match status {
         Ok(s) => {
@@ -226,6 +304,21 @@ fn cmd_phase(
             eprintln!("perfhint phase: cannot run {program}: {e}");
             ExitCode::from(127)
         }
+    }
+}
+
+/// "4 CPUs and 1.0 GiB of available memory", for messages.
+fn describe_need(need: &guest_hints::resources::Need) -> String {
+    let cpus = format!("{} CPUs", need.cpus);
+    let mem = format!(
+        "{:.1} MiB of available memory",
+        need.working_set_bytes as f64 / (1u64 << 20) as f64
+    );
+    match (need.cpus > 0, need.working_set_bytes > 0) {
+        (true, true) => format!("{cpus} and {mem}"),
+        (true, false) => cpus,
+        (false, true) => mem,
+        (false, false) => "nothing".to_string(),
     }
 }
 
@@ -261,6 +354,145 @@ fn cmd_inspect(binary: &Path) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// perfhint's own failure: one line on stderr, exit status 1.
+fn fail(cmd: &str, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("perfhint {cmd}: {msg}");
+    ExitCode::from(1)
+}
+
+fn cmd_profile(output: &Path, interval_ms: u32, merge: &[PathBuf], command: &[String]) -> ExitCode {
+    if !merge.is_empty() {
+        let mut inputs = Vec::new();
+        for path in merge {
+            match guest_hints::profile::Profile::load(path) {
+                Ok(p) => inputs.push((path.display().to_string(), p)),
+                Err(e) => return fail("profile", format_args!("{}: {e}", path.display())),
+            }
+        }
+        let merged = match profile::merge::merge(&inputs) {
+            Ok(m) => m,
+            Err(e) => return fail("profile", e),
+        };
+        return match files::write_atomic(output, merged.to_json().as_bytes(), 0o644) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail("profile", e),
+        };
+    }
+    if command.is_empty() {
+        return fail(
+            "profile",
+            "give a command after -- (perfhint profile -o FILE -- CMD ARGS...) or --merge PROFILES",
+        );
+    }
+    if interval_ms == 0 {
+        return fail("profile", "--interval-ms must be at least 1");
+    }
+    // Refuse an output that cannot be written before running anything.
+    if let Err(e) = files::check_writable(output) {
+        return fail("profile", e);
+    }
+    let (p, status) = match profile::profile(command, interval_ms) {
+        Ok(r) => r,
+        Err(e) => return fail("profile", e),
+    };
+    if let Err(e) = files::write_atomic(output, p.to_json().as_bytes(), 0o644) {
+        return fail("profile", e);
+    }
+    ExitCode::from(profile::exit_code(status))
+}
+
+fn cmd_embed(binary: &Path, profile: &Path, output: Option<&Path>, no_id_check: bool) -> ExitCode {
+    use std::os::unix::fs::PermissionsExt;
+    let data = match std::fs::read(binary) {
+        Ok(d) => d,
+        Err(e) => {
+            return fail(
+                "embed",
+                format_args!("cannot read {}: {e}", binary.display()),
+            )
+        }
+    };
+    let binary_id = match elf::build_id(&data) {
+        Ok(id) => id,
+        Err(e) => return fail("embed", format_args!("{}: {e}", binary.display())),
+    };
+    let p = match guest_hints::profile::Profile::load(profile) {
+        Ok(p) => p,
+        Err(e) => return fail("embed", format_args!("{}: {e}", profile.display())),
+    };
+    let show = |id: &Option<String>| id.clone().unwrap_or_else(|| "none".to_string());
+    match (&p.build_id, &binary_id) {
+        (Some(a), Some(b)) if a.eq_ignore_ascii_case(b) => {}
+        (None, None) if no_id_check => {}
+        (None, None) => {
+            return fail(
+                "embed",
+                format_args!(
+                    "neither {} nor {} has a GNU build-id to show they belong together                      (--no-build-id-check to embed anyway)",
+                    binary.display(),
+                    profile.display()
+                ),
+            )
+        }
+        _ => {
+            return fail(
+                "embed",
+                format_args!(
+                    "{} profiles build-id {}, but {} has build-id {}",
+                    profile.display(),
+                    show(&p.build_id),
+                    binary.display(),
+                    show(&binary_id)
+                ),
+            )
+        }
+    }
+    let target = output.unwrap_or(binary);
+    if files::is_read_only(target) {
+        return fail(
+            "embed",
+            format_args!("{} is read-only; nothing changed", target.display()),
+        );
+    }
+    let app = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut m = guest_hints::profile::derive_manifest(&p, &app);
+    // What a profile cannot measure, the binary's own manifest keeps.
+    if let Ok(Some(old)) = guest_hints::note::find_in_elf(&data) {
+        m.placement = old.placement;
+        if old.phases.iter().any(Option::is_some) {
+            m.phases = old.phases;
+        }
+        if m.io.is_none() {
+            m.io = old.io;
+        }
+    }
+    let (out, placed) = match elf::embed(&data, &m) {
+        Ok(r) => r,
+        Err(e) => return fail("embed", format_args!("{}: {e}", binary.display())),
+    };
+    let mode = std::fs::metadata(binary)
+        .map(|m| m.permissions().mode())
+        .unwrap_or(0o755);
+    if let Err(e) = files::write_atomic(target, &out, mode) {
+        return fail("embed", format_args!("{e}; nothing changed"));
+    }
+    let how = match placed {
+        elf::Placed::InPlace => "in its .note.perfhint section",
+        elf::Placed::Replaced => "replacing its .note.perfhint section",
+        elf::Placed::Added => "in a new .note.perfhint section",
+    };
+    println!(
+        "perfhint embed: {} phases of {} written into {} {how}",
+        m.schedule.iter().flatten().count(),
+        profile.display(),
+        target.display()
+    );
+    ExitCode::SUCCESS
 }
 
 fn cmd_flood(count: u32, batch: u32) -> ExitCode {

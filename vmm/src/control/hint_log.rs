@@ -21,6 +21,7 @@ pub fn hint_fields(h: &Hint) -> Value {
         Hint::PhaseEnd { id } => Ok(json!({ "id": id })),
         Hint::Placement(p) => serde_json::to_value(p),
         Hint::Manifest(m) => serde_json::to_value(m),
+        Hint::PhaseNeeds(p) => serde_json::to_value(p),
     };
     v.unwrap_or(Value::Null)
 }

@@ -1,0 +1,315 @@
+//! What `/proc` says about a process tree: threads running or runnable, CPU
+//! time, resident memory, I/O counters, and referenced pages. Parsers are
+//! pure functions over the files' text; `Procfs` reads the files.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+/// The fields of `/proc/PID/stat` (or `/proc/PID/task/TID/stat`) used here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// One letter: R running or runnable, S sleeping, D disk wait, Z zombie…
+    pub state: u8,
+    /// The parent's pid.
+    pub ppid: u32,
+    /// User plus system CPU time, in clock ticks.
+    pub cpu_ticks: u64,
+    /// Resident pages.
+    pub rss_pages: u64,
+}
+
+/// Parses a `stat` line. The command name (field 2) may hold spaces and
+/// parentheses, so fields are counted from its last `)`.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state); field n is f[n - 3].
+    let field = |n: usize| f.get(n - 3).and_then(|s| s.parse::<u64>().ok());
+    Some(Stat {
+        state: *f.first()?.as_bytes().first()?,
+        ppid: u32::try_from(field(4)?).ok()?,
+        cpu_ticks: field(14)?.saturating_add(field(15)?),
+        rss_pages: field(24).unwrap_or(0),
+    })
+}
+
+/// The run time in nanoseconds from `schedstat` (its first field).
+pub fn parse_schedstat(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// A process's I/O counters from `/proc/PID/io`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    /// `read_bytes + write_bytes`: what reached storage.
+    pub storage: u64,
+    /// `rchar + wchar`: what went through read and write calls.
+    pub chars: u64,
+    /// `syscr + syscw`: read and write calls.
+    pub calls: u64,
+}
+
+/// Parses `/proc/PID/io`.
+pub fn parse_io(text: &str) -> Option<IoCounters> {
+    let mut v: HashMap<&str, u64> = HashMap::new();
+    for line in text.lines() {
+        let (k, n) = line.split_once(':')?;
+        v.insert(k.trim(), n.trim().parse().ok()?);
+    }
+    let get = |k: &str| v.get(k).copied().unwrap_or(0);
+    Some(IoCounters {
+        storage: get("read_bytes").saturating_add(get("write_bytes")),
+        chars: get("rchar").saturating_add(get("wchar")),
+        calls: get("syscr").saturating_add(get("syscw")),
+    })
+}
+
+/// The sum of the `Referenced:` lines of `smaps` or `smaps_rollup`, in bytes.
+pub fn parse_referenced(text: &str) -> Option<u64> {
+    let mut total: u64 = 0;
+    let mut found = false;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("Referenced:") {
+            let kb: u64 = rest.split_whitespace().next()?.parse().ok()?;
+            total = total.saturating_add(kb.saturating_mul(1024));
+            found = true;
+        }
+    }
+    found.then_some(total)
+}
+
+/// One look at the tree.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Processes in the tree.
+    pub pids: Vec<u32>,
+    /// Threads in state R.
+    pub running: u32,
+    /// Each thread's CPU time so far, in nanoseconds.
+    pub thread_cpu_ns: Vec<(u32, u64)>,
+    /// Resident memory of the tree, in bytes.
+    pub rss_bytes: u64,
+    /// Each process's I/O counters.
+    pub io: Vec<(u32, IoCounters)>,
+}
+
+/// Reads `/proc`.
+pub struct Procfs {
+    root: PathBuf,
+    page_size: u64,
+    ns_per_tick: u64,
+    /// Whether per-thread `schedstat` gives nanoseconds (else clock ticks).
+    pub schedstat: bool,
+}
+
+impl Procfs {
+    /// `/proc`, probed once for `schedstat`.
+    pub fn new() -> Self {
+        let ticks = rustix::param::clock_ticks_per_second().max(1);
+        let root = PathBuf::from("/proc");
+        let schedstat = fs::read_to_string(root.join("self/schedstat"))
+            .ok()
+            .and_then(|t| parse_schedstat(&t))
+            .is_some();
+        Procfs {
+            root,
+            page_size: rustix::param::page_size() as u64,
+            ns_per_tick: 1_000_000_000 / ticks,
+            schedstat,
+        }
+    }
+
+    /// `root` and its descendants, from every process's parent in `/proc`.
+    fn tree(&self, root: u32) -> Vec<(u32, Stat)> {
+        let mut all: Vec<(u32, Stat)> = Vec::new();
+        if let Ok(dir) = fs::read_dir(&self.root) {
+            for e in dir.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if let Some(st) = fs::read_to_string(e.path().join("stat"))
+                    .ok()
+                    .and_then(|t| parse_stat(&t))
+                {
+                    all.push((pid, st));
+                }
+            }
+        }
+        let mut children: HashMap<u32, Vec<usize>> = HashMap::new();
+        let mut index: HashMap<u32, usize> = HashMap::new();
+        for (i, (pid, st)) in all.iter().enumerate() {
+            children.entry(st.ppid).or_default().push(i);
+            index.insert(*pid, i);
+        }
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut queue = vec![root];
+        while let Some(pid) = queue.pop() {
+            if !seen.insert(pid) {
+                continue;
+            }
+            if let Some(&i) = index.get(&pid) {
+                out.push(all[i]);
+            }
+            if let Some(kids) = children.get(&pid) {
+                queue.extend(kids.iter().map(|&i| all[i].0));
+            }
+        }
+        out
+    }
+
+    /// The tree under `root` now.
+    pub fn snapshot(&self, root: u32) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (pid, st) in self.tree(root) {
+            s.pids.push(pid);
+            s.rss_bytes = s
+                .rss_bytes
+                .saturating_add(st.rss_pages.saturating_mul(self.page_size));
+            let task = self.root.join(pid.to_string()).join("task");
+            if let Ok(dir) = fs::read_dir(&task) {
+                for e in dir.flatten() {
+                    let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+                    else {
+                        continue;
+                    };
+                    let Some(t) = fs::read_to_string(e.path().join("stat"))
+                        .ok()
+                        .and_then(|t| parse_stat(&t))
+                    else {
+                        continue;
+                    };
+                    if t.state == b'R' {
+                        s.running += 1;
+                    }
+                    let ns = if self.schedstat {
+                        fs::read_to_string(e.path().join("schedstat"))
+                            .ok()
+                            .and_then(|t| parse_schedstat(&t))
+                    } else {
+                        None
+                    };
+                    let ns = ns.unwrap_or(t.cpu_ticks.saturating_mul(self.ns_per_tick));
+                    s.thread_cpu_ns.push((tid, ns));
+                }
+            }
+            if let Some(io) = fs::read_to_string(self.root.join(pid.to_string()).join("io"))
+                .ok()
+                .and_then(|t| parse_io(&t))
+            {
+                s.io.push((pid, io));
+            }
+        }
+        s
+    }
+
+    /// Bytes of pages `pid` referenced since its last [`Self::clear_refs`].
+    pub fn referenced(&self, pid: u32) -> io::Result<u64> {
+        let dir = self.root.join(pid.to_string());
+        let text = fs::read_to_string(dir.join("smaps_rollup"))
+            .or_else(|_| fs::read_to_string(dir.join("smaps")))?;
+        parse_referenced(&text)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Referenced: lines"))
+    }
+
+    /// Clears `pid`'s referenced bits (`echo 1 > /proc/PID/clear_refs`).
+    pub fn clear_refs(&self, pid: u32) -> io::Result<()> {
+        fs::write(self.root.join(pid.to_string()).join("clear_refs"), b"1")
+    }
+}
+
+/// A running total of counters that belong to threads or processes which
+/// come and go: each sample adds what each one gained since the last (all
+/// of it for one not seen before); one that is gone adds nothing more.
+#[derive(Debug, Default)]
+pub struct Counter {
+    prev: HashMap<u32, u64>,
+    /// The total so far.
+    pub total: u64,
+}
+
+impl Counter {
+    /// Takes the current values and returns the new total.
+    pub fn update(&mut self, now: impl IntoIterator<Item = (u32, u64)>) -> u64 {
+        let mut next = HashMap::new();
+        for (k, v) in now {
+            let gained = match self.prev.get(&k) {
+                Some(&p) => v.saturating_sub(p),
+                None => v,
+            };
+            self.total = self.total.saturating_add(gained);
+            next.insert(k, v);
+        }
+        self.prev = next;
+        self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines() {
+        let line = "4242 (my (odd) prog) R 4241 4242 4242 0 -1 4194560 100 0 0 0 \
+                    250 30 0 0 20 0 3 0 12345 1000000 512 18446744073709551615";
+        assert_eq!(
+            parse_stat(line),
+            Some(Stat {
+                state: b'R',
+                ppid: 4241,
+                cpu_ticks: 280,
+                rss_pages: 512
+            })
+        );
+        assert_eq!(parse_stat("1 (x) S"), None);
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat(""), None);
+    }
+
+    #[test]
+    fn small_files() {
+        assert_eq!(
+            parse_schedstat("239135349 155529912 605\n"),
+            Some(239135349)
+        );
+        assert_eq!(parse_schedstat(""), None);
+        let io = "rchar: 6976\nwchar: 24\nsyscr: 10\nsyscw: 2\nread_bytes: 4096\n\
+                  write_bytes: 0\ncancelled_write_bytes: 0\n";
+        assert_eq!(
+            parse_io(io),
+            Some(IoCounters {
+                storage: 4096,
+                chars: 7000,
+                calls: 12
+            })
+        );
+        assert_eq!(parse_io("rchar 1"), None);
+        let smaps = "Rss: 1724 kB\nReferenced:  1000 kB\nAnonymous: 1 kB\nReferenced: 24 kB\n";
+        assert_eq!(parse_referenced(smaps), Some(1024 * 1024));
+        assert_eq!(parse_referenced("Rss: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn counters_follow_threads_that_come_and_go() {
+        let mut c = Counter::default();
+        assert_eq!(c.update([(1, 100)]), 100);
+        assert_eq!(c.update([(1, 150), (2, 30)]), 180);
+        // Thread 1 is gone; thread 2 goes on.
+        assert_eq!(c.update([(2, 50)]), 200);
+        // A counter never goes back.
+        assert_eq!(c.update([(2, 40)]), 200);
+    }
+
+    #[test]
+    fn this_process_is_its_own_tree() {
+        let p = Procfs::new();
+        let s = p.snapshot(std::process::id());
+        assert_eq!(s.pids, vec![std::process::id()]);
+        assert!(s.running >= 1, "the test thread is running");
+        assert!(s.rss_bytes > 0);
+        assert!(!s.thread_cpu_ns.is_empty());
+    }
+}
