@@ -868,6 +868,13 @@ pub struct HintCounts {
     pub outcome_mismatches: usize,
 }
 
+/// One figure per resource.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PerResource<T> {
+    pub vcpus: T,
+    pub memory: T,
+}
+
 /// What a simulation found.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
@@ -878,11 +885,11 @@ pub struct Report {
     pub samples: usize,
     pub duration_ms: u64,
     pub hints: HintCounts,
-    /// Decisions per resource: [vCPUs, memory].
-    pub decision_counts: [usize; 2],
+    /// Decisions per resource.
+    pub decision_counts: PerResource<usize>,
     pub decisions: Vec<SimDecision>,
-    /// The engine's lead time per resource at the end: [vCPUs, memory], ms.
-    pub lead_ms: [u64; 2],
+    /// The engine's lead time per resource at the end, in ms.
+    pub lead_ms: PerResource<u64>,
     pub simulated: Figures,
     /// From the trace's `measured` records, when it has them.
     pub measured: Option<Figures>,
@@ -1102,8 +1109,14 @@ pub fn simulate(trace: &Trace, cfg: &SimConfig) -> Report {
         samples: samples.len(),
         duration_ms,
         hints,
-        decision_counts: [count(Resource::Vcpus), count(Resource::Memory)],
-        lead_ms: [lead(Resource::Vcpus), lead(Resource::Memory)],
+        decision_counts: PerResource {
+            vcpus: count(Resource::Vcpus),
+            memory: count(Resource::Memory),
+        },
+        lead_ms: PerResource {
+            vcpus: lead(Resource::Vcpus),
+            memory: lead(Resource::Memory),
+        },
         difference_points: measured_figures.map(|m| Difference::between(&simulated, &m)),
         measured: measured_figures,
         simulated,
@@ -1173,7 +1186,10 @@ impl Report {
         let _ = writeln!(
             out,
             "decisions: {} vCPU, {} memory; lead time at the end: {} ms (vCPUs), {} ms (memory)",
-            self.decision_counts[0], self.decision_counts[1], self.lead_ms[0], self.lead_ms[1]
+            self.decision_counts.vcpus,
+            self.decision_counts.memory,
+            self.lead_ms.vcpus,
+            self.lead_ms.memory
         );
         let _ = writeln!(
             out,
@@ -1304,8 +1320,8 @@ pub mod json {
         }
     }
 
-    /// Compact, for messages (strings are quoted without escaping, and
-    /// long values cut).
+    /// Compact, for messages: strings quoted and escaped (so a message
+    /// stays on one line), long ones cut.
     impl fmt::Display for Value {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             match self {
@@ -1314,9 +1330,9 @@ pub mod json {
                 Value::Number(n) => f.write_str(n),
                 Value::String(s) if s.chars().count() > 40 => {
                     let cut: String = s.chars().take(40).collect();
-                    write!(f, "\"{cut}...\"")
+                    write!(f, "{cut:?}...")
                 }
-                Value::String(s) => write!(f, "\"{s}\""),
+                Value::String(s) => write!(f, "{s:?}"),
                 Value::Array(a) => write!(f, "an array of {}", a.len()),
                 Value::Object(_) => f.write_str("an object"),
             }
@@ -1349,7 +1365,15 @@ pub mod json {
 
     impl Parser<'_> {
         fn err(&self, what: &str) -> String {
-            format!("{what} at column {}", self.i + 1)
+            let before = &self.b[..self.i.min(self.b.len())];
+            match before.iter().rposition(|&c| c == b'\n') {
+                None if !self.b.contains(&b'\n') => format!("{what} at column {}", self.i + 1),
+                nl => {
+                    let line = before.iter().filter(|&&c| c == b'\n').count() + 1;
+                    let column = self.i - nl.map_or(0, |n| n + 1) + 1;
+                    format!("{what} at line {line}, column {column}")
+                }
+            }
         }
 
         fn peek(&self) -> Option<u8> {
@@ -1990,7 +2014,7 @@ mod tests {
         let v = decisions(&r, Resource::Vcpus);
         // Phase 2 is expected at 4 s: provisioned the 1 s lead before.
         assert_eq!((v[0].t_ms, v[0].to), (3_000, 4), "{v:?}");
-        assert_eq!(r.lead_ms[0], 200, "measured at the next tick");
+        assert_eq!(r.lead_ms.vcpus, 200, "measured at the next tick");
         // In hints mode the schedule is not used.
         let h = simulate(&t, &config(Mode::Hints, LatencyModel::hardware()));
         assert!(decisions(&h, Resource::Vcpus).is_empty());
@@ -2036,6 +2060,8 @@ mod tests {
         assert_eq!(parse("18446744073709551616").unwrap().as_u64(), None);
         assert_eq!(parse("1e3").unwrap().as_u64(), Some(1000));
         assert_eq!(parse("\"né\"").unwrap().as_str(), Some("né"));
+        // Messages stay on one line.
+        assert_eq!(parse(r#""a\nb""#).unwrap().to_string(), r#""a\nb""#);
         for bad in [
             "",
             "{",
@@ -2055,6 +2081,10 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+        assert!(parse("{\n  \"a\": 1,\n  x\n}")
+            .unwrap_err()
+            .ends_with("at line 3, column 3"));
+        assert!(parse("[1, x]").unwrap_err().ends_with("at column 5"));
         let deep = "[".repeat(json::MAX_DEPTH + 1) + &"]".repeat(json::MAX_DEPTH + 1);
         assert!(parse(&deep).unwrap_err().contains("nested deeper"));
         let ok = "[".repeat(json::MAX_DEPTH) + &"]".repeat(json::MAX_DEPTH);
