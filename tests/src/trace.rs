@@ -309,6 +309,24 @@ pub fn from_run(
     assemble(&out.console, log, vm, source)
 }
 
+/// A latency file for `perfvmm simulate --latency FILE` from latencies
+/// measured in the same session (ms; the shrink lists may be empty).
+pub fn latency_json(
+    vcpus_ms: &[f64],
+    memory_ms: &[f64],
+    vcpus_shrink_ms: &[f64],
+    memory_shrink_ms: &[f64],
+) -> String {
+    let mut v = serde_json::json!({ "vcpus_ms": vcpus_ms, "memory_ms": memory_ms });
+    if !vcpus_shrink_ms.is_empty() {
+        v["vcpus_shrink_ms"] = vcpus_shrink_ms.into();
+    }
+    if !memory_shrink_ms.is_empty() {
+        v["memory_shrink_ms"] = memory_shrink_ms.into();
+    }
+    format!("{v}\n")
+}
+
 // ---------------------------------------------------------------------------
 // The synthetic demo trace.
 
@@ -607,6 +625,15 @@ mod tests {
         assert!(e.contains("sample"), "{e}");
         let e = assemble(&console, "{not json", DEMO_VM, "t").unwrap_err();
         assert!(e.contains("hint log line 1"), "{e}");
+    }
+
+    #[test]
+    fn latency_files() {
+        let f: Value =
+            serde_json::from_str(&latency_json(&[310.0, 740.0], &[150.0], &[], &[2500.0])).unwrap();
+        assert_eq!(f["vcpus_ms"][1], 740.0);
+        assert_eq!(f["memory_shrink_ms"][0], 2500.0);
+        assert!(f.get("vcpus_shrink_ms").is_none());
     }
 
     #[test]
