@@ -5,13 +5,15 @@
 //! devices, KVM, threads or clocks. The engine takes hints and the time as
 //! arguments and returns outcomes and [`Decision`]s; perfvmm's controller
 //! applies them. The one piece of I/O is [`Policy::load`], which reads a
-//! policy file. A trace simulator can run the very same engine.
+//! policy file. The trace simulator ([`simulate`]) runs the very same
+//! engine over a recorded trace.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod engine;
 pub mod schedule;
+pub mod simulate;
 
 pub use config::{Policy, PolicyError};
 pub use engine::{Decision, Engine, Resource, ScheduledNeeds, VmLimits};

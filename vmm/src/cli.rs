@@ -23,6 +23,21 @@ Exit status:
   3    the guest crashed: triple fault or a KVM internal error
   130  stopped by SIGINT; 143 stopped by SIGTERM";
 
+const SIMULATE_AFTER_HELP: &str = "\
+The trace's hints go to the policy engine at their times and the engine
+ticks every 200 ms, as in perfvmm; each decision reaches the guest after a
+latency drawn from the model (uniformly, seeded). Slack is the unused share
+of what was allocated, shortage the share of demand samples above the
+allocation, deficit the unmet share of demand. Where the trace records what
+the VM really had (`measured`), those figures are shown beside the
+simulated ones, with the difference in points.
+
+perfvmm's source tree ships a synthetic trace of the demo workload:
+  perfvmm simulate --trace policy/traces/demo-nested.jsonl
+
+Exit status: 0 the report was printed; 1 a file could not be read or used;
+2 the command line could not be parsed.";
+
 /// A minimal KVM virtual machine monitor that boots a stock Linux guest.
 #[derive(Debug, Parser)]
 #[command(
@@ -118,6 +133,33 @@ pub enum Command {
         /// Check a policy file and report the first problem with its line.
         #[arg(long, value_name = "FILE")]
         check: Option<PathBuf>,
+    },
+    /// Replay a recorded trace (the guest's demand samples and hints)
+    /// through perfvmm's own policy engine, with resize latencies drawn from
+    /// a model, and report allocation slack and shortage as resize-bench
+    /// does. Touches no VM. See docs/simulator.md.
+    #[command(after_help = SIMULATE_AFTER_HELP)]
+    Simulate {
+        /// The trace: perfvmm-trace JSON lines (docs/simulator.md).
+        #[arg(long, value_name = "FILE")]
+        trace: PathBuf,
+        /// Policy file (TOML, as for --policy; its `mode` decides how
+        /// allocations follow); the built-in policy without it.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Resize latencies: `nested` (measured by resize-bench in the
+        /// nested harness), `hardware` (an estimate for hardware KVM), or a
+        /// JSON file {"vcpus_ms":[..],"memory_ms":[..]} (a file named like a
+        /// built-in model needs a path such as ./nested).
+        #[arg(long, value_name = "nested|hardware|FILE", default_value = "nested")]
+        latency: String,
+        /// Seed of the latency draws: the same seed gives the same report.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        seed: u64,
+        /// Print the report as JSON (shares from 0 to 1; differences in
+        /// percentage points) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Talk to a running perfvmm through its control API.
     Ctl {

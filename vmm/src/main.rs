@@ -1,3 +1,4 @@
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -28,6 +29,25 @@ fn main() -> ExitCode {
     }
     if let Some(Command::Ctl { api_sock, request }) = cli.command {
         return ctl_command(&api_sock, request);
+    }
+    if let Some(Command::Simulate {
+        trace,
+        policy,
+        latency,
+        seed,
+        json,
+    }) = cli.command
+    {
+        return match simulate_command(&trace, policy.as_deref(), &latency, seed, json) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("perfvmm: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     let Some(kernel) = cli.kernel else {
         eprintln!("perfvmm: --kernel is required");
@@ -133,4 +153,83 @@ fn ctl_command(sock: &std::path::Path, request: CtlRequest) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The largest trace `perfvmm simulate` reads.
+const MAX_TRACE_BYTES: u64 = 256 << 20;
+/// The largest latency file it reads.
+const MAX_LATENCY_BYTES: u64 = 16 << 20;
+
+/// The text of the regular file at `path`, at most `max` bytes.
+fn read_text(what: &str, path: &Path, max: u64) -> Result<String, String> {
+    use std::io::Read;
+    let name = path.display();
+    let cannot = |e: std::io::Error| format!("cannot read {what} {name}: {e}");
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() || meta.len() > max {
+        return Err(format!(
+            "{what} {name} is not a regular file of at most {max} bytes"
+        ));
+    }
+    let mut text = String::new();
+    file.take(max + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    Ok(text)
+}
+
+/// `perfvmm simulate`: the report, as a table or JSON.
+fn simulate_command(
+    trace_path: &Path,
+    policy: Option<&Path>,
+    latency: &str,
+    seed: u64,
+    json: bool,
+) -> Result<String, String> {
+    use perfvmm::policy::simulate::{simulate, LatencyModel, SimConfig, Trace};
+    let text = read_text("trace", trace_path, MAX_TRACE_BYTES)?;
+    let trace = Trace::parse(&text).map_err(|e| format!("{}: {e}", trace_path.display()))?;
+    let policy = match policy {
+        Some(p) => Policy::load(p).map_err(|e| e.to_string())?,
+        None => Policy::default(),
+    };
+    let model = match LatencyModel::builtin(latency) {
+        Some(m) => m,
+        None => {
+            let text = read_text("latency file", Path::new(latency), MAX_LATENCY_BYTES)
+                .map_err(|e| format!("--latency takes nested, hardware or a file: {e}"))?;
+            LatencyModel::from_json(latency, &text).map_err(|e| format!("{latency}: {e}"))?
+        }
+    };
+    // perfvmm's own timing.
+    let cfg = SimConfig {
+        tick: perfvmm::control::events::POLICY_TICK,
+        stats_period: perfvmm::actuators::memory::STATS_PERIOD,
+        ..SimConfig::new(policy, model, seed)
+    };
+    let report = simulate(&trace, &cfg);
+    if json {
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            trace: &'a Path,
+            #[serde(flatten)]
+            report: &'a perfvmm::policy::simulate::Report,
+        }
+        let out = Out {
+            trace: trace_path,
+            report: &report,
+        };
+        let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
+        return Ok(text + "\n");
+    }
+    let source = match trace.header.source.as_str() {
+        "" => String::new(),
+        s => format!(" ({s})"),
+    };
+    Ok(format!(
+        "trace {}{source}\n{}",
+        trace_path.display(),
+        report.table()
+    ))
 }
