@@ -134,15 +134,21 @@ impl MemoryManager {
         Ok(())
     }
 
-    /// Periodic work: asks the guest for fresh statistics; returns what the
-    /// guest reports in use, when it has reported.
+    /// Periodic work: asks the guest for fresh statistics; returns the
+    /// memory the VM must keep, when the guest has reported: its allocation
+    /// less what the guest reports available. That includes what the
+    /// guest's kernel reserves out of `MemTotal` (tens of MiB), which the
+    /// guest's own "in use" figure leaves out.
     pub fn tick(&self) -> Option<u64> {
-        let mut b = lock(&self.balloon);
-        b.run_device(|d| d.request_stats(STATS_PERIOD));
-        b.device()
-            .stats()
-            .filter(|(_, age)| *age < 4 * STATS_PERIOD)
-            .and_then(|(s, _)| s.in_use())
+        let available = {
+            let mut b = lock(&self.balloon);
+            b.run_device(|d| d.request_stats(STATS_PERIOD));
+            b.device()
+                .stats()
+                .filter(|(_, age)| *age < 4 * STATS_PERIOD)
+                .and_then(|(s, _)| s.available_memory)?
+        };
+        Some(self.status().guest_bytes.saturating_sub(available))
     }
 
     pub fn status(&self) -> MemoryStatus {
