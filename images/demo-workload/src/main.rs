@@ -125,6 +125,7 @@ fn main() {
         }
     );
     guest_hints::announce_manifest();
+    let started = Instant::now();
 
     {
         let _p = Phase::new("serial")
@@ -202,6 +203,10 @@ fn main() {
             eprintln!("demo-workload: io phase: {e}");
         }
     }
+    println!(
+        "demo-workload: work done in {} ms",
+        started.elapsed().as_millis()
+    );
     // Idle from here on: this hint (outside any phase) overrides the
     // manifest's typical parallelism, so the host can take back what the
     // parallel phase got.

@@ -3,12 +3,13 @@
 //! 1. latency: hint → vCPU online and hint → hot-plugged memory usable, as
 //!    the guest sees them (the policy's own decision takes well under 1 µs,
 //!    see `cargo bench -p perfvmm-policy --bench engine`), with `shrink_after_ms = 0`;
-//! 2. allocation slack and shortage over the demo workload (its phases
-//!    stretched SCALE times), sampled in the guest every 100 ms: perfvmm with
-//!    its default policy and with a tighter one, against a static VM sized
-//!    for the workload's peak (4 vCPUs, 704 MiB).
+//! 2. the demo workload in four VMs — static (sized for its peak), reactive
+//!    (host-observed usage), hints (its hand-written hints) and schedule
+//!    (its profile-derived schedule embedded) — sampled in the guest every
+//!    100 ms: how often the parallel phase starts with its 4 vCPUs online,
+//!    CPU and memory slack, shortage and deficit, and the work's run time.
 //!
-//!   cargo run --release -p perfvmm-tests --bin resize-bench -- [ROUNDS] [SCALE]
+//!   cargo run --release -p perfvmm-tests --bin resize-bench -- [--rounds N] [--only latency|demo]
 
 use std::time::Duration;
 
@@ -66,116 +67,218 @@ fn latency(rounds: u32) {
     );
 }
 
-/// Slack (unused share of what is allocated) and shortage (share of samples
-/// where demand exceeded the allocation) for one resource.
+/// How well an allocation fitted the demand over a run's samples of
+/// (demand, allocation): slack is the unused share of what was allocated,
+/// shortage the share of samples where demand exceeded the allocation, and
+/// deficit the demand-weighted share that was missing.
+#[derive(Clone, Copy, Default)]
 struct Fit {
     slack: f64,
     shortage: f64,
+    deficit: f64,
 }
 
 fn fit(samples: &[(f64, f64)]) -> Fit {
     let alloc: f64 = samples.iter().map(|s| s.1).sum();
+    let demand: f64 = samples.iter().map(|s| s.0).sum();
     let unused: f64 = samples.iter().map(|s| (s.1 - s.0).max(0.0)).sum();
+    let missing: f64 = samples.iter().map(|s| (s.0 - s.1).max(0.0)).sum();
     let short = samples.iter().filter(|s| s.0 > s.1).count();
     Fit {
-        slack: unused / alloc,
+        slack: unused / alloc.max(f64::MIN_POSITIVE),
         shortage: short as f64 / samples.len().max(1) as f64,
+        deficit: missing / demand.max(f64::MIN_POSITIVE),
     }
 }
 
-fn sampled_demo(
-    label: &str,
-    scale: f64,
-    args: &[&str],
-    files: &[(&str, &str)],
-) -> Option<(Fit, Fit, f64)> {
-    let mut run = GuestRun::demo(&format!("pvrun=sampled-demo pvscale={scale}"), args)
-        .timeout(Duration::from_secs(900));
-    for (name, text) in files {
-        run = run.file(name, text.as_bytes().to_vec());
-    }
-    let out = run.run();
+/// One sampled run of the demo workload.
+struct DemoRun {
+    cpu: Fit,
+    mem: Fit,
+    /// vCPUs online when the parallel phase (4 threads) began.
+    parallel_start_cpus: u32,
+    /// The workload's phases, start to end, in ms.
+    work_ms: f64,
+    /// Mean guest MemTotal in MiB.
+    mean_mem_mib: f64,
+}
+
+/// A VM configuration the demo runs in.
+struct Config {
+    label: &'static str,
+    /// Which demo binary the guest runs: `plain` (hand-written hints) or
+    /// `scheduled` (the same with its profile-derived schedule embedded).
+    demo: &'static str,
+    args: &'static [&'static str],
+    policy: &'static str,
+}
+
+const CONFIGS: [Config; 4] = [
+    Config {
+        label: "static, sized for the peak (4, 704M)",
+        demo: "plain",
+        args: &["--cpus", "4", "--memory", "704M"],
+        policy: "mode = \"static\"\n",
+    },
+    Config {
+        label: "reactive (usage, p95 + 20 %, 10 s)",
+        demo: "plain",
+        args: &["--cpus", "1,max=4", "--memory", "512M,max=1G"],
+        policy: "mode = \"reactive\"\n",
+    },
+    Config {
+        label: "hints (hand-written)",
+        demo: "plain",
+        args: &["--cpus", "1,max=4", "--memory", "512M,max=1G"],
+        policy: "mode = \"hints\"\n",
+    },
+    Config {
+        label: "schedule (profile-derived)",
+        demo: "scheduled",
+        args: &["--cpus", "1,max=4", "--memory", "512M,max=1G"],
+        policy: "mode = \"schedule\"\n",
+    },
+];
+
+fn sampled_demo(c: &Config) -> Option<DemoRun> {
+    let mut args: Vec<&str> = c.args.to_vec();
+    args.extend(["--policy", "@FILES@/policy.toml"]);
+    let out = GuestRun::demo(&format!("pvrun=sampled-demo pvdemo={}", c.demo), &args)
+        .file("policy.toml", c.policy.as_bytes().to_vec())
+        .l1_cpus(4)
+        .timeout(Duration::from_secs(900))
+        .run();
     let samples: Vec<&str> = out
         .console
         .lines()
         .filter(|l| l.contains("sample t_ms="))
         .collect();
-    if samples.len() < 10 || !out.console.contains("demo-workload: done") {
-        println!("{label}: run failed; console tail:\n{}", out.tail(30));
+    let started = out.console.lines().find_map(|l| {
+        l.split_once("phase parallel (4 threads) starts with ")?
+            .1
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    });
+    let work_ms = out.guest_line_value("demo-workload: work done in ");
+    let (Some(parallel_start_cpus), Some(work_ms)) = (started, work_ms) else {
+        println!("{}: run failed; console tail:\n{}", c.label, out.tail(30));
         return None;
-    }
-    let cpu: Vec<(f64, f64)> = samples
-        .iter()
-        .filter_map(|l| Some((field(l, "running")?, field(l, "cpus")?)))
-        .collect();
-    let mem: Vec<(f64, f64)> = samples
-        .iter()
-        .filter_map(|l| Some((field(l, "mem_used_kib")?, field(l, "mem_total_kib")?)))
-        .collect();
-    let mean_mem = mem.iter().map(|m| m.1).sum::<f64>() / mem.len() as f64 / 1024.0;
-    Some((fit(&cpu), fit(&mem), mean_mem))
+    };
+    let pairs = |a: &str, b: &str| -> Vec<(f64, f64)> {
+        samples
+            .iter()
+            .filter_map(|l| Some((field(l, a)?, field(l, b)?)))
+            .collect()
+    };
+    let mem = pairs("mem_used_kib", "mem_total_kib");
+    let mean_mem_mib = mem.iter().map(|m| m.1).sum::<f64>() / mem.len().max(1) as f64 / 1024.0;
+    Some(DemoRun {
+        cpu: fit(&pairs("running", "cpus")),
+        mem: fit(&mem),
+        parallel_start_cpus,
+        work_ms: work_ms as f64,
+        mean_mem_mib,
+    })
 }
 
-fn main() {
-    let arg = |n: usize| std::env::args().nth(n).and_then(|a| a.parse::<f64>().ok());
-    let rounds = arg(1).unwrap_or(5.0) as u32;
-    let scale = arg(2).unwrap_or(1.0);
-    latency(rounds);
+/// "mean (min–max)" of a figure over runs, in percent.
+fn spread(runs: &[DemoRun], f: impl Fn(&DemoRun) -> f64) -> String {
+    let v: Vec<f64> = runs.iter().map(f).collect();
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+    format!("{:.1} ({:.1}-{:.1})", mean * 100.0, lo * 100.0, hi * 100.0)
+}
 
-    println!("\ndemo workload (phases x{scale}), sampled in the guest every 100 ms");
+fn demo(rounds: u32) {
     println!(
-        "  {:<34} {:>9} {:>10} {:>9} {:>10} {:>12}",
-        "VM", "CPU slack", "CPU short", "mem slack", "mem short", "mean MemTotal"
+        "\ndemo workload ({rounds} runs per VM, alternating), sampled in the guest every 100 ms; \
+         figures in % as mean (min-max)"
     );
-    let dynamic = sampled_demo(
-        "perfvmm, default policy",
-        scale,
-        &["--cpus", "1,max=4", "--memory", "512M,max=1G"],
-        &[],
+    let mut runs: Vec<Vec<DemoRun>> = CONFIGS.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for (i, c) in CONFIGS.iter().enumerate() {
+            eprintln!("resize-bench: round {}/{rounds}: {}", round + 1, c.label);
+            runs[i].extend(sampled_demo(c));
+        }
+    }
+    println!(
+        "  {:<38} {:>9} {:>18} {:>18} {:>18} {:>18} {:>18} {:>9} {:>8}",
+        "VM",
+        "4 online",
+        "CPU slack",
+        "CPU shortage",
+        "CPU deficit",
+        "mem slack",
+        "mem shortage",
+        "work ms",
+        "MemTotal"
     );
-    let tight = sampled_demo(
-        "perfvmm, tight policy",
-        scale,
-        &[
-            "--cpus",
-            "1,max=4",
-            "--memory",
-            "512M,max=1G",
-            "--policy",
-            "@FILES@/tight.toml",
-        ],
-        &[(
-            "tight.toml",
-            "[memory]\nreserve = \"96M\"\n[timing]\nshrink_after_ms = 500\ncooldown_ms = 200\n",
-        )],
-    );
-    let fixed = sampled_demo(
-        "static 4 vCPUs, 704 MiB",
-        scale,
-        &[
-            "--cpus",
-            "4",
-            "--memory",
-            "704M",
-            "--policy",
-            "@FILES@/static.toml",
-        ],
-        &[("static.toml", "[vcpus]\nmin = 4\n[memory]\nmin = \"1T\"\n")],
-    );
-    for (label, r) in [
-        ("perfvmm default (1-4, 512M-1G)", dynamic),
-        ("perfvmm tight (96M, 500 ms)", tight),
-        ("static (4 vCPUs, 704 MiB)", fixed),
-    ] {
-        if let Some((c, m, mean)) = r {
+    let base = runs[0].iter().map(|r| r.work_ms).sum::<f64>() / runs[0].len().max(1) as f64;
+    for (c, r) in CONFIGS.iter().zip(&runs) {
+        if r.is_empty() {
+            println!("  {:<38} no successful run", c.label);
+            continue;
+        }
+        let on_time = r.iter().filter(|r| r.parallel_start_cpus >= 4).count();
+        let work = r.iter().map(|r| r.work_ms).sum::<f64>() / r.len() as f64;
+        let mem = r.iter().map(|r| r.mean_mem_mib).sum::<f64>() / r.len() as f64;
+        println!(
+            "  {:<38} {:>4}/{:<4} {:>18} {:>18} {:>18} {:>18} {:>18} {:>9.0} {:>7.0}M",
+            c.label,
+            on_time,
+            r.len(),
+            spread(r, |r| r.cpu.slack),
+            spread(r, |r| r.cpu.shortage),
+            spread(r, |r| r.cpu.deficit),
+            spread(r, |r| r.mem.slack),
+            spread(r, |r| r.mem.shortage),
+            work,
+            mem
+        );
+        if base > 0.0 {
             println!(
-                "  {label:<34} {:>8.1}% {:>9.1}% {:>8.1}% {:>9.1}% {:>9.0} MiB",
-                c.slack * 100.0,
-                c.shortage * 100.0,
-                m.slack * 100.0,
-                m.shortage * 100.0,
-                mean
+                "  {:<38} work time {:+.1} % against static",
+                "",
+                (work / base - 1.0) * 100.0
             );
         }
     }
 }
+
+fn main() {
+    let mut latency_rounds = 5;
+    let mut rounds = 3;
+    let mut only: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_default();
+        match a.as_str() {
+            "--latency-rounds" => latency_rounds = value().parse().unwrap_or(latency_rounds),
+            "--rounds" => rounds = value().parse().unwrap_or(rounds),
+            "--only" => only = Some(value()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return;
+            }
+            _ => {
+                eprintln!("resize-bench: unknown argument {a}\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
+    if only.as_deref() != Some("demo") {
+        latency(latency_rounds);
+    }
+    if only.as_deref() != Some("latency") {
+        demo(rounds);
+    }
+}
+
+const USAGE: &str = "usage: resize-bench [--latency-rounds N] [--rounds N] [--only latency|demo]
+  latency: hint -> resize visible in the guest, N rounds (5)
+  demo:    the demo workload in a static, a reactive, a hint-driven and a
+           schedule-driven VM, N runs each, alternating (3)";
