@@ -185,6 +185,13 @@ fn ompt_tool_turns_parallel_regions_into_a_few_hints_and_vcpus() {
         "omp-hints: {regions} parallel regions, {} hints",
         hints.len()
     );
+    for v in out
+        .json_lines(HINTS)
+        .iter()
+        .chain(&out.json_lines(DECISIONS))
+    {
+        println!("  {v}");
+    }
     let d = vcpu_decisions(&out);
     assert_eq!(
         d.first(),

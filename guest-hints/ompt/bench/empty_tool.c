@@ -1,7 +1,21 @@
 /* An OMPT tool that registers the same callbacks as libperfhint_ompt.so and
  * does nothing in them: what libomp's own OMPT machinery costs a program,
- * apart from the tool's work (bench.sh's "empty" runs). */
+ * apart from the tool's work (bench.sh's "empty" runs). Built with
+ * -DIDLE_THREAD it also starts a thread that only sleeps, as the tool's
+ * timer thread mostly does (bench.sh's "idle" runs). */
 #include <omp-tools.h>
+
+#ifdef IDLE_THREAD
+#include <pthread.h>
+#include <unistd.h>
+
+static void *sleep_forever(void *arg) {
+  (void)arg;
+  for (;;)
+    pause();
+  return NULL;
+}
+#endif
 
 static void on_parallel_begin(ompt_data_t *a, const ompt_frame_t *b, ompt_data_t *c,
                               unsigned int d, int e, const void *f) {
@@ -25,6 +39,10 @@ static int initialize(ompt_function_lookup_t lookup, int device, ompt_data_t *da
   set(ompt_callback_parallel_begin, (ompt_callback_t)on_parallel_begin);
   set(ompt_callback_parallel_end, (ompt_callback_t)on_parallel_end);
   set(ompt_callback_implicit_task, (ompt_callback_t)on_implicit_task);
+#ifdef IDLE_THREAD
+  pthread_t thread;
+  pthread_create(&thread, NULL, sleep_forever, NULL);
+#endif
   return 1;
 }
 
