@@ -8,6 +8,11 @@
 #                                   workload or a test scenario (guest-init)
 #   build/module/                   virtio_perfhint.ko, built against Debian's
 #                                   linux-headers for the same ABI
+#   build/openmp/                   the OpenMP test programs (images/openmp) and
+#                                   the OMPT tool (guest-hints/ompt), built with
+#                                   Debian's clang-14; in the guest they are in
+#                                   /perfvmm with libomp.so.5 and glibc beside
+#                                   the dynamic loader's default paths
 # A second run reuses what is already there.
 set -euo pipefail
 
@@ -97,10 +102,101 @@ build_guest_programs() {
   chmod 755 "$gdir/extra/scenario"
 }
 
+# True when $1 is missing or older than any of the other files.
+stale() {
+  local target=$1 dep
+  shift
+  [ -e "$target" ] || return 0
+  for dep in "$@"; do
+    [ "$dep" -nt "$target" ] && return 0
+  done
+  return 1
+}
+
+# Copies the shared libraries ELF file $1 loads (as ldd resolves them here)
+# into $2 under the paths the guest's loader looks in: the interpreter at
+# its PT_INTERP path, the libraries in /lib/x86_64-linux-gnu (a default
+# search directory, so the guest needs no ld.so.cache).
+copy_shared_libs() {
+  local elf=$1 sysroot=$2 interp line name path
+  interp=$(readelf -l "$elf" 2>/dev/null | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')
+  if [ -n "$interp" ]; then
+    mkdir -p "$sysroot$(dirname "$interp")"
+    cp -L "$interp" "$sysroot$interp"
+  fi
+  mkdir -p "$sysroot/lib/x86_64-linux-gnu"
+  ldd "$elf" | while read -r line; do
+    case $line in
+      *" => not found"*) echo "images: $elf needs a library this host lacks: $line" >&2; return 1 ;;
+      *" => /"*)
+        name=${line%% =>*}
+        path=${line#*=> }
+        path=${path%% (*}
+        cp -L "$path" "$sysroot/lib/x86_64-linux-gnu/$name"
+        ;;
+    esac
+  done
+}
+
+# OpenMP in the guest: the test programs, the OMPT tool, and what they load.
+build_openmp() {
+  local cc=clang-14 odir=$out/openmp src=$here/openmp
+  if ! command -v "$cc" >/dev/null || [ ! -e /usr/lib/llvm-14/lib/libomp.so.5 ]; then
+    echo "images: $cc and libomp-14-dev are needed (scripts/setup-host.sh installs them)" >&2
+    exit 1
+  fi
+  mkdir -p "$odir"
+  # An ordinary OpenMP program (no perfhint code).
+  if stale "$odir/omp-work" "$src/omp-work.c" "$here/build.sh"; then
+    "$cc" -O2 -Wall -Werror -fopenmp "$src/omp-work.c" -o "$odir/omp-work"
+  fi
+  # Loops parallelised by the compiler alone: Polly (linked into Debian's
+  # clang-14) with libomp's own ABI (__kmpc_fork_call). See
+  # docs/derived-hints-ompt.md for why -polly-position=early.
+  if stale "$odir/autopar" "$src/autopar.c" "$here/build.sh"; then
+    "$cc" -O3 -Wall -Werror -mllvm -polly -mllvm -polly-position=early \
+      -mllvm -polly-parallel -mllvm -polly-omp-backend=LLVM -fopenmp \
+      "$src/autopar.c" -o "$odir/autopar"
+    if ! nm -D "$odir/autopar" | grep -q __kmpc_fork_call; then
+      rm -f "$odir/autopar"
+      echo "images: Polly did not parallelise images/openmp/autopar.c" >&2
+      exit 1
+    fi
+  fi
+  # The same loops parallelised by GCC (-ftree-parallelize-loops=4 emits
+  # GOMP_parallel calls), linked against libomp's GOMP ABI: Debian's
+  # /usr/lib/llvm-14/lib/libgomp.so is libomp.
+  if stale "$odir/autopar-gcc" "$src/autopar.c" "$here/build.sh"; then
+    gcc -O2 -Wall -Werror -ftree-parallelize-loops=4 "$src/autopar.c" \
+      -L/usr/lib/llvm-14/lib -o "$odir/autopar-gcc"
+    if ! readelf -d "$odir/autopar-gcc" | grep -q 'NEEDED.*libomp\.so\.5' ||
+       ! nm -D "$odir/autopar-gcc" | grep -q GOMP_parallel; then
+      rm -f "$odir/autopar-gcc"
+      echo "images: autopar-gcc is not a libomp program calling GOMP_parallel" >&2
+      exit 1
+    fi
+  fi
+  # The OMPT tool, with libperfhint linked in statically (only the static
+  # library: a cdylib cannot be built with crt-static).
+  local tdir=$out/static-target
+  (cd "$top" && RUSTFLAGS="-C target-feature=+crt-static" cargo rustc -q --release \
+      --target x86_64-unknown-linux-gnu --target-dir "$tdir" -p perfhint-capi --lib --crate-type staticlib)
+  make -s -C "$top/guest-hints/ompt" OUT="$odir" \
+    PERFHINT_A="$tdir/x86_64-unknown-linux-gnu/release/libperfhint.a"
+  strip --strip-unneeded -o "$gdir/extra/libperfhint_ompt.so" "$odir/libperfhint_ompt.so"
+  cp "$odir/omp-work" "$odir/autopar" "$odir/autopar-gcc" "$gdir/extra/"
+  rm -rf "$gdir/sysroot"
+  local elf
+  for elf in "$odir/omp-work" "$odir/autopar" "$odir/autopar-gcc" "$odir/libperfhint_ompt.so"; do
+    copy_shared_libs "$elf" "$gdir/sysroot"
+  done
+}
+
 build_guest_initramfs() {
   local dest=$gdir/initramfs.cpio.gz
   local stamp
-  stamp=$(cat "$here/guest-init" "$here/build.sh" "$kdir/abi" "$gdir"/extra/* 2>/dev/null | sha256sum | cut -c1-16)
+  stamp=$( (cat "$here/guest-init" "$here/build.sh" "$kdir/abi" "$gdir"/extra/* 2>/dev/null
+            find "$gdir/sysroot" -type f 2>/dev/null | LC_ALL=C sort | xargs -r cat) | sha256sum | cut -c1-16)
   if [ -f "$dest" ] && [ "$(cat "$gdir/stamp" 2>/dev/null)" = "$stamp" ]; then
     return
   fi
@@ -120,6 +216,10 @@ build_guest_initramfs() {
   if [ -d "$gdir/extra" ]; then
     cp -a "$gdir/extra/." "$root/perfvmm/"
   fi
+  # Shared libraries for the OpenMP programs (build_openmp).
+  if [ -d "$gdir/sysroot" ]; then
+    cp -a "$gdir/sysroot/." "$root/"
+  fi
   pack_cpio "$root" "$dest" gz
   rm -rf "$root"
   echo "$stamp" >"$gdir/stamp"
@@ -129,4 +229,5 @@ build_guest_initramfs() {
 fetch_kernel
 build_module
 build_guest_programs
+build_openmp
 build_guest_initramfs
