@@ -192,6 +192,27 @@ build_openmp() {
   done
 }
 
+# Derived hints: perfhintd; the demo with its profile-derived schedule
+# (step 1, `perfhint profile`, on this host; step 2, `perfhint embed`, into a
+# copy); and coreutils' sort, a multi-threaded program from a Debian
+# package for the guest to profile and run under perfhintd. After
+# build_openmp, which starts the sysroot afresh.
+build_derived() {
+  local tdir=$out/static-target rel
+  rel=$tdir/x86_64-unknown-linux-gnu/release
+  (cd "$top" && RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release \
+      --target x86_64-unknown-linux-gnu --target-dir "$tdir" -p perfhintd --bin perfhintd)
+  cp "$rel/perfhintd" "$gdir/extra/"
+  if stale "$gdir/extra/demo-workload-scheduled" "$rel/demo-workload" "$rel/perfhint"; then
+    echo "images: profiling the demo workload (about 13 s)"
+    "$rel/perfhint" profile -o "$out/demo.profile.json" -- "$rel/demo-workload" >/dev/null
+    "$rel/perfhint" embed "$rel/demo-workload" "$out/demo.profile.json" \
+      -o "$gdir/extra/demo-workload-scheduled"
+  fi
+  cp -L /usr/bin/sort "$gdir/extra/sort"
+  copy_shared_libs /usr/bin/sort "$gdir/sysroot"
+}
+
 build_guest_initramfs() {
   local dest=$gdir/initramfs.cpio.gz
   local stamp
@@ -230,4 +251,5 @@ fetch_kernel
 build_module
 build_guest_programs
 build_openmp
+build_derived
 build_guest_initramfs

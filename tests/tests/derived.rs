@@ -1,0 +1,106 @@
+//! Needs known before they arise: a program's profile-derived schedule
+//! (`perfhint profile`, then `perfhint embed`) has its resources online
+//! before each phase begins, in the nested guest.
+
+use std::time::Duration;
+
+use perfvmm_tests::{GuestRun, RunOutput};
+use serde_json::Value;
+
+fn run(scenario: &str) -> RunOutput {
+    GuestRun::demo(
+        &format!("pvrun={scenario} pvhintd=1"),
+        &[
+            "--cpus",
+            "1,max=4",
+            "--memory",
+            "512M,max=1G",
+            "--decision-log",
+            "@FILES@/decisions.log",
+        ],
+    )
+    .fetch("decisions.log")
+    .timeout(Duration::from_secs(600))
+    .l1_cpus(4)
+    .run()
+}
+
+/// vCPUs online when the demo's parallel phase began, as the guest saw them.
+fn parallel_start_cpus(console: &str) -> Vec<u32> {
+    console
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split_once("phase parallel (4 threads) starts with ")?.1;
+            rest.split(' ').next()?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn the_embedded_schedule_has_the_vcpus_online_before_the_parallel_phase() {
+    let out = run("derived-demo");
+    out.expect_contains("demo-workload: done").expect_exit(0);
+    assert_eq!(parallel_start_cpus(&out.console), [4], "{}", out.tail(40));
+    let decisions = out.json_lines("decisions.log");
+    let grow = decisions
+        .iter()
+        .find(|d| d["resource"] == "vcpus" && d["to"] == 4)
+        .expect("a grow to 4 vCPUs");
+    assert!(
+        grow["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("scheduled phase 2")),
+        "the schedule, not the phase's own hint, grew the VM: {grow}"
+    );
+    out.expect_contains("perfhintd: announced the manifest of /perfvmm/demo-workload-scheduled");
+}
+
+/// The JSON printed after `scenario: NAME `.
+fn printed(out: &RunOutput, name: &str) -> Value {
+    let prefix = format!("scenario: {name} ");
+    let text = out
+        .console
+        .lines()
+        .find_map(|l| l.split_once(&prefix).map(|(_, j)| j))
+        .unwrap_or_else(|| panic!("no {name} line; console tail:\n{}", out.tail(40)));
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}: {text}"))
+}
+
+fn within(measured: f64, derived: f64, share: f64) -> bool {
+    (measured - derived).abs() <= share * measured.abs().max(derived.abs())
+}
+
+#[test]
+fn two_steps_in_the_guest_and_the_derived_needs_hold_on_a_later_run() {
+    let out = run("derived-twostep");
+    out.expect_exit(0);
+    let derived = printed(&out, "derived");
+    let later = printed(&out, "profile2");
+    assert_eq!(
+        parallel_start_cpus(&out.console).last(),
+        Some(&4),
+        "{}",
+        out.tail(40)
+    );
+    let schedule = derived["schedule"].as_array().expect("a schedule");
+    let phases = later["phases"].as_array().expect("phases");
+    for want in schedule {
+        let id = &want["id"];
+        let Some(got) = phases.iter().find(|p| &p["id"] == id) else {
+            continue;
+        };
+        let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+        // Parallelism as the policy uses it: the most threads running at once.
+        assert!(
+            within(f(got, "max_useful"), f(want, "max_useful"), 0.2),
+            "phase {id}: {want} against {got}"
+        );
+        let ws = f(want, "working_set_bytes");
+        if ws > (16 << 20) as f64 {
+            assert!(
+                within(f(got, "working_set_bytes"), ws, 0.2),
+                "phase {id} working set: {want} against {got}"
+            );
+        }
+    }
+}
