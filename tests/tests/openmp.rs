@@ -1,9 +1,9 @@
 //! OpenMP in the guest: libomp's topology detection on perfvmm's CPUID, and
 //! hints derived from OpenMP parallel regions by the OMPT tool
 //! (guest-hints/ompt), with no perfhint code in the programs
-//! (images/openmp). The guest side of each test is a scenario in
-//! images/guest-scenario; one test runs the tool on this host, where there
-//! is no perf-hint device.
+//! (images/openmp). The guest side of each nested test is a scenario in
+//! images/guest-scenario; the `host_` tests run the tool on this host,
+//! where there is no perf-hint device. See docs/derived-hints-ompt.md.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
