@@ -17,9 +17,9 @@ pub trait VcpuActuator: Send {
     fn resize(&mut self, to: u32) -> Result<(), ResizeError>;
     /// vCPUs the guest ejected since the last call.
     fn take_ejected(&mut self) -> Vec<u32>;
-    /// vCPUs the guest has taken: enabled, and any insertion acknowledged
-    /// (vCPUs asked to go count until the guest ejects them).
-    fn in_guest(&self) -> u32;
+    /// vCPUs the guest runs: enabled and started by the guest (vCPUs asked
+    /// to go count until the guest ejects them).
+    fn in_guest(&mut self) -> u32;
     /// Total time the vCPU threads have run: its growth over wall time is
     /// how many vCPUs were busy (the reactive mode's usage).
     fn run_time(&self) -> std::time::Duration;
@@ -48,8 +48,8 @@ impl VcpuActuator for VcpuManager {
         VcpuManager::take_ejected(self)
     }
 
-    fn in_guest(&self) -> u32 {
-        VcpuManager::acknowledged(self)
+    fn in_guest(&mut self) -> u32 {
+        VcpuManager::running_in_guest(self)
     }
 
     fn run_time(&self) -> std::time::Duration {

@@ -41,9 +41,30 @@ pub struct VcpuManager {
     ged: EventFd,
     /// Called with the vCPU index when a vCPU thread starts (pinning).
     on_start: Arc<dyn Fn(u32) + Send + Sync>,
-    /// Kernel thread ids of the vCPU threads, for their run time.
-    threads: Arc<Mutex<Vec<libc::pid_t>>>,
+    /// Kernel thread id of each vCPU's thread, by vCPU index, and the
+    /// thread's run time just before it first entered KVM_RUN.
+    threads: Arc<Mutex<Vec<Option<VcpuThread>>>>,
+    /// Per slot: whether the guest has started the vCPU since it was last
+    /// enabled, or the thread's run time when it was enabled (a vCPU waiting
+    /// for the guest's INIT/SIPI does not run; one the guest started does).
+    started: Vec<Started>,
 }
+
+/// A vCPU thread's kernel id, and its run time as it first entered KVM_RUN.
+type VcpuThread = (libc::pid_t, Duration);
+
+/// Whether the guest has started a vCPU since it was enabled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Started {
+    Yes,
+    /// Not yet seen running: its thread's run time when it was enabled
+    /// (`None` until the thread reports its id).
+    WaitingSince(Option<Duration>),
+}
+
+/// Run time a vCPU must gain before it counts as started by the guest:
+/// more than entering KVM_RUN costs, less than a guest CPU's bring-up.
+const STARTED_RUN_TIME: Duration = Duration::from_millis(1);
 
 impl VcpuManager {
     pub fn new(
@@ -64,7 +85,8 @@ impl VcpuManager {
             states,
             ged,
             on_start,
-            threads: Arc::new(Mutex::new(Vec::new())),
+            threads: Arc::new(Mutex::new(vec![None; max as usize])),
+            started: vec![Started::Yes; max as usize],
         }
     }
 
@@ -97,8 +119,12 @@ impl VcpuManager {
             .name(format!("vcpu{}", vcpu.index()))
             .spawn(move || {
                 // SAFETY: gettid(2) has no arguments and cannot fail.
-                lock(&threads).push(unsafe { libc::gettid() });
+                let tid = unsafe { libc::gettid() };
                 on_start(vcpu.index());
+                let ran = schedstat_run_time(tid).unwrap_or_default();
+                if let Some(t) = lock(&threads).get_mut(vcpu.index() as usize) {
+                    *t = Some((tid, ran));
+                }
                 vcpu.run()
             })
             .map(|_| ())
@@ -118,6 +144,10 @@ impl VcpuManager {
             plan_resize(&mut st.slots, to.clamp(1, self.max))
         };
         for i in added {
+            let baseline = self.thread_run_time(i);
+            if let Some(s) = self.started.get_mut(i as usize) {
+                *s = Started::WaitingSince(baseline);
+            }
             // A slot used before has a parked vCPU; the guest's INIT/SIPI wakes it.
             if !self.created[i as usize] {
                 let vcpu = self.create(i, None)?;
@@ -127,35 +157,73 @@ impl VcpuManager {
         self.ged.write(1).map_err(ResizeError::Interrupt)
     }
 
-    /// vCPUs enabled whose insertion the guest has acknowledged (its ACPI
-    /// scan has run), pending removals included until ejected.
-    pub fn acknowledged(&self) -> u32 {
-        let st = lock(&self.states);
-        st.slots
-            .iter()
-            .filter(|s| s.enabled && !s.inserting)
-            .count() as u32
+    /// vCPUs the guest runs: enabled, and started by the guest since they
+    /// were enabled (their thread has run), pending removals included until
+    /// ejected. This is what a grow's latency is timed against.
+    pub fn running_in_guest(&mut self) -> u32 {
+        let enabled: Vec<bool> = lock(&self.states).slots.iter().map(|s| s.enabled).collect();
+        let mut n = 0;
+        for (i, on) in enabled.into_iter().enumerate() {
+            if on && self.has_started(i as u32) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Whether slot `i`'s vCPU has run since it was enabled (remembered).
+    fn has_started(&mut self, i: u32) -> bool {
+        let Some(&state) = self.started.get(i as usize) else {
+            return false;
+        };
+        let now = self.thread_run_time(i);
+        let started = match (state, now) {
+            (Started::Yes, _) => true,
+            (Started::WaitingSince(None), Some(t)) => {
+                // A new thread: its run time as it entered KVM_RUN is the baseline.
+                let base = self.thread_start_time(i).unwrap_or(t);
+                self.started[i as usize] = Started::WaitingSince(Some(base));
+                t.saturating_sub(base) > STARTED_RUN_TIME
+            }
+            (Started::WaitingSince(Some(base)), Some(t)) => {
+                t.saturating_sub(base) > STARTED_RUN_TIME
+            }
+            (Started::WaitingSince(_), None) => false,
+        };
+        if started {
+            self.started[i as usize] = Started::Yes;
+        }
+        started
+    }
+
+    /// Run time of vCPU `i`'s thread now.
+    fn thread_run_time(&self, i: u32) -> Option<Duration> {
+        let (tid, _) = (*lock(&self.threads).get(i as usize)?)?;
+        schedstat_run_time(tid)
+    }
+
+    /// Run time of vCPU `i`'s thread as it first entered KVM_RUN.
+    fn thread_start_time(&self, i: u32) -> Option<Duration> {
+        Some((*lock(&self.threads).get(i as usize)?)?.1)
     }
 
     /// Time the vCPU threads have spent running (in the guest or in
-    /// perfvmm's exit handling; a halted vCPU does not run), from
-    /// `/proc/self/task/TID/schedstat`.
+    /// perfvmm's exit handling; a halted vCPU does not run).
     pub fn run_time(&self) -> Duration {
-        let ns: u64 = lock(&self.threads)
-            .iter()
-            .filter_map(|tid| {
-                let text =
-                    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
-                text.split_whitespace().next()?.parse::<u64>().ok()
-            })
-            .sum();
-        Duration::from_nanos(ns)
+        (0..self.max).filter_map(|i| self.thread_run_time(i)).sum()
     }
 
     /// vCPUs the guest ejected since the last call (now parked).
     pub fn take_ejected(&self) -> Vec<u32> {
         std::mem::take(&mut lock(&self.states).ejected)
     }
+}
+
+/// A thread's run time, from `/proc/self/task/TID/schedstat`.
+fn schedstat_run_time(tid: libc::pid_t) -> Option<Duration> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    let ns = text.split_whitespace().next()?.parse::<u64>().ok()?;
+    Some(Duration::from_nanos(ns))
 }
 
 /// Marks the hotplug slots for a VM of `to` vCPUs and returns the slots

@@ -421,7 +421,7 @@ mod tests {
         fn take_ejected(&mut self) -> Vec<u32> {
             std::mem::take(&mut lock(&self.0).ejected)
         }
-        fn in_guest(&self) -> u32 {
+        fn in_guest(&mut self) -> u32 {
             lock(&self.0).vcpus.last().copied().unwrap_or(1)
         }
         fn run_time(&self) -> Duration {
