@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::json::{self, Value};
 use crate::engine::Resource;
 
 /// The largest latency a model may hold, in milliseconds.
@@ -54,6 +53,46 @@ pub struct LatencyModel {
     /// Shrinks, when measured separately; else the grow lists apply.
     pub vcpus_shrink_ms: Option<Vec<u64>>,
     pub memory_shrink_ms: Option<Vec<u64>>,
+}
+
+/// What a latency file must be.
+const EXPECTED: &str = "expected an object {\"vcpus_ms\":[..],\"memory_ms\":[..]}";
+
+/// A latency file as written: lists of milliseconds.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object {\"vcpus_ms\":[..],\"memory_ms\":[..]}"
+)]
+struct LatencyFile {
+    vcpus_ms: Option<Vec<f64>>,
+    memory_ms: Option<Vec<f64>>,
+    vcpus_shrink_ms: Option<Vec<f64>>,
+    memory_shrink_ms: Option<Vec<f64>>,
+}
+
+/// One list of a latency file, checked and rounded to whole milliseconds.
+fn latencies(key: &str, items: Vec<f64>) -> Result<Vec<u64>, LatencyError> {
+    let bad = |m: String| LatencyError::Invalid(m);
+    if items.is_empty() || items.len() > MAX_LATENCIES {
+        return Err(bad(format!(
+            "{key}: expected 1 to {MAX_LATENCIES} latencies, got {}",
+            items.len()
+        )));
+    }
+    items
+        .iter()
+        .map(|&ms| {
+            (0.0..=MAX_LATENCY_MS as f64)
+                .contains(&ms)
+                .then(|| ms.round() as u64)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{key}: {ms} is not a latency from 0 to {MAX_LATENCY_MS} ms"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// A latency file that cannot be used.
@@ -110,59 +149,32 @@ impl LatencyModel {
     /// A user's model: `{"vcpus_ms":[..],"memory_ms":[..]}`, optionally with
     /// `vcpus_shrink_ms` and `memory_shrink_ms`.
     pub fn from_json(name: &str, text: &str) -> Result<Self, LatencyError> {
-        let v = json::parse(text.trim()).map_err(LatencyError::Json)?;
-        let bad = |m: String| LatencyError::Invalid(m);
-        let Value::Object(fields) = &v else {
-            return Err(bad(
-                "expected an object {\"vcpus_ms\":[..],\"memory_ms\":[..]}".into(),
-            ));
-        };
-        const KEYS: [&str; 4] = [
-            "vcpus_ms",
-            "memory_ms",
-            "vcpus_shrink_ms",
-            "memory_shrink_ms",
-        ];
-        if let Some((k, _)) = fields.iter().find(|(k, _)| !KEYS.contains(&k.as_str())) {
-            return Err(bad(format!(
-                "unknown key \"{k}\": expected vcpus_ms, memory_ms, vcpus_shrink_ms, memory_shrink_ms"
-            )));
+        if text.trim_start().starts_with('[') {
+            // serde's derived structs would read an array of the fields.
+            return Err(LatencyError::Invalid(EXPECTED.into()));
         }
-        let list = |key: &str| -> Result<Option<Vec<u64>>, LatencyError> {
-            let Some(v) = v.get(key).filter(|v| !matches!(v, Value::Null)) else {
-                return Ok(None);
-            };
-            let items = v
-                .as_array()
-                .ok_or_else(|| bad(format!("{key}: expected an array of milliseconds")))?;
-            if items.is_empty() || items.len() > MAX_LATENCIES {
-                return Err(bad(format!(
-                    "{key}: expected 1 to {MAX_LATENCIES} latencies, got {}",
-                    items.len()
-                )));
+        let f: LatencyFile = serde_json::from_str(text).map_err(|e| {
+            if e.is_data() {
+                LatencyError::Invalid(e.to_string())
+            } else {
+                LatencyError::Json(e.to_string())
             }
-            items
-                .iter()
-                .map(|x| {
-                    x.as_f64()
-                        .filter(|ms| (0.0..=MAX_LATENCY_MS as f64).contains(ms))
-                        .map(|ms| ms.round() as u64)
-                        .ok_or_else(|| {
-                            bad(format!(
-                                "{key}: {x} is not a latency from 0 to {MAX_LATENCY_MS} ms"
-                            ))
-                        })
-                })
-                .collect::<Result<Vec<u64>, _>>()
-                .map(Some)
+        })?;
+        let need = |key: &str, l: Option<Vec<f64>>| {
+            l.ok_or_else(|| LatencyError::Invalid(format!("{key}: missing")))
         };
-        let need = |key: &str| list(key)?.ok_or_else(|| bad(format!("{key}: missing")));
         Ok(LatencyModel {
             name: name.to_string(),
-            vcpus_ms: need("vcpus_ms")?,
-            memory_ms: need("memory_ms")?,
-            vcpus_shrink_ms: list("vcpus_shrink_ms")?,
-            memory_shrink_ms: list("memory_shrink_ms")?,
+            vcpus_ms: latencies("vcpus_ms", need("vcpus_ms", f.vcpus_ms)?)?,
+            memory_ms: latencies("memory_ms", need("memory_ms", f.memory_ms)?)?,
+            vcpus_shrink_ms: f
+                .vcpus_shrink_ms
+                .map(|l| latencies("vcpus_shrink_ms", l))
+                .transpose()?,
+            memory_shrink_ms: f
+                .memory_shrink_ms
+                .map(|l| latencies("memory_shrink_ms", l))
+                .transpose()?,
         })
     }
 
@@ -264,7 +276,7 @@ mod tests {
             ("{\"vcpus_ms\":[-1],\"memory_ms\":[1]}", "not a latency"),
             (
                 "{\"vcpus_ms\":[1],\"memory_ms\":[1],\"cpu_ms\":[1]}",
-                "unknown key \"cpu_ms\"",
+                "unknown field `cpu_ms`, expected one of `vcpus_ms`, `memory_ms`",
             ),
             ("{\"vcpus_ms\":[1],", "not JSON"),
         ] {

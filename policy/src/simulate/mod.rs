@@ -6,8 +6,7 @@
 //!
 //! Pure, like the rest of this crate: [`Trace::parse`] takes the trace's
 //! text and [`LatencyModel::from_json`] a latency file's; the caller reads
-//! the files. The crate has no JSON library, so a small reader for JSON
-//! lines lives in [`json`].
+//! the files.
 //!
 //! What the simulation does, step by step, as perfvmm's hint path and
 //! controller do (`vmm/src/control/`):
@@ -25,7 +24,6 @@
 //!   newer decision for the same resource replaces one not yet visible;
 //! * each demand sample is compared with what the guest had at that time.
 
-mod json;
 mod latency;
 mod report;
 mod trace;

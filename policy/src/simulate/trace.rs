@@ -2,12 +2,10 @@
 
 use std::time::Duration;
 
-use guest_hints::wire::{
-    Hint, Io, IoClass, Locality, Manifest, Memory, Name, Parallelism, PhaseBegin, Placement,
-    MAX_MANIFEST_PHASES,
-};
+use guest_hints::wire::Hint;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
-use super::json::{self, Value};
 use crate::engine::{ScheduledNeeds, VmLimits};
 
 /// The `format` a trace's header names.
@@ -69,7 +67,8 @@ pub struct TraceHint {
 }
 
 /// What the guest demanded at one moment (its `sample` line).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(expecting = "a demand sample {\"running\":..,\"mem_used_kib\":..}")]
 pub struct Demand {
     /// Runnable tasks (`procs_running`, less the sampler).
     pub running: f64,
@@ -78,7 +77,8 @@ pub struct Demand {
 }
 
 /// What the VM really had at one moment (recorded runs only).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(expecting = "a measurement {\"cpus\":..,\"mem_total_kib\":..}")]
 pub struct Measured {
     /// CPUs online in the guest.
     pub cpus: u32,
@@ -124,9 +124,7 @@ impl Trace {
         let mut records = Vec::new();
         let mut previous = 0.0f64;
         for (line, text) in lines {
-            let v = json::parse(text).map_err(|message| TraceError::Json { line, message })?;
-            let rec = |message: String| TraceError::Record { line, message };
-            let (t_ms, record) = parse_record(&v).map_err(rec)?;
+            let (t_ms, record) = parse_record(line, text)?;
             if t_ms < previous {
                 return Err(TraceError::OutOfOrder {
                     line,
@@ -169,344 +167,440 @@ fn ms_to_duration(t_ms: f64) -> Duration {
     Duration::from_micros((t_ms * 1000.0).round() as u64)
 }
 
+// ---------------------------------------------------------------------------
+// Reading JSON lines with serde_json.
+
+/// serde_json's message for `e` on one line: its position as the column
+/// in the line, `offset` being where the text it parsed starts in it.
+fn message(e: &serde_json::Error, offset: usize) -> String {
+    let full = e.to_string();
+    let at = format!(" at line {} column {}", e.line(), e.column());
+    match full.strip_suffix(&at) {
+        Some(m) => format!("{m} at column {}", offset + e.column()),
+        None => full,
+    }
+}
+
+/// Line `line` as a `T`: text that is not JSON is [`TraceError::Json`],
+/// JSON of the wrong shape what `data` makes of the message.
+fn parse_line<'a, T: Deserialize<'a>>(
+    line: usize,
+    text: &'a str,
+    data: impl Fn(String) -> TraceError,
+) -> Result<T, TraceError> {
+    if text.trim_start().starts_with('[') {
+        return Err(data(ARRAY.into()));
+    }
+    serde_json::from_str(text).map_err(|e| {
+        let message = message(&e, 0);
+        if e.is_data() {
+            data(message)
+        } else {
+            TraceError::Json { line, message }
+        }
+    })
+}
+
+/// serde's derived structs also read an array of their fields in order;
+/// every object of a trace must be written as one.
+const ARRAY: &str = "expected an object, got an array";
+
+/// `part` of the line `text` as a `T`; errors start with `what`.
+fn decode<'a, T: Deserialize<'a>>(text: &str, part: &'a str, what: &str) -> Result<T, String> {
+    if part.starts_with('[') {
+        return Err(format!("{what}: {ARRAY}"));
+    }
+    serde_json::from_str(part)
+        .map_err(|e| format!("{what}: {}", message(&e, offset_in(text, part))))
+}
+
+/// Where `part` starts in `text`, when it is a part of it (else 0).
+fn offset_in(text: &str, part: &str) -> usize {
+    let (t, p) = (text.as_ptr() as usize, part.as_ptr() as usize);
+    if (t..=t + text.len()).contains(&p) {
+        p - t
+    } else {
+        0
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The header.
+
+/// The header line. The VM's sizes are read once the format and version
+/// are known to be this simulator's.
+#[derive(Deserialize)]
+struct HeaderLine<'a> {
+    format: Option<String>,
+    version: Option<u64>,
+    #[serde(borrow)]
+    vm: Option<&'a RawValue>,
+    source: Option<String>,
+}
+
+/// The header's `vm`.
+#[derive(Deserialize)]
+#[serde(expecting = "the VM's sizes {\"boot_vcpus\":..,\"boot_memory\":..}")]
+struct VmLine {
+    boot_vcpus: u32,
+    max_vcpus: Option<u32>,
+    boot_memory: u64,
+    max_memory: Option<u64>,
+    reserved_kib: Option<u64>,
+}
+
 fn parse_header(line: usize, text: &str) -> Result<TraceHeader, TraceError> {
-    let v = json::parse(text).map_err(|message| TraceError::Json { line, message })?;
     let err = |message: String| TraceError::Header { line, message };
-    if v.get("format").and_then(Value::as_str) != Some(TRACE_FORMAT) {
+    let h: HeaderLine = parse_line(line, text, err)?;
+    if h.format.as_deref() != Some(TRACE_FORMAT) {
         return Err(err(format!(
             "the first line must be the header, {{\"format\":\"{TRACE_FORMAT}\",\"version\":{TRACE_VERSION},\"vm\":{{...}}}}"
         )));
     }
-    let version = v
-        .get("version")
-        .and_then(Value::as_u64)
+    let version = h
+        .version
         .ok_or_else(|| err("version: expected a whole number".into()))?;
     if version != TRACE_VERSION {
         return Err(TraceError::Version { line, version });
     }
-    let vm = v
-        .get("vm")
-        .filter(|vm| vm.is_object())
-        .ok_or_else(|| err("vm: expected an object with the VM's sizes".into()))?;
-    let boot_vcpus = u32_field(vm, "boot_vcpus", "vm").map_err(err)?;
-    let max_vcpus = opt(vm, "max_vcpus")
-        .map(|_| u32_field(vm, "max_vcpus", "vm"))
-        .transpose()
-        .map_err(err)?
-        .unwrap_or(boot_vcpus);
-    let boot_memory = u64_field(vm, "boot_memory", "vm").map_err(err)?;
-    let max_memory = opt(vm, "max_memory")
-        .map(|_| u64_field(vm, "max_memory", "vm"))
-        .transpose()
-        .map_err(err)?
-        .unwrap_or(boot_memory);
-    let reserved_kib = opt(vm, "reserved_kib")
-        .map(|_| u64_field(vm, "reserved_kib", "vm"))
-        .transpose()
-        .map_err(err)?
-        .unwrap_or(0);
-    if boot_vcpus == 0 || max_vcpus < boot_vcpus || max_vcpus > 4096 {
-        return Err(err(format!(
-            "vm: boot_vcpus ({boot_vcpus}) must be at least 1 and at most max_vcpus ({max_vcpus}), itself at most 4096"
-        )));
-    }
-    if boot_memory < (1 << 20) || max_memory < boot_memory || max_memory > (1 << 50) {
-        return Err(err(format!(
-            "vm: boot_memory ({boot_memory}) must be at least 1 MiB and at most max_memory ({max_memory}), in bytes"
-        )));
-    }
-    if reserved_kib.saturating_mul(1024) >= boot_memory {
-        return Err(err(format!(
-            "vm: reserved_kib ({reserved_kib}) must be below the boot memory"
-        )));
-    }
-    let source = match v.get("source") {
-        None | Some(Value::Null) => String::new(),
-        Some(s) => s
-            .as_str()
-            .ok_or_else(|| err("source: expected a string".into()))?
-            .to_string(),
-    };
+    let vm =
+        h.vm.ok_or_else(|| err("vm: expected an object with the VM's sizes".into()))?;
+    let vm: VmLine = decode(text, vm.get(), "vm").map_err(err)?;
+    let (limits, reserved_kib) = vm_limits(vm).map_err(err)?;
     Ok(TraceHeader {
-        vm: VmLimits {
-            boot_vcpus,
-            max_vcpus,
-            boot_memory,
-            max_memory,
-        },
+        vm: limits,
         reserved_kib,
-        source,
+        source: h.source.unwrap_or_default(),
     })
 }
 
-/// A present, non-null field.
-fn opt<'a>(obj: &'a Value, key: &str) -> Option<&'a Value> {
-    obj.get(key).filter(|v| !matches!(v, Value::Null))
-}
-
-fn u64_field(obj: &Value, key: &str, path: &str) -> Result<u64, String> {
-    match obj.get(key) {
-        None => Err(format!("{path}.{key}: missing")),
-        Some(v) => v
-            .as_u64()
-            .ok_or_else(|| format!("{path}.{key}: expected a whole number ≥ 0, got {v}")),
+/// The VM's limits, with the defaults filled in and checked.
+fn vm_limits(vm: VmLine) -> Result<(VmLimits, u64), String> {
+    let (boot_vcpus, boot_memory) = (vm.boot_vcpus, vm.boot_memory);
+    let max_vcpus = vm.max_vcpus.unwrap_or(boot_vcpus);
+    let max_memory = vm.max_memory.unwrap_or(boot_memory);
+    let reserved_kib = vm.reserved_kib.unwrap_or(0);
+    if boot_vcpus == 0 || max_vcpus < boot_vcpus || max_vcpus > 4096 {
+        return Err(format!(
+            "vm: boot_vcpus ({boot_vcpus}) must be at least 1 and at most max_vcpus ({max_vcpus}), itself at most 4096"
+        ));
     }
-}
-
-fn u64_or(obj: &Value, key: &str, path: &str, default: u64) -> Result<u64, String> {
-    match opt(obj, key) {
-        None => Ok(default),
-        Some(_) => u64_field(obj, key, path),
+    if boot_memory < (1 << 20) || max_memory < boot_memory || max_memory > (1 << 50) {
+        return Err(format!(
+            "vm: boot_memory ({boot_memory}) must be at least 1 MiB and at most max_memory ({max_memory}), in bytes"
+        ));
     }
-}
-
-fn u32_field(obj: &Value, key: &str, path: &str) -> Result<u32, String> {
-    let n = u64_field(obj, key, path)?;
-    u32::try_from(n).map_err(|_| format!("{path}.{key}: {n} is above {}", u32::MAX))
-}
-
-fn u32_or(obj: &Value, key: &str, path: &str, default: u32) -> Result<u32, String> {
-    match opt(obj, key) {
-        None => Ok(default),
-        Some(_) => u32_field(obj, key, path),
+    if reserved_kib.saturating_mul(1024) >= boot_memory {
+        return Err(format!(
+            "vm: reserved_kib ({reserved_kib}) must be below the boot memory"
+        ));
     }
+    let limits = VmLimits {
+        boot_vcpus,
+        max_vcpus,
+        boot_memory,
+        max_memory,
+    };
+    Ok((limits, reserved_kib))
 }
 
-fn bool_or(obj: &Value, key: &str, path: &str, default: bool) -> Result<bool, String> {
-    match opt(obj, key) {
-        None => Ok(default),
-        Some(v) => v
-            .as_bool()
-            .ok_or_else(|| format!("{path}.{key}: expected true or false, got {v}")),
-    }
-}
+// ---------------------------------------------------------------------------
+// Records.
 
-fn str_or<'a>(obj: &'a Value, key: &str, path: &str, default: &'a str) -> Result<&'a str, String> {
-    match opt(obj, key) {
-        None => Ok(default),
-        Some(v) => v
-            .as_str()
-            .ok_or_else(|| format!("{path}.{key}: expected a string, got {v}")),
-    }
-}
-
-fn object<'a>(v: &'a Value, path: &str) -> Result<&'a Value, String> {
-    if v.is_object() {
-        Ok(v)
-    } else {
-        Err(format!("{path}: expected an object, got {v}"))
-    }
+/// A record line: its time and one of the three records.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordLine<'a> {
+    t_ms: f64,
+    #[serde(borrow)]
+    hint: Option<&'a RawValue>,
+    #[serde(borrow)]
+    demand: Option<&'a RawValue>,
+    #[serde(borrow)]
+    measured: Option<&'a RawValue>,
 }
 
 /// One record line: its time and what it holds.
-fn parse_record(v: &Value) -> Result<(f64, Record), String> {
-    let Value::Object(fields) = v else {
-        return Err(format!("expected an object, got {v}"));
-    };
-    let t_ms = v
-        .get("t_ms")
-        .ok_or("t_ms: missing")?
-        .as_f64()
-        .filter(|t| (0.0..=MAX_T_MS).contains(t))
-        .ok_or_else(|| format!("t_ms: expected a number of milliseconds from 0 to {MAX_T_MS}"))?;
-    let mut body = fields.iter().filter(|(k, _)| k != "t_ms");
-    let (Some((key, value)), None) = (body.next(), body.next()) else {
-        return Err(
-            "a record has t_ms and exactly one of \"hint\", \"demand\" or \"measured\"".into(),
-        );
-    };
-    let record = match key.as_str() {
-        "hint" => Record::Hint(Box::new(parse_hint(object(value, "hint")?)?)),
-        "demand" => {
-            let d = object(value, "demand")?;
-            let running = d
-                .get("running")
-                .ok_or("demand.running: missing")?
-                .as_f64()
-                .filter(|r| (0.0..=1e6).contains(r))
-                .ok_or("demand.running: expected a number of tasks ≥ 0")?;
-            Record::Demand(Demand {
-                running,
-                mem_used_kib: u64_field(d, "mem_used_kib", "demand")?,
-            })
-        }
-        "measured" => {
-            let m = object(value, "measured")?;
-            Record::Measured(Measured {
-                cpus: u32_field(m, "cpus", "measured")?,
-                mem_total_kib: u64_field(m, "mem_total_kib", "measured")?,
-            })
-        }
-        other => {
-            return Err(format!(
-                "unknown record \"{other}\": expected \"hint\", \"demand\" or \"measured\""
-            ))
-        }
-    };
-    Ok((t_ms, record))
-}
-
-fn parse_parallelism(v: &Value, path: &str) -> Result<Parallelism, String> {
-    let v = object(v, path)?;
-    Ok(Parallelism {
-        runnable_tasks: u32_field(v, "runnable_tasks", path)?,
-        max_useful: u32_or(v, "max_useful", path, 0)?,
-        serial_ppm: u32_or(v, "serial_ppm", path, 0)?,
-    })
-}
-
-fn parse_memory(v: &Value, path: &str) -> Result<Memory, String> {
-    let v = object(v, path)?;
-    let working_set_bytes = u64_field(v, "working_set_bytes", path)?;
-    Ok(Memory {
-        working_set_bytes,
-        peak_bytes: u64_or(v, "peak_bytes", path, working_set_bytes)?,
-        growth_bytes_per_sec: u64_or(v, "growth_bytes_per_sec", path, 0)?,
-    })
-}
-
-fn parse_io(v: &Value, path: &str) -> Result<Io, String> {
-    let v = object(v, path)?;
-    let class = str_or(v, "class", path, "none")?;
-    Ok(Io {
-        class: IoClass::parse(class)
-            .ok_or_else(|| format!("{path}.class: unknown I/O class \"{class}\""))?,
-        bytes_per_sec: u64_or(v, "bytes_per_sec", path, 0)?,
-    })
-}
-
-fn parse_placement(v: &Value, path: &str) -> Result<Placement, String> {
-    let v = object(v, path)?;
-    let locality = str_or(v, "locality", path, "any")?;
-    Ok(Placement {
-        relocatable: bool_or(v, "relocatable", path, false)?,
-        monolithic: bool_or(v, "monolithic", path, false)?,
-        locality: Locality::parse(locality)
-            .ok_or_else(|| format!("{path}.locality: unknown locality \"{locality}\""))?,
-    })
-}
-
-fn parse_phase_begin(v: &Value, path: &str, declared: bool) -> Result<PhaseBegin, String> {
-    let v = object(v, path)?;
-    Ok(PhaseBegin {
-        id: u32_field(v, "id", path)?,
-        expected_ms: u32_or(v, "expected_ms", path, 0)?,
-        name: Name::truncated(str_or(v, "name", path, "")?),
-        declared_only: bool_or(v, "declared_only", path, declared)?,
-    })
-}
-
-/// One entry of a manifest's schedule, in the form the hint log writes a
-/// `phase_needs` record: vCPUs from the 95th percentile of the phase's
-/// parallelism (rounded up), memory from its working set and peak.
-fn parse_needs(v: &Value, path: &str) -> Result<ScheduledNeeds, String> {
-    let v = object(v, path)?;
-    let p95 = u32_or(v, "parallelism_p95_milli", path, 0)?;
-    let max_useful = u32_or(v, "max_useful", path, 0)?;
-    let working_set_bytes = u64_or(v, "working_set_bytes", path, 0)?;
-    let peak_bytes = u64_or(v, "peak_bytes", path, 0)?;
-    Ok(ScheduledNeeds {
-        id: u32_field(v, "id", path)?,
-        start_ms: u32_field(v, "start_ms", path)?,
-        duration_ms: u32_field(v, "duration_ms", path)?,
-        parallelism: (p95 > 0).then(|| Parallelism {
-            runnable_tasks: p95.div_ceil(1000),
-            max_useful,
-            serial_ppm: 0,
-        }),
-        memory: (working_set_bytes > 0 || peak_bytes > 0).then_some(Memory {
-            working_set_bytes,
-            peak_bytes,
-            growth_bytes_per_sec: 0,
-        }),
-    })
-}
-
-fn parse_manifest(f: &Value) -> Result<(Manifest, Vec<ScheduledNeeds>), String> {
-    let path = "hint.fields";
-    let mut m = Manifest::empty(Name::truncated(str_or(f, "app", path, "")?));
-    m.parallelism = opt(f, "parallelism")
-        .map(|p| parse_parallelism(p, "hint.fields.parallelism"))
-        .transpose()?;
-    m.memory = opt(f, "memory")
-        .map(|p| parse_memory(p, "hint.fields.memory"))
-        .transpose()?;
-    m.io = opt(f, "io")
-        .map(|p| parse_io(p, "hint.fields.io"))
-        .transpose()?;
-    m.placement = opt(f, "placement")
-        .map(|p| parse_placement(p, "hint.fields.placement"))
-        .transpose()?;
-    if let Some(phases) = opt(f, "phases") {
-        let phases = phases
-            .as_array()
-            .ok_or("hint.fields.phases: expected an array")?;
-        let declared = phases.iter().filter(|p| !matches!(p, Value::Null));
-        for (slot, p) in m.phases.iter_mut().zip(declared.take(MAX_MANIFEST_PHASES)) {
-            *slot = Some(parse_phase_begin(p, "hint.fields.phases[]", true)?);
-        }
+fn parse_record(line: usize, text: &str) -> Result<(f64, Record), TraceError> {
+    let err = |message: String| TraceError::Record { line, message };
+    let r: RecordLine = parse_line(line, text, err)?;
+    if !(0.0..=MAX_T_MS).contains(&r.t_ms) {
+        return Err(err(format!(
+            "t_ms: expected a number of milliseconds from 0 to {MAX_T_MS}"
+        )));
     }
-    let mut schedule = Vec::new();
-    if let Some(s) = opt(f, "schedule") {
-        let s = s
-            .as_array()
-            .ok_or("hint.fields.schedule: expected an array")?;
-        for n in s.iter().filter(|n| !matches!(n, Value::Null)) {
-            schedule.push(parse_needs(n, "hint.fields.schedule[]")?);
+    let record = match (r.hint, r.demand, r.measured) {
+        (Some(h), None, None) => parse_hint(text, h).map(|h| Record::Hint(Box::new(h))),
+        (None, Some(d), None) => parse_demand(text, d).map(Record::Demand),
+        (None, None, Some(m)) => decode(text, m.get(), "measured").map(Record::Measured),
+        _ => {
+            Err("a record has t_ms and exactly one of \"hint\", \"demand\" or \"measured\"".into())
         }
+    };
+    Ok((r.t_ms, record.map_err(err)?))
+}
+
+fn parse_demand(text: &str, d: &RawValue) -> Result<Demand, String> {
+    let d: Demand = decode(text, d.get(), "demand")?;
+    if !(0.0..=1e6).contains(&d.running) {
+        return Err("demand.running: expected a number of tasks ≥ 0".into());
     }
-    Ok((m, schedule))
+    Ok(d)
+}
+
+// ---------------------------------------------------------------------------
+// Hints.
+
+/// A hint in the hint log's form. Fields it does not know are ignored.
+#[derive(Deserialize)]
+#[serde(expecting = "a hint {\"seq\":..,\"kind\":..,\"fields\":{..}}")]
+struct HintLine<'a> {
+    seq: u32,
+    kind: String,
+    #[serde(borrow)]
+    fields: Option<&'a RawValue>,
+    outcome: Option<String>,
 }
 
 /// A hint in the hint log's form: `{"seq", "kind", "fields"}` (and the
 /// `outcome` perfvmm gave it, which is kept for comparison).
-fn parse_hint(v: &Value) -> Result<TraceHint, String> {
-    let seq = u32_field(v, "seq", "hint")?;
-    let kind = v
-        .get("kind")
-        .and_then(Value::as_str)
-        .ok_or("hint.kind: expected a string such as \"parallelism\"")?
-        .to_string();
-    let outcome = match opt(v, "outcome") {
-        None => None,
-        Some(o) => Some(
-            o.as_str()
-                .ok_or_else(|| format!("hint.outcome: expected a string, got {o}"))?
-                .to_string(),
-        ),
-    };
-    let empty = Value::Object(Vec::new());
-    let f = match v.get("fields") {
-        Some(f) => object(f, "hint.fields")?,
-        None => &empty,
-    };
-    let path = "hint.fields";
-    let mut schedule = Vec::new();
-    let hint = match kind.as_str() {
-        "parallelism" => Some(Hint::Parallelism(parse_parallelism(f, path)?)),
-        "memory" => Some(Hint::Memory(parse_memory(f, path)?)),
-        "io" => Some(Hint::Io(parse_io(f, path)?)),
-        "phase_begin" => Some(Hint::PhaseBegin(parse_phase_begin(f, path, false)?)),
-        "phase_end" => Some(Hint::PhaseEnd {
-            id: u32_field(f, "id", path)?,
-        }),
-        "placement" => Some(Hint::Placement(parse_placement(f, path)?)),
-        "manifest" => {
-            let (m, s) = parse_manifest(f)?;
-            schedule = s;
-            Some(Hint::Manifest(m))
-        }
-        _ => None,
-    };
+fn parse_hint(text: &str, h: &RawValue) -> Result<TraceHint, String> {
+    let h: HintLine = decode(text, h.get(), "hint")?;
+    let fields = h.fields.map_or("{}", RawValue::get);
+    let (hint, schedule) = decode_fields(text, fields, &h.kind)?;
     Ok(TraceHint {
-        seq,
-        kind,
+        seq: h.seq,
+        kind: h.kind,
         hint,
         schedule,
-        outcome,
+        outcome: h.outcome,
     })
 }
 
+type Decoded = (Option<Hint>, Vec<ScheduledNeeds>);
+
+/// A hint's `fields` as the wire hint of its `kind` (and a manifest's
+/// schedule); `None` for a kind the wire format does not have. Missing
+/// `fields` read as `{}`.
+fn decode_fields(text: &str, f: &str, kind: &str) -> Result<Decoded, String> {
+    let what = &format!("{kind} hint");
+    let hint = match kind {
+        "parallelism" => Hint::Parallelism(decode::<logged::Parallelism>(text, f, what)?.into()),
+        "memory" => Hint::Memory(decode::<logged::Memory>(text, f, what)?.into()),
+        "io" => Hint::Io(decode::<logged::Io>(text, f, what)?.into()),
+        "phase_begin" => Hint::PhaseBegin(decode::<logged::PhaseBegin>(text, f, what)?.wire(false)),
+        "phase_end" => Hint::PhaseEnd {
+            id: decode::<logged::PhaseEnd>(text, f, what)?.id,
+        },
+        "placement" => Hint::Placement(decode::<logged::Placement>(text, f, what)?.into()),
+        "manifest" => {
+            let (m, schedule) = decode::<logged::Manifest>(text, f, what)?.wire();
+            return Ok((Some(Hint::Manifest(m)), schedule));
+        }
+        _ => return Ok((None, Vec::new())),
+    };
+    Ok((Some(hint), Vec::new()))
+}
+
+/// The hint log's form of the wire types (their serde serialisation, which
+/// `guest_hints` only writes), read back into them. Fields it leaves out
+/// and `null`s take the wire format's zero, except a memory hint's
+/// `peak_bytes` (its working set) and a phase's `declared_only` (set in a
+/// manifest); fields this perfvmm does not know are ignored.
+mod logged {
+    use guest_hints::wire::{self, IoClass, Locality, Name, MAX_MANIFEST_PHASES};
+    use serde::{de::Error, Deserialize, Deserializer};
+
+    use crate::engine::ScheduledNeeds;
+
+    #[derive(Deserialize)]
+    #[serde(expecting = "parallelism {\"runnable_tasks\":..}")]
+    pub struct Parallelism {
+        runnable_tasks: u32,
+        max_useful: Option<u32>,
+        serial_ppm: Option<u32>,
+    }
+
+    impl From<Parallelism> for wire::Parallelism {
+        fn from(p: Parallelism) -> Self {
+            wire::Parallelism {
+                runnable_tasks: p.runnable_tasks,
+                max_useful: p.max_useful.unwrap_or(0),
+                serial_ppm: p.serial_ppm.unwrap_or(0),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(expecting = "memory {\"working_set_bytes\":..}")]
+    pub struct Memory {
+        working_set_bytes: u64,
+        peak_bytes: Option<u64>,
+        growth_bytes_per_sec: Option<u64>,
+    }
+
+    impl From<Memory> for wire::Memory {
+        fn from(m: Memory) -> Self {
+            wire::Memory {
+                working_set_bytes: m.working_set_bytes,
+                peak_bytes: m.peak_bytes.unwrap_or(m.working_set_bytes),
+                growth_bytes_per_sec: m.growth_bytes_per_sec.unwrap_or(0),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(expecting = "I/O {\"class\":..,\"bytes_per_sec\":..}")]
+    pub struct Io {
+        #[serde(default, deserialize_with = "io_class")]
+        class: Option<IoClass>,
+        bytes_per_sec: Option<u64>,
+    }
+
+    impl From<Io> for wire::Io {
+        fn from(io: Io) -> Self {
+            wire::Io {
+                class: io.class.unwrap_or(IoClass::None),
+                bytes_per_sec: io.bytes_per_sec.unwrap_or(0),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(expecting = "placement {\"relocatable\":..,\"locality\":..}")]
+    pub struct Placement {
+        relocatable: Option<bool>,
+        monolithic: Option<bool>,
+        #[serde(default, deserialize_with = "locality")]
+        locality: Option<Locality>,
+    }
+
+    impl From<Placement> for wire::Placement {
+        fn from(p: Placement) -> Self {
+            wire::Placement {
+                relocatable: p.relocatable.unwrap_or(false),
+                monolithic: p.monolithic.unwrap_or(false),
+                locality: p.locality.unwrap_or(Locality::Any),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(expecting = "a phase {\"id\":..,\"name\":..}")]
+    pub struct PhaseBegin {
+        id: u32,
+        expected_ms: Option<u32>,
+        name: Option<String>,
+        declared_only: Option<bool>,
+    }
+
+    impl PhaseBegin {
+        /// `declared`: whether the phase is declared, when the log does not say.
+        pub fn wire(self, declared: bool) -> wire::PhaseBegin {
+            wire::PhaseBegin {
+                id: self.id,
+                expected_ms: self.expected_ms.unwrap_or(0),
+                name: Name::truncated(self.name.as_deref().unwrap_or("")),
+                declared_only: self.declared_only.unwrap_or(declared),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(expecting = "a phase end {\"id\":..}")]
+    pub struct PhaseEnd {
+        pub id: u32,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(expecting = "phase needs {\"id\":..,\"start_ms\":..,\"duration_ms\":..}")]
+    pub struct PhaseNeeds {
+        id: u32,
+        start_ms: u32,
+        duration_ms: u32,
+        parallelism_p95_milli: Option<u32>,
+        max_useful: Option<u32>,
+        working_set_bytes: Option<u64>,
+        peak_bytes: Option<u64>,
+    }
+
+    /// vCPUs from the 95th percentile of the phase's parallelism (rounded
+    /// up), memory from its working set and peak.
+    impl From<PhaseNeeds> for ScheduledNeeds {
+        fn from(n: PhaseNeeds) -> Self {
+            let p95 = n.parallelism_p95_milli.unwrap_or(0);
+            let working_set_bytes = n.working_set_bytes.unwrap_or(0);
+            let peak_bytes = n.peak_bytes.unwrap_or(0);
+            ScheduledNeeds {
+                id: n.id,
+                start_ms: n.start_ms,
+                duration_ms: n.duration_ms,
+                parallelism: (p95 > 0).then(|| wire::Parallelism {
+                    runnable_tasks: p95.div_ceil(1000),
+                    max_useful: n.max_useful.unwrap_or(0),
+                    serial_ppm: 0,
+                }),
+                memory: (working_set_bytes > 0 || peak_bytes > 0).then_some(wire::Memory {
+                    working_set_bytes,
+                    peak_bytes,
+                    growth_bytes_per_sec: 0,
+                }),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(expecting = "manifest fields {\"app\":..}")]
+    pub struct Manifest {
+        app: Option<String>,
+        parallelism: Option<Parallelism>,
+        memory: Option<Memory>,
+        io: Option<Io>,
+        placement: Option<Placement>,
+        /// The declared phases; `null`s (unused slots) are skipped.
+        phases: Option<Vec<Option<PhaseBegin>>>,
+        schedule: Option<Vec<Option<PhaseNeeds>>>,
+    }
+
+    impl Manifest {
+        /// The manifest, and its schedule.
+        pub fn wire(self) -> (wire::Manifest, Vec<ScheduledNeeds>) {
+            let mut m = wire::Manifest::empty(Name::truncated(self.app.as_deref().unwrap_or("")));
+            m.parallelism = self.parallelism.map(Into::into);
+            m.memory = self.memory.map(Into::into);
+            m.io = self.io.map(Into::into);
+            m.placement = self.placement.map(Into::into);
+            let declared = self.phases.unwrap_or_default().into_iter().flatten();
+            for (slot, p) in m.phases.iter_mut().zip(declared.take(MAX_MANIFEST_PHASES)) {
+                *slot = Some(p.wire(true));
+            }
+            let schedule = self.schedule.unwrap_or_default().into_iter().flatten();
+            (m, schedule.map(Into::into).collect())
+        }
+    }
+
+    /// A wire enum by the name the hint log writes (any ASCII case).
+    fn named<'de, D: Deserializer<'de>, T>(
+        d: D,
+        parse: fn(&str) -> Option<T>,
+        what: &str,
+    ) -> Result<Option<T>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => parse(&s)
+                .map(Some)
+                .ok_or_else(|| D::Error::custom(format!("unknown {what} {s:?}"))),
+        }
+    }
+
+    fn io_class<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IoClass>, D::Error> {
+        named(d, IoClass::parse, "I/O class")
+    }
+
+    fn locality<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Locality>, D::Error> {
+        named(d, Locality::parse, "locality")
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::super::testing::{demo, HEADER};
@@ -547,19 +641,70 @@ mod tests {
     }
 
     #[test]
+    fn json_lines_are_read_with_serde_json() {
+        // Escapes, the largest whole numbers, nulls for optional fields,
+        // missing fields and keys this perfvmm does not know.
+        let t = Trace::parse(&format!(
+            "{}\n\
+             {{\"t_ms\":0.5,\"demand\":{{\"running\":2.5,\"mem_used_kib\":18446744073709551615}}}}\n\
+             \t {{\"t_ms\":1,\"hint\":{{\"seq\":4294967295,\"kind\":\"phase_begin\",\"fields\":{{\"id\":1,\"name\":\"caf\\u00e9 \\ud83d\\ude00\",\"expected_ms\":null,\"new\":[1]}}}}}}\n\
+             {{\"t_ms\":2,\"hint\":{{\"seq\":5,\"kind\":\"placement\"}}}}",
+            HEADER.replace("}}", "},\"source\":\"a\\nb\\\"\"}")
+        ))
+        .unwrap();
+        assert_eq!(t.header.source, "a\nb\"");
+        assert_eq!(
+            t.records[0].record,
+            Record::Demand(Demand {
+                running: 2.5,
+                mem_used_kib: u64::MAX
+            })
+        );
+        assert_eq!(t.records[0].t, Duration::from_micros(500));
+        let hint = |i: usize| match &t.records[i].record {
+            Record::Hint(h) => (h.seq, h.hint),
+            r => panic!("{r:?}"),
+        };
+        let (seq, Some(Hint::PhaseBegin(p))) = hint(1) else {
+            panic!("{:?}", t.records[1])
+        };
+        assert_eq!((seq, p.id, p.expected_ms), (u32::MAX, 1, 0));
+        assert_eq!(p.name.as_str(), "café 😀");
+        assert!(!p.declared_only);
+        // No fields: the wire format's zeros.
+        let (_, Some(Hint::Placement(p))) = hint(2) else {
+            panic!("{:?}", t.records[2])
+        };
+        assert!(!p.relocatable && p.locality == guest_hints::wire::Locality::Any);
+        // Objects written as arrays, and a column counted from the line's start.
+        for (body, needle) in [
+            ("[0, {}]", "line 2: expected an object, got an array"),
+            ("{\"t_ms\":0,\"demand\":[1,1]}", "line 2: demand: expected an object, got an array"),
+            (
+                "{\"t_ms\":0,\"hint\":{\"seq\":1,\"kind\":\"memory\",\"fields\":{\"peak_bytes\":-1}}}",
+                "line 2: memory hint: invalid value: integer `-1`, expected u64 at column 67",
+            ),
+            ("{\"t_ms\":1e999}", "line 2: not JSON: number out of range at column 13"),
+        ] {
+            let e = Trace::parse(&format!("{HEADER}\n{body}")).unwrap_err().to_string();
+            assert!(e.contains(needle), "{body}\n=> {e}");
+        }
+    }
+
+    #[test]
     fn bad_traces_name_the_line() {
         let demand = r#"{"t_ms":0,"demand":{"running":1,"mem_used_kib":1}}"#;
         for (body, needle) in [
-            (format!("{demand}\n{{\"t_ms\":1,\"demand\":"), "line 3: not JSON"),
+            (format!("{demand}\n{{\"t_ms\":1,\"demand\":"), "line 3: not JSON: EOF while parsing a value at column 19"),
             (format!("{demand}\n\n{{\"t_ms\":5}}"), "line 4: a record has t_ms and exactly one"),
             (format!("{demand}\n{{\"t_ms\":-1,\"demand\":{{}}}}"), "line 3: t_ms"),
-            (format!("{demand}\n{{\"t_ms\":1,\"sample\":{{}}}}"), "line 3: unknown record \"sample\""),
+            (format!("{demand}\n{{\"t_ms\":1,\"sample\":{{}}}}"), "line 3: unknown field `sample`, expected one of `t_ms`, `hint`, `demand`, `measured` at column 18"),
             (format!("{{\"t_ms\":9,\"demand\":{{\"running\":1,\"mem_used_kib\":1}}}}\n{demand}"), "line 3: t_ms 0 is before the previous record's 9"),
-            (format!("{demand}\n{{\"t_ms\":1,\"demand\":{{\"running\":\"x\",\"mem_used_kib\":1}}}}"), "line 3: demand.running"),
-            (format!("{demand}\n{{\"t_ms\":1,\"measured\":{{\"cpus\":1.5,\"mem_total_kib\":1}}}}"), "line 3: measured.cpus"),
-            (format!("{demand}\n{{\"t_ms\":1,\"hint\":{{\"seq\":1,\"kind\":\"parallelism\",\"fields\":{{}}}}}}"), "line 3: hint.fields.runnable_tasks: missing"),
-            (format!("{demand}\n{{\"t_ms\":1,\"hint\":{{\"seq\":1,\"kind\":\"io\",\"fields\":{{\"class\":\"tape\"}}}}}}"), "unknown I/O class"),
-            (format!("{demand}\n{{\"t_ms\":1,\"hint\":{{\"seq\":5000000000,\"kind\":\"io\"}}}}"), "hint.seq: 5000000000 is above"),
+            (format!("{demand}\n{{\"t_ms\":1,\"demand\":{{\"running\":\"x\",\"mem_used_kib\":1}}}}"), "line 3: demand: invalid type: string \"x\", expected f64 at column 33"),
+            (format!("{demand}\n{{\"t_ms\":1,\"measured\":{{\"cpus\":1.5,\"mem_total_kib\":1}}}}"), "line 3: measured: invalid type: floating point `1.5`, expected u32 at column 32"),
+            (format!("{demand}\n{{\"t_ms\":1,\"hint\":{{\"seq\":1,\"kind\":\"parallelism\",\"fields\":{{}}}}}}"), "line 3: parallelism hint: missing field `runnable_tasks` at column 58"),
+            (format!("{demand}\n{{\"t_ms\":1,\"hint\":{{\"seq\":1,\"kind\":\"io\",\"fields\":{{\"class\":\"tape\"}}}}}}"), "line 3: io hint: unknown I/O class \"tape\" at column 63"),
+            (format!("{demand}\n{{\"t_ms\":1,\"hint\":{{\"seq\":5000000000,\"kind\":\"io\"}}}}"), "line 3: hint: invalid value: integer `5000000000`, expected u32 at column 34"),
             ("{\"t_ms\":1,\"hint\":{\"seq\":1,\"kind\":\"phase_end\",\"fields\":{\"id\":1}}}".to_string(), "no demand records"),
         ] {
             let e = err(&body);
@@ -586,7 +731,7 @@ mod tests {
                 r#"{"format":"perfvmm-trace","version":1,"vm":{"boot_vcpus":1,"boot_memory":1024}}"#,
                 "boot_memory (1024)",
             ),
-            ("not json", "line 1: not JSON"),
+            ("not json", "line 1: not JSON: expected ident at column 2"),
         ] {
             let e = Trace::parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}\n=> {e}");
