@@ -11,8 +11,10 @@
 //! What the simulation does, step by step, as perfvmm's hint path and
 //! controller do (`vmm/src/control/`):
 //!
-//! * each hint goes to [`Engine::on_hint`] at its time; a manifest's
-//!   schedule (when the trace has one) to [`Engine::set_schedule`];
+//! * each hint, decoded into the wire format's
+//!   [`Hint`](guest_hints::wire::Hint), goes to
+//!   [`Engine::on_hint`] at its time, which puts a manifest's schedule or
+//!   a standalone `phase_needs` in force itself;
 //! * every [`SimConfig::tick`] (perfvmm's 200 ms) the controller times the
 //!   grows the guest has taken ([`Engine::observe_latency`]), reports the
 //!   memory the guest says it uses (refreshed every
@@ -206,7 +208,8 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// One hint, at its time, as perfvmm's hint path takes it.
+    /// One hint, at its time, as perfvmm's hint path takes it: the engine
+    /// puts a manifest's schedule, or a standalone `phase_needs`, in force.
     fn hint(&mut self, now: Duration, h: &TraceHint, counts: &mut HintCounts) {
         counts.total += 1;
         let Some(hint) = &h.hint else {
@@ -218,11 +221,6 @@ impl<'a> Sim<'a> {
             counts.outcome_mismatches += 1;
         }
         self.apply(now, ds);
-        if !h.schedule.is_empty() {
-            self.engine.set_schedule(now, h.seq, &h.schedule);
-            let ds = self.engine.tick(now);
-            self.apply(now, ds);
-        }
     }
 
     /// One demand sample: what the guest had then, and its busy vCPUs.
@@ -330,6 +328,8 @@ mod testing {
 
 #[cfg(test)]
 mod tests {
+    use guest_hints::wire::Hint;
+
     use super::testing::{config, demo, run, HEADER};
     use super::*;
     use crate::config::Mode;
@@ -540,17 +540,17 @@ mod tests {
             }
         }
         let t = Trace::parse(&text).unwrap();
-        let schedule = t.records.iter().find_map(|r| match &r.record {
-            Record::Hint(h) => Some(h.schedule.clone()),
+        let Some(Hint::Manifest(m)) = t.records.iter().find_map(|r| match &r.record {
+            Record::Hint(h) => h.hint,
             _ => None,
-        });
-        let Some([p1, p2]) = schedule.as_deref() else {
-            panic!("two scheduled phases")
+        }) else {
+            panic!("a manifest")
         };
-        assert_eq!(
-            (p1.id, p2.parallelism.map(|p| p.runnable_tasks)),
-            (1, Some(4))
-        );
+        let Some([Some(p1), Some(p2)]) = m.schedule.get(..2) else {
+            panic!("two scheduled phases: {m:?}")
+        };
+        assert_eq!((p1.id, p2.parallelism_p95_milli), (1, 3_800));
+        assert!(m.schedule[2..].iter().all(Option::is_none));
         let r = simulate(&t, &config(Mode::Schedule, LatencyModel::hardware()));
         let v = decisions(&r, Resource::Vcpus);
         // Phase 2 is expected at 4 s: provisioned the 1 s lead before.
@@ -559,5 +559,75 @@ mod tests {
         // In hints mode the schedule is not used.
         let h = simulate(&t, &config(Mode::Hints, LatencyModel::hardware()));
         assert!(decisions(&h, Resource::Vcpus).is_empty());
+    }
+
+    /// A trace of demand samples every 100 ms for 10 s, with `hints` (JSON
+    /// records) added after the sample at 1 s.
+    fn trace_with(hints: &[&str]) -> Trace {
+        let mut text = format!("{HEADER}\n");
+        for i in 0..100 {
+            text.push_str(&format!(
+                "{{\"t_ms\":{},\"demand\":{{\"running\":1,\"mem_used_kib\":1}}}}\n",
+                i * 100
+            ));
+            if i == 10 {
+                for h in hints {
+                    text.push_str(h);
+                    text.push('\n');
+                }
+            }
+        }
+        Trace::parse(&text).unwrap()
+    }
+
+    #[test]
+    fn a_standalone_phase_needs_goes_to_the_engine() {
+        // Phase 1 expected 2 s after it arrives, needing the 3 threads the
+        // profile saw running (its effective parallelism is 1): the engine
+        // takes the most threads seen running.
+        let needs = r#"{"t_ms":1000,"hint":{"seq":0,"kind":"phase_needs","fields":{"id":1,"start_ms":2000,"duration_ms":3000,"parallelism_p50_milli":900,"parallelism_p95_milli":1000,"max_useful":3,"working_set_bytes":0,"peak_bytes":0,"io_class":"none","io_bytes_per_sec":0}}}"#;
+        let t = trace_with(&[needs]);
+        let Record::Hint(h) = &t.records[11].record else {
+            panic!("{:?}", t.records[11])
+        };
+        let Some(Hint::PhaseNeeds(n)) = h.hint else {
+            panic!("{h:?}")
+        };
+        assert_eq!((n.id, n.max_useful, n.parallelism_p95_milli), (1, 3, 1_000));
+        let r = simulate(&t, &config(Mode::Schedule, LatencyModel::hardware()));
+        assert_eq!(r.hints.skipped, 0);
+        let v = decisions(&r, Resource::Vcpus);
+        // Due at 3 s, provisioned the policy's 1 s lead before.
+        assert_eq!((v[0].t_ms, v[0].from, v[0].to), (2_000, 1, 3), "{v:?}");
+        assert!(v[0].reason.contains("scheduled phase 1"), "{v:?}");
+        // In hints mode a schedule is not used.
+        let h = simulate(&t, &config(Mode::Hints, LatencyModel::hardware()));
+        assert!(decisions(&h, Resource::Vcpus).is_empty());
+    }
+
+    #[test]
+    fn hints_perfvmm_would_not_decode_are_refused() {
+        let bad = |fields: &str, kind: &str| {
+            let text = format!(
+                "{HEADER}\n{{\"t_ms\":0,\"hint\":{{\"seq\":0,\"kind\":\"{kind}\",\"fields\":{fields}}}}}"
+            );
+            Trace::parse(&text).unwrap_err().to_string()
+        };
+        let e = bad(
+            r#"{"runnable_tasks":1,"serial_ppm":1000001}"#,
+            "parallelism",
+        );
+        assert!(
+            e.contains("line 2: parallelism hint: serial_ppm 1000001 is above 1000000"),
+            "{e}"
+        );
+        let e = bad(
+            r#"{"schedule":[{"id":7,"start_ms":0,"duration_ms":1,"parallelism_p50_milli":2000,"parallelism_p95_milli":1000}]}"#,
+            "manifest",
+        );
+        assert!(
+            e.contains("line 2: manifest hint: phase 7: the wire format refuses"),
+            "{e}"
+        );
     }
 }

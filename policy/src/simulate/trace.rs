@@ -6,7 +6,7 @@ use guest_hints::wire::Hint;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::engine::{ScheduledNeeds, VmLimits};
+use crate::engine::VmLimits;
 
 /// The `format` a trace's header names.
 pub const TRACE_FORMAT: &str = "perfvmm-trace";
@@ -60,8 +60,6 @@ pub struct TraceHint {
     /// The hint, or `None` for a kind this perfvmm's wire format does not
     /// have (it is counted and skipped).
     pub hint: Option<Hint>,
-    /// A manifest's per-phase schedule, when it has one.
-    pub schedule: Vec<ScheduledNeeds>,
     /// The outcome perfvmm gave it when it was recorded, if logged.
     pub outcome: Option<String>,
 }
@@ -207,11 +205,7 @@ const ARRAY: &str = "expected an object, got an array";
 
 /// `part` of the line `text` as a `T`; errors start with `what`.
 fn decode<'a, T: Deserialize<'a>>(text: &str, part: &'a str, what: &str) -> Result<T, String> {
-    if part.starts_with('[') {
-        return Err(format!("{what}: {ARRAY}"));
-    }
-    serde_json::from_str(part)
-        .map_err(|e| format!("{what}: {}", message(&e, offset_in(text, part))))
+    fields(text, part).map_err(|e| format!("{what}: {e}"))
 }
 
 /// Where `part` starts in `text`, when it is a part of it (else 0).
@@ -367,51 +361,54 @@ struct HintLine<'a> {
 fn parse_hint(text: &str, h: &RawValue) -> Result<TraceHint, String> {
     let h: HintLine = decode(text, h.get(), "hint")?;
     let fields = h.fields.map_or("{}", RawValue::get);
-    let (hint, schedule) = decode_fields(text, fields, &h.kind)?;
+    let hint = decode_fields(text, fields, &h.kind).map_err(|e| format!("{} hint: {e}", h.kind))?;
     Ok(TraceHint {
         seq: h.seq,
         kind: h.kind,
         hint,
-        schedule,
         outcome: h.outcome,
     })
 }
 
-type Decoded = (Option<Hint>, Vec<ScheduledNeeds>);
-
-/// A hint's `fields` as the wire hint of its `kind` (and a manifest's
-/// schedule); `None` for a kind the wire format does not have. Missing
-/// `fields` read as `{}`.
-fn decode_fields(text: &str, f: &str, kind: &str) -> Result<Decoded, String> {
-    let what = &format!("{kind} hint");
+/// A hint's `fields` as the wire hint of its `kind`, checked as perfvmm's
+/// decoder checks the hint's bytes; `None` for a kind the wire format does
+/// not have.
+fn decode_fields(text: &str, f: &str, kind: &str) -> Result<Option<Hint>, String> {
     let hint = match kind {
-        "parallelism" => Hint::Parallelism(decode::<logged::Parallelism>(text, f, what)?.into()),
-        "memory" => Hint::Memory(decode::<logged::Memory>(text, f, what)?.into()),
-        "io" => Hint::Io(decode::<logged::Io>(text, f, what)?.into()),
-        "phase_begin" => Hint::PhaseBegin(decode::<logged::PhaseBegin>(text, f, what)?.wire(false)),
+        "parallelism" => Hint::Parallelism(fields::<logged::Parallelism>(text, f)?.try_into()?),
+        "memory" => Hint::Memory(fields::<logged::Memory>(text, f)?.into()),
+        "io" => Hint::Io(fields::<logged::Io>(text, f)?.into()),
+        "phase_begin" => Hint::PhaseBegin(fields::<logged::PhaseBegin>(text, f)?.wire(false)),
         "phase_end" => Hint::PhaseEnd {
-            id: decode::<logged::PhaseEnd>(text, f, what)?.id,
+            id: fields::<logged::PhaseEnd>(text, f)?.id,
         },
-        "placement" => Hint::Placement(decode::<logged::Placement>(text, f, what)?.into()),
-        "manifest" => {
-            let (m, schedule) = decode::<logged::Manifest>(text, f, what)?.wire();
-            return Ok((Some(Hint::Manifest(m)), schedule));
-        }
-        _ => return Ok((None, Vec::new())),
+        "placement" => Hint::Placement(fields::<logged::Placement>(text, f)?.into()),
+        "manifest" => Hint::Manifest(fields::<logged::Manifest>(text, f)?.try_into()?),
+        "phase_needs" => Hint::PhaseNeeds(fields::<logged::PhaseNeeds>(text, f)?.try_into()?),
+        _ => return Ok(None),
     };
-    Ok((Some(hint), Vec::new()))
+    Ok(Some(hint))
+}
+
+/// A hint's `fields` as `T`, with serde_json's message.
+fn fields<'a, T: Deserialize<'a>>(text: &str, f: &'a str) -> Result<T, String> {
+    if f.starts_with('[') {
+        return Err(ARRAY.into());
+    }
+    serde_json::from_str(f).map_err(|e| message(&e, offset_in(text, f)))
 }
 
 /// The hint log's form of the wire types (their serde serialisation, which
 /// `guest_hints` only writes), read back into them. Fields it leaves out
 /// and `null`s take the wire format's zero, except a memory hint's
-/// `peak_bytes` (its working set) and a phase's `declared_only` (set in a
-/// manifest); fields this perfvmm does not know are ignored.
+/// `peak_bytes` (its working set); fields this perfvmm does not know are
+/// ignored. What perfvmm's decoder refuses (a serial fraction above 100 %,
+/// phase needs that are not valid) is refused.
 mod logged {
-    use guest_hints::wire::{self, IoClass, Locality, Name, MAX_MANIFEST_PHASES};
+    use guest_hints::wire::{
+        self, IoClass, Locality, Name, MAX_MANIFEST_PHASES, MAX_SCHEDULE_PHASES, PPM,
+    };
     use serde::{de::Error, Deserialize, Deserializer};
-
-    use crate::engine::ScheduledNeeds;
 
     #[derive(Deserialize)]
     #[serde(expecting = "parallelism {\"runnable_tasks\":..}")]
@@ -421,13 +418,19 @@ mod logged {
         serial_ppm: Option<u32>,
     }
 
-    impl From<Parallelism> for wire::Parallelism {
-        fn from(p: Parallelism) -> Self {
-            wire::Parallelism {
+    impl TryFrom<Parallelism> for wire::Parallelism {
+        type Error = String;
+
+        fn try_from(p: Parallelism) -> Result<Self, String> {
+            let serial_ppm = p.serial_ppm.unwrap_or(0);
+            if serial_ppm > PPM {
+                return Err(format!("serial_ppm {serial_ppm} is above {PPM}"));
+            }
+            Ok(wire::Parallelism {
                 runnable_tasks: p.runnable_tasks,
                 max_useful: p.max_useful.unwrap_or(0),
-                serial_ppm: p.serial_ppm.unwrap_or(0),
-            }
+                serial_ppm,
+            })
         }
     }
 
@@ -495,13 +498,13 @@ mod logged {
     }
 
     impl PhaseBegin {
-        /// `declared`: whether the phase is declared, when the log does not say.
-        pub fn wire(self, declared: bool) -> wire::PhaseBegin {
+        /// `in_manifest`: a manifest's phases are declarations.
+        pub fn wire(self, in_manifest: bool) -> wire::PhaseBegin {
             wire::PhaseBegin {
                 id: self.id,
                 expected_ms: self.expected_ms.unwrap_or(0),
                 name: Name::truncated(self.name.as_deref().unwrap_or("")),
-                declared_only: self.declared_only.unwrap_or(declared),
+                declared_only: in_manifest || self.declared_only.unwrap_or(false),
             }
         }
     }
@@ -518,34 +521,39 @@ mod logged {
         id: u32,
         start_ms: u32,
         duration_ms: u32,
+        parallelism_p50_milli: Option<u32>,
         parallelism_p95_milli: Option<u32>,
         max_useful: Option<u32>,
         working_set_bytes: Option<u64>,
         peak_bytes: Option<u64>,
+        #[serde(default, deserialize_with = "io_class")]
+        io_class: Option<IoClass>,
+        io_bytes_per_sec: Option<u64>,
     }
 
-    /// vCPUs from the 95th percentile of the phase's parallelism (rounded
-    /// up), memory from its working set and peak.
-    impl From<PhaseNeeds> for ScheduledNeeds {
-        fn from(n: PhaseNeeds) -> Self {
-            let p95 = n.parallelism_p95_milli.unwrap_or(0);
-            let working_set_bytes = n.working_set_bytes.unwrap_or(0);
-            let peak_bytes = n.peak_bytes.unwrap_or(0);
-            ScheduledNeeds {
-                id: n.id,
-                start_ms: n.start_ms,
-                duration_ms: n.duration_ms,
-                parallelism: (p95 > 0).then(|| wire::Parallelism {
-                    runnable_tasks: p95.div_ceil(1000),
-                    max_useful: n.max_useful.unwrap_or(0),
-                    serial_ppm: 0,
-                }),
-                memory: (working_set_bytes > 0 || peak_bytes > 0).then_some(wire::Memory {
-                    working_set_bytes,
-                    peak_bytes,
-                    growth_bytes_per_sec: 0,
-                }),
+    impl TryFrom<PhaseNeeds> for wire::PhaseNeeds {
+        type Error = String;
+
+        fn try_from(n: PhaseNeeds) -> Result<Self, String> {
+            let p = wire::PhaseNeeds::new(n.id, n.start_ms, n.duration_ms)
+                .parallelism_milli(
+                    n.parallelism_p50_milli.unwrap_or(0),
+                    n.parallelism_p95_milli.unwrap_or(0),
+                    n.max_useful.unwrap_or(0),
+                )
+                .memory(n.working_set_bytes.unwrap_or(0), n.peak_bytes.unwrap_or(0))
+                .io(
+                    n.io_class.unwrap_or(IoClass::None),
+                    n.io_bytes_per_sec.unwrap_or(0),
+                );
+            if !p.is_valid() {
+                return Err(format!(
+                    "phase {}: the wire format refuses a p50 above the p95, a working set above a known peak, or an end past {} ms",
+                    n.id,
+                    u32::MAX
+                ));
             }
+            Ok(p)
         }
     }
 
@@ -559,23 +567,35 @@ mod logged {
         placement: Option<Placement>,
         /// The declared phases; `null`s (unused slots) are skipped.
         phases: Option<Vec<Option<PhaseBegin>>>,
+        /// Per-phase needs; `null`s are skipped.
         schedule: Option<Vec<Option<PhaseNeeds>>>,
     }
 
-    impl Manifest {
-        /// The manifest, and its schedule.
-        pub fn wire(self) -> (wire::Manifest, Vec<ScheduledNeeds>) {
-            let mut m = wire::Manifest::empty(Name::truncated(self.app.as_deref().unwrap_or("")));
-            m.parallelism = self.parallelism.map(Into::into);
-            m.memory = self.memory.map(Into::into);
-            m.io = self.io.map(Into::into);
-            m.placement = self.placement.map(Into::into);
-            let declared = self.phases.unwrap_or_default().into_iter().flatten();
+    /// As perfvmm's decoder reads a manifest: its phases are declarations
+    /// whatever their flag says, and phases and schedule entries beyond the
+    /// wire format's slots are skipped.
+    impl TryFrom<Manifest> for wire::Manifest {
+        type Error = String;
+
+        fn try_from(f: Manifest) -> Result<Self, String> {
+            let mut m = wire::Manifest::empty(Name::truncated(f.app.as_deref().unwrap_or("")));
+            m.parallelism = f.parallelism.map(TryInto::try_into).transpose()?;
+            m.memory = f.memory.map(Into::into);
+            m.io = f.io.map(Into::into);
+            m.placement = f.placement.map(Into::into);
+            let declared = f.phases.unwrap_or_default().into_iter().flatten();
             for (slot, p) in m.phases.iter_mut().zip(declared.take(MAX_MANIFEST_PHASES)) {
                 *slot = Some(p.wire(true));
             }
-            let schedule = self.schedule.unwrap_or_default().into_iter().flatten();
-            (m, schedule.map(Into::into).collect())
+            let schedule = f.schedule.unwrap_or_default().into_iter().flatten();
+            for (slot, n) in m
+                .schedule
+                .iter_mut()
+                .zip(schedule.take(MAX_SCHEDULE_PHASES))
+            {
+                *slot = Some(n.try_into()?);
+            }
+            Ok(m)
         }
     }
 
