@@ -17,10 +17,11 @@
 //!   a standalone `phase_needs` in force itself;
 //! * every [`SimConfig::tick`] (perfvmm's 200 ms) the controller times the
 //!   grows the guest has taken ([`Engine::observe_latency`]), reports the
-//!   memory the guest says it uses (refreshed every
-//!   [`SimConfig::stats_period`], as the balloon's statistics are) and the
-//!   busy vCPUs since the previous tick ([`Engine::observe_usage`]), then
-//!   calls [`Engine::tick`];
+//!   memory the VM must keep — what the guest has less its `MemAvailable`,
+//!   refreshed every [`SimConfig::stats_period`] as the balloon's
+//!   statistics are ([`Engine::observe_memory_in_use`]) — and the busy
+//!   vCPUs since the previous tick ([`Engine::observe_usage`]), then calls
+//!   [`Engine::tick`];
 //! * every decision is applied at once, and the guest has the new size a
 //!   latency later, drawn from the model with a seeded RNG ([`Rng`]); a
 //!   newer decision for the same resource replaces one not yet visible;
@@ -93,7 +94,9 @@ struct Sim<'a> {
     /// Grows being timed, as the controller does: (target, applied at).
     timing: [Option<(u64, Duration)>; 2],
     decisions: Vec<SimDecision>,
-    /// The guest's memory statistics: (when refreshed, bytes in use).
+    /// Memory the guest's kernel keeps out of `MemTotal`, in bytes.
+    reserved: u64,
+    /// The guest's memory statistics: (when refreshed, `MemAvailable` in bytes).
     stats: Option<(Duration, u64)>,
     last_demand: Option<Demand>,
     /// Busy vCPUs seen since the previous tick: (sum, samples).
@@ -142,28 +145,8 @@ impl Sim<'_> {
     /// The controller's periodic work, in its order.
     fn tick(&mut self, now: Duration) {
         self.advance(now);
-        for r in Resource::ALL {
-            let Some((to, at)) = self.timing[r as usize] else {
-                continue;
-            };
-            let waited = now.saturating_sub(at);
-            let taken = self.guest[r as usize] >= to;
-            if taken {
-                self.engine.observe_latency(r, waited);
-            }
-            if taken || waited > LATENCY_GIVE_UP {
-                self.timing[r as usize] = None;
-            }
-        }
-        if let Some(d) = self.last_demand {
-            let due = self
-                .stats
-                .is_none_or(|(at, _)| now.saturating_sub(at) >= self.cfg.stats_period);
-            if due {
-                self.stats = Some((now, d.mem_used_kib.saturating_mul(1024)));
-            }
-        }
-        if let Some((_, bytes)) = self.stats {
+        self.time_grows(now);
+        if let Some(bytes) = self.memory_in_use(now) {
             self.engine.observe_memory_in_use(bytes);
             self.engine
                 .observe_usage(now, Resource::Memory, bytes as f64);
@@ -184,6 +167,46 @@ impl Sim<'_> {
         self.apply(now, ds);
     }
 
+    /// Grows the guest has taken: their latency goes to the engine.
+    fn time_grows(&mut self, now: Duration) {
+        for r in Resource::ALL {
+            let Some((to, at)) = self.timing[r as usize] else {
+                continue;
+            };
+            let waited = now.saturating_sub(at);
+            let taken = self.guest[r as usize] >= to;
+            if taken {
+                self.engine.observe_latency(r, waited);
+            }
+            if taken || waited > LATENCY_GIVE_UP {
+                self.timing[r as usize] = None;
+            }
+        }
+    }
+
+    /// The memory the VM must keep, as perfvmm's controller reports it:
+    /// what the guest has less its `MemAvailable` from the latest
+    /// statistics (refreshed every `stats_period` from the latest demand
+    /// sample). The guest's `MemTotal` is what it has less the kernel's
+    /// reserved memory, so this is `mem_used_kib` plus the reserved memory
+    /// while the guest has room; when the replayed demand exceeds its
+    /// `MemTotal`, `MemAvailable` is 0 and the VM must keep all it has.
+    fn memory_in_use(&mut self, now: Duration) -> Option<u64> {
+        let has = self.guest[Resource::Memory as usize];
+        if let Some(d) = self.last_demand {
+            let due = self
+                .stats
+                .is_none_or(|(at, _)| now.saturating_sub(at) >= self.cfg.stats_period);
+            if due {
+                let total = has.saturating_sub(self.reserved);
+                let available = total.saturating_sub(d.mem_used_kib.saturating_mul(1024));
+                self.stats = Some((now, available));
+            }
+        }
+        self.stats
+            .map(|(_, available)| has.saturating_sub(available))
+    }
+
     /// vCPUs busy for a demand: its runnable tasks, as far as the guest has
     /// vCPUs to run them (the host sees vCPU threads' run time).
     fn busy_now(&self, d: Demand) -> f64 {
@@ -192,7 +215,8 @@ impl Sim<'_> {
 }
 
 impl<'a> Sim<'a> {
-    fn new(cfg: &'a SimConfig, vm: crate::engine::VmLimits) -> Self {
+    fn new(cfg: &'a SimConfig, header: &TraceHeader) -> Self {
+        let vm = header.vm;
         Sim {
             cfg,
             engine: Engine::new(cfg.policy.clone(), vm),
@@ -201,6 +225,7 @@ impl<'a> Sim<'a> {
             inflight: [None, None],
             timing: [None, None],
             decisions: Vec::new(),
+            reserved: header.reserved_kib.saturating_mul(1024),
             stats: None,
             last_demand: None,
             busy: (0.0, 0),
@@ -247,7 +272,7 @@ struct Replay {
 
 /// Replays `trace` through perfvmm's policy engine under `cfg`.
 pub fn simulate(trace: &Trace, cfg: &SimConfig) -> Report {
-    let mut sim = Sim::new(cfg, trace.header.vm);
+    let mut sim = Sim::new(cfg, &trace.header);
     let tick = cfg.tick.max(Duration::from_millis(1));
     let mut next_tick = tick;
     let mut out = Replay::default();
@@ -629,5 +654,42 @@ mod tests {
             e.contains("line 2: manifest hint: phase 7: the wire format refuses"),
             "{e}"
         );
+    }
+
+    /// Reactive mode over 10 s of a guest using 160 MiB, then 400 MiB from
+    /// 6 s on, on a VM whose kernel keeps `reserved_kib` out of `MemTotal`:
+    /// the memory decisions (ms, MiB before, MiB after).
+    fn reactive_memory(reserved_kib: Option<u64>) -> Vec<(u64, u64, u64)> {
+        let reserved = reserved_kib.map_or(String::new(), |r| format!(",\"reserved_kib\":{r}"));
+        let mut text = HEADER.replace("1073741824}", &format!("1073741824{reserved}}}"));
+        for i in 0..100 {
+            let used: u64 = if i < 60 { 160 << 10 } else { 400 << 10 };
+            text.push_str(&format!(
+                "\n{{\"t_ms\":{},\"demand\":{{\"running\":1,\"mem_used_kib\":{used}}}}}",
+                i * 100
+            ));
+        }
+        let t = Trace::parse(&text).unwrap();
+        let r = simulate(&t, &config(Mode::Reactive, LatencyModel::hardware()));
+        decisions(&r, Resource::Memory)
+            .iter()
+            .map(|d| (d.t_ms, d.from >> 20, d.to >> 20))
+            .collect()
+    }
+
+    #[test]
+    fn memory_in_use_is_what_the_vm_must_keep() {
+        // Without reserved memory: 160 MiB in use, plus the 20 % margin.
+        let m = reactive_memory(None);
+        assert_eq!((m[0].1, m[0].2), (512, 192), "{m:?}");
+        // The kernel's 48 MiB count: the allocation less MemAvailable is
+        // 208 MiB, plus the margin (rounded up to the 2 MiB step).
+        let m = reactive_memory(Some(48 << 10));
+        assert_eq!((m[0].1, m[0].2), (512, 250), "{m:?}");
+        // Past the guest's MemTotal (202 MiB) MemAvailable is 0: perfvmm
+        // sees the VM keep all it has, not the replayed 400 MiB (448 MiB
+        // with the kernel's), and grows by the margin.
+        let grow = m.iter().find(|d| d.2 > d.1).expect("a grow");
+        assert!(grow.0 >= 6_000 && grow.2 <= 300, "{m:?}");
     }
 }
