@@ -104,7 +104,53 @@ struct Sim<'a> {
     last_tick: Option<Duration>,
 }
 
-impl Sim<'_> {
+impl<'a> Sim<'a> {
+    fn new(cfg: &'a SimConfig, header: &TraceHeader) -> Self {
+        let vm = header.vm;
+        Sim {
+            cfg,
+            engine: Engine::new(cfg.policy.clone(), vm),
+            rng: Rng::new(cfg.seed),
+            guest: [u64::from(vm.boot_vcpus), vm.boot_memory],
+            inflight: [None, None],
+            timing: [None, None],
+            decisions: Vec::new(),
+            reserved: header.reserved_kib.saturating_mul(1024),
+            stats: None,
+            last_demand: None,
+            busy: (0.0, 0),
+            last_tick: None,
+        }
+    }
+
+    /// One hint, at its time, as perfvmm's hint path takes it: the engine
+    /// puts a manifest's schedule, or a standalone `phase_needs`, in force.
+    fn hint(&mut self, now: Duration, h: &TraceHint, counts: &mut HintCounts) {
+        counts.total += 1;
+        let Some(hint) = &h.hint else {
+            counts.skipped += 1;
+            return;
+        };
+        let (outcome, ds) = self.engine.on_hint(now, h.seq, hint);
+        if h.outcome.as_deref().is_some_and(|o| o != outcome.as_str()) {
+            counts.outcome_mismatches += 1;
+        }
+        self.apply(now, ds);
+    }
+
+    /// One demand sample: what the guest had then, and its busy vCPUs.
+    fn demand(&mut self, t: Duration, d: Demand) -> Sample {
+        self.last_demand = Some(d);
+        let b = self.busy_now(d);
+        self.busy.0 += b;
+        self.busy.1 += 1;
+        Sample {
+            t,
+            demand: d,
+            alloc: self.guest,
+        }
+    }
+
     /// The guest takes every change due by `now`.
     fn advance(&mut self, now: Duration) {
         for r in Resource::ALL {
@@ -211,54 +257,6 @@ impl Sim<'_> {
     /// vCPUs to run them (the host sees vCPU threads' run time).
     fn busy_now(&self, d: Demand) -> f64 {
         d.running.min(self.guest[Resource::Vcpus as usize] as f64)
-    }
-}
-
-impl<'a> Sim<'a> {
-    fn new(cfg: &'a SimConfig, header: &TraceHeader) -> Self {
-        let vm = header.vm;
-        Sim {
-            cfg,
-            engine: Engine::new(cfg.policy.clone(), vm),
-            rng: Rng::new(cfg.seed),
-            guest: [u64::from(vm.boot_vcpus), vm.boot_memory],
-            inflight: [None, None],
-            timing: [None, None],
-            decisions: Vec::new(),
-            reserved: header.reserved_kib.saturating_mul(1024),
-            stats: None,
-            last_demand: None,
-            busy: (0.0, 0),
-            last_tick: None,
-        }
-    }
-
-    /// One hint, at its time, as perfvmm's hint path takes it: the engine
-    /// puts a manifest's schedule, or a standalone `phase_needs`, in force.
-    fn hint(&mut self, now: Duration, h: &TraceHint, counts: &mut HintCounts) {
-        counts.total += 1;
-        let Some(hint) = &h.hint else {
-            counts.skipped += 1;
-            return;
-        };
-        let (outcome, ds) = self.engine.on_hint(now, h.seq, hint);
-        if h.outcome.as_deref().is_some_and(|o| o != outcome.as_str()) {
-            counts.outcome_mismatches += 1;
-        }
-        self.apply(now, ds);
-    }
-
-    /// One demand sample: what the guest had then, and its busy vCPUs.
-    fn demand(&mut self, t: Duration, d: Demand) -> Sample {
-        self.last_demand = Some(d);
-        let b = self.busy_now(d);
-        self.busy.0 += b;
-        self.busy.1 += 1;
-        Sample {
-            t,
-            demand: d,
-            alloc: self.guest,
-        }
     }
 }
 
