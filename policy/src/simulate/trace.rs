@@ -203,9 +203,18 @@ fn parse_line<'a, T: Deserialize<'a>>(
 /// every object of a trace must be written as one.
 const ARRAY: &str = "expected an object, got an array";
 
+/// `f`, a part of the line `text` (or other text), as a `T`, with
+/// serde_json's message and the column in the line.
+fn read<'a, T: Deserialize<'a>>(text: &str, f: &'a str) -> Result<T, String> {
+    if f.starts_with('[') {
+        return Err(ARRAY.into());
+    }
+    serde_json::from_str(f).map_err(|e| message(&e, offset_in(text, f)))
+}
+
 /// `part` of the line `text` as a `T`; errors start with `what`.
 fn decode<'a, T: Deserialize<'a>>(text: &str, part: &'a str, what: &str) -> Result<T, String> {
-    fields(text, part).map_err(|e| format!("{what}: {e}"))
+    read(text, part).map_err(|e| format!("{what}: {e}"))
 }
 
 /// Where `part` starts in `text`, when it is a part of it (else 0).
@@ -375,27 +384,19 @@ fn parse_hint(text: &str, h: &RawValue) -> Result<TraceHint, String> {
 /// not have.
 fn decode_fields(text: &str, f: &str, kind: &str) -> Result<Option<Hint>, String> {
     let hint = match kind {
-        "parallelism" => Hint::Parallelism(fields::<logged::Parallelism>(text, f)?.try_into()?),
-        "memory" => Hint::Memory(fields::<logged::Memory>(text, f)?.into()),
-        "io" => Hint::Io(fields::<logged::Io>(text, f)?.into()),
-        "phase_begin" => Hint::PhaseBegin(fields::<logged::PhaseBegin>(text, f)?.wire(false)),
+        "parallelism" => Hint::Parallelism(read::<logged::Parallelism>(text, f)?.try_into()?),
+        "memory" => Hint::Memory(read::<logged::Memory>(text, f)?.into()),
+        "io" => Hint::Io(read::<logged::Io>(text, f)?.into()),
+        "phase_begin" => Hint::PhaseBegin(read::<logged::PhaseBegin>(text, f)?.wire(false)),
         "phase_end" => Hint::PhaseEnd {
-            id: fields::<logged::PhaseEnd>(text, f)?.id,
+            id: read::<logged::PhaseEnd>(text, f)?.id,
         },
-        "placement" => Hint::Placement(fields::<logged::Placement>(text, f)?.into()),
-        "manifest" => Hint::Manifest(fields::<logged::Manifest>(text, f)?.try_into()?),
-        "phase_needs" => Hint::PhaseNeeds(fields::<logged::PhaseNeeds>(text, f)?.try_into()?),
+        "placement" => Hint::Placement(read::<logged::Placement>(text, f)?.into()),
+        "manifest" => Hint::Manifest(read::<logged::Manifest>(text, f)?.try_into()?),
+        "phase_needs" => Hint::PhaseNeeds(read::<logged::PhaseNeeds>(text, f)?.try_into()?),
         _ => return Ok(None),
     };
     Ok(Some(hint))
-}
-
-/// A hint's `fields` as `T`, with serde_json's message.
-fn fields<'a, T: Deserialize<'a>>(text: &str, f: &'a str) -> Result<T, String> {
-    if f.starts_with('[') {
-        return Err(ARRAY.into());
-    }
-    serde_json::from_str(f).map_err(|e| message(&e, offset_in(text, f)))
 }
 
 /// The hint log's form of the wire types (their serde serialisation, which
