@@ -383,6 +383,8 @@ pub fn synthetic_demo() -> String {
     let idle_t = 13_660.0;
     let (first_sample, last_sample) = (7_000u32, 19_800u32);
 
+    // As the hint log writes a manifest: its phases and schedule list the
+    // slots in use only (the demo has no schedule).
     let declared: Vec<String> = phases
         .iter()
         .map(|(id, name, ms, ..)| {
@@ -390,7 +392,6 @@ pub fn synthetic_demo() -> String {
                 "{{\"id\":{id},\"expected_ms\":{ms},\"name\":\"{name}\",\"declared_only\":true}}"
             )
         })
-        .chain(std::iter::repeat_n("null".to_string(), 4))
         .collect();
     let parallelism = |n: u32, ppm: u32| {
         format!("{{\"runnable_tasks\":{n},\"max_useful\":{n},\"serial_ppm\":{ppm}}}")
@@ -400,7 +401,7 @@ pub fn synthetic_demo() -> String {
     };
     let io = |rate: u64| format!("{{\"class\":\"sequential\",\"bytes_per_sec\":{rate}}}");
     let manifest = format!(
-        "{{\"app\":\"demo-workload\",\"parallelism\":{},\"memory\":{},\"io\":{},\"placement\":{{\"relocatable\":true,\"monolithic\":false,\"locality\":\"shared_cache\"}},\"phases\":[{}]}}",
+        "{{\"app\":\"demo-workload\",\"parallelism\":{},\"memory\":{},\"io\":{},\"placement\":{{\"relocatable\":true,\"monolithic\":false,\"locality\":\"shared_cache\"}},\"phases\":[{}],\"schedule\":[]}}",
         parallelism(4, 200_000),
         memory(64 << 20, 96 << 20),
         io(32 << 20),
@@ -519,6 +520,10 @@ mod tests {
             .collect();
         assert_eq!(kinds.len(), 14);
         assert_eq!(kinds[0], "manifest");
+        // The hint log's shape: the slots in use, no nulls.
+        let manifest = &recs.iter().find(|r| r.get("hint").is_some()).unwrap()["hint"]["fields"];
+        assert_eq!(manifest["phases"].as_array().map(Vec::len), Some(4));
+        assert_eq!(manifest["schedule"], serde_json::json!([]));
         let demand = |t: f64| {
             recs.iter()
                 .find(|r| r["t_ms"].as_f64() == Some(t) && r.get("demand").is_some())
