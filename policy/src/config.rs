@@ -107,6 +107,9 @@ pub struct TimingPolicy {
     /// until perfvmm has measured how long its own resizes take (then the
     /// 95th percentile of the recent ones).
     pub lead_ms: u64,
+    /// Added to the measured lead time: the policy tick that makes the
+    /// decision and the guest's own onlining of what it is given.
+    pub lead_margin_ms: u64,
 }
 
 impl Default for TimingPolicy {
@@ -115,6 +118,7 @@ impl Default for TimingPolicy {
             shrink_after_ms: 2_000,
             cooldown_ms: 500,
             lead_ms: 1_000,
+            lead_margin_ms: 250,
         }
     }
 }

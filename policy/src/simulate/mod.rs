@@ -548,8 +548,8 @@ mod tests {
     #[test]
     fn a_schedule_is_provisioned_ahead_and_its_lead_adapts() {
         // A manifest whose schedule has a 4-thread phase 3 s in; hardware
-        // latency. The lead starts at the policy's 1 s and becomes the
-        // measured latency (rounded up to the 200 ms tick).
+        // latency. The lead starts at the policy's 1 s and then follows the
+        // measured latency (rounded up to the 200 ms tick), with its margin.
         let manifest = r#"{"t_ms":1000,"hint":{"seq":0,"kind":"manifest","fields":{"app":"a","schedule":[{"id":1,"start_ms":0,"duration_ms":3000,"parallelism_p50_milli":1000,"parallelism_p95_milli":1000},{"id":2,"start_ms":3000,"duration_ms":2000,"parallelism_p50_milli":3500,"parallelism_p95_milli":3800,"working_set_bytes":1048576}]}}}"#;
         let mut text = format!("{HEADER}\n");
         for i in 0..100 {
@@ -578,7 +578,8 @@ mod tests {
         let v = decisions(&r, Resource::Vcpus);
         // Phase 2 is expected at 4 s: provisioned the 1 s lead before.
         assert_eq!((v[0].t_ms, v[0].to), (3_000, 4), "{v:?}");
-        assert_eq!(r.lead_ms.vcpus, 200, "measured at the next tick");
+        // Measured at the next tick (200 ms): 200 x 1.25 + the 250 ms margin.
+        assert_eq!(r.lead_ms.vcpus, 500, "measured at the next tick");
         // In hints mode the schedule is not used.
         let h = simulate(&t, &config(Mode::Hints, LatencyModel::hardware()));
         assert!(decisions(&h, Resource::Vcpus).is_empty());

@@ -471,7 +471,8 @@ fn round3(x: f64) -> f64 {
 /// The figures of `seg` (phase `id`). With `ws_from_rss`, the working set
 /// is the largest resident set; otherwise the most bytes referenced in one
 /// window overlapping the phase (the nearest window for a phase that
-/// overlaps none), at most the peak.
+/// overlaps none), but at least the phase's growth in resident memory, and
+/// at most the peak.
 pub fn phase_stats(
     seg: &Segment,
     id: u32,
@@ -569,8 +570,13 @@ pub fn phase_stats(
                 })
                 .map(|w| w.bytes)
         });
+        // A phase that sweeps more memory than one window sees (a slow
+        // first pass, as under emulation) still needs what it made
+        // resident: never less than its growth in resident memory.
+        let before = total_at(samples, seg.start, |s| s.rss);
+        let grown = peak.saturating_sub(before as u64);
         match ws {
-            Some(ws) if peak > 0 => ws.min(peak),
+            Some(ws) if peak > 0 => ws.max(grown).min(peak),
             Some(ws) => ws,
             None => peak,
         }
