@@ -103,9 +103,10 @@ pub struct TimingPolicy {
     pub shrink_after_ms: u64,
     /// Least time between a change and a following shrink.
     pub cooldown_ms: u64,
-    /// How far ahead of a scheduled phase its resources are provisioned
-    /// until perfvmm has measured how long its own resizes take (then the
-    /// 95th percentile of the recent ones).
+    /// How far ahead of a scheduled phase its resources are provisioned,
+    /// per vCPU added (or per memory resize), until perfvmm has measured
+    /// how long its own resizes take (then the 95th percentile of the
+    /// recent ones).
     pub lead_ms: u64,
     /// Added to the measured lead time: the policy tick that makes the
     /// decision and the guest's own onlining of what it is given.
@@ -117,7 +118,7 @@ impl Default for TimingPolicy {
         TimingPolicy {
             shrink_after_ms: 2_000,
             cooldown_ms: 500,
-            lead_ms: 1_000,
+            lead_ms: 600,
             lead_margin_ms: 250,
         }
     }

@@ -219,6 +219,10 @@ fn grow_reason(
     }
 }
 
+/// Measured resize latencies before the measured lead time replaces
+/// `lead_ms` when it is shorter.
+pub const TRUSTED_LATENCIES: usize = 5;
+
 /// Usage samples kept per resource (reactive mode), at most.
 pub const MAX_USAGE_SAMPLES: usize = 4096;
 
@@ -311,24 +315,46 @@ impl Engine {
         }
     }
 
-    /// A resize of `r` took `d` to show in the guest: later schedules are
-    /// provisioned this much earlier (the 95th percentile of recent ones).
-    pub fn observe_latency(&mut self, r: Resource, d: Duration) {
-        self.latencies[r as usize].observe(d);
+    /// A resize of `r` by `steps` (vCPUs added; 1 for memory) took `d` to
+    /// show in the guest: later schedules are provisioned earlier by it.
+    /// vCPUs are timed per vCPU, since a guest brings them up one by one.
+    pub fn observe_latency(&mut self, r: Resource, d: Duration, steps: u64) {
+        let steps = match r {
+            Resource::Vcpus => u32::try_from(steps.max(1)).unwrap_or(u32::MAX),
+            Resource::Memory => 1,
+        };
+        self.latencies[r as usize].observe(d / steps);
     }
 
-    /// How far ahead of a scheduled phase `r` is provisioned: the 95th
-    /// percentile of its measured resize latencies plus a quarter, plus
-    /// `lead_margin_ms` (for the periodic tick that makes the decision and
-    /// the guest's own onlining); `lead_ms` until one is measured.
+    /// How far ahead of a scheduled phase a one-step grow of `r` is
+    /// provisioned (see [`Self::lead_for`]).
     pub fn lead(&self, r: Resource) -> Duration {
+        self.lead_for(r, 1)
+    }
+
+    /// How far ahead a grow of `r` by `steps` is provisioned: the 95th
+    /// percentile of its measured per-step latencies times the steps, plus
+    /// half, plus `lead_margin_ms` (for the periodic tick that makes the
+    /// decision and the guest's own onlining); `lead_ms` per step until one
+    /// is measured, and never less until [`TRUSTED_LATENCIES`] are.
+    pub fn lead_for(&self, r: Resource, steps: u64) -> Duration {
         let timing = &self.policy.timing;
+        let steps = match r {
+            Resource::Vcpus => u32::try_from(steps.max(1)).unwrap_or(u32::MAX),
+            Resource::Memory => 1,
+        };
+        let initial = Duration::from_millis(timing.lead_ms) * steps;
         let l = &self.latencies[r as usize];
         if l.count() == 0 {
-            return Duration::from_millis(timing.lead_ms);
+            return initial;
         }
-        let p95 = l.lead(Duration::ZERO);
-        p95 + p95 / 4 + Duration::from_millis(timing.lead_margin_ms)
+        let p = l.lead(Duration::ZERO) * steps;
+        let lead = p + p / 2 + Duration::from_millis(timing.lead_margin_ms);
+        if l.count() < TRUSTED_LATENCIES {
+            lead.max(initial)
+        } else {
+            lead
+        }
     }
 
     /// The schedule in force, if any.
@@ -444,19 +470,30 @@ impl Engine {
     /// The demand in force for `r`, before bounds.
     fn wanted(&self, r: Resource) -> Demand {
         let t = self.track(r);
-        self.frames
+        let hinted = self
+            .frames
             .iter()
             .rev()
             .find_map(|f| f.demand[r as usize])
-            .or(t.base)
-            .or(t.manifest)
+            .or(t.base);
+        // A schedule in force says per phase what the manifest's overall
+        // figure says for the whole run: the finer one wins.
+        let scheduling = self.policy.mode == Mode::Schedule && self.schedule.is_some();
+        if scheduling {
+            hinted
+        } else {
+            hinted.or(t.manifest)
+        }
     }
 
     /// What the schedule asks of `r` now: the need of the due phase, the
     /// manifest's sequence number, and the phase's id.
     fn scheduled(&self, r: Resource, now: Duration) -> Option<(u64, u32, u32)> {
         let s = self.schedule.as_ref()?;
-        let (w, phase) = s.demand(r as usize, now, self.lead(r))?;
+        let alloc = self.track(r).alloc;
+        let (w, phase) = s.demand(r as usize, now, |want| {
+            self.lead_for(r, want.saturating_sub(alloc))
+        })?;
         Some((w, s.seq, phase))
     }
 
@@ -723,7 +760,7 @@ impl Engine {
 
     fn evaluate(&mut self, r: Resource, now: Duration, cause: Option<u32>) -> Option<Decision> {
         let (target, source) = self.target(r, now);
-        let lead = self.lead(r);
+        let lead = self.lead_for(r, target.saturating_sub(self.track(r).alloc));
         let timing = &self.policy.timing;
         let (shrink_after, cooldown) = (
             Duration::from_millis(timing.shrink_after_ms),
@@ -971,14 +1008,15 @@ mod tests {
     #[test]
     fn a_schedule_provisions_the_next_phase_lead_ahead() {
         let mut e = engine(1, 4);
-        // Serial 0-3 s, parallel 3-6 s on 4 vCPUs; the default lead is 1 s.
+        // Serial 0-3 s, parallel 3-6 s on 4 vCPUs; the default lead is
+        // 600 ms per vCPU added: 1.8 s.
         e.set_schedule(
             ms(0),
             5,
             &[needs(1, 0, 3_000, 1), needs(2, 3_000, 3_000, 4)],
         );
-        assert!(e.tick(ms(1_900)).is_empty());
-        let d = one(e.tick(ms(2_000)));
+        assert!(e.tick(ms(1_100)).is_empty());
+        let d = one(e.tick(ms(1_200)));
         assert_eq!((d.from, d.to, d.hints.clone()), (1, 4, vec![5]));
         assert!(d.reason.contains("scheduled phase 2"), "{}", d.reason);
         assert!(e.tick(ms(5_900)).is_empty(), "held through the phase");
@@ -992,14 +1030,22 @@ mod tests {
     fn measured_latency_sets_the_lead() {
         let mut e = engine(1, 4);
         for _ in 0..5 {
-            e.observe_latency(Resource::Vcpus, ms(1_500));
+            // Two vCPUs in 1 s: 500 ms each.
+            e.observe_latency(Resource::Vcpus, ms(1_000), 2);
         }
-        // 1.5 s x 1.25 + the 250 ms margin.
-        assert_eq!(e.lead(Resource::Vcpus), ms(2_125));
-        assert_eq!(e.lead(Resource::Memory), ms(1_000), "per resource");
+        // One vCPU: 500 ms x 1.5 + the 250 ms margin.
+        assert_eq!(e.lead(Resource::Vcpus), ms(1_000));
+        assert_eq!(e.lead_for(Resource::Vcpus, 3), ms(2_500));
+        assert_eq!(e.lead(Resource::Memory), ms(600), "per resource");
+        // 1 -> 4 vCPUs: three steps, 2.5 s ahead of the phase at 3 s.
         e.set_schedule(ms(0), 5, &[needs(2, 3_000, 3_000, 4)]);
-        assert!(e.tick(ms(800)).is_empty());
-        assert_eq!(one(e.tick(ms(900))).to, 4);
+        assert!(e.tick(ms(400)).is_empty());
+        assert_eq!(one(e.tick(ms(500))).to, 4);
+        // Few and short measurements do not undercut the initial lead.
+        let mut e = engine(1, 4);
+        e.observe_latency(Resource::Vcpus, ms(100), 1);
+        assert_eq!(e.lead(Resource::Vcpus), ms(600));
+        assert_eq!(e.lead_for(Resource::Vcpus, 3), ms(1_800));
     }
 
     #[test]
@@ -1099,7 +1145,8 @@ mod tests {
         let later = PhaseNeeds::new(3, 6_000, 1_000).memory(600 << 20, 700 << 20);
         e.on_hint(ms(1_100), 4, &Hint::PhaseNeeds(later));
         assert_eq!(e.schedule().map(|s| s.phases().len()), Some(3));
-        let d = e.tick(ms(5_000));
+        // Phase 3 at 6 s; memory's lead is 600 ms.
+        let d = e.tick(ms(5_400));
         assert!(
             d.iter()
                 .any(|d| d.resource == Resource::Memory && d.to > 512 * MIB),

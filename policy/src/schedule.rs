@@ -114,11 +114,18 @@ impl Schedule {
     }
 
     /// The largest need for `resource` among the phases due at `now`: those
-    /// starting within `lead` or running, and not over. With the phase's id.
-    pub fn demand(&self, resource: usize, now: Duration, lead: Duration) -> Option<(u64, u32)> {
+    /// starting within their lead time (`lead` of what they want) or
+    /// running, and not over. With the phase's id.
+    pub fn demand(
+        &self,
+        resource: usize,
+        now: Duration,
+        lead: impl Fn(u64) -> Duration,
+    ) -> Option<(u64, u32)> {
         (0..self.phases.len())
-            .filter(|&i| now + lead >= self.expected_start(i) && !self.over(i, now))
-            .filter_map(|i| Some((self.phases[i].want[resource]?, self.phases[i].id)))
+            .filter_map(|i| Some((i, self.phases[i].want[resource]?)))
+            .filter(|&(i, w)| now + lead(w) >= self.expected_start(i) && !self.over(i, now))
+            .map(|(i, w)| (w, self.phases[i].id))
             .max_by_key(|&(w, _)| w)
     }
 
@@ -208,12 +215,12 @@ mod tests {
     fn a_phase_is_due_lead_ahead_of_its_start_and_until_its_end() {
         let sc = demo(10.0);
         let lead = s(1.0);
-        assert_eq!(sc.demand(0, s(11.0), lead), Some((1, 1)));
-        assert_eq!(sc.demand(0, s(11.9), lead), Some((1, 1)), "not yet");
-        assert_eq!(sc.demand(0, s(12.0), lead), Some((4, 2)), "lead ahead");
-        assert_eq!(sc.demand(0, s(15.9), lead), Some((4, 2)));
-        assert_eq!(sc.demand(0, s(16.0), lead), Some((1, 3)), "over");
-        assert_eq!(sc.demand(1, s(12.0), lead), None, "no memory figure");
+        assert_eq!(sc.demand(0, s(11.0), |_| lead), Some((1, 1)));
+        assert_eq!(sc.demand(0, s(11.9), |_| lead), Some((1, 1)), "not yet");
+        assert_eq!(sc.demand(0, s(12.0), |_| lead), Some((4, 2)), "lead ahead");
+        assert_eq!(sc.demand(0, s(15.9), |_| lead), Some((4, 2)));
+        assert_eq!(sc.demand(0, s(16.0), |_| lead), Some((1, 3)), "over");
+        assert_eq!(sc.demand(1, s(12.0), |_| lead), None, "no memory figure");
         assert!(!sc.finished(s(17.9)));
         assert!(sc.finished(s(18.0)));
     }
@@ -225,8 +232,8 @@ mod tests {
         // The program runs late: its first phase begins at 2 s, not 0.
         sc.phase_began(1, s(2.0));
         assert_eq!(sc.expected_start(1), s(5.0));
-        assert_eq!(sc.demand(0, s(4.0), lead), Some((1, 1)));
-        assert_eq!(sc.demand(0, s(4.5), lead), Some((4, 2)));
+        assert_eq!(sc.demand(0, s(4.0), |_| lead), Some((1, 1)));
+        assert_eq!(sc.demand(0, s(4.5), |_| lead), Some((4, 2)));
         assert_eq!(sc.expected_start(0), s(2.0), "the announced phase itself");
         // A phase before the announced one keeps its profiled time.
         sc.phase_began(2, s(9.0));
@@ -238,13 +245,13 @@ mod tests {
     fn an_announced_end_releases_at_once_and_a_missing_one_in_time() {
         let mut sc = demo(0.0);
         sc.phase_began(2, s(3.0));
-        assert_eq!(sc.demand(0, s(4.0), s(0.0)), Some((4, 2)));
+        assert_eq!(sc.demand(0, s(4.0), |_| s(0.0)), Some((4, 2)));
         sc.phase_ended(2);
-        assert_eq!(sc.demand(0, s(4.0), s(0.0)), None);
+        assert_eq!(sc.demand(0, s(4.0), |_| s(0.0)), None);
         let mut sc = demo(0.0);
         sc.phase_began(2, s(3.0));
-        assert_eq!(sc.demand(0, s(8.9), s(0.0)), Some((4, 2)), "runs long");
-        assert_eq!(sc.demand(0, s(9.0), s(0.0)), None, "twice its length");
+        assert_eq!(sc.demand(0, s(8.9), |_| s(0.0)), Some((4, 2)), "runs long");
+        assert_eq!(sc.demand(0, s(9.0), |_| s(0.0)), None, "twice its length");
     }
 
     #[test]

@@ -92,7 +92,7 @@ struct Sim<'a> {
     guest: [u64; 2],
     inflight: [Option<InFlight>; 2],
     /// Grows being timed, as the controller does: (target, applied at).
-    timing: [Option<(u64, Duration)>; 2],
+    timing: [Option<(u64, u64, Duration)>; 2],
     decisions: Vec<SimDecision>,
     /// Memory the guest's kernel keeps out of `MemTotal`, in bytes.
     reserved: u64,
@@ -172,7 +172,7 @@ impl<'a> Sim<'a> {
                 at: now + latency,
                 index: self.decisions.len(),
             });
-            self.timing[r as usize] = grow.then_some((d.to, now));
+            self.timing[r as usize] = grow.then_some((d.from, d.to, now));
             self.decisions.push(SimDecision {
                 t_ms: d.t_ms,
                 resource: r,
@@ -216,13 +216,14 @@ impl<'a> Sim<'a> {
     /// Grows the guest has taken: their latency goes to the engine.
     fn time_grows(&mut self, now: Duration) {
         for r in Resource::ALL {
-            let Some((to, at)) = self.timing[r as usize] else {
+            let Some((from, to, at)) = self.timing[r as usize] else {
                 continue;
             };
             let waited = now.saturating_sub(at);
             let taken = self.guest[r as usize] >= to;
             if taken {
-                self.engine.observe_latency(r, waited);
+                self.engine
+                    .observe_latency(r, waited, to.saturating_sub(from));
             }
             if taken || waited > LATENCY_GIVE_UP {
                 self.timing[r as usize] = None;
@@ -576,10 +577,12 @@ mod tests {
         assert!(m.schedule[2..].iter().all(Option::is_none));
         let r = simulate(&t, &config(Mode::Schedule, LatencyModel::hardware()));
         let v = decisions(&r, Resource::Vcpus);
-        // Phase 2 is expected at 4 s: provisioned the 1 s lead before.
-        assert_eq!((v[0].t_ms, v[0].to), (3_000, 4), "{v:?}");
-        // Measured at the next tick (200 ms): 200 x 1.25 + the 250 ms margin.
-        assert_eq!(r.lead_ms.vcpus, 500, "measured at the next tick");
+        // Phase 2 is expected at 4 s: provisioned the policy's 600 ms per
+        // vCPU added (three) before.
+        assert_eq!((v[0].t_ms, v[0].to), (2_200, 4), "{v:?}");
+        // One measurement (200 ms, at the next tick) does not undercut the
+        // policy's initial 1 s.
+        assert_eq!(r.lead_ms.vcpus, 600, "the initial lead (per vCPU) holds");
         // In hints mode the schedule is not used.
         let h = simulate(&t, &config(Mode::Hints, LatencyModel::hardware()));
         assert!(decisions(&h, Resource::Vcpus).is_empty());
@@ -621,8 +624,8 @@ mod tests {
         let r = simulate(&t, &config(Mode::Schedule, LatencyModel::hardware()));
         assert_eq!(r.hints.skipped, 0);
         let v = decisions(&r, Resource::Vcpus);
-        // Due at 3 s, provisioned the policy's 1 s lead before.
-        assert_eq!((v[0].t_ms, v[0].from, v[0].to), (2_000, 1, 3), "{v:?}");
+        // Due at 3 s, provisioned the policy's 600 ms per vCPU added (two) before.
+        assert_eq!((v[0].t_ms, v[0].from, v[0].to), (1_800, 1, 3), "{v:?}");
         assert!(v[0].reason.contains("scheduled phase 1"), "{v:?}");
         // In hints mode a schedule is not used.
         let h = simulate(&t, &config(Mode::Hints, LatencyModel::hardware()));
