@@ -31,6 +31,22 @@ struct Args {
     /// Print a line for every manifest sent.
     #[arg(short, long)]
     verbose: bool,
+    /// Create this file once perfhintd is watching, so that a caller can
+    /// wait for it before starting programs.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<std::path::PathBuf>,
+}
+
+/// Says perfhintd is watching (a file, and a line with --verbose).
+fn ready(args: &Args, how: &str) {
+    if args.verbose {
+        eprintln!("perfhintd: watching process starts ({how})");
+    }
+    if let Some(path) = &args.ready_file {
+        if let Err(e) = std::fs::write(path, b"") {
+            eprintln!("perfhintd: {}: {e}", path.display());
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -47,18 +63,22 @@ fn main() -> ExitCode {
         },
     };
     match events {
-        Some(mut listener) => loop {
-            match listener.next_exec() {
-                Ok(pid) => announcer.started(pid),
-                Err(e) => {
-                    eprintln!("perfhintd: process events: {e}");
-                    return ExitCode::from(1);
+        Some(mut listener) => {
+            ready(&args, "process events");
+            loop {
+                match listener.next_exec() {
+                    Ok(pid) => announcer.started(pid),
+                    Err(e) => {
+                        eprintln!("perfhintd: process events: {e}");
+                        return ExitCode::from(1);
+                    }
                 }
             }
-        },
+        }
         None => {
             let period = Duration::from_millis(args.poll_ms.unwrap_or(20));
             let mut poller = scan::Poller::new();
+            ready(&args, "polling /proc");
             loop {
                 for pid in poller.new_processes() {
                     announcer.started(pid);
