@@ -122,3 +122,28 @@ fn two_steps_in_the_guest_and_the_derived_needs_hold_on_a_later_run() {
         "serial, parallel and memory compared: {derived}"
     );
 }
+
+/// coreutils' sort, a multi-threaded program from a Debian package with no
+/// perfhint code: profiled (step 1), its manifest embedded (step 2), then
+/// started under perfhintd. Its parallel phase finds the vCPUs online.
+#[test]
+fn an_unmodified_debian_program_gets_its_vcpus_before_its_parallel_phase() {
+    let out = run("derived-sort");
+    out.expect_contains("perfhintd: announced the manifest of /tmp/sort-derived")
+        .expect_contains("scenario: sort exit=0 sorted=60000")
+        .expect_exit(0);
+    let profile = printed(&out, "profile");
+    let parallel = profile["phases"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["max_useful"].as_u64() >= Some(4)));
+    assert!(parallel.is_some(), "the profile found the parallel phase: {profile}");
+    let cpus: Option<u32> = out.console.lines().find_map(|l| {
+        l.split_once("sort parallel phase starts with ")?
+            .1
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    });
+    assert_eq!(cpus, Some(4), "{}", out.tail(40));
+}
