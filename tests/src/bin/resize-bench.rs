@@ -124,9 +124,9 @@ const CONFIGS: [Config; 4] = [
         label: "reactive (usage, p95 + 20 %, 10 s)",
         demo: "plain",
         args: &["--cpus", "1,max=4", "--memory", "512M,max=1G"],
-        // Memory no lower than the boot size: a reactive VM shrunk to its
-        // idle use was seen to stall the guest when the memory phase began
-        // (the balloon gives memory back too slowly under emulation).
+        // Memory no lower than the boot size, so that this row compares CPU
+        // sizing: a reactive balloon grows back only after the memory
+        // phase has begun, and too slowly under emulation.
         policy: "mode = \"reactive\"\n[memory]\nmin = \"512M\"\n",
     },
     Config {

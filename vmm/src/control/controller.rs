@@ -278,6 +278,14 @@ impl Controller {
         let in_use = self.memory.tick();
         let now = self.now();
         let busy = self.busy_vcpus(now);
+        // The guest's boot is neither representative nor safe to resize: a
+        // vCPU hot-added while the kernel still boots was seen to hang it.
+        // Usage counts from when the guest has loaded its memory drivers.
+        let booted = {
+            let m = self.memory.status();
+            m.balloon_driver || m.virtio_mem_driver
+        };
+        let busy = busy.filter(|_| booted);
         let decisions = {
             let mut e = lock(&self.engine);
             if let Some(bytes) = in_use {
