@@ -130,7 +130,7 @@ fn two_steps_in_the_guest_and_the_derived_needs_hold_on_a_later_run() {
 fn an_unmodified_debian_program_gets_its_vcpus_before_its_parallel_phase() {
     let out = run("derived-sort");
     out.expect_contains("perfhintd: announced the manifest of /tmp/sort-derived")
-        .expect_contains("scenario: sort exit=0 sorted=60000")
+        .expect_contains("scenario: sort exit=0 sorted=520000")
         .expect_exit(0);
     let profile = printed(&out, "profile");
     let parallel = profile["phases"]
