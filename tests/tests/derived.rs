@@ -136,7 +136,10 @@ fn an_unmodified_debian_program_gets_its_vcpus_before_its_parallel_phase() {
     let parallel = profile["phases"]
         .as_array()
         .and_then(|p| p.iter().find(|p| p["max_useful"].as_u64() >= Some(4)));
-    assert!(parallel.is_some(), "the profile found the parallel phase: {profile}");
+    assert!(
+        parallel.is_some(),
+        "the profile found the parallel phase: {profile}"
+    );
     let cpus: Option<u32> = out.console.lines().find_map(|l| {
         l.split_once("sort parallel phase starts with ")?
             .1
