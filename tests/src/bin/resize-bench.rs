@@ -7,7 +7,9 @@
 //!    (host-observed usage), hints (its hand-written hints) and schedule
 //!    (its profile-derived schedule embedded) — sampled in the guest every
 //!    100 ms: how often the parallel phase starts with its 4 vCPUs online,
-//!    CPU and memory slack, shortage and deficit, and the work's run time.
+//!    CPU (demand: the workload's own running threads; the shortage against
+//!    every runnable task in the guest beside it) and memory slack,
+//!    shortage and deficit, and the work's run time.
 //!
 //!   cargo run --release -p perfvmm-tests --bin resize-bench -- [--rounds N] [--only latency|demo]
 
@@ -93,7 +95,10 @@ fn fit(samples: &[(f64, f64)]) -> Fit {
 
 /// One sampled run of the demo workload.
 struct DemoRun {
+    /// Against the workload's own running threads.
     cpu: Fit,
+    /// Against every runnable task in the guest (the earlier measure).
+    cpu_all: Fit,
     mem: Fit,
     /// vCPUs online when the parallel phase (4 threads) began.
     parallel_start_cpus: u32,
@@ -179,6 +184,7 @@ fn sampled_demo(c: &Config) -> Option<DemoRun> {
     let mean_mem_mib = mem.iter().map(|m| m.1).sum::<f64>() / mem.len().max(1) as f64 / 1024.0;
     Some(DemoRun {
         cpu: fit(&pairs("running", "cpus")),
+        cpu_all: fit(&pairs("procs", "cpus")),
         mem: fit(&mem),
         parallel_start_cpus,
         work_ms: work_ms as f64,
@@ -230,13 +236,14 @@ fn demo(rounds: u32) {
         let work = r.iter().map(|r| r.work_ms).sum::<f64>() / r.len() as f64;
         let mem = r.iter().map(|r| r.mean_mem_mib).sum::<f64>() / r.len() as f64;
         println!(
-            "  {:<38} {:>4}/{:<4} {:>18} {:>18} {:>18} {:>18} {:>18} {:>9.0} {:>7.0}M",
+            "  {:<38} {:>4}/{:<4} {:>18} {:>18} {:>18} {:>18} {:>18} {:>18} {:>9.0} {:>7.0}M",
             c.label,
             on_time,
             r.len(),
             spread(r, |r| r.cpu.slack),
             spread(r, |r| r.cpu.shortage),
             spread(r, |r| r.cpu.deficit),
+            spread(r, |r| r.cpu_all.shortage),
             spread(r, |r| r.mem.slack),
             spread(r, |r| r.mem.shortage),
             work,
