@@ -274,19 +274,19 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
 
 /// Bytes referenced by the tree since the last clear (`None` on the first
 /// call, when nothing was cleared yet), then clears them. An error when the
-/// kernel does not let us (processes that ended meanwhile are skipped).
+/// kernel does not let us (permission); a process that cannot be measured
+/// for any other reason — it ended meanwhile, or is a zombie with no
+/// memory left — is skipped.
 fn measure_referenced(
     procfs: &Procfs,
     pids: &[u32],
     cleared_before: bool,
 ) -> Result<Option<u64>, String> {
     let mut total: u64 = 0;
-    // A process that ended meanwhile (gone, or a zombie without memory) is
-    // skipped; any other error means the kernel does not let us.
-    let gone = |pid: u32, e: &std::io::Error| {
-        e.raw_os_error() == Some(3) // ESRCH
-            || (e.kind() == ErrorKind::NotFound && !Path::new(&format!("/proc/{pid}")).exists())
-    };
+    // Only a refusal means the kernel does not let us; anything else
+    // (ESRCH, ENOENT, an empty or unreadable file of an exiting process)
+    // concerns that one process.
+    let gone = |_pid: u32, e: &std::io::Error| e.kind() != ErrorKind::PermissionDenied;
     for &pid in pids {
         if cleared_before {
             match procfs.referenced(pid) {
