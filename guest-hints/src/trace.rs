@@ -27,6 +27,7 @@
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Mutex, OnceLock};
 
 use crate::client::SendError;
@@ -157,7 +158,15 @@ fn sink() -> &'static Sink {
         if v == "1" {
             return Sink::Stderr;
         }
-        match OpenOptions::new().append(true).create(true).open(&v) {
+        // Non-blocking: a FIFO with no reader must not stop the program
+        // (it fails to open instead, and the program runs untraced).
+        let nonblock = rustix::fs::OFlags::NONBLOCK.bits() as i32;
+        let opened = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .custom_flags(nonblock)
+            .open(&v);
+        match opened {
             Ok(f) => Sink::File(Mutex::new(f)),
             Err(e) => {
                 eprintln!(

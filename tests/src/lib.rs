@@ -300,8 +300,7 @@ impl GuestRun {
     /// Runs it in the harness's mode.
     pub fn run(&self) -> RunOutput {
         // One VM at a time: nested runs use both cores of a CI machine.
-        static SERIAL: Mutex<()> = Mutex::new(());
-        let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = exclusive();
         match mode() {
             Mode::Direct => self.run_direct(),
             Mode::Nested => self.run_nested_retried(),
@@ -551,6 +550,14 @@ fn scratch_dir(kind: &str) -> PathBuf {
         .join(format!("{kind}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
+}
+
+/// The machine to itself: no nested VM runs while the guard is held (a
+/// test binary's tests run in parallel, and a timing-sensitive host test
+/// beside a nested run measures the contention, not itself).
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Quotes a word for /bin/sh.
