@@ -10,6 +10,16 @@
 
 #![deny(unsafe_code)]
 
+/// One line on standard error in a single write, so that it is not torn
+/// apart by other programs writing to the same console.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }};
+}
+
 mod proc_events;
 mod scan;
 
@@ -40,11 +50,11 @@ struct Args {
 /// Says perfhintd is watching (a file, and a line with --verbose).
 fn ready(args: &Args, how: &str) {
     if args.verbose {
-        eprintln!("perfhintd: watching process starts ({how})");
+        say!("perfhintd: watching process starts ({how})");
     }
     if let Some(path) = &args.ready_file {
         if let Err(e) = std::fs::write(path, b"") {
-            eprintln!("perfhintd: {}: {e}", path.display());
+            say!("perfhintd: {}: {e}", path.display());
         }
     }
 }
@@ -57,7 +67,7 @@ fn main() -> ExitCode {
         None => match proc_events::Listener::open() {
             Ok(l) => Some(l),
             Err(e) => {
-                eprintln!("perfhintd: process events unavailable ({e}); polling /proc");
+                say!("perfhintd: process events unavailable ({e}); polling /proc");
                 None
             }
         },
@@ -69,7 +79,7 @@ fn main() -> ExitCode {
                 match listener.next_exec() {
                     Ok(pid) => announcer.started(pid),
                     Err(e) => {
-                        eprintln!("perfhintd: process events: {e}");
+                        say!("perfhintd: process events: {e}");
                         return ExitCode::from(1);
                     }
                 }

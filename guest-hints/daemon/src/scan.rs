@@ -54,7 +54,7 @@ impl Announcer {
             self.sent += 1;
             if self.verbose {
                 let path = std::fs::read_link(&exe).unwrap_or(exe);
-                eprintln!(
+                say!(
                     "perfhintd: announced the manifest of {} (pid {pid})",
                     path.display()
                 );
