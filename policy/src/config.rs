@@ -118,7 +118,7 @@ impl Default for TimingPolicy {
         TimingPolicy {
             shrink_after_ms: 2_000,
             cooldown_ms: 500,
-            lead_ms: 600,
+            lead_ms: 900,
             lead_margin_ms: 250,
         }
     }

@@ -333,8 +333,8 @@ impl Engine {
     }
 
     /// How far ahead a grow of `r` by `steps` is provisioned: the 95th
-    /// percentile of its measured per-step latencies times the steps, plus
-    /// half, plus `lead_margin_ms` (for the periodic tick that makes the
+    /// percentile of its measured per-step latencies times the steps,
+    /// doubled, plus `lead_margin_ms` (for the periodic tick that makes the
     /// decision and the guest's own onlining); `lead_ms` per step until one
     /// is measured, and never less until [`TRUSTED_LATENCIES`] are.
     pub fn lead_for(&self, r: Resource, steps: u64) -> Duration {
@@ -349,7 +349,7 @@ impl Engine {
             return initial;
         }
         let p = l.lead(Duration::ZERO) * steps;
-        let lead = p + p / 2 + Duration::from_millis(timing.lead_margin_ms);
+        let lead = p * 2 + Duration::from_millis(timing.lead_margin_ms);
         if l.count() < TRUSTED_LATENCIES {
             lead.max(initial)
         } else {
@@ -1009,14 +1009,14 @@ mod tests {
     fn a_schedule_provisions_the_next_phase_lead_ahead() {
         let mut e = engine(1, 4);
         // Serial 0-3 s, parallel 3-6 s on 4 vCPUs; the default lead is
-        // 600 ms per vCPU added: 1.8 s.
+        // 900 ms per vCPU added: 2.7 s.
         e.set_schedule(
             ms(0),
             5,
             &[needs(1, 0, 3_000, 1), needs(2, 3_000, 3_000, 4)],
         );
-        assert!(e.tick(ms(1_100)).is_empty());
-        let d = one(e.tick(ms(1_200)));
+        assert!(e.tick(ms(200)).is_empty());
+        let d = one(e.tick(ms(300)));
         assert_eq!((d.from, d.to, d.hints.clone()), (1, 4, vec![5]));
         assert!(d.reason.contains("scheduled phase 2"), "{}", d.reason);
         assert!(e.tick(ms(5_900)).is_empty(), "held through the phase");
@@ -1033,19 +1033,19 @@ mod tests {
             // Two vCPUs in 1 s: 500 ms each.
             e.observe_latency(Resource::Vcpus, ms(1_000), 2);
         }
-        // One vCPU: 500 ms x 1.5 + the 250 ms margin.
-        assert_eq!(e.lead(Resource::Vcpus), ms(1_000));
-        assert_eq!(e.lead_for(Resource::Vcpus, 3), ms(2_500));
-        assert_eq!(e.lead(Resource::Memory), ms(600), "per resource");
-        // 1 -> 4 vCPUs: three steps, 2.5 s ahead of the phase at 3 s.
-        e.set_schedule(ms(0), 5, &[needs(2, 3_000, 3_000, 4)]);
-        assert!(e.tick(ms(400)).is_empty());
-        assert_eq!(one(e.tick(ms(500))).to, 4);
+        // One vCPU: 500 ms x 2 + the 250 ms margin.
+        assert_eq!(e.lead(Resource::Vcpus), ms(1_250));
+        assert_eq!(e.lead_for(Resource::Vcpus, 3), ms(3_250));
+        assert_eq!(e.lead(Resource::Memory), ms(900), "per resource");
+        // 1 -> 4 vCPUs: three steps, 3.25 s ahead of the phase at 4 s.
+        e.set_schedule(ms(0), 5, &[needs(2, 4_000, 3_000, 4)]);
+        assert!(e.tick(ms(700)).is_empty());
+        assert_eq!(one(e.tick(ms(800))).to, 4);
         // Few and short measurements do not undercut the initial lead.
         let mut e = engine(1, 4);
         e.observe_latency(Resource::Vcpus, ms(100), 1);
-        assert_eq!(e.lead(Resource::Vcpus), ms(600));
-        assert_eq!(e.lead_for(Resource::Vcpus, 3), ms(1_800));
+        assert_eq!(e.lead(Resource::Vcpus), ms(900));
+        assert_eq!(e.lead_for(Resource::Vcpus, 3), ms(2_700));
     }
 
     #[test]
@@ -1133,14 +1133,14 @@ mod tests {
         use guest_hints::wire::{Manifest, Name, PhaseNeeds};
         let mut e = engine(1, 4);
         let mut m = Manifest::empty(Name::from_static("app"));
-        m.schedule[0] = Some(PhaseNeeds::new(1, 0, 2_000).parallelism(1.0, 1.0, 1));
-        m.schedule[1] = Some(PhaseNeeds::new(2, 2_000, 2_000).parallelism(2.0, 3.9, 4));
+        m.schedule[0] = Some(PhaseNeeds::new(1, 0, 4_000).parallelism(1.0, 1.0, 1));
+        m.schedule[1] = Some(PhaseNeeds::new(2, 4_000, 2_000).parallelism(2.0, 3.9, 4));
         let (o, d) = e.on_hint(ms(0), 3, &Hint::Manifest(m));
         assert_eq!(o, Outcome::Accepted);
         assert!(d.is_empty());
         assert_eq!(e.schedule().map(|s| s.phases().len()), Some(2));
         // max_useful (4) wins over the effective p95 (3.9 -> 4 anyway).
-        assert_eq!(one(e.tick(ms(1_000))).to, 4);
+        assert_eq!(one(e.tick(ms(1_300))).to, 4);
         // A standalone phase_needs joins the schedule in force.
         let later = PhaseNeeds::new(3, 6_000, 1_000).memory(600 << 20, 700 << 20);
         e.on_hint(ms(1_100), 4, &Hint::PhaseNeeds(later));

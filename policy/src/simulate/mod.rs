@@ -577,12 +577,12 @@ mod tests {
         assert!(m.schedule[2..].iter().all(Option::is_none));
         let r = simulate(&t, &config(Mode::Schedule, LatencyModel::hardware()));
         let v = decisions(&r, Resource::Vcpus);
-        // Phase 2 is expected at 4 s: provisioned the policy's 600 ms per
+        // Phase 2 is expected at 4 s: provisioned the policy's 900 ms per
         // vCPU added (three) before.
-        assert_eq!((v[0].t_ms, v[0].to), (2_200, 4), "{v:?}");
+        assert_eq!((v[0].t_ms, v[0].to), (1_400, 4), "{v:?}");
         // One measurement (200 ms, at the next tick) does not undercut the
         // policy's initial 1 s.
-        assert_eq!(r.lead_ms.vcpus, 600, "the initial lead (per vCPU) holds");
+        assert_eq!(r.lead_ms.vcpus, 900, "the initial lead (per vCPU) holds");
         // In hints mode the schedule is not used.
         let h = simulate(&t, &config(Mode::Hints, LatencyModel::hardware()));
         assert!(decisions(&h, Resource::Vcpus).is_empty());
@@ -624,8 +624,8 @@ mod tests {
         let r = simulate(&t, &config(Mode::Schedule, LatencyModel::hardware()));
         assert_eq!(r.hints.skipped, 0);
         let v = decisions(&r, Resource::Vcpus);
-        // Due at 3 s, provisioned the policy's 600 ms per vCPU added (two) before.
-        assert_eq!((v[0].t_ms, v[0].from, v[0].to), (1_800, 1, 3), "{v:?}");
+        // Due at 3 s, provisioned the policy's 900 ms per vCPU added (two) before.
+        assert_eq!((v[0].t_ms, v[0].from, v[0].to), (1_200, 1, 3), "{v:?}");
         assert!(v[0].reason.contains("scheduled phase 1"), "{v:?}");
         // In hints mode a schedule is not used.
         let h = simulate(&t, &config(Mode::Hints, LatencyModel::hardware()));

@@ -599,11 +599,11 @@ mod tests {
         }
         let e = lock(&f.controller.engine);
         assert!(
-            e.lead(Resource::Vcpus) < Duration::from_millis(600),
+            e.lead(Resource::Vcpus) < Duration::from_millis(900),
             "measured, not the default: {:?}",
             e.lead(Resource::Vcpus)
         );
-        assert_eq!(e.lead(Resource::Memory), Duration::from_millis(600));
+        assert_eq!(e.lead(Resource::Memory), Duration::from_millis(900));
     }
 
     #[test]
