@@ -236,6 +236,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.device
             .activate(mem, self.acked_features, std::mem::take(&mut self.queues));
         self.activated = true;
+        // Buffers the driver made available before DRIVER_OK are served now:
+        // Linux's balloon primes its statistics queue and kicks it during
+        // probe, and that kick may reach the ioeventfd handler before this
+        // write does, when the device was not yet running to take it.
+        self.notify_all();
     }
 
     /// A guest read of `data.len()` bytes at `offset`.

@@ -404,7 +404,26 @@ mod transport {
     }
 
     /// Negotiates features and sets up both queues as a Linux driver would.
-    fn bring_up(t: &mut MmioTransport<PerfHintDevice<Recorder>>, driver_features_hi: u32) {
+    fn bring_up(
+        t: &mut MmioTransport<PerfHintDevice<Recorder>>,
+        mem: &GuestMemoryMmap<()>,
+        driver_features_hi: u32,
+    ) {
+        if configure(t, mem, driver_features_hi) {
+            w(
+                t,
+                reg::STATUS,
+                ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+            );
+        }
+    }
+
+    /// Everything of `bring_up` but DRIVER_OK; false if features were refused.
+    fn configure(
+        t: &mut MmioTransport<PerfHintDevice<Recorder>>,
+        mem: &GuestMemoryMmap<()>,
+        driver_features_hi: u32,
+    ) -> bool {
         w(t, reg::STATUS, ACKNOWLEDGE);
         w(t, reg::STATUS, ACKNOWLEDGE | DRIVER);
         w(t, reg::DEVICE_FEATURES_SEL, 0);
@@ -415,25 +434,49 @@ mod transport {
         w(t, reg::DRIVER_FEATURES, driver_features_hi);
         w(t, reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
         if r(t, reg::STATUS) & FEATURES_OK == 0 {
-            return;
+            return false;
         }
         for (q, base) in [(0u32, HINTQ_ADDR), (1, EVENTQ_ADDR)] {
+            let ring = DriverRing::new(mem, base, RING);
             w(t, reg::QUEUE_SEL, q);
             assert_eq!(r(t, reg::QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
-            w(t, reg::QUEUE_NUM, 16);
-            w(t, reg::QUEUE_DESC_LOW, base as u32);
+            w(t, reg::QUEUE_NUM, u32::from(RING));
+            w(t, reg::QUEUE_DESC_LOW, ring.desc as u32);
             w(t, reg::QUEUE_DESC_HIGH, 0);
-            w(t, reg::QUEUE_DRIVER_LOW, (base + 0x1000) as u32);
+            w(t, reg::QUEUE_DRIVER_LOW, ring.avail as u32);
             w(t, reg::QUEUE_DRIVER_HIGH, 0);
-            w(t, reg::QUEUE_DEVICE_LOW, (base + 0x2000) as u32);
+            w(t, reg::QUEUE_DEVICE_LOW, ring.used as u32);
             w(t, reg::QUEUE_DEVICE_HIGH, 0);
             w(t, reg::QUEUE_READY, 1);
         }
+        true
+    }
+
+    /// Ring size the tests' driver configures.
+    const RING: u16 = 16;
+
+    #[test]
+    fn buffers_made_available_before_driver_ok_are_served_at_activation() {
+        let (mut t, mem, irq) = transport();
+        assert!(configure(&mut t, &mem, 1));
+        // The driver primes the hint queue and kicks before DRIVER_OK (as
+        // Linux's balloon does with its statistics queue): nothing runs yet.
+        let mut ring = DriverRing::new(&mem, HINTQ_ADDR, RING);
+        let msg = message(&[par(2)], 1);
+        mem.write_slice(&msg, GuestAddress(DATA_ADDR)).unwrap();
+        ring.add(&mem, &[Desc::readable(DATA_ADDR, msg.len() as u32)]);
+        t.notify(0);
+        assert_eq!(ring.used_idx(&mem), 0);
+        let rec = t.device().sink().clone();
+        assert!(rec.hints.lock().unwrap().is_empty());
         w(
-            t,
+            &mut t,
             reg::STATUS,
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
         );
+        assert_eq!(ring.used_idx(&mem), 1, "the primed buffer was used");
+        assert_eq!(rec.hints.lock().unwrap().len(), 1);
+        assert_eq!(irq.0.load(Ordering::SeqCst), 1);
     }
 
     #[test]
@@ -454,16 +497,16 @@ mod transport {
 
     #[test]
     fn negotiation_and_activation() {
-        let (mut t, _, _) = transport();
-        bring_up(&mut t, 1); // VERSION_1 is bit 32
+        let (mut t, mem, _) = transport();
+        bring_up(&mut t, &mem, 1); // VERSION_1 is bit 32
         assert_eq!(t.status(), ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
         assert_eq!(t.acked_features() & (1 << crate::features::EVENTQ), 1);
     }
 
     #[test]
     fn legacy_driver_is_refused() {
-        let (mut t, _, _) = transport();
-        bring_up(&mut t, 0);
+        let (mut t, mem, _) = transport();
+        bring_up(&mut t, &mem, 0);
         assert_eq!(t.status() & FEATURES_OK, 0);
     }
 
