@@ -9,6 +9,7 @@
 
 pub mod cpio;
 pub mod report;
+pub mod timeline;
 pub mod trace;
 
 pub use report::skip;
