@@ -8,6 +8,7 @@
 //! is real. `PERFVMM_TEST_MODE=direct|nested` overrides the choice.
 
 pub mod cpio;
+pub mod fit;
 pub mod report;
 pub mod timeline;
 pub mod trace;
@@ -137,7 +138,7 @@ pub struct GuestRun {
     /// Load the KVM modules in L1 (nested mode only); off to test a host without KVM.
     pub load_kvm: bool,
     /// Echo the console to this process's stdout as it arrives.
-    pub stream: bool,
+    pub stream: Stream,
     /// Files (under `@FILES@`) to bring back after the run: name and whether
     /// only the last line is wanted.
     pub fetch: Vec<(String, bool)>,
@@ -177,7 +178,7 @@ impl GuestRun {
             l1_cpus: 2,
             l1_memory_mib: 2048,
             load_kvm: true,
-            stream: false,
+            stream: Stream::Off,
             fetch: Vec::new(),
             sigterm_after_secs: None,
             sigterm_on_console: None,
@@ -279,7 +280,13 @@ impl GuestRun {
     }
 
     pub fn streaming(mut self) -> Self {
-        self.stream = true;
+        self.stream = Stream::Raw;
+        self
+    }
+
+    /// Streams only the console lines `keep` accepts.
+    pub fn streaming_lines(mut self, keep: fn(&str) -> bool) -> Self {
+        self.stream = Stream::Lines(keep);
         self
     }
 
@@ -715,11 +722,53 @@ impl RunOutput {
     }
 }
 
+/// What of the console a run echoes to this process's stdout, live.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Stream {
+    #[default]
+    Off,
+    /// Every byte as it arrives (prompts without a newline included).
+    Raw,
+    /// Whole lines that the function accepts.
+    Lines(fn(&str) -> bool),
+}
+
+impl Stream {
+    /// Echoes what `bytes` (the next piece of one pipe) completes;
+    /// `pending` holds a partial line between calls.
+    fn echo(&self, pending: &mut Vec<u8>, bytes: &[u8]) {
+        use std::io::Write;
+        match self {
+            Stream::Off => {}
+            Stream::Raw => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(bytes);
+                let _ = out.flush();
+            }
+            Stream::Lines(keep) => {
+                pending.extend_from_slice(bytes);
+                let Some(end) = pending.iter().rposition(|b| *b == b'\n') else {
+                    return;
+                };
+                let mut out = std::io::stdout().lock();
+                for line in String::from_utf8_lossy(&pending[..end]).lines() {
+                    let line = line.trim_end_matches('\r');
+                    if keep(line) {
+                        let _ = writeln!(out, "{line}");
+                    }
+                }
+                let _ = out.flush();
+                pending.drain(..=end);
+            }
+        }
+    }
+}
+
 /// Reads a child's stdout and stderr until it exits or `timeout` passes.
 fn collect(
     mut child: Child,
     timeout: Duration,
-    stream: bool,
+    stream: Stream,
     code: impl Fn(std::process::ExitStatus) -> Option<i32>,
 ) -> RunOutput {
     let start = Instant::now();
@@ -740,16 +789,12 @@ fn collect(
         let console = console.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
+            let mut pending = Vec::new();
             while let Ok(n) = r.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
-                if stream {
-                    use std::io::Write;
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(&buf[..n]);
-                    let _ = out.flush();
-                }
+                stream.echo(&mut pending, &buf[..n]);
                 console
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

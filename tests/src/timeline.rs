@@ -74,7 +74,12 @@ impl Timeline {
             title: title.to_string(),
             ..Timeline::default()
         };
-        let mut now = None::<f64>;
+        let first = console
+            .lines()
+            .find_map(parse_sample)
+            .map(|s| s.t_ms / 1000.0);
+        // Lines before the first sample take its time.
+        let mut now = first;
         let mut open: Option<(String, f64)> = None;
         for line in console.lines() {
             if let Some(s) = parse_sample(line) {
@@ -136,17 +141,25 @@ impl Timeline {
     /// Writes the picture: vCPUs above, memory below.
     pub fn write_svg(&self, path: &Path) -> Result<(), String> {
         let root = SVGBackend::new(path, (960, 560)).into_drawing_area();
-        self.draw(&root).map_err(|e| format!("{}: {e}", path.display()))?;
+        self.draw(&root)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         root.present()
             .map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    fn draw(&self, root: &DrawingArea<SVGBackend, Shift>) -> Result<(), Box<dyn std::error::Error>> {
+    fn draw(
+        &self,
+        root: &DrawingArea<SVGBackend, Shift>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         root.fill(&WHITE)?;
         let root = root.titled(&self.title, ("sans-serif", 18))?;
         let (top, bottom) = root.split_vertically(250);
         let t0 = self.samples.first().map_or(0.0, |s| s.t_ms / 1000.0);
-        let t1 = self.samples.last().map_or(1.0, |s| s.t_ms / 1000.0).max(t0 + 1.0);
+        let t1 = self
+            .samples
+            .last()
+            .map_or(1.0, |s| s.t_ms / 1000.0)
+            .max(t0 + 1.0);
         let max_cpus = self
             .samples
             .iter()
@@ -174,13 +187,16 @@ impl Timeline {
             used_label: "in use (MemTotal - MemAvailable)",
             resource: Resource::Memory,
         };
-        self.draw_panel(&top, &cpu, t0..t1, true)?;
-        self.draw_panel(&bottom, &mem, t0..t1, false)?;
+        self.draw_panel(&top, &cpu, t0..t1)?;
+        self.draw_panel(&bottom, &mem, t0..t1)?;
         Ok(())
     }
 
     fn series(&self, f: impl Fn(&GuestSample) -> f64) -> Vec<(f64, f64)> {
-        self.samples.iter().map(|s| (s.t_ms / 1000.0, f(s))).collect()
+        self.samples
+            .iter()
+            .map(|s| (s.t_ms / 1000.0, f(s)))
+            .collect()
     }
 
     fn draw_panel(
@@ -188,7 +204,6 @@ impl Timeline {
         area: &DrawingArea<SVGBackend, Shift>,
         p: &Panel,
         x: std::ops::Range<f64>,
-        legend_phases: bool,
     ) -> Result<(), Box<dyn std::error::Error>> {
         let mut chart = ChartBuilder::on(area)
             .margin(10)
@@ -198,6 +213,7 @@ impl Timeline {
         chart
             .configure_mesh()
             .disable_x_mesh()
+            .light_line_style(WHITE.mix(0.0))
             .x_desc("guest uptime, s")
             .y_desc(p.label)
             .draw()?;
@@ -208,13 +224,11 @@ impl Timeline {
                 [(ph.start_s, 0.0), (ph.end_s, p.y_max)],
                 c,
             )))?;
-            if legend_phases || i == 0 {
-                chart.draw_series(std::iter::once(Text::new(
-                    ph.name.clone(),
-                    (ph.start_s, p.y_max * 0.97),
-                    ("sans-serif", 12),
-                )))?;
-            }
+            chart.draw_series(std::iter::once(Text::new(
+                ph.name.clone(),
+                (ph.start_s, p.y_max * 0.97),
+                ("sans-serif", 12),
+            )))?;
         }
         let marks = self.decisions.iter().filter(|d| d.resource == p.resource);
         for d in marks {
@@ -225,9 +239,11 @@ impl Timeline {
             )))?;
         }
         if p.resource == Resource::Vcpus {
-            chart.draw_series(self.hints.iter().map(|t| {
-                TriangleMarker::new((*t, p.y_max * 0.03), 4, MAGENTA.filled())
-            }))?;
+            chart.draw_series(
+                self.hints
+                    .iter()
+                    .map(|t| TriangleMarker::new((*t, p.y_max * 0.03), 4, MAGENTA.filled())),
+            )?;
         }
         chart
             .draw_series(LineSeries::new(step(&p.allocated), BLUE.stroke_width(2)))?
@@ -281,8 +297,9 @@ mod tests {
     use super::*;
 
     const CONSOLE: &str = "\
-[    9.1] sample t_ms=9000 running=0 procs=1 cpus=1 mem_total_kib=400000 mem_used_kib=50000
+demo-workload: perf-hint device present
 demo-workload: phase serial
+[    9.1] sample t_ms=9000 running=0 procs=1 cpus=1 mem_total_kib=400000 mem_used_kib=50000
 perfhint-trace seq=1 kind=phase_begin
 [    9.2] sample t_ms=9100 running=1 procs=1 cpus=1 mem_total_kib=400000 mem_used_kib=50000
 demo-workload: phase parallel (4 threads) starts with 4 CPU(s) online
@@ -297,6 +314,7 @@ sample t_ms=9300 running=0 procs=0 cpus=4 mem_total_kib=400000 mem_used_kib=5000
         let t = Timeline::from_console("x", CONSOLE);
         assert_eq!(t.samples.len(), 4);
         assert_eq!(t.hints, vec![9.0]);
+        // `phase serial` came before the first sample: it starts there.
         let names: Vec<_> = t.phases.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["serial", "parallel", "idle"]);
         assert_eq!((t.phases[0].start_s, t.phases[0].end_s), (9.0, 9.1));
@@ -315,8 +333,16 @@ not json"#;
         assert_eq!(
             t.decisions,
             vec![
-                Decision { t_s: 9.0, resource: Resource::Vcpus, applied: true },
-                Decision { t_s: 10.0, resource: Resource::Memory, applied: false },
+                Decision {
+                    t_s: 9.0,
+                    resource: Resource::Vcpus,
+                    applied: true
+                },
+                Decision {
+                    t_s: 10.0,
+                    resource: Resource::Memory,
+                    applied: false
+                },
             ]
         );
     }
@@ -332,7 +358,13 @@ not json"#;
         let svg = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(80)]);
-        for text in ["demo, schedule", "vCPUs", "memory, MiB", "parallel", "allocated"] {
+        for text in [
+            "demo, schedule",
+            "vCPUs",
+            "memory, MiB",
+            "parallel",
+            "allocated",
+        ] {
             assert!(svg.contains(text), "{text} missing");
         }
     }

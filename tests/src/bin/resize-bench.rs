@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use perfvmm_tests::fit::Fit;
 use perfvmm_tests::timeline::Timeline;
 use perfvmm_tests::trace::{self, VmShape};
 use perfvmm_tests::{GuestRun, RunOutput};
@@ -77,30 +78,6 @@ fn latency(rounds: u32) {
         percentile(&mut mem, 0.5),
         percentile(&mut mem, 1.0)
     );
-}
-
-/// How well an allocation fitted the demand over a run's samples of
-/// (demand, allocation): slack is the unused share of what was allocated,
-/// shortage the share of samples where demand exceeded the allocation, and
-/// deficit the demand-weighted share that was missing.
-#[derive(Clone, Copy, Default)]
-struct Fit {
-    slack: f64,
-    shortage: f64,
-    deficit: f64,
-}
-
-fn fit(samples: &[(f64, f64)]) -> Fit {
-    let alloc: f64 = samples.iter().map(|s| s.1).sum();
-    let demand: f64 = samples.iter().map(|s| s.0).sum();
-    let unused: f64 = samples.iter().map(|s| (s.1 - s.0).max(0.0)).sum();
-    let missing: f64 = samples.iter().map(|s| (s.0 - s.1).max(0.0)).sum();
-    let short = samples.iter().filter(|s| s.0 > s.1).count();
-    Fit {
-        slack: unused / alloc.max(f64::MIN_POSITIVE),
-        shortage: short as f64 / samples.len().max(1) as f64,
-        deficit: missing / demand.max(f64::MIN_POSITIVE),
-    }
 }
 
 /// One sampled run of the demo workload.
@@ -177,7 +154,12 @@ const CONFIGS: [Config; 4] = [
     Config {
         label: "static, sized for the peak (4, 704M)",
         slug: "static",
-        shape: VmShape { boot_vcpus: 4, max_vcpus: 4, boot_memory: 704 << 20, max_memory: 704 << 20 },
+        shape: VmShape {
+            boot_vcpus: 4,
+            max_vcpus: 4,
+            boot_memory: 704 << 20,
+            max_memory: 704 << 20,
+        },
         demo: "plain",
         args: &["--cpus", "4", "--memory", "704M"],
         policy: "mode = \"static\"\n",
@@ -255,9 +237,9 @@ fn sampled_demo(c: &Config, round: u32, outputs: &Outputs) -> Option<DemoRun> {
     let mem = pairs("mem_used_kib", "mem_total_kib");
     let mean_mem_mib = mem.iter().map(|m| m.1).sum::<f64>() / mem.len().max(1) as f64 / 1024.0;
     Some(DemoRun {
-        cpu: fit(&pairs("running", "cpus")),
-        cpu_all: fit(&pairs("procs", "cpus")),
-        mem: fit(&mem),
+        cpu: Fit::of(&pairs("running", "cpus")),
+        cpu_all: Fit::of(&pairs("procs", "cpus")),
+        mem: Fit::of(&mem),
         parallel_start_cpus,
         work_ms: work_ms as f64,
         mean_mem_mib,
@@ -269,7 +251,11 @@ fn sampled_demo(c: &Config, round: u32, outputs: &Outputs) -> Option<DemoRun> {
 /// its timeline; says on standard error what could not be done.
 fn record(c: &Config, round: u32, out: &RunOutput, outputs: &Outputs) -> Option<SimCheck> {
     let name = format!("{}-{}", c.slug, round + 1);
-    let source = format!("nested resize-bench: demo, {}, round {}", c.label, round + 1);
+    let source = format!(
+        "nested resize-bench: demo, {}, round {}",
+        c.label,
+        round + 1
+    );
     let rec = trace::from_run(out, "hints.jsonl", c.shape, &source)
         .map_err(|e| eprintln!("resize-bench: {name}: no trace: {e}"))
         .ok();
