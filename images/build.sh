@@ -138,6 +138,16 @@ copy_shared_libs() {
   done
 }
 
+# A static CPUID reader, for the CPU template's test (images/cpuid).
+build_cpuid() {
+  local odir=$out/cpuid
+  mkdir -p "$odir"
+  if stale "$odir/cpuid" "$here/cpuid/cpuid.c" "$here/build.sh"; then
+    gcc -O2 -Wall -Werror -static "$here/cpuid/cpuid.c" -o "$odir/cpuid"
+  fi
+  cp "$odir/cpuid" "$gdir/extra/"
+}
+
 # OpenMP in the guest: the test programs, the OMPT tool, and what they load.
 build_openmp() {
   local cc=clang-14 odir=$out/openmp src=$here/openmp
@@ -258,4 +268,5 @@ build_module
 build_guest_programs
 build_openmp
 build_derived
+build_cpuid
 build_guest_initramfs

@@ -106,3 +106,60 @@ fn sigterm_stops_cleanly() {
         "{log}"
     );
 }
+
+/// The CPU template (vmm/src/arch/cpu_template.rs) is what the guest sees:
+/// a fixed brand, family, model and stepping, the template's caches, no PMU
+/// and no steal time (read with images/cpuid); not the host's.
+#[test]
+fn the_guest_sees_the_cpu_template_not_the_host() {
+    let out = GuestRun::demo("pvrun=cpuinfo", &["--cpus", "2"]).run();
+    out.expect_contains("scenario: perfctr_core=")
+        .expect_exit(0);
+    let lines: Vec<&str> = out
+        .console
+        .lines()
+        .filter(|l| l.contains("scenario-cpuinfo: ") || l.contains("scenario-cache: "))
+        .collect();
+    let has = |s: &str| lines.iter().any(|l| l.ends_with(s));
+    assert!(has("model name=perfvmm virtual CPU"), "{lines:#?}");
+    if has("vendor_id=AuthenticAMD") {
+        assert!(
+            has("cpu family=23") && has("model=1") && has("stepping=2"),
+            "{lines:#?}"
+        );
+    } else {
+        assert!(
+            has("cpu family=6") && has("model=85") && has("stepping=4"),
+            "{lines:#?}"
+        );
+    }
+    for cache in [
+        "level=1 type=Data size=32K",
+        "level=1 type=Instruction size=32K",
+        "level=2 type=Unified size=1024K",
+        "level=3 type=Unified size=16384K",
+    ] {
+        assert!(has(cache), "{cache} missing: {lines:#?}");
+    }
+    assert_eq!(out.guest_value("perfctr_core").as_deref(), Some("0"));
+    let leaf = |leaf: &str, reg: &str| -> u32 {
+        let line = out
+            .console
+            .lines()
+            .find(|l| l.contains(&format!("scenario-cpuid leaf={leaf} ")))
+            .unwrap_or_else(|| panic!("no CPUID leaf {leaf}: {}", out.tail(20)));
+        let v = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{reg}=0x")))
+            .unwrap_or_else(|| panic!("{line}"));
+        u32::from_str_radix(v, 16).unwrap_or_else(|e| panic!("{line}: {e}"))
+    };
+    assert_ne!(leaf("0x40000001", "eax"), 0, "KVM's features are offered");
+    assert_eq!(leaf("0x40000001", "eax") & (1 << 5), 0, "no steal time");
+    assert_eq!(leaf("0xa", "eax"), 0, "no architectural PMU");
+    assert_eq!(
+        leaf("0x80000001", "ecx") & (1 << 23),
+        0,
+        "no AMD core counters"
+    );
+}

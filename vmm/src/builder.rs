@@ -338,6 +338,7 @@ pub fn create_kvm_vm(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd
         });
     }
     let vm = kvm_err("KVM_CREATE_VM", kvm.create_vm())?;
+    disable_pmu(&kvm, &vm);
     kvm_err(
         "KVM_SET_TSS_ADDR",
         vm.set_tss_address(KVM_TSS_ADDR as usize),
@@ -350,6 +351,26 @@ pub fn create_kvm_vm(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd
     kvm_err("KVM_CREATE_PIT2", vm.create_pit2(pit))?;
     register_memory(&vm, mem)?;
     Ok((kvm, vm))
+}
+
+/// Gives the guest no performance counters (the CPU template hides the PMU
+/// leaves, but AMD's four legacy counters have no CPUID bit: only KVM can
+/// take them away). Must come before the first vCPU. Kernels before 5.18
+/// lack the capability; the guest then keeps KVM's emulated counters.
+fn disable_pmu(kvm: &Kvm, vm: &VmFd) {
+    let cap = kvm_bindings::KVM_CAP_PMU_CAPABILITY;
+    if kvm.check_extension_raw(u64::from(cap)) & kvm_bindings::KVM_PMU_CAP_DISABLE as i32 == 0 {
+        log::info!("this KVM cannot disable the guest's PMU; its counters stay emulated");
+        return;
+    }
+    let enable = kvm_bindings::kvm_enable_cap {
+        cap,
+        args: [u64::from(kvm_bindings::KVM_PMU_CAP_DISABLE), 0, 0, 0],
+        ..Default::default()
+    };
+    if let Err(e) = vm.enable_cap(&enable) {
+        log::warn!("KVM_CAP_PMU_CAPABILITY: {e}; the guest's counters stay emulated");
+    }
 }
 
 /// Prints the boot-timer line: timings and perfvmm's own memory use.

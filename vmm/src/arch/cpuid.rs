@@ -77,8 +77,11 @@ fn extended_topology(function: u32, apic_id: u32, max_vcpus: u32) -> [kvm_cpuid_
 
 /// Rewrites `cpuid` (KVM's supported CPUID) for vCPU `index` of a VM that
 /// may have up to `max_vcpus`.
+/// The host-describing leaves are replaced by the CPU template first
+/// ([`super::cpu_template`]).
 pub fn configure(cpuid: &mut CpuId, index: u32, max_vcpus: u32) {
-    let entries = configured_entries(cpuid.as_slice(), index, max_vcpus);
+    let templated = super::cpu_template::apply(cpuid.as_slice());
+    let entries = configured_entries(&templated, index, max_vcpus);
     match CpuId::from_entries(&entries) {
         Ok(new) => *cpuid = new,
         // KVM lists a few dozen entries and this adds at most five; the
@@ -124,7 +127,8 @@ fn configured_entries(
                     e.edx &= !EDX_HTT;
                 }
             }
-            LEAF_CACHE_PARAMS => {
+            // The sub-leaf that ends the list (cache type 0) stays zero.
+            LEAF_CACHE_PARAMS if e.eax & 0x1f != 0 => {
                 // EAX[31:26]: addressable core IDs - 1; EAX[25:14]: addressable
                 // IDs sharing this cache - 1 (L3 is shared, the rest private).
                 let level = (e.eax >> 5) & 0x7;
@@ -189,7 +193,10 @@ mod tests {
         CpuId::from_entries(&[
             leaf0,
             entry(LEAF_FEATURES, 0),
-            indexed(LEAF_CACHE_PARAMS, 0),
+            kvm_cpuid_entry2 {
+                eax: 0x121, // a level-1 data cache
+                ..indexed(LEAF_CACHE_PARAMS, 0)
+            },
             indexed(0x7, 0),
             indexed(LEAF_EXT_TOPOLOGY, 0),
             indexed(0xd, 0),
@@ -299,6 +306,17 @@ mod tests {
                 assert_eq!(b, a, "leaf {:#x}", b.function);
             }
         }
+    }
+
+    #[test]
+    fn the_template_s_caches_get_the_vm_s_sharing() {
+        let templated = super::super::cpu_template::apply(kvm_61_on_epyc().as_slice());
+        let c = configured_entries(&templated, 1, 4);
+        // L3 (sub-leaf 3) is shared by the package's 4 addressable IDs, L1
+        // is private; the sub-leaf that ends the list stays all zero.
+        assert_eq!((cpuid(&c, LEAF_CACHE_PARAMS, 3)[0] >> 14) & 0xfff, 3);
+        assert_eq!((cpuid(&c, LEAF_CACHE_PARAMS, 0)[0] >> 14) & 0xfff, 0);
+        assert_eq!(cpuid(&c, LEAF_CACHE_PARAMS, 4), [0; 4]);
     }
 
     #[test]
