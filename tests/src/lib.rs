@@ -154,6 +154,8 @@ pub struct GuestRun {
     pub alongside: Option<String>,
     /// The test wants the guest to crash (no retry on exit 3).
     pub expect_crash: bool,
+    /// A shell script to run instead of perfvmm (see [`GuestRun::script`]).
+    pub script: Option<String>,
 }
 
 impl GuestRun {
@@ -185,7 +187,31 @@ impl GuestRun {
             interactive: false,
             alongside: None,
             expect_crash: false,
+            script: None,
         }
+    }
+
+    /// Runs a shell script where perfvmm would run (on the host, or in L1),
+    /// with `@PERFVMM@`, `@KERNEL@`, `@INITRD@` and `@FILES@` standing for
+    /// perfvmm, the demo guest and the directory of [`GuestRun::file`]s
+    /// there; its exit status is the run's. For benchmarks that run
+    /// several VMMs side by side in one host.
+    pub fn script(text: &str) -> Self {
+        Self {
+            script: Some(text.to_string()),
+            ..Self::raw(Vec::new())
+        }
+    }
+
+    /// The script with its placeholders replaced.
+    fn script_for(&self, perfvmm: &str, kernel: &str, initrd: &str, files: &str) -> Option<String> {
+        let s = self.script.as_ref()?;
+        Some(
+            s.replace("@PERFVMM@", perfvmm)
+                .replace("@KERNEL@", kernel)
+                .replace("@INITRD@", initrd)
+                .replace("@FILES@", files),
+        )
     }
 
     /// The guest is meant to crash: an exit status of 3 is not retried.
@@ -378,6 +404,17 @@ impl GuestRun {
     /// perfvmm with `args`, or a shell running it when its console is
     /// watched for the moment to send SIGTERM.
     fn direct_command(&self, args: &[String], dir: &Path) -> Command {
+        let (kernel, initrd) = guest_image();
+        if let Some(script) = self.script_for(
+            &static_perfvmm().to_string_lossy(),
+            &kernel.to_string_lossy(),
+            &initrd.to_string_lossy(),
+            &dir.to_string_lossy(),
+        ) {
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c").arg(script);
+            return cmd;
+        }
         let (Some(secs), Some(_)) = (self.sigterm_after_secs, &self.sigterm_on_console) else {
             let mut cmd = Command::new(static_perfvmm());
             cmd.args(args);
@@ -471,8 +508,10 @@ impl GuestRun {
                 format!("(\n{s}\n) </dev/null >/dev/null 2>&1 &\n")
             })
             .unwrap_or_default();
+        let script = self.script_for("/perfvmm", "/l2/vmlinuz", "/l2/initrd", "/files");
         let cmd = beside
             + &match self.sigterm_after_secs {
+                _ if script.is_some() => script.unwrap_or_default(),
                 None if self.interactive => format!("exec /perfvmm {quoted}\n"),
                 None => format!("exec /perfvmm {quoted} </dev/null\n"),
                 Some(secs) => {

@@ -54,6 +54,17 @@ fn guest_reboot_exits_zero() {
         .expect_exit(0);
 }
 
+/// `reboot=k`: the guest resets through the i8042's reset line, which
+/// perfvmm answers (without it the guest's wait timed out and the VM took
+/// about a minute to end).
+#[test]
+fn guest_reboot_through_the_keyboard_controller_exits_zero() {
+    let out = GuestRun::demo("reboot=k pvrun=reboot", &["-v"]).run();
+    out.expect_contains("perfvmm-guest: rebooting")
+        .expect_contains("i8042: the guest pulsed the CPU reset line")
+        .expect_exit(0);
+}
+
 #[test]
 fn bad_kernel_file_gives_a_clear_error() {
     let out = GuestRun::raw(vec!["--kernel".into(), "@FILES@/bogus".into()])

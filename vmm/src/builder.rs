@@ -42,6 +42,7 @@ use crate::control::{
 use crate::devices::boot_timer::{BootTimer, BootTimes, InitHook};
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::cpu_hotplug::{self, CpuHotplugController, CpuStates};
+use crate::devices::i8042::{self, I8042};
 use crate::devices::power::{self, PowerDevice};
 use crate::devices::serial::{ConsoleOut, SerialDevice};
 use crate::devices::virtio::balloon::Balloon;
@@ -477,6 +478,12 @@ impl<'a> VmBuilder<'a> {
         let dev = Arc::new(Mutex::new(PowerDevice::new(self.exit.clone())));
         let port = u64::from(ACPI_SLEEP_CONTROL_PORT);
         self.pio.insert(dev, port, power::PORT_COUNT)?;
+        // The i8042's reset line, for `reboot=k` (two single ports: 0x61
+        // between them belongs to KVM's PIT).
+        for port in [i8042::DATA_PORT, i8042::COMMAND_PORT] {
+            let dev = Arc::new(Mutex::new(I8042::new(self.exit.clone(), port)));
+            self.pio.insert(dev, u64::from(port), 1)?;
+        }
         Ok(())
     }
 

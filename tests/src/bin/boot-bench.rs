@@ -4,7 +4,22 @@
 //! memory (RSS beyond the guest pages it maps).
 //!
 //!   cargo run --release -p perfvmm-tests --bin boot-bench -- [RUNS] [--cpus N] [--memory SIZE]
+//!
+//! With `--firecracker PATH` (a statically linked Firecracker, built as
+//! `docs/benchmarks.md` says), perfvmm and Firecracker instead boot the
+//! same kernel, the same two-line busybox initramfs and the same command
+//! line, alternately, RUNS times each, inside ONE host (one L1 when
+//! nested), timed by the same clock from each VMM's exec
+//! (`tests/bench/vmm-run.c`): exec → `/init`, exec → exit after the
+//! guest's `reboot -f` (`reboot=k`: the i8042 reset), peak RSS, and
+//! perfvmm's own figures from its boot timer; medians, ranges and ratios.
+//!
+//!   cargo run --release -p perfvmm-tests --bin boot-bench -- [RUNS] --firecracker PATH
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use perfvmm_tests::cpio::CpioWriter;
 use perfvmm_tests::GuestRun;
 
 fn median(v: &mut [f64]) -> f64 {
@@ -29,7 +44,20 @@ fn main() {
         }
         None => 5,
     };
-    let extra: Vec<String> = args.collect();
+    let mut extra: Vec<String> = args.collect();
+    if let Some(i) = extra.iter().position(|a| a == "--firecracker") {
+        let Some(fc) = extra.get(i + 1).map(PathBuf::from) else {
+            eprintln!("boot-bench: --firecracker needs the path of a Firecracker binary");
+            std::process::exit(2);
+        };
+        extra.drain(i..=i + 1);
+        if !extra.is_empty() {
+            eprintln!("boot-bench: with --firecracker, only RUNS may be given (1 vCPU, 256 MiB)");
+            std::process::exit(2);
+        }
+        side_by_side(runs, &fc);
+        return;
+    }
     let mut perfvmm_args = vec!["--boot-timer".to_string()];
     perfvmm_args.extend(extra.iter().cloned());
     if !extra.iter().any(|a| a == "--memory") {
@@ -81,5 +109,179 @@ fn main() {
     println!(
         "median: peak RSS               {:.0} KiB (guest-touched pages included)",
         median(&mut peak)
+    );
+}
+
+/// The guest's `/init` in the side-by-side runs: the marker, then reboot.
+const MARKER: &str = "perfvmm-bench-marker";
+/// The command line both VMMs give the kernel.
+const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off quiet";
+
+/// A two-line busybox initramfs: print the marker, reboot.
+fn bench_initramfs() -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox").unwrap_or_else(|e| {
+        eprintln!("boot-bench: /bin/busybox (busybox-static, scripts/setup-host.sh): {e}");
+        std::process::exit(1);
+    });
+    let init = format!("#!/bin/busybox sh\n/bin/busybox echo {MARKER}\n/bin/busybox reboot -f\n");
+    let mut c = CpioWriter::new();
+    c.dir("bin")
+        .file("bin/busybox", 0o755, &busybox)
+        .file("init", 0o755, init.as_bytes());
+    c.finish()
+}
+
+/// Builds `tests/bench/vmm-run.c` (static, so that it runs in L1).
+fn vmm_run_helper() -> Vec<u8> {
+    let ws = perfvmm_tests::workspace();
+    let out = ws.build.join("vmm-run");
+    let status = Command::new("gcc")
+        .args(["-O2", "-Wall", "-Werror", "-static", "-o"])
+        .arg(&out)
+        .arg(ws.root.join("tests/bench/vmm-run.c"))
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        eprintln!("boot-bench: cannot build tests/bench/vmm-run.c with gcc");
+        std::process::exit(1);
+    }
+    read_or_exit(&out)
+}
+
+fn read_or_exit(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| {
+        eprintln!("boot-bench: {}: {e}", path.display());
+        std::process::exit(1);
+    })
+}
+
+/// The figures of one VMM over the runs.
+#[derive(Default)]
+struct Series {
+    init: Vec<f64>,
+    exit: Vec<f64>,
+    rss: Vec<f64>,
+    /// perfvmm only, from its boot timer.
+    first: Vec<f64>,
+    own: Vec<f64>,
+}
+
+/// "median (min–max)".
+fn summary(v: &[f64], unit: &str) -> String {
+    if v.is_empty() {
+        return "—".into();
+    }
+    let mut s = v.to_vec();
+    let m = median(&mut s);
+    format!("{m:.0} {unit} ({:.0}–{:.0})", s[0], s[s.len() - 1])
+}
+
+fn side_by_side(runs: usize, firecracker: &Path) {
+    let fc_config = serde_json::json!({
+        "boot-source": {
+            // Placeholders the script fills in with where the files are.
+            "kernel_image_path": "KERNEL_PATH",
+            "initrd_path": "FILES_DIR/bench.cpio",
+            "boot_args": BOOT_ARGS,
+        },
+        "drives": [],
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 256 },
+    });
+    let perfvmm = format!(
+        "@PERFVMM@ --kernel @KERNEL@ --initrd @FILES@/bench.cpio --cpus 1 --memory 256M \
+         --boot-timer --cmdline '{BOOT_ARGS}'"
+    );
+    let fc = "@FILES@/firecracker --no-api --config-file @FILES@/fc.json";
+    let script = format!(
+        "chmod 755 @FILES@/vmm-run @FILES@/firecracker\n\
+         sed -i 's|KERNEL_PATH|@KERNEL@|; s|FILES_DIR|@FILES@|' @FILES@/fc.json\n\
+         for i in $(seq {runs}); do\n\
+         @FILES@/vmm-run perfvmm {MARKER} {perfvmm} </dev/null\n\
+         @FILES@/vmm-run firecracker {MARKER} {fc} </dev/null\n\
+         done\n"
+    );
+    println!(
+        "boot-bench: mode {:?}, perfvmm and Firecracker ({}) alternately, {runs} runs each, \
+         1 vCPU, 256 MiB, `{BOOT_ARGS}`",
+        perfvmm_tests::mode(),
+        firecracker.display()
+    );
+    let out = GuestRun::script(&script)
+        .file("firecracker", read_or_exit(firecracker))
+        .file("vmm-run", vmm_run_helper())
+        .file("bench.cpio", bench_initramfs())
+        .file("fc.json", fc_config.to_string().into_bytes())
+        .timeout(std::time::Duration::from_secs(120 + 60 * runs as u64))
+        .run();
+    let mut perfvmm_s = Series::default();
+    let mut fc_s = Series::default();
+    let mut last_boot_timer: Option<String> = None;
+    for line in out.console.lines() {
+        if line.contains("perfvmm: boot-timer:") {
+            last_boot_timer = Some(line.to_string());
+            continue;
+        }
+        let Some(rest) = line.split_once("vmm-run: ").map(|r| r.1) else {
+            continue;
+        };
+        let s = if rest.starts_with("perfvmm ") {
+            &mut perfvmm_s
+        } else if rest.starts_with("firecracker ") {
+            &mut fc_s
+        } else {
+            continue;
+        };
+        let get = |k| field(rest, k).unwrap_or(f64::NAN);
+        if get("init_ms") < 0.0 || get("status") != 0.0 {
+            println!("  a run did not reach /init or failed: {rest}");
+            continue;
+        }
+        s.init.push(get("init_ms"));
+        s.exit.push(get("exit_ms"));
+        s.rss.push(get("maxrss_kib") / 1024.0);
+        if rest.starts_with("perfvmm ") {
+            if let Some(t) = last_boot_timer.take() {
+                s.first
+                    .push(field(&t, "first_instruction_ms").unwrap_or(f64::NAN));
+                s.own.push(field(&t, "vmm_own_kib").unwrap_or(f64::NAN));
+            }
+        }
+    }
+    if perfvmm_s.init.is_empty() || fc_s.init.is_empty() {
+        eprintln!(
+            "boot-bench: no complete pair of runs; console tail:\n{}",
+            out.tail(40)
+        );
+        std::process::exit(1);
+    }
+    let ratio = |a: &[f64], b: &[f64]| {
+        let (mut a, mut b) = (a.to_vec(), b.to_vec());
+        median(&mut a) / median(&mut b)
+    };
+    println!(
+        "  {:<28} {:>26} {:>26} {:>8}",
+        "", "Firecracker", "perfvmm", "ratio"
+    );
+    for (name, f, p, unit) in [
+        ("exec -> /init", &fc_s.init, &perfvmm_s.init, "ms"),
+        ("exec -> exit (reboot=k)", &fc_s.exit, &perfvmm_s.exit, "ms"),
+        ("peak RSS", &fc_s.rss, &perfvmm_s.rss, "MiB"),
+    ] {
+        println!(
+            "  {:<28} {:>26} {:>26} {:>7.2}x",
+            name,
+            summary(f, unit),
+            summary(p, unit),
+            ratio(p, f)
+        );
+    }
+    println!(
+        "  perfvmm: exec -> first guest instruction {}, own memory {} (RSS beyond guest pages)",
+        summary(&perfvmm_s.first, "ms"),
+        summary(&perfvmm_s.own, "KiB")
+    );
+    println!(
+        "  runs: perfvmm {}, Firecracker {} (of {runs} each)",
+        perfvmm_s.init.len(),
+        fc_s.init.len()
     );
 }

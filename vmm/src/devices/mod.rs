@@ -6,6 +6,7 @@
 pub mod boot_timer;
 pub mod bus;
 pub mod cpu_hotplug;
+pub mod i8042;
 pub mod power;
 pub mod serial;
 pub mod virtio;
