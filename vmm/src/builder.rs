@@ -55,6 +55,7 @@ use crate::layout::{
     VIRTIO_MEM_SLOT,
 };
 use crate::policy::{Decision, Engine, Policy, PolicyError, VmLimits};
+use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::{VcpuContext, VcpuError};
 use crate::vm::{Console, Vm, VmParts};
 use crate::{event_loop, memory, memstat};
@@ -68,6 +69,8 @@ pub struct VmConfig {
     pub cpus: CpuSpec,
     pub memory: MemSpec,
     pub boot_timer: bool,
+    /// A seccomp filter on every thread (`--no-seccomp` clears it).
+    pub seccomp: bool,
     pub hint_log: Option<PathBuf>,
     pub decision_log: Option<PathBuf>,
     pub policy: Option<PathBuf>,
@@ -598,6 +601,7 @@ impl<'a> VmBuilder<'a> {
             times: self.times,
         };
         let pinning = placement::Pinning::new(&self.policy.placement, cfg.cpus.max);
+        let seccomp = cfg.seccomp;
         let mut vcpus = VcpuManager::new(
             vm.clone(),
             supported,
@@ -605,7 +609,12 @@ impl<'a> VmBuilder<'a> {
             ctx,
             cpus.states,
             cpus.ged,
-            Arc::new(move |i| pinning.pin_current_thread(i)),
+            Arc::new(move |i| {
+                pinning.pin_current_thread(i);
+                if seccomp {
+                    confine_vcpu_thread(i);
+                }
+            }),
         );
         let boot_vcpus = vcpus.create_boot(cfg.cpus.boot, entry)?;
         // Signals are blocked before any vCPU thread exists, so they inherit
@@ -637,7 +646,7 @@ impl<'a> VmBuilder<'a> {
             let access = api_server::Access {
                 group: cfg.api_sock_group,
             };
-            api_server::spawn(listener, state, access)?;
+            api_server::spawn(listener, state, access, cfg.seccomp)?;
         }
         let mut subscribers = self.subscribers;
         subscribers.push(Box::new(HintQueueHandler::new(
@@ -663,7 +672,17 @@ impl<'a> VmBuilder<'a> {
             log_counters: cfg.hint_log.is_some(),
             kvm_vm: vm,
             mem: self.mem,
+            seccomp: cfg.seccomp,
         }))
+    }
+}
+
+/// Installs the vCPU filter on the calling (new vCPU) thread. A vCPU that
+/// could not be confined must not run: perfvmm stops.
+fn confine_vcpu_thread(index: u32) {
+    if let Err(e) = seccomp::install(ThreadKind::Vcpu) {
+        log::error!("vCPU {index}: {e}; stopping (--no-seccomp runs without filters)");
+        std::process::exit(1);
     }
 }
 
@@ -685,6 +704,7 @@ mod tests {
                 max: memory.1,
             },
             boot_timer: false,
+            seccomp: false,
             hint_log: None,
             decision_log: None,
             policy: None,

@@ -118,6 +118,13 @@ pub struct Cli {
     #[arg(long)]
     pub boot_timer: bool,
 
+    /// Run without seccomp filters. By default every thread (main, vCPU,
+    /// API) may make only the system calls its work needs; a forbidden one
+    /// ends perfvmm with status 159 and a line naming the thread and the
+    /// call. For debugging only.
+    #[arg(long)]
+    pub no_seccomp: bool,
+
     /// More log output on standard error (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

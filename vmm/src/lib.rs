@@ -28,5 +28,6 @@ pub mod exit;
 pub mod layout;
 pub mod memory;
 pub mod memstat;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vm;

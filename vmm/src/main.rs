@@ -63,6 +63,7 @@ fn main() -> ExitCode {
         memory: cli.memory,
         api_sock: cli.api_sock,
         boot_timer: cli.boot_timer,
+        seccomp: !cli.no_seccomp,
         hint_log: cli.hint_log,
         log_limit: cli.log_limit,
         api_sock_group: cli.api_sock_group,

@@ -18,6 +18,7 @@ use crate::devices::bus::lock;
 use crate::devices::serial::{ConsoleOut, SerialDevice};
 use crate::event_loop::{self, ConsoleInput};
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::seccomp::ThreadKind;
 
 /// The guest's serial console.
 pub type Console = Arc<Mutex<SerialDevice<ConsoleOut>>>;
@@ -40,6 +41,8 @@ pub struct VmParts {
     pub log_counters: bool,
     pub kvm_vm: Arc<VmFd>,
     pub mem: Arc<GuestMemoryMmap>,
+    /// Whether the main thread confines itself before its event loop.
+    pub seccomp: bool,
 }
 
 /// A VM whose vCPUs are running.
@@ -87,6 +90,9 @@ impl Vm {
         if raw.is_some() {
             let fd = io::stdin().as_raw_fd();
             subscribers.push(Box::new(ConsoleInput::new(fd, parts.console.clone())));
+        }
+        if parts.seccomp {
+            crate::seccomp::install(ThreadKind::Main).map_err(io::Error::other)?;
         }
         let reason = event_loop::run_until_exit(&parts.exit, &parts.signals, subscribers);
         drop(raw);

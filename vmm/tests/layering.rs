@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 /// foundation uses for its `lock` helper), bottom to top.
 fn layer(module: &str) -> Option<u8> {
     Some(match module {
-        "layout" | "memory" | "arch" | "aml" | "memstat" | "cli" | "devices::bus" | "policy" => 0,
+        "layout" | "memory" | "arch" | "aml" | "memstat" | "cli" | "devices::bus" | "policy"
+        | "seccomp" => 0,
         "devices" | "exit" | "vcpu" | "event_loop" | "boot" | "acpi" => 1,
         "actuators" => 2,
         "control" => 3,

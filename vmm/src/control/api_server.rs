@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::api::{route, ApiState};
 use super::http::{read_request, Response};
+use crate::seccomp::ThreadKind;
 
 /// Connections served at once; more are answered 503 and closed.
 pub const MAX_CONNECTIONS: usize = 8;
@@ -118,12 +119,28 @@ fn serve(state: &ApiState, stream: UnixStream, access: Access) -> io::Result<()>
 
 /// Serves the API until the process ends: an accepting thread, and a thread
 /// per connection.
-pub fn spawn(listener: UnixListener, state: ApiState, access: Access) -> io::Result<()> {
+/// With `seccomp`, the accepting thread confines itself (and so its
+/// connection threads) before it accepts.
+pub fn spawn(
+    listener: UnixListener,
+    state: ApiState,
+    access: Access,
+    seccomp: bool,
+) -> io::Result<()> {
     let state = Arc::new(state);
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
+            if seccomp {
+                if let Err(e) = crate::seccomp::install(ThreadKind::Api) {
+                    // An API that could not be confined is not served.
+                    log::error!(
+                        "api: {e}; the control API is off (--no-seccomp runs without filters)"
+                    );
+                    return;
+                }
+            }
             for stream in listener.incoming() {
                 match stream {
                     Ok(s) => accept(&state, &active, s, access),
