@@ -14,7 +14,7 @@
 //! prints which thread made which call and ends perfvmm with status
 //! [`EXIT_BAD_SYSCALL`] (`--no-seccomp` turns the filters off, for
 //! debugging). The lists allow file opens only read-only, `ioctl` only on
-//! KVM's (type 0xAE) and the terminal's requests, and no socket creation,
+//! KVM's (type 0xAE) and a few terminal requests, and no socket creation,
 //! `execve`, `ptrace`, `mount` or the like on any thread.
 
 use std::cell::Cell;
@@ -121,6 +121,8 @@ const MAIN: &[i64] = &[
     libc::SYS_epoll_ctl,
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
+    libc::SYS_signalfd,
+    libc::SYS_signalfd4,
     libc::SYS_eventfd2,
     libc::SYS_timerfd_settime,
     libc::SYS_clone,
@@ -177,24 +179,21 @@ fn cond(
     SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value)
 }
 
-/// `ioctl` with a request of KVM's type (0xAE), or one of the terminal's
-/// (the main thread sets and restores raw mode).
-fn ioctl_rule(terminal: bool) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+/// `ioctl` with a request of KVM's type (0xAE), or a terminal query (the
+/// logger asks whether standard error is a terminal); the main thread may
+/// also set the terminal's mode (raw while the VM runs, restored after).
+fn ioctl_rule(set_terminal: bool) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
     let mut rules = vec![SeccompRule::new(vec![cond(
         1,
         SeccompCmpOp::MaskedEq(0xff00),
         0xae00,
     )?])?];
-    if terminal {
-        for req in [
-            libc::TCGETS,
-            libc::TCSETS,
-            libc::TCSETSW,
-            libc::TIOCGWINSZ,
-            libc::FIONBIO,
-        ] {
-            rules.push(SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, req)?])?);
-        }
+    let mut requests = vec![libc::TCGETS, libc::TIOCGWINSZ];
+    if set_terminal {
+        requests.extend([libc::TCSETS, libc::TCSETSW, libc::FIONBIO]);
+    }
+    for req in requests {
+        rules.push(SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, req)?])?);
     }
     Ok(rules)
 }
