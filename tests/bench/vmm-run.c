@@ -5,13 +5,15 @@
  *
  * passes the VMM's output through, and prints when it ends
  *
- *   vmm-run: LABEL init_ms=T exit_ms=T maxrss_kib=N status=S
+ *   vmm-run: LABEL init_ms=T exit_ms=T maxrss_kib=N user_ms=T sys_ms=T status=S
  *
  * init_ms: from just before exec to the first output line holding MARKER
  * (the guest's /init printing it on the serial console); exit_ms: to the
- * VMM's exit; maxrss_kib: its peak resident set (wait4's ru_maxrss). */
+ * VMM's exit; maxrss_kib: its peak resident set (wait4's ru_maxrss);
+ * user_ms, sys_ms: its CPU time (guest time counts as user time). */
 #define _GNU_SOURCE
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -54,9 +56,13 @@ int main(int argc, char **argv) {
     FILE *out = fdopen(fds[0], "r");
     char line[4096];
     double init = -1;
+    const char *stamp_env = getenv("VMM_RUN_STAMP");
+    int stamp = stamp_env && stamp_env[0] == '1';
     while (out && fgets(line, sizeof line, out)) {
         if (init < 0 && strstr(line, marker))
             init = now_ms() - start;
+        if (stamp)
+            printf("+%.1f ", now_ms() - start);
         fputs(line, stdout);
     }
     int status = 0;
@@ -64,8 +70,11 @@ int main(int argc, char **argv) {
     memset(&ru, 0, sizeof ru);
     wait4(pid, &status, 0, &ru);
     double end = now_ms() - start;
-    printf("vmm-run: %s init_ms=%.1f exit_ms=%.1f maxrss_kib=%ld status=%d\n", label, init, end,
-           ru.ru_maxrss, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+    double user = ru.ru_utime.tv_sec * 1e3 + ru.ru_utime.tv_usec / 1e3;
+    double sys = ru.ru_stime.tv_sec * 1e3 + ru.ru_stime.tv_usec / 1e3;
+    printf("vmm-run: %s init_ms=%.1f exit_ms=%.1f maxrss_kib=%ld user_ms=%.0f sys_ms=%.0f status=%d\n",
+           label, init, end, ru.ru_maxrss, user, sys,
+           WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
     fflush(stdout);
     return 0;
 }

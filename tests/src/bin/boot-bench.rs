@@ -15,6 +15,7 @@
 //! perfvmm's own figures from its boot timer; medians, ranges and ratios.
 //!
 //!   cargo run --release -p perfvmm-tests --bin boot-bench -- [RUNS] --firecracker PATH
+//!       [--append KERNEL-ARGS] [--console FILE]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,11 +52,23 @@ fn main() {
             std::process::exit(2);
         };
         extra.drain(i..=i + 1);
-        if !extra.is_empty() {
-            eprintln!("boot-bench: with --firecracker, only RUNS may be given (1 vCPU, 256 MiB)");
-            std::process::exit(2);
+        let mut opts = SideBySide::default();
+        let mut rest = extra.into_iter();
+        while let Some(a) = rest.next() {
+            match (a.as_str(), rest.next()) {
+                ("--append", Some(v)) => opts.append = v,
+                ("--console", Some(v)) => opts.console = Some(PathBuf::from(v)),
+                ("--stamp", Some(v)) => opts.stamp = v == "1",
+                _ => {
+                    eprintln!(
+                        "boot-bench: with --firecracker, only RUNS, --append ARGS and \
+                         --console FILE may be given (1 vCPU, 256 MiB)"
+                    );
+                    std::process::exit(2);
+                }
+            }
         }
-        side_by_side(runs, &fc);
+        side_by_side(runs, &fc, &opts);
         return;
     }
     let mut perfvmm_args = vec!["--boot-timer".to_string()];
@@ -123,9 +136,16 @@ fn bench_initramfs() -> Vec<u8> {
         eprintln!("boot-bench: /bin/busybox (busybox-static, scripts/setup-host.sh): {e}");
         std::process::exit(1);
     });
-    let init = format!("#!/bin/busybox sh\n/bin/busybox echo {MARKER}\n/bin/busybox reboot -f\n");
+    // After the marker, a write to perfvmm's boot-timer address (perfvmm
+    // then prints its exec -> first instruction; Firecracker ignores it).
+    let init = format!(
+        "#!/bin/busybox sh\n/bin/busybox echo {MARKER}\n\
+         /bin/busybox mount -t devtmpfs dev /dev\n\
+         /bin/busybox devmem 0xd1000000 8 123\n/bin/busybox reboot -f\n"
+    );
     let mut c = CpioWriter::new();
     c.dir("bin")
+        .dir("dev")
         .file("bin/busybox", 0o755, &busybox)
         .file("init", 0o755, init.as_bytes());
     c.finish()
@@ -175,33 +195,48 @@ fn summary(v: &[f64], unit: &str) -> String {
     format!("{m:.0} {unit} ({:.0}–{:.0})", s[0], s[s.len() - 1])
 }
 
-fn side_by_side(runs: usize, firecracker: &Path) {
+/// Options of the side-by-side runs.
+#[derive(Default)]
+struct SideBySide {
+    /// Appended to both VMMs' kernel command line (`printk.time=1
+    /// loglevel=7` shows where a boot spends its time).
+    append: String,
+    /// Where to write the whole console of the run.
+    console: Option<PathBuf>,
+    /// Prefix each console line with the milliseconds since the VMM's exec.
+    stamp: bool,
+}
+
+fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
+    let boot_args = format!("{BOOT_ARGS} {}", opts.append).trim().to_string();
     let fc_config = serde_json::json!({
         "boot-source": {
             // Placeholders the script fills in with where the files are.
             "kernel_image_path": "KERNEL_PATH",
             "initrd_path": "FILES_DIR/bench.cpio",
-            "boot_args": BOOT_ARGS,
+            "boot_args": boot_args,
         },
         "drives": [],
         "machine-config": { "vcpu_count": 1, "mem_size_mib": 256 },
     });
     let perfvmm = format!(
         "@PERFVMM@ --kernel @KERNEL@ --initrd @FILES@/bench.cpio --cpus 1 --memory 256M \
-         --boot-timer --cmdline '{BOOT_ARGS}'"
+         --boot-timer --cmdline '{boot_args}'"
     );
     let fc = "@FILES@/firecracker --no-api --config-file @FILES@/fc.json";
     let script = format!(
         "chmod 755 @FILES@/vmm-run @FILES@/firecracker\n\
+         export VMM_RUN_STAMP={}\n\
          sed -i 's|KERNEL_PATH|@KERNEL@|; s|FILES_DIR|@FILES@|' @FILES@/fc.json\n\
          for i in $(seq {runs}); do\n\
          @FILES@/vmm-run perfvmm {MARKER} {perfvmm} </dev/null\n\
          @FILES@/vmm-run firecracker {MARKER} {fc} </dev/null\n\
-         done\n"
+         done\n",
+        u8::from(opts.stamp)
     );
     println!(
         "boot-bench: mode {:?}, perfvmm and Firecracker ({}) alternately, {runs} runs each, \
-         1 vCPU, 256 MiB, `{BOOT_ARGS}`",
+         1 vCPU, 256 MiB, `{boot_args}`",
         perfvmm_tests::mode(),
         firecracker.display()
     );
@@ -212,6 +247,11 @@ fn side_by_side(runs: usize, firecracker: &Path) {
         .file("fc.json", fc_config.to_string().into_bytes())
         .timeout(std::time::Duration::from_secs(120 + 60 * runs as u64))
         .run();
+    if let Some(path) = &opts.console {
+        if let Err(e) = std::fs::write(path, &out.console) {
+            eprintln!("boot-bench: {}: {e}", path.display());
+        }
+    }
     let mut perfvmm_s = Series::default();
     let mut fc_s = Series::default();
     let mut last_boot_timer: Option<String> = None;
