@@ -8,7 +8,8 @@
 //! With `--firecracker PATH` (a statically linked Firecracker, built as
 //! `docs/benchmarks.md` says), perfvmm and Firecracker instead boot the
 //! same kernel, the same two-line busybox initramfs and the same command
-//! line, alternately, RUNS times each, inside ONE host (one L1 when
+//! line, alternately, RUNS times each after one untimed boot of each (the
+//! host's first VM pays one-time costs), inside ONE host (one L1 when
 //! nested), timed by the same clock from each VMM's exec
 //! (`tests/bench/vmm-run.c`): exec → `/init`, exec → exit after the
 //! guest's `reboot -f` (`reboot=k`: the i8042 reset), peak RSS, and
@@ -59,6 +60,8 @@ fn main() {
                 ("--append", Some(v)) => opts.append = v,
                 ("--console", Some(v)) => opts.console = Some(PathBuf::from(v)),
                 ("--stamp", Some(v)) => opts.stamp = v == "1",
+                ("--kernel", Some(v)) => opts.kernel = Some(PathBuf::from(v)),
+                ("--perfvmm-kernel", Some(v)) => opts.perfvmm_kernel = Some(PathBuf::from(v)),
                 _ => {
                     eprintln!(
                         "boot-bench: with --firecracker, only RUNS, --append ARGS and \
@@ -205,6 +208,12 @@ struct SideBySide {
     console: Option<PathBuf>,
     /// Prefix each console line with the milliseconds since the VMM's exec.
     stamp: bool,
+    /// Another kernel for both (an ELF vmlinux, say) instead of the demo
+    /// guest's bzImage.
+    kernel: Option<PathBuf>,
+    /// A kernel for perfvmm alone (experiments only: the comparison is
+    /// then not like for like).
+    perfvmm_kernel: Option<PathBuf>,
 }
 
 fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
@@ -219,15 +228,27 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
         "drives": [],
         "machine-config": { "vcpu_count": 1, "mem_size_mib": 256 },
     });
+    let perfvmm_kernel = match (&opts.perfvmm_kernel, &opts.kernel) {
+        (Some(_), _) => "@FILES@/perfvmm-kernel",
+        (None, Some(_)) => "@FILES@/kernel",
+        (None, None) => "@KERNEL@",
+    };
+    let fc_kernel = if opts.kernel.is_some() {
+        "@FILES@/kernel"
+    } else {
+        "@KERNEL@"
+    };
     let perfvmm = format!(
-        "@PERFVMM@ --kernel @KERNEL@ --initrd @FILES@/bench.cpio --cpus 1 --memory 256M \
+        "@PERFVMM@ --kernel {perfvmm_kernel} --initrd @FILES@/bench.cpio --cpus 1 --memory 256M \
          --boot-timer --cmdline '{boot_args}'"
     );
     let fc = "@FILES@/firecracker --no-api --config-file @FILES@/fc.json";
     let script = format!(
         "chmod 755 @FILES@/vmm-run @FILES@/firecracker\n\
          export VMM_RUN_STAMP={}\n\
-         sed -i 's|KERNEL_PATH|@KERNEL@|; s|FILES_DIR|@FILES@|' @FILES@/fc.json\n\
+         sed -i 's|KERNEL_PATH|{fc_kernel}|; s|FILES_DIR|@FILES@|' @FILES@/fc.json\n\
+         @FILES@/vmm-run warmup-perfvmm {MARKER} {perfvmm} </dev/null >/dev/null\n\
+         @FILES@/vmm-run warmup-firecracker {MARKER} {fc} </dev/null >/dev/null\n\
          for i in $(seq {runs}); do\n\
          @FILES@/vmm-run perfvmm {MARKER} {perfvmm} </dev/null\n\
          @FILES@/vmm-run firecracker {MARKER} {fc} </dev/null\n\
@@ -240,7 +261,13 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
         perfvmm_tests::mode(),
         firecracker.display()
     );
-    let out = GuestRun::script(&script)
+    let mut run = GuestRun::script(&script);
+    for (name, path) in [("kernel", &opts.kernel), ("perfvmm-kernel", &opts.perfvmm_kernel)] {
+        if let Some(p) = path {
+            run = run.file(name, read_or_exit(p));
+        }
+    }
+    let out = run
         .file("firecracker", read_or_exit(firecracker))
         .file("vmm-run", vmm_run_helper())
         .file("bench.cpio", bench_initramfs())
