@@ -201,7 +201,12 @@ mod tests {
         let mem = create_guest_memory(64 << 20, hotplug_region(64 << 20, 256 << 20)).unwrap();
         assert_eq!(mem.num_regions(), 2);
         for r in mem.iter() {
-            assert_eq!(r.as_ptr() as usize % HUGE_PAGE, 0, "{:#x}", r.as_ptr() as usize);
+            assert_eq!(
+                r.as_ptr() as usize % HUGE_PAGE,
+                0,
+                "{:#x}",
+                r.as_ptr() as usize
+            );
             // Writable, and reads back.
             let a = r.start_addr();
             mem.write_obj(0x5au8, a).unwrap();

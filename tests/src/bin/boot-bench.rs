@@ -262,7 +262,10 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
         firecracker.display()
     );
     let mut run = GuestRun::script(&script);
-    for (name, path) in [("kernel", &opts.kernel), ("perfvmm-kernel", &opts.perfvmm_kernel)] {
+    for (name, path) in [
+        ("kernel", &opts.kernel),
+        ("perfvmm-kernel", &opts.perfvmm_kernel),
+    ] {
         if let Some(p) = path {
             run = run.file(name, read_or_exit(p));
         }
