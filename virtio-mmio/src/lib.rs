@@ -6,7 +6,8 @@
 //!   of a device: feature negotiation, the status state machine, queue
 //!   setup, notification and interrupt status;
 //! * [`chain`]: one bounded reader for descriptor chains, used by every
-//!   device so that each applies the same limits to what the guest posts.
+//!   device so that each applies the same limits to what the guest posts;
+//! * [`log_limit`]: a limit on the log lines a guest can trigger.
 //!
 //! Register offsets, status bits and feature bits come from
 //! `virtio-bindings`. Nothing here trusts the guest: every register access
@@ -16,6 +17,7 @@
 
 pub mod chain;
 pub mod device;
+pub mod log_limit;
 #[doc(hidden)]
 pub mod testing;
 pub mod transport;
@@ -24,4 +26,5 @@ pub use chain::{read_chain, ChainError, ChainLimits, WritableBuffers};
 pub use device::{
     read_config_window, Interrupt, Mem, VirtioDevice, WorkLeft, VIRTIO_F_VERSION_1, WAKE_BUDGET,
 };
+pub use log_limit::{dropped_note, LogLimit};
 pub use transport::MmioTransport;

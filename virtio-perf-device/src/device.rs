@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use guest_hints::wire::{self, Hint, Outcome, MAX_MESSAGE_LEN, OUTCOME_LEN};
 use virtio_mmio::{
-    read_chain, ChainError, ChainLimits, Mem, VirtioDevice, WorkLeft, WritableBuffers,
+    dropped_note, read_chain, ChainError, ChainLimits, LogLimit, Mem, VirtioDevice, WorkLeft,
+    WritableBuffers,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -67,6 +68,8 @@ pub struct PerfHintDevice<S: HintSink> {
     buf: Vec<u8>,
     /// Whether `hintq` had chains left when its work budget ran out.
     left: WorkLeft,
+    /// Warnings the guest can trigger (a used ring it broke).
+    warnings: LogLimit,
 }
 
 impl<S: HintSink> PerfHintDevice<S> {
@@ -87,6 +90,7 @@ impl<S: HintSink> PerfHintDevice<S> {
             pending: VecDeque::new(),
             buf: Vec::with_capacity(MAX_MESSAGE_LEN),
             left: WorkLeft::default(),
+            warnings: LogLimit::default(),
         }
     }
 
@@ -198,7 +202,9 @@ impl<S: HintSink> PerfHintDevice<S> {
             }
             let queue = &mut self.queues[HINTQ];
             if let Err(e) = queue.add_used(mem.as_ref(), head, 0) {
-                log::warn!("perf-hint: hintq used ring: {e}");
+                if let Some(n) = self.warnings.check() {
+                    log::warn!("perf-hint: hintq used ring: {e}{}", dropped_note(n));
+                }
                 break;
             }
             used = true;
@@ -260,7 +266,9 @@ impl<S: HintSink> PerfHintDevice<S> {
                 }
             };
             if let Err(e) = self.queues[EVENTQ].add_used(mem.as_ref(), head, written) {
-                log::warn!("perf-hint: eventq used ring: {e}");
+                if let Some(n) = self.warnings.check() {
+                    log::warn!("perf-hint: eventq used ring: {e}{}", dropped_note(n));
+                }
                 break;
             }
             // A buffer that holds no outcome goes back to the driver empty.

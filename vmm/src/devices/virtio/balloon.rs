@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
 use virtio_mmio::{
-    read_chain, ChainError, ChainLimits, Mem, VirtioDevice, WorkLeft, VIRTIO_F_VERSION_1,
+    dropped_note, read_chain, ChainError, ChainLimits, LogLimit, Mem, VirtioDevice, WorkLeft,
+    VIRTIO_F_VERSION_1,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -158,6 +159,8 @@ pub struct Balloon {
     queues: Vec<Queue>,
     buf: Vec<u8>,
     left: WorkLeft,
+    /// Warnings the guest can trigger (a used ring it broke).
+    warnings: LogLimit,
 }
 
 impl Default for Balloon {
@@ -180,6 +183,7 @@ impl Balloon {
             queues: Vec::new(),
             buf: Vec::new(),
             left: WorkLeft::default(),
+            warnings: LogLimit::default(),
         }
     }
 
@@ -223,7 +227,9 @@ impl Balloon {
         };
         self.stats_requested = Some(Instant::now());
         if let Err(e) = q.add_used(mem.as_ref(), head, 0) {
-            log::warn!("balloon: statsq used ring: {e}");
+            if let Some(n) = self.warnings.check() {
+                log::warn!("balloon: statsq used ring: {e}{}", dropped_note(n));
+            }
             return false;
         }
         q.needs_notification(mem.as_ref()).unwrap_or(true)
@@ -271,7 +277,9 @@ impl Balloon {
                 }
             }
             if let Err(e) = self.queues[index].add_used(mem.as_ref(), head, 0) {
-                log::warn!("balloon: used ring: {e}");
+                if let Some(n) = self.warnings.check() {
+                    log::warn!("balloon: used ring: {e}{}", dropped_note(n));
+                }
                 break;
             }
             used = true;

@@ -11,7 +11,10 @@
 
 use serde::Serialize;
 use virtio_bindings::virtio_ids::VIRTIO_ID_MEM;
-use virtio_mmio::{read_chain, ChainLimits, Mem, VirtioDevice, WorkLeft, VIRTIO_F_VERSION_1};
+use virtio_mmio::{
+    dropped_note, read_chain, ChainLimits, LogLimit, Mem, VirtioDevice, WorkLeft,
+    VIRTIO_F_VERSION_1,
+};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -74,6 +77,8 @@ pub struct VirtioMem {
     /// Reused request buffer.
     buf: Vec<u8>,
     left: WorkLeft,
+    /// Warnings the guest can trigger (a used ring it broke).
+    warnings: LogLimit,
 }
 
 impl VirtioMem {
@@ -91,6 +96,7 @@ impl VirtioMem {
             queues: Vec::new(),
             buf: Vec::with_capacity(REQ_LEN),
             left: WorkLeft::default(),
+            warnings: LogLimit::default(),
         }
     }
 
@@ -260,7 +266,9 @@ impl VirtioMem {
                 }
             }
             if let Err(e) = self.queues[0].add_used(mem.as_ref(), head, written) {
-                log::warn!("virtio-mem: used ring: {e}");
+                if let Some(n) = self.warnings.check() {
+                    log::warn!("virtio-mem: used ring: {e}{}", dropped_note(n));
+                }
                 break;
             }
             used = true;
