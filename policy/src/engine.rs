@@ -488,11 +488,16 @@ impl Engine {
 
     /// What the schedule asks of `r` now: the need of the due phase, the
     /// manifest's sequence number, and the phase's id.
+    /// The lead of an upcoming phase counts the steps from the policy's
+    /// minimum, not from the current allocation: once a phase's resources
+    /// are provisioned ahead, the lookahead must not shrink to nothing
+    /// (zero steps to go) and let the shrink window take them back before
+    /// the phase begins.
     fn scheduled(&self, r: Resource, now: Duration) -> Option<(u64, u32, u32)> {
         let s = self.schedule.as_ref()?;
-        let alloc = self.track(r).alloc;
+        let min = self.track(r).min;
         let (w, phase) = s.demand(r as usize, now, |want| {
-            self.lead_for(r, want.saturating_sub(alloc))
+            self.lead_for(r, want.saturating_sub(min))
         })?;
         Some((w, s.seq, phase))
     }
@@ -1024,6 +1029,27 @@ mod tests {
         assert!(e.tick(ms(6_000)).is_empty());
         assert_eq!(one(e.tick(ms(8_000))).to, 1);
         assert!(e.schedule().is_none(), "a finished schedule goes");
+    }
+
+    #[test]
+    fn resources_provisioned_ahead_are_kept_until_their_phase() {
+        // A lead (1.5 s per vCPU: 4.5 s for 1 -> 4) longer than the 2 s
+        // shrink window plus the lead for one vCPU: once grown, the phase
+        // must still count as ahead, or the window takes the vCPUs back
+        // just before the phase (seen in the demo: it began on 3 of 4).
+        let mut p = Policy::default();
+        p.timing.lead_ms = 1_500;
+        let mut e = Engine::new(p, limits(1, 4));
+        e.set_schedule(
+            ms(0),
+            5,
+            &[needs(1, 0, 4_600, 1), needs(2, 4_600, 2_000, 4)],
+        );
+        assert_eq!(one(e.tick(ms(200))).to, 4);
+        for t in (400..4_600).step_by(200) {
+            assert!(e.tick(ms(t)).is_empty(), "changed at {t} ms");
+        }
+        assert_eq!(e.allocation(Resource::Vcpus), 4);
     }
 
     #[test]
