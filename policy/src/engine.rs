@@ -766,6 +766,10 @@ impl Engine {
     fn evaluate(&mut self, r: Resource, now: Duration, cause: Option<u32>) -> Option<Decision> {
         let (target, source) = self.target(r, now);
         let lead = self.lead_for(r, target.saturating_sub(self.track(r).alloc));
+        // The schedule knows what comes next: when its due phases need no
+        // more than the lower target, nothing waits for the window.
+        let foreseen = self.policy.mode == Mode::Schedule
+            && self.scheduled(r, now).is_some_and(|(w, ..)| w <= target);
         let timing = &self.policy.timing;
         let (shrink_after, cooldown) = (
             Duration::from_millis(timing.shrink_after_ms),
@@ -784,14 +788,18 @@ impl Engine {
             let cooled = t
                 .last_change
                 .is_none_or(|c| now.saturating_sub(c) >= cooldown);
-            if !(held && cooled) {
+            if !((held || foreseen) && cooled) {
                 return None;
             }
-            format!(
-                "shrink: demand of {} held for {} ms",
-                r.show(target),
-                now.saturating_sub(since).as_millis()
-            )
+            if held {
+                format!(
+                    "shrink: demand of {} held for {} ms",
+                    r.show(target),
+                    now.saturating_sub(since).as_millis()
+                )
+            } else {
+                format!("shrink: the schedule's next phases need {}", r.show(target))
+            }
         } else {
             t.lower_since = None;
             return None;
@@ -1029,6 +1037,25 @@ mod tests {
         assert!(e.tick(ms(6_000)).is_empty());
         assert_eq!(one(e.tick(ms(8_000))).to, 1);
         assert!(e.schedule().is_none(), "a finished schedule goes");
+    }
+
+    #[test]
+    fn after_a_scheduled_phase_its_resources_go_at_once() {
+        // Parallel 0-2 s on 4 vCPUs, then serial 2-6 s on 1: the schedule
+        // says what comes next, so no shrink window is waited.
+        let mut e = engine(1, 4);
+        e.set_schedule(
+            ms(0),
+            5,
+            &[needs(1, 0, 2_000, 4), needs(2, 2_000, 4_000, 1)],
+        );
+        assert_eq!(one(e.tick(ms(0))).to, 4);
+        // The guest ends the parallel phase (phase 1) at 2 s.
+        let (_, d) = e.on_hint(ms(2_000), 6, &Hint::PhaseEnd { id: 1 });
+        let d = if d.is_empty() { e.tick(ms(2_200)) } else { d };
+        let d = one(d);
+        assert_eq!((d.from, d.to), (4, 1));
+        assert!(d.reason.contains("schedule's next phases"), "{}", d.reason);
     }
 
     #[test]
