@@ -767,8 +767,11 @@ impl Engine {
         let (target, source) = self.target(r, now);
         let lead = self.lead_for(r, target.saturating_sub(self.track(r).alloc));
         // The schedule knows what comes next: when its due phases need no
-        // more than the lower target, nothing waits for the window.
-        let foreseen = self.policy.mode == Mode::Schedule
+        // more vCPUs than the lower target, they go without waiting for the
+        // window. Not memory: inflating the balloon as a memory phase ends
+        // slowed the next (I/O) phase to a crawl in the nested harness.
+        let foreseen = r == Resource::Vcpus
+            && self.policy.mode == Mode::Schedule
             && self.scheduled(r, now).is_some_and(|(w, ..)| w <= target);
         let timing = &self.policy.timing;
         let (shrink_after, cooldown) = (
