@@ -761,6 +761,19 @@ impl RunOutput {
     }
 }
 
+/// vCPUs online each time the demo workload's parallel phase began, as the
+/// guest saw them (its `phase parallel (4 threads) starts with N CPU(s)
+/// online` lines).
+pub fn parallel_start_cpus(console: &str) -> Vec<u32> {
+    console
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split_once("phase parallel (4 threads) starts with ")?.1;
+            rest.split(' ').next()?.parse().ok()
+        })
+        .collect()
+}
+
 /// What of the console a run echoes to this process's stdout, live.
 #[derive(Clone, Copy, Debug, Default)]
 pub enum Stream {
@@ -875,6 +888,15 @@ fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_phase_starts_are_read_from_the_console() {
+        let console =
+            "x\n[ 9.1] demo-workload: phase parallel (4 threads) starts with 3 CPU(s) online\n\
+                       demo-workload: phase parallel (4 threads) starts with 4 CPU(s) online\n";
+        assert_eq!(parallel_start_cpus(console), [3, 4]);
+        assert!(parallel_start_cpus("nothing").is_empty());
+    }
 
     fn exited(code: Option<i32>) -> RunOutput {
         RunOutput {

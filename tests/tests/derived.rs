@@ -25,22 +25,16 @@ fn run(scenario: &str) -> RunOutput {
     .run()
 }
 
-/// vCPUs online when the demo's parallel phase began, as the guest saw them.
-fn parallel_start_cpus(console: &str) -> Vec<u32> {
-    console
-        .lines()
-        .filter_map(|l| {
-            let rest = l.split_once("phase parallel (4 threads) starts with ")?.1;
-            rest.split(' ').next()?.parse().ok()
-        })
-        .collect()
-}
-
 #[test]
 fn the_embedded_schedule_has_the_vcpus_online_before_the_parallel_phase() {
     let out = run("derived-demo");
     out.expect_contains("demo-workload: done").expect_exit(0);
-    assert_eq!(parallel_start_cpus(&out.console), [4], "{}", out.tail(40));
+    assert_eq!(
+        perfvmm_tests::parallel_start_cpus(&out.console),
+        [4],
+        "{}",
+        out.tail(40)
+    );
     let decisions = out.json_lines("decisions.log");
     let grow = decisions
         .iter()
@@ -77,7 +71,7 @@ fn two_steps_in_the_guest_and_the_derived_needs_hold_on_a_later_run() {
     let derived = printed(&out, "derived");
     let later = printed(&out, "profile2");
     assert_eq!(
-        parallel_start_cpus(&out.console).last(),
+        perfvmm_tests::parallel_start_cpus(&out.console).last(),
         Some(&4),
         "{}",
         out.tail(40)

@@ -26,5 +26,5 @@ pub use chain::{read_chain, ChainError, ChainLimits, WritableBuffers};
 pub use device::{
     read_config_window, Interrupt, Mem, VirtioDevice, WorkLeft, VIRTIO_F_VERSION_1, WAKE_BUDGET,
 };
-pub use log_limit::{dropped_note, LogLimit};
+pub use log_limit::LogLimit;
 pub use transport::MmioTransport;

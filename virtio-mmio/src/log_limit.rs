@@ -58,9 +58,19 @@ impl LogLimit {
     }
 }
 
+impl LogLimit {
+    /// Logs `line` as a warning if the limit allows it now, saying how
+    /// many lines were dropped before it.
+    pub fn warn(&mut self, line: std::fmt::Arguments) {
+        if let Some(n) = self.check() {
+            log::warn!("{line}{}", dropped_note(n));
+        }
+    }
+}
+
 /// " (N similar lines dropped)" for a count above zero, for the end of a
 /// log line.
-pub fn dropped_note(n: u64) -> String {
+fn dropped_note(n: u64) -> String {
     if n == 0 {
         String::new()
     } else {

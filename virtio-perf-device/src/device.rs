@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use guest_hints::wire::{self, Hint, Outcome, MAX_MESSAGE_LEN, OUTCOME_LEN};
 use virtio_mmio::{
-    dropped_note, read_chain, ChainError, ChainLimits, LogLimit, Mem, VirtioDevice, WorkLeft,
-    WritableBuffers,
+    read_chain, ChainError, ChainLimits, LogLimit, Mem, VirtioDevice, WorkLeft, WritableBuffers,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -202,9 +201,8 @@ impl<S: HintSink> PerfHintDevice<S> {
             }
             let queue = &mut self.queues[HINTQ];
             if let Err(e) = queue.add_used(mem.as_ref(), head, 0) {
-                if let Some(n) = self.warnings.check() {
-                    log::warn!("perf-hint: hintq used ring: {e}{}", dropped_note(n));
-                }
+                self.warnings
+                    .warn(format_args!("perf-hint: hintq used ring: {e}"));
                 break;
             }
             used = true;
@@ -266,9 +264,8 @@ impl<S: HintSink> PerfHintDevice<S> {
                 }
             };
             if let Err(e) = self.queues[EVENTQ].add_used(mem.as_ref(), head, written) {
-                if let Some(n) = self.warnings.check() {
-                    log::warn!("perf-hint: eventq used ring: {e}{}", dropped_note(n));
-                }
+                self.warnings
+                    .warn(format_args!("perf-hint: eventq used ring: {e}"));
                 break;
             }
             // A buffer that holds no outcome goes back to the driver empty.

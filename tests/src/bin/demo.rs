@@ -141,13 +141,9 @@ fn summary(out: &RunOutput, picture: Option<&Path>, dir: &Path) -> Vec<String> {
             .map(|s| (s.mem_used_kib as f64, s.mem_total_kib as f64))
             .collect::<Vec<_>>(),
     );
-    let started = out.console.lines().find_map(|l| {
-        l.split_once("phase parallel (4 threads) starts with ")?
-            .1
-            .split(' ')
-            .next()
-            .map(str::to_string)
-    });
+    let started = perfvmm_tests::parallel_start_cpus(&out.console)
+        .first()
+        .copied();
     let decisions: Vec<serde_json::Value> = out
         .files
         .get("decisions.jsonl")

@@ -215,14 +215,9 @@ fn sampled_demo(c: &Config, round: u32, outputs: &Outputs) -> Option<DemoRun> {
         .lines()
         .filter(|l| l.contains("sample t_ms="))
         .collect();
-    let started = out.console.lines().find_map(|l| {
-        l.split_once("phase parallel (4 threads) starts with ")?
-            .1
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
-    });
+    let started = perfvmm_tests::parallel_start_cpus(&out.console)
+        .first()
+        .copied();
     let work_ms = out.guest_line_value("demo-workload: work done in ");
     let (Some(parallel_start_cpus), Some(work_ms)) = (started, work_ms) else {
         println!("{}: run failed; console tail:\n{}", c.label, out.tail(30));

@@ -49,15 +49,9 @@ impl<S: PowerEventSink> BusDevice for I8042<S> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::power::Chan;
     use super::*;
     use std::sync::mpsc;
-
-    struct Chan(mpsc::Sender<PowerEvent>);
-    impl PowerEventSink for Chan {
-        fn power_event(&self, e: PowerEvent) {
-            self.0.send(e).unwrap();
-        }
-    }
 
     #[test]
     fn only_0xfe_on_the_command_port_resets() {

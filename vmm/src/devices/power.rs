@@ -62,17 +62,21 @@ impl<S: PowerEventSink> BusDevice for PowerDevice<S> {
     }
 }
 
+/// A sink that passes power events to a channel, for device tests.
+#[cfg(test)]
+pub(crate) struct Chan(pub std::sync::mpsc::Sender<PowerEvent>);
+
+#[cfg(test)]
+impl PowerEventSink for Chan {
+    fn power_event(&self, e: PowerEvent) {
+        self.0.send(e).unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::mpsc;
-
-    struct Chan(mpsc::Sender<PowerEvent>);
-    impl PowerEventSink for Chan {
-        fn power_event(&self, e: PowerEvent) {
-            self.0.send(e).unwrap();
-        }
-    }
 
     #[test]
     fn decodes_s5_and_reset() {

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
 use virtio_mmio::{
-    dropped_note, read_chain, ChainError, ChainLimits, LogLimit, Mem, VirtioDevice, WorkLeft,
-    VIRTIO_F_VERSION_1,
+    read_chain, ChainError, ChainLimits, LogLimit, Mem, VirtioDevice, WorkLeft, VIRTIO_F_VERSION_1,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -227,9 +226,8 @@ impl Balloon {
         };
         self.stats_requested = Some(Instant::now());
         if let Err(e) = q.add_used(mem.as_ref(), head, 0) {
-            if let Some(n) = self.warnings.check() {
-                log::warn!("balloon: statsq used ring: {e}{}", dropped_note(n));
-            }
+            self.warnings
+                .warn(format_args!("balloon: statsq used ring: {e}"));
             return false;
         }
         q.needs_notification(mem.as_ref()).unwrap_or(true)
@@ -277,9 +275,7 @@ impl Balloon {
                 }
             }
             if let Err(e) = self.queues[index].add_used(mem.as_ref(), head, 0) {
-                if let Some(n) = self.warnings.check() {
-                    log::warn!("balloon: used ring: {e}{}", dropped_note(n));
-                }
+                self.warnings.warn(format_args!("balloon: used ring: {e}"));
                 break;
             }
             used = true;

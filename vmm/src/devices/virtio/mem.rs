@@ -12,8 +12,7 @@
 use serde::Serialize;
 use virtio_bindings::virtio_ids::VIRTIO_ID_MEM;
 use virtio_mmio::{
-    dropped_note, read_chain, ChainLimits, LogLimit, Mem, VirtioDevice, WorkLeft,
-    VIRTIO_F_VERSION_1,
+    read_chain, ChainLimits, LogLimit, Mem, VirtioDevice, WorkLeft, VIRTIO_F_VERSION_1,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -266,9 +265,8 @@ impl VirtioMem {
                 }
             }
             if let Err(e) = self.queues[0].add_used(mem.as_ref(), head, written) {
-                if let Some(n) = self.warnings.check() {
-                    log::warn!("virtio-mem: used ring: {e}{}", dropped_note(n));
-                }
+                self.warnings
+                    .warn(format_args!("virtio-mem: used ring: {e}"));
                 break;
             }
             used = true;
