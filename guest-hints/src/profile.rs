@@ -93,7 +93,8 @@ pub struct ProfilePhase {
     pub parallelism_p50: f64,
     /// 95th percentile of the effective parallelism.
     pub parallelism_p95: f64,
-    /// The most threads running or runnable at once.
+    /// The most threads running or runnable at once that the phase
+    /// sustains (seen in at least 5 % of its samples and in two).
     pub max_useful: u32,
     /// Memory touched repeatedly, in bytes.
     pub working_set_bytes: u64,

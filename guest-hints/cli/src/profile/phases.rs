@@ -464,6 +464,26 @@ pub fn io_class(bytes_per_sec: f64, bytes_per_call: f64) -> IoClass {
     }
 }
 
+/// The share of a phase's samples, and the fewest samples, that must show
+/// a thread count for it to be the phase's `max_useful`.
+const SUSTAINED_SHARE: f64 = 0.05;
+const SUSTAINED_MIN_SAMPLES: usize = 2;
+
+/// The most threads running at once that the phase sustains: the largest
+/// count seen in at least 5 % of its samples and in at least two (all of
+/// them when it has fewer). One sample that caught a helper thread, or a
+/// worker of the phase before still exiting, does not make a one-thread
+/// phase ask for two vCPUs.
+fn sustained_max(mut running: Vec<u32>) -> u32 {
+    if running.is_empty() {
+        return 0;
+    }
+    running.sort_unstable_by(|a, b| b.cmp(a));
+    let share = (running.len() as f64 * SUSTAINED_SHARE).ceil() as usize;
+    let k = share.max(SUSTAINED_MIN_SAMPLES).min(running.len());
+    running[k - 1]
+}
+
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
@@ -548,7 +568,7 @@ pub fn phase_stats(
         (n.running, n.rss)
     } else {
         (
-            inside.iter().map(|s| s.running).max().unwrap_or(0),
+            sustained_max(inside.iter().map(|s| s.running).collect()),
             inside.iter().map(|s| s.rss).max().unwrap_or(0),
         )
     };
@@ -766,6 +786,22 @@ mod tests {
                 (690.0, 1500.0, None, Source::Unmarked),
             ]
         );
+    }
+
+    #[test]
+    fn max_useful_is_the_count_a_phase_sustains_not_one_outlier() {
+        // A one-thread phase of 100 samples where one sample caught a
+        // second thread: one thread. Then a phase with 4 threads in a
+        // tenth of its samples: four.
+        let mut one = vec![1; 100];
+        one[40] = 2;
+        assert_eq!(sustained_max(one), 1);
+        let four: Vec<u32> = (0..100).map(|i| if i % 10 == 0 { 4 } else { 1 }).collect();
+        assert_eq!(sustained_max(four), 4);
+        // Too few samples for a share: the second largest, then the only one.
+        assert_eq!(sustained_max(vec![3, 1, 2]), 2);
+        assert_eq!(sustained_max(vec![3]), 3);
+        assert_eq!(sustained_max(Vec::new()), 0);
     }
 
     #[test]
