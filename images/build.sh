@@ -8,6 +8,9 @@
 #                                   workload or a test scenario (guest-init)
 #   build/module/                   virtio_perfhint.ko, built against Debian's
 #                                   linux-headers for the same ABI
+#   build/workloads/                resize-bench's memory-phase program
+#                                   (images/workloads); with Debian's xz in
+#                                   the guest's /perfvmm
 #   build/openmp/                   the OpenMP test programs (images/openmp) and
 #                                   the OMPT tool (guest-hints/ompt), built with
 #                                   Debian's clang-14; in the guest they are in
@@ -229,6 +232,20 @@ build_derived() {
   fi
 }
 
+# resize-bench's workload set beside the demo and the OpenMP kernel: a
+# memory-phase program (images/workloads) and a parallel compressor from
+# Debian (xz, reading /perfvmm/sort-input). After build_openmp.
+build_workloads() {
+  local odir=$out/workloads
+  mkdir -p "$odir"
+  if stale "$odir/hashjoin" "$here/workloads/hashjoin.c" "$here/build.sh"; then
+    gcc -O2 -Wall -Werror -static "$here/workloads/hashjoin.c" -o "$odir/hashjoin"
+  fi
+  cp "$odir/hashjoin" "$gdir/extra/"
+  cp -L /usr/bin/xz "$gdir/extra/xz"
+  copy_shared_libs /usr/bin/xz "$gdir/sysroot"
+}
+
 build_guest_initramfs() {
   local dest=$gdir/initramfs.cpio.gz
   local stamp
@@ -268,5 +285,6 @@ build_module
 build_guest_programs
 build_openmp
 build_derived
+build_workloads
 build_cpuid
 build_guest_initramfs

@@ -171,6 +171,40 @@ impl GuestRun {
         Self::raw(args)
     }
 
+    /// Gives the guest more files: the initramfs perfvmm boots (its
+    /// `@INITRD@` argument) becomes the demo guest's with a second archive
+    /// appended that holds `files` (absolute guest paths, mode 0755). The
+    /// kernel unpacks both, as it does any concatenated initramfs.
+    pub fn with_guest_files(mut self, files: &[(&str, &[u8])]) -> Self {
+        let base = &guest_image().1;
+        let mut initrd =
+            std::fs::read(base).unwrap_or_else(|e| panic!("reading {}: {e}", base.display()));
+        let mut extra = CpioWriter::new();
+        for (path, data) in files {
+            let mut dir = String::new();
+            for part in Path::new(path)
+                .parent()
+                .iter()
+                .flat_map(|p| p.iter())
+                .skip(1)
+            {
+                dir.push('/');
+                dir.push_str(&part.to_string_lossy());
+                extra.dir(&dir);
+            }
+            extra.file(path, 0o755, data);
+        }
+        // Each archive starts on a 4-byte boundary.
+        initrd.resize(initrd.len().next_multiple_of(4), 0);
+        initrd.extend(extra.finish());
+        for a in &mut self.args {
+            if a == "@INITRD@" {
+                *a = "@FILES@/initrd.img".into();
+            }
+        }
+        self.file("initrd.img", initrd)
+    }
+
     /// A run with exactly these perfvmm arguments.
     pub fn raw(args: Vec<String>) -> Self {
         Self {

@@ -52,10 +52,20 @@ pub struct Timeline {
     pub decisions: Vec<Decision>,
 }
 
+/// The programs whose console lines mark phases: `PROGRAM: phase NAME`.
+const PHASE_PRINTERS: [&str; 2] = ["demo-workload: ", "hashjoin: "];
+
+/// What a phase-marking program printed on a line, if it did.
+fn printed(line: &str) -> Option<&str> {
+    PHASE_PRINTERS
+        .iter()
+        .find_map(|p| Some(&line[line.find(p)? + p.len()..]))
+}
+
 /// The phase a console line starts, if it starts one: `demo-workload:
-/// phase NAME ...` or `demo-workload: idle`.
+/// phase NAME ...`, `hashjoin: phase NAME` or `demo-workload: idle`.
 fn phase_start(line: &str) -> Option<String> {
-    let rest = &line[line.find("demo-workload: ")? + "demo-workload: ".len()..];
+    let rest = printed(line)?;
     if let Some(p) = rest.strip_prefix("phase ") {
         return p.split_whitespace().next().map(str::to_string);
     }
@@ -64,7 +74,7 @@ fn phase_start(line: &str) -> Option<String> {
 
 /// Whether a console line ends the current phase without starting another.
 fn phase_end(line: &str) -> bool {
-    line.contains("demo-workload: work done") || line.contains("demo-workload: idle ends")
+    printed(line).is_some_and(|r| r.starts_with("work done") || r.starts_with("idle ends"))
 }
 
 impl Timeline {

@@ -70,6 +70,9 @@ pub struct Recording {
 pub struct GuestSample {
     pub t_ms: f64,
     pub running: f64,
+    /// Every runnable task in the guest but the sampler (0 when the line
+    /// has no `procs=`).
+    pub procs: f64,
     pub cpus: u32,
     pub mem_total_kib: u64,
     pub mem_used_kib: u64,
@@ -81,12 +84,13 @@ fn word<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-/// A guest `sample t_ms=.. running=.. cpus=.. mem_total_kib=.. mem_used_kib=..` line.
+/// A guest `sample t_ms=.. running=.. [procs=..] cpus=.. mem_total_kib=.. mem_used_kib=..` line.
 pub fn parse_sample(line: &str) -> Option<GuestSample> {
     let rest = &line[line.find("sample t_ms=")?..];
     Some(GuestSample {
         t_ms: word(rest, "t_ms")?,
         running: word::<f64>(rest, "running")?.max(0.0),
+        procs: word::<f64>(rest, "procs").unwrap_or(0.0).max(0.0),
         cpus: word(rest, "cpus")?,
         mem_total_kib: word(rest, "mem_total_kib")?,
         mem_used_kib: word(rest, "mem_used_kib")?,
