@@ -383,8 +383,14 @@ impl GuestRun {
         let Some(why) = self.harness_failure(&first) else {
             return first;
         };
+        let said: Vec<&str> = first
+            .console
+            .lines()
+            .filter(|l| l.starts_with("perfvmm:"))
+            .collect();
         eprintln!(
-            "harness: {why}; retrying once. Console tail:\n{}",
+            "harness: {why}; retrying once. perfvmm said:\n{}\nConsole tail:\n{}",
+            said.join("\n"),
             first.tail(15)
         );
         let retries = report::retry(&why);

@@ -91,6 +91,8 @@ fn latency(rounds: u32) {
 struct Workload {
     /// Its `pvwork=` name.
     name: &'static str,
+    /// Its program in the guest's `/perfvmm` (and the image's `build/guest/extra`).
+    binary: &'static str,
     label: &'static str,
     /// Its schedule comes from a profile run in the guest (step 1, in the
     /// static VM), embedded on this host into a copy of its binary (step 2)
@@ -102,22 +104,26 @@ struct Workload {
 const WORKLOADS: [Workload; 4] = [
     Workload {
         name: "demo",
+        binary: "demo-workload",
         label: "demo (serial 2.5 s, parallel 4 x 2 s, memory 384 MiB, I/O)",
         profiled: false,
     },
     Workload {
         name: "omp",
+        binary: "omp-work",
         label: "OpenMP kernel (3 bursts of 4 s on 4 threads, 4 s serial gaps)",
         profiled: true,
     },
     Workload {
         name: "hashjoin",
+        binary: "hashjoin",
         label: "hash join (2 s scan, build and probe a 256 MiB table, 2 s emit)",
         profiled: true,
     },
     Workload {
         name: "xz",
-        label: "parallel compressor (xz -T4 -1, 4.5 MiB in 512 KiB blocks)",
+        binary: "xz",
+        label: "parallel compressor (xz -T4 -1, 13.4 MiB in 512 KiB blocks)",
         profiled: true,
     },
 ];
@@ -304,7 +310,7 @@ fn scheduled_binary(w: &Workload) -> Result<Vec<u8>, String> {
     std::fs::write(&pfile, profile.trim()).map_err(|e| format!("{}: {e}", pfile.display()))?;
     let embed = Command::new(build.join("static-target/x86_64-unknown-linux-gnu/release/perfhint"))
         .arg("embed")
-        .arg(build.join("guest/extra").join(w.name))
+        .arg(build.join("guest/extra").join(w.binary))
         .arg(&pfile)
         .arg("-o")
         .arg(&copy)
@@ -382,11 +388,16 @@ fn sampled(
     let done = work_done(&out.console);
     let Some((0, work_ms)) = done.filter(|_| w.name != "demo" || parallel_start_cpus.is_some())
     else {
+        let tail: Vec<&str> = out
+            .console
+            .lines()
+            .filter(|l| !l.contains("qemu-system"))
+            .collect();
         println!(
             "{} in {}: run failed; console tail:\n{}",
             w.name,
             c.label,
-            out.tail(30)
+            tail[tail.len().saturating_sub(25)..].join("\n")
         );
         return None;
     };
@@ -533,13 +544,34 @@ fn workloads(chosen: &[&Workload], rounds: u32, outputs: &Outputs) {
                     round + 1,
                     c.label
                 );
-                runs[i].extend(sampled(w, c, ship.as_deref(), round, outputs));
+                runs[i].extend(isolated(
+                    &format!("{}-{}-{}", w.name, c.slug, round + 1),
+                    || sampled(w, c, ship.as_deref(), round, outputs),
+                ));
             }
         }
         print_table(&runs);
         print_hardware(&runs);
         print_validation(&runs);
     }
+}
+
+/// Runs `f` on a thread of its own called `name`: the harness gives each
+/// named run its own retry of a failed nested run, and a run that fails
+/// twice (the harness panics) is a failed run, not the end of the bench.
+fn isolated<T: Send>(name: &str, f: impl FnOnce() -> Option<T> + Send) -> Option<T> {
+    std::thread::scope(|s| {
+        let handle = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn_scoped(s, f)
+            .map_err(|e| eprintln!("resize-bench: {name}: {e}"))
+            .ok()?;
+        handle
+            .join()
+            .map_err(|_| println!("  {name}: the run failed twice in the harness (above)"))
+            .ok()
+            .flatten()
+    })
 }
 
 fn print_table(runs: &[Vec<Run>]) {
