@@ -494,10 +494,21 @@ impl Engine {
     /// (zero steps to go) and let the shrink window take them back before
     /// the phase begins.
     fn scheduled(&self, r: Resource, now: Duration) -> Option<(u64, u32, u32)> {
+        self.scheduled_within(r, now, Duration::ZERO)
+    }
+
+    /// As [`Engine::scheduled`], for the phases due at any time from `now`
+    /// to `now + horizon`.
+    fn scheduled_within(
+        &self,
+        r: Resource,
+        now: Duration,
+        horizon: Duration,
+    ) -> Option<(u64, u32, u32)> {
         let s = self.schedule.as_ref()?;
         let min = self.track(r).min;
         let (w, phase) = s.demand(r as usize, now, |want| {
-            self.lead_for(r, want.saturating_sub(min))
+            self.lead_for(r, want.saturating_sub(min)) + horizon
         })?;
         Some((w, s.seq, phase))
     }
@@ -766,18 +777,23 @@ impl Engine {
     fn evaluate(&mut self, r: Resource, now: Duration, cause: Option<u32>) -> Option<Decision> {
         let (target, source) = self.target(r, now);
         let lead = self.lead_for(r, target.saturating_sub(self.track(r).alloc));
-        // The schedule knows what comes next: when its due phases need no
-        // more vCPUs than the lower target, they go without waiting for the
-        // window. Not memory: inflating the balloon as a memory phase ends
-        // slowed the next (I/O) phase to a crawl in the nested harness.
-        let foreseen = r == Resource::Vcpus
-            && self.policy.mode == Mode::Schedule
-            && self.scheduled(r, now).is_some_and(|(w, ..)| w <= target);
         let timing = &self.policy.timing;
         let (shrink_after, cooldown) = (
             Duration::from_millis(timing.shrink_after_ms),
             Duration::from_millis(timing.cooldown_ms),
         );
+        // The schedule knows what comes next: when no phase due within the
+        // shrink window needs more vCPUs than the lower target, they go
+        // without waiting for it. (A phase due only later than now — its
+        // start moved when the guest began the phase before it late — must
+        // not see its vCPUs removed and added back.) Not memory: inflating
+        // the balloon as a memory phase ends slowed the next (I/O) phase to
+        // a crawl in the nested harness.
+        let foreseen = r == Resource::Vcpus
+            && self.policy.mode == Mode::Schedule
+            && self
+                .scheduled_within(r, now, shrink_after)
+                .is_some_and(|(w, ..)| w <= target);
         let t = self.track_mut(r);
         if t.refused == Some(target) {
             return None;
@@ -1059,6 +1075,29 @@ mod tests {
         let d = one(d);
         assert_eq!((d.from, d.to), (4, 1));
         assert!(d.reason.contains("schedule's next phases"), "{}", d.reason);
+    }
+
+    #[test]
+    fn a_late_phase_start_does_not_take_back_vcpus_provisioned_ahead() {
+        // Serial 0-3 s, parallel 3-6 s on 4 vCPUs: grown 2.7 s ahead. The
+        // guest begins the serial phase late, at 1.2 s: the parallel phase
+        // moves to 4.2 s, no longer due at once (4.2 - 2.7 = 1.5 s), but due
+        // within the shrink window: its vCPUs stay (seen in CI: removed,
+        // then added back while the guest was still ejecting them, and the
+        // phase began on 3 of 4).
+        let mut e = engine(1, 4);
+        e.set_schedule(
+            ms(0),
+            5,
+            &[needs(1, 0, 3_000, 1), needs(2, 3_000, 3_000, 4)],
+        );
+        assert_eq!(one(e.tick(ms(300))).to, 4);
+        let (_, d) = e.on_hint(ms(1_200), 6, &hint::phase_begin(1, "serial", 3_000));
+        assert!(d.is_empty(), "{d:?}");
+        for t in (1_200..4_200).step_by(100) {
+            assert!(e.tick(ms(t)).is_empty(), "changed at {t} ms");
+        }
+        assert_eq!(e.allocation(Resource::Vcpus), 4);
     }
 
     #[test]

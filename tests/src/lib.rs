@@ -386,7 +386,7 @@ impl GuestRun {
         let said: Vec<&str> = first
             .console
             .lines()
-            .filter(|l| l.starts_with("perfvmm:"))
+            .filter(|l| l.starts_with("perfvmm:") || l.contains(" ERROR ") || l.contains(" WARN "))
             .collect();
         eprintln!(
             "harness: {why}; retrying once. perfvmm said:\n{}\nConsole tail:\n{}",

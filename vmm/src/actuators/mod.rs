@@ -17,6 +17,8 @@ pub trait VcpuActuator: Send {
     fn resize(&mut self, to: u32) -> Result<(), ResizeError>;
     /// vCPUs the guest ejected since the last call.
     fn take_ejected(&mut self) -> Vec<u32>;
+    /// vCPUs enabled and not being removed.
+    fn count(&self) -> u32;
     /// vCPUs the guest runs: enabled and started by the guest (vCPUs asked
     /// to go count until the guest ejects them).
     fn in_guest(&mut self) -> u32;
@@ -46,6 +48,10 @@ impl VcpuActuator for VcpuManager {
 
     fn take_ejected(&mut self) -> Vec<u32> {
         VcpuManager::take_ejected(self)
+    }
+
+    fn count(&self) -> u32 {
+        VcpuManager::count(self)
     }
 
     fn in_guest(&mut self) -> u32 {

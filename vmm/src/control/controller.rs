@@ -301,10 +301,41 @@ impl Controller {
             self.apply(d);
         }
         self.drain();
-        for cpu in self.vcpus.take_ejected() {
+        let ejected = self.vcpus.take_ejected();
+        for &cpu in &ejected {
             let t = self.now().as_millis() as u64;
             log::info!("vCPU {cpu} ejected by the guest and parked");
             self.write(json!({ "t_ms": t, "event": "ejected", "vcpu": cpu }));
+        }
+        if !ejected.is_empty() {
+            self.restore_vcpus();
+        }
+    }
+
+    /// A removal perfvmm withdrew can still complete: the guest may have
+    /// acknowledged it, and taken the vCPU offline, before a grow withdrew
+    /// it. Enables vCPUs again up to the allocation the engine holds.
+    fn restore_vcpus(&mut self) {
+        let want = lock(&self.engine).allocation(Resource::Vcpus);
+        let want = u32::try_from(want).unwrap_or(u32::MAX);
+        let have = self.vcpus.count();
+        if have >= want {
+            return;
+        }
+        let now = self.now();
+        match self.vcpus.resize(want) {
+            Ok(()) => {
+                log::info!("vCPUs: a withdrawn removal completed; {have} → {want} again");
+                self.pending[Resource::Vcpus as usize] =
+                    Some((u64::from(have), u64::from(want), now));
+                self.write(json!({
+                    "t_ms": now.as_millis() as u64,
+                    "event": "re-added",
+                    "from": have,
+                    "to": want,
+                }));
+            }
+            Err(e) => log::warn!("vCPUs: cannot enable {want} again: {e}"),
         }
     }
 
@@ -413,6 +444,8 @@ mod tests {
     #[derive(Default)]
     struct Calls {
         vcpus: Vec<u32>,
+        /// vCPUs enabled: the last resize, less late ejects the test makes.
+        enabled: u32,
         memory: Vec<u64>,
         ejected: Vec<u32>,
         refuse_memory: bool,
@@ -423,11 +456,16 @@ mod tests {
 
     impl VcpuActuator for MockVcpus {
         fn resize(&mut self, to: u32) -> Result<(), ResizeError> {
-            lock(&self.0).vcpus.push(to);
+            let mut c = lock(&self.0);
+            c.vcpus.push(to);
+            c.enabled = to;
             Ok(())
         }
         fn take_ejected(&mut self) -> Vec<u32> {
             std::mem::take(&mut lock(&self.0).ejected)
+        }
+        fn count(&self) -> u32 {
+            lock(&self.0).enabled
         }
         fn in_guest(&mut self) -> u32 {
             lock(&self.0).vcpus.last().copied().unwrap_or(1)
@@ -564,6 +602,24 @@ mod tests {
         assert_eq!(
             (last["event"].as_str(), last["vcpu"].as_u64()),
             (Some("ejected"), Some(3))
+        );
+        // A withdrawn removal the guest completed anyway: 4 wanted, 3
+        // enabled after the eject; perfvmm enables the fourth again.
+        {
+            let mut c = lock(&f.calls);
+            c.ejected = vec![3];
+            c.enabled = 3;
+        }
+        f.controller.tick();
+        assert_eq!(lock(&f.calls).vcpus, vec![3, 4, 4]);
+        let last = f.log_lines().pop().unwrap();
+        assert_eq!(
+            (
+                last["event"].as_str(),
+                last["from"].as_u64(),
+                last["to"].as_u64()
+            ),
+            (Some("re-added"), Some(3), Some(4))
         );
     }
 
