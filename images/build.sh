@@ -234,7 +234,8 @@ build_derived() {
 
 # resize-bench's workload set beside the demo and the OpenMP kernel: a
 # memory-phase program (images/workloads) and a parallel compressor from
-# Debian (xz, reading /perfvmm/sort-input). After build_openmp.
+# Debian (xz, reading /perfvmm/sort-input); and the sampler that measures
+# them. After build_openmp.
 build_workloads() {
   local odir=$out/workloads
   mkdir -p "$odir"
@@ -242,6 +243,11 @@ build_workloads() {
     gcc -O2 -Wall -Werror -static "$here/workloads/hashjoin.c" -o "$odir/hashjoin"
   fi
   cp "$odir/hashjoin" "$gdir/extra/"
+  # The guest-side sampler of demand and allocation (images/sampler).
+  if stale "$odir/sampler" "$here/sampler/sampler.c" "$here/build.sh"; then
+    gcc -O2 -Wall -Werror -static "$here/sampler/sampler.c" -o "$odir/sampler"
+  fi
+  cp "$odir/sampler" "$gdir/extra/"
   cp -L /usr/bin/xz "$gdir/extra/xz"
   copy_shared_libs /usr/bin/xz "$gdir/sysroot"
 }

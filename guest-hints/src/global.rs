@@ -34,7 +34,7 @@ pub fn stats() -> ClientStats {
 ///
 /// With `PERFHINT_TRACE` in the environment every hint is also traced,
 /// device or not (see [`crate::trace`]): `PERFHINT_TRACE=1` prints
-/// `perfhint-trace seq=N kind=K` (or `seq=dropped`) on standard error, so a
+/// `perfhint-trace seq=N kind=K uptime_ms=T` (or `seq=dropped`) on standard error, so a
 /// run can be compared with the host's hint log; `PERFHINT_TRACE=FILE`
 /// appends one JSON line per hint, with a `CLOCK_MONOTONIC` timestamp, to
 /// FILE (what `perfhint profile` reads).

@@ -6,7 +6,7 @@
 //! | `PERFHINT_TRACE` | what happens |
 //! | --- | --- |
 //! | unset, empty or `0` | nothing |
-//! | `1` | one line per hint on standard error: `perfhint-trace seq=N kind=K` (or `seq=dropped kind=K reason=R`) |
+//! | `1` | one line per hint on standard error: `perfhint-trace seq=N kind=K uptime_ms=T` (`T`: `CLOCK_MONOTONIC` in ms, which is the guest's uptime) (or `seq=dropped kind=K reason=R`) |
 //! | anything else | a file name: one JSON object per line is appended to it (created if need be) |
 //!
 //! (To trace into a file called `1`, name it `./1`.)
@@ -188,9 +188,10 @@ pub(crate) fn record(t_ns: u64, hints: &[Hint], sent: Result<u32, SendError>) {
             for (i, h) in hints.iter().enumerate() {
                 match sent {
                     Ok(seq) => eprintln!(
-                        "perfhint-trace seq={} kind={}",
+                        "perfhint-trace seq={} kind={} uptime_ms={}",
                         seq.wrapping_add(i as u32),
-                        h.kind_name()
+                        h.kind_name(),
+                        t_ns / 1_000_000
                     ),
                     Err(e) => eprintln!(
                         "perfhint-trace seq=dropped kind={} reason={e:?}",

@@ -69,6 +69,65 @@ fn hints_grow_and_shrink_vcpus_within_bounds() {
     );
 }
 
+/// A vCPU the guest ejected waits outside `KVM_RUN` (the guest cannot
+/// restart it), and runs again once perfvmm adds it back.
+#[test]
+fn an_ejected_vcpu_waits_outside_kvm_run_until_added_again() {
+    // Once the guest has ejected three vCPUs, and a policy tick later, the
+    // system call each vCPU thread is in (ioctl 16 is KVM_RUN, futex 202
+    // the gate).
+    let script = r#"
+pid=""
+i=0
+while [ $i -lt 600 ]; do
+  [ -z "$pid" ] && pid=$(pidof perfvmm)
+  n=$(grep -c '"event":"ejected"' @FILES@/decisions.log 2>/dev/null)
+  [ "${n:-0}" -ge 3 ] && break
+  sleep 0.1
+  i=$((i + 1))
+done
+sleep 1
+for t in /proc/$pid/task/*; do
+  echo "$(cat $t/comm) $(cut -d' ' -f1 $t/syscall)"
+done > @FILES@/threads.txt
+"#;
+    let out = GuestRun::demo(
+        "pvrun=park",
+        &[
+            "--cpus",
+            "1,max=4",
+            "--decision-log",
+            "@FILES@/decisions.log",
+        ],
+    )
+    .alongside(script)
+    .fetch("decisions.log")
+    .fetch("threads.txt")
+    .timeout(Duration::from_secs(420))
+    .l1_cpus(4)
+    .run();
+    out.expect_contains("scenario: park grew to 4")
+        .expect_contains("scenario: park shrank to 1")
+        .expect_contains("scenario: park back to 4")
+        .expect_exit(0);
+    let threads = out.files.get("threads.txt").cloned().unwrap_or_default();
+    let syscall = |name: &str| {
+        threads
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<i64>().ok())
+    };
+    for v in ["vcpu1", "vcpu2", "vcpu3"] {
+        assert_eq!(
+            syscall(v),
+            Some(SYS_FUTEX),
+            "{v} parked at its gate:\n{threads}"
+        );
+    }
+}
+
+/// `futex`'s system call number on x86-64 (where the gate waits).
+const SYS_FUTEX: i64 = 202;
+
 #[test]
 fn demo_workload_phases_drive_vcpus() {
     let out = run_with_decisions("pvrun=demo");

@@ -615,7 +615,7 @@ impl<'a> VmBuilder<'a> {
                     confine_vcpu_thread(i);
                 }
             }),
-        );
+        )?;
         let boot_vcpus = vcpus.create_boot(cfg.cpus.boot, entry)?;
         // Signals are blocked before any vCPU thread exists, so they inherit
         // the mask and SIGINT/SIGTERM reach only the event loop's signalfd.

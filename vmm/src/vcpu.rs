@@ -2,7 +2,7 @@
 //! that dispatches port-I/O and MMIO exits to the buses and turns fatal
 //! exits into an [`ExitReason`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -42,6 +42,64 @@ pub struct Vcpu {
     fd: VcpuFd,
     index: u32,
     ctx: VcpuContext,
+    gate: Arc<Gate>,
+}
+
+/// Whether a vCPU may enter `KVM_RUN`. perfvmm closes the gate of a vCPU
+/// the guest ejected and kicks its thread out of `KVM_RUN` (the vCPU
+/// actuator, `actuators/vcpus.rs`); the thread then waits here until perfvmm
+/// enables the vCPU's slot again. A parked vCPU therefore never runs, and a
+/// guest cannot restart it with INIT/SIPI: the IPIs stay pending in its
+/// LAPIC until perfvmm lets it run.
+#[derive(Debug, Default)]
+pub struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    closed: bool,
+    /// The vCPU's thread is waiting at the closed gate.
+    holding: bool,
+}
+
+impl Gate {
+    /// Closes the gate: the vCPU stops at its next pass.
+    pub fn close(&self) {
+        lock(&self.state).closed = true;
+    }
+
+    /// Opens the gate and wakes a vCPU waiting at it.
+    pub fn open(&self) {
+        lock(&self.state).closed = false;
+        self.changed.notify_all();
+    }
+
+    /// Closed, with the vCPU's thread waiting at it (outside `KVM_RUN`).
+    pub fn holds(&self) -> bool {
+        let s = lock(&self.state);
+        s.closed && s.holding
+    }
+
+    /// Closed, whether or not the vCPU has reached it yet.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.state).closed
+    }
+
+    /// Returns once the gate is open (at once if it is).
+    pub fn pass(&self) {
+        let mut s = lock(&self.state);
+        while s.closed {
+            s.holding = true;
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        s.holding = false;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Vcpu {
@@ -68,8 +126,14 @@ impl Vcpu {
         );
     }
 
-    pub fn new(fd: VcpuFd, index: u32, ctx: VcpuContext) -> Self {
-        Self { fd, index, ctx }
+    /// vCPU `index`, which enters `KVM_RUN` only through `gate`.
+    pub fn new(fd: VcpuFd, index: u32, ctx: VcpuContext, gate: Arc<Gate>) -> Self {
+        Self {
+            fd,
+            index,
+            ctx,
+            gate,
+        }
     }
 
     pub fn index(&self) -> u32 {
@@ -125,6 +189,7 @@ impl Vcpu {
             self.ctx.times.mark_first_instruction();
         }
         let reason = loop {
+            self.gate.pass();
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     if !self.ctx.pio.read(u64::from(port), data) {
@@ -178,5 +243,35 @@ impl Vcpu {
             }
         };
         self.ctx.exit.notify(reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_closed_gate_holds_its_vcpu_until_opened() {
+        let gate = Arc::new(Gate::default());
+        gate.pass();
+        gate.close();
+        assert!(gate.is_closed() && !gate.holds(), "closed, not yet reached");
+        let g = gate.clone();
+        let passed = std::thread::spawn(move || {
+            g.pass();
+            true
+        });
+        for _ in 0..200 {
+            if gate.holds() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(gate.holds(), "the thread waits at the gate");
+        assert!(!passed.is_finished());
+        gate.open();
+        assert!(passed.join().unwrap());
+        assert!(!gate.holds() && !gate.is_closed());
     }
 }

@@ -23,7 +23,8 @@
 //!    what the same run would give where resizes take milliseconds.
 //!
 //!   cargo run --release -p perfvmm-tests --bin resize-bench -- [--rounds N]
-//!       [--only latency|workloads] [--workloads demo,omp,hashjoin,xz] [--svg DIR] [--traces DIR]
+//!       [--only latency|workloads] [--workloads demo,omp,hashjoin,xz]
+//!       [--modes static,reactive,hints,schedule] [--svg DIR] [--traces DIR]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -510,14 +511,14 @@ fn mean(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
     runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64
 }
 
-fn workloads(chosen: &[&Workload], rounds: u32, outputs: &Outputs) {
+fn workloads(chosen: &[&Workload], modes: &[&str], rounds: u32, outputs: &Outputs) {
     for w in chosen {
         println!(
             "\n{} ({rounds} runs per VM, alternating), sampled in the guest every 100 ms; \
              figures in % as mean (min-max)",
             w.label
         );
-        let ship = if w.profiled {
+        let ship = if w.profiled && modes.contains(&"schedule") {
             eprintln!(
                 "resize-bench: {}: step 1, a profile run in the static VM",
                 w.name
@@ -535,7 +536,9 @@ fn workloads(chosen: &[&Workload], rounds: u32, outputs: &Outputs) {
         let mut runs: Vec<Vec<Run>> = CONFIGS.iter().map(|_| Vec::new()).collect();
         for round in 0..rounds {
             for (i, c) in CONFIGS.iter().enumerate() {
-                if w.profiled && ship.is_none() && c.variant == "scheduled" {
+                let skipped = !modes.contains(&c.slug)
+                    || (w.profiled && ship.is_none() && c.variant == "scheduled");
+                if skipped {
                     continue;
                 }
                 eprintln!(
@@ -694,6 +697,7 @@ fn main() {
     let mut rounds = 3;
     let mut only: Option<String> = None;
     let mut names: Option<String> = None;
+    let mut mode_names: Option<String> = None;
     let mut outputs = Outputs::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -703,6 +707,7 @@ fn main() {
             "--rounds" => rounds = value().parse().unwrap_or(rounds),
             "--only" => only = Some(value()),
             "--workloads" => names = Some(value()),
+            "--modes" => mode_names = Some(value()),
             "--svg" => outputs.svg = Some(PathBuf::from(value())),
             "--traces" => outputs.traces = Some(PathBuf::from(value())),
             "-h" | "--help" => {
@@ -737,13 +742,25 @@ fn main() {
             v
         }
     };
+    let all: Vec<&str> = CONFIGS.iter().map(|c| c.slug).collect();
+    let modes: Vec<&str> = match &mode_names {
+        None => all,
+        Some(list) => {
+            let v: Vec<&str> = list.split(',').collect();
+            if let Some(bad) = v.iter().find(|m| !all.contains(m)) {
+                eprintln!("resize-bench: unknown mode {bad}\n{USAGE}");
+                std::process::exit(2);
+            }
+            v
+        }
+    };
     match only.as_deref() {
         None => {
             latency(latency_rounds);
-            workloads(&chosen, rounds, &outputs);
+            workloads(&chosen, &modes, rounds, &outputs);
         }
         Some("latency") => latency(latency_rounds),
-        Some("workloads" | "demo") => workloads(&chosen, rounds, &outputs),
+        Some("workloads" | "demo") => workloads(&chosen, &modes, rounds, &outputs),
         Some(o) => {
             eprintln!("resize-bench: --only {o}: latency or workloads\n{USAGE}");
             std::process::exit(2);
@@ -753,7 +770,8 @@ fn main() {
 
 const USAGE: &str =
     "usage: resize-bench [--latency-rounds N] [--rounds N] [--only latency|workloads]
-                    [--workloads demo,omp,hashjoin,xz] [--svg DIR] [--traces DIR]
+                    [--workloads demo,omp,hashjoin,xz] [--modes static,reactive,hints,schedule]
+                    [--svg DIR] [--traces DIR]
   latency:      hint -> resize visible in the guest, N rounds (5)
   workloads:    each workload (all four unless --workloads names some) in a
                 static, a reactive, a hint-driven and a schedule-driven VM,
@@ -761,5 +779,6 @@ const USAGE: &str =
                 comes from one profile run in the static VM first. Each run's
                 trace is replayed by `perfvmm simulate`, with the nested
                 latency model (compared) and the hardware one
+  --modes LIST  only these VMs (all four by default)
   --svg DIR     a timeline picture per run (DIR/WORKLOAD-MODE-ROUND.svg)
   --traces DIR  keep each run's trace and policy (DIR/WORKLOAD-MODE-ROUND.jsonl)";

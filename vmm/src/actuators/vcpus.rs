@@ -5,19 +5,26 @@
 //! since KVM cannot destroy a vCPU) is simply re-enabled, and the guest's
 //! INIT/SIPI wakes the parked vCPU. Shrinking asks the guest to eject the
 //! highest slots; vCPU 0 is never removed.
+//!
+//! A parked vCPU does not stay in `KVM_RUN`, where the guest could restart
+//! it: once the guest ejects it, its [`Gate`] closes and its thread is
+//! kicked out of `KVM_RUN` with a signal (re-sent every policy tick until
+//! the thread waits at the gate), and the gate opens only when perfvmm
+//! enables the slot again.
 
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::VmFd;
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::bus::lock;
 use crate::devices::cpu_hotplug::{CpuSlot, CpuStates};
-use crate::vcpu::{Vcpu, VcpuContext, VcpuError};
+use crate::vcpu::{Gate, Vcpu, VcpuContext, VcpuError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResizeError {
@@ -29,6 +36,26 @@ pub enum ResizeError {
     Thread(std::io::Error),
     #[error("cannot raise the GED interrupt: {0}")]
     Interrupt(std::io::Error),
+    #[error("cannot install the vCPU kick signal's handler: {0}")]
+    KickSignal(String),
+}
+
+/// Does nothing: the signal's only purpose is to make `KVM_RUN` return.
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN`, its handler
+/// installed once per process.
+fn kick_signal() -> Result<libc::c_int, ResizeError> {
+    static INSTALLED: OnceLock<Result<libc::c_int, String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let sig = SIGRTMIN();
+            register_signal_handler(sig, on_kick)
+                .map(|()| sig)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(ResizeError::KickSignal)
 }
 
 pub struct VcpuManager {
@@ -48,6 +75,12 @@ pub struct VcpuManager {
     /// enabled, or the thread's run time when it was enabled (a vCPU waiting
     /// for the guest's INIT/SIPI does not run; one the guest started does).
     started: Vec<Started>,
+    /// Per slot: the gate its vCPU passes before each `KVM_RUN`.
+    gates: Vec<Arc<Gate>>,
+    /// Per slot: its vCPU's thread, kept (not detached) so that a kick can
+    /// never reach a thread id reused by another thread.
+    handles: Vec<Option<JoinHandle<()>>>,
+    kick: libc::c_int,
 }
 
 /// A vCPU thread's kernel id, and its run time as it first entered KVM_RUN.
@@ -75,8 +108,8 @@ impl VcpuManager {
         states: Arc<Mutex<CpuStates>>,
         ged: EventFd,
         on_start: Arc<dyn Fn(u32) + Send + Sync>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, ResizeError> {
+        Ok(Self {
             vm,
             supported,
             max,
@@ -87,7 +120,10 @@ impl VcpuManager {
             on_start,
             threads: Arc::new(Mutex::new(vec![None; max as usize])),
             started: vec![Started::Yes; max as usize],
-        }
+            gates: (0..max).map(|_| Arc::new(Gate::default())).collect(),
+            handles: (0..max).map(|_| None).collect(),
+            kick: kick_signal()?,
+        })
     }
 
     fn create(&mut self, index: u32, entry: Option<GuestAddress>) -> Result<Vcpu, ResizeError> {
@@ -95,7 +131,8 @@ impl VcpuManager {
             .vm
             .create_vcpu(u64::from(index))
             .map_err(|e| ResizeError::Create(index, e))?;
-        let vcpu = Vcpu::new(fd, index, self.ctx.clone());
+        let gate = self.gates[index as usize].clone();
+        let vcpu = Vcpu::new(fd, index, self.ctx.clone(), gate);
         vcpu.configure(&self.supported, self.max, entry)?;
         self.created[index as usize] = true;
         Ok(vcpu)
@@ -112,10 +149,11 @@ impl VcpuManager {
             .collect()
     }
 
-    pub fn spawn(&self, vcpu: Vcpu) -> Result<(), ResizeError> {
+    pub fn spawn(&mut self, vcpu: Vcpu) -> Result<(), ResizeError> {
         let on_start = self.on_start.clone();
         let threads = self.threads.clone();
-        thread::Builder::new()
+        let index = vcpu.index() as usize;
+        let handle = thread::Builder::new()
             .name(format!("vcpu{}", vcpu.index()))
             .spawn(move || {
                 // SAFETY: gettid(2) has no arguments and cannot fail.
@@ -127,8 +165,11 @@ impl VcpuManager {
                 }
                 vcpu.run()
             })
-            .map(|_| ())
-            .map_err(ResizeError::Thread)
+            .map_err(ResizeError::Thread)?;
+        if let Some(h) = self.handles.get_mut(index) {
+            *h = Some(handle);
+        }
+        Ok(())
     }
 
     /// vCPUs enabled and not being removed.
@@ -148,8 +189,11 @@ impl VcpuManager {
             if let Some(s) = self.started.get_mut(i as usize) {
                 *s = Started::WaitingSince(baseline);
             }
-            // A slot used before has a parked vCPU; the guest's INIT/SIPI wakes it.
-            if !self.created[i as usize] {
+            // A slot used before has a parked vCPU: its gate opens, and the
+            // guest's INIT/SIPI then wakes it.
+            if self.created[i as usize] {
+                self.gates[i as usize].open();
+            } else {
                 let vcpu = self.create(i, None)?;
                 self.spawn(vcpu)?;
             }
@@ -213,9 +257,36 @@ impl VcpuManager {
         (0..self.max).filter_map(|i| self.thread_run_time(i)).sum()
     }
 
-    /// vCPUs the guest ejected since the last call (now parked).
+    /// vCPUs the guest ejected since the last call, which are parked: the
+    /// gate of each closes (unless perfvmm has enabled its slot again
+    /// since), and every vCPU whose gate is closed but which has not reached
+    /// it yet is kicked out of `KVM_RUN` (again: a kick that lands just
+    /// before the thread enters `KVM_RUN` is lost, the next is not).
     pub fn take_ejected(&self) -> Vec<u32> {
-        std::mem::take(&mut lock(&self.states).ejected)
+        let ejected = {
+            let mut st = lock(&self.states);
+            let ejected = std::mem::take(&mut st.ejected);
+            for &i in &ejected {
+                let enabled = st.slots.get(i as usize).is_some_and(|s| s.enabled);
+                if let (false, Some(g)) = (enabled, self.gates.get(i as usize)) {
+                    g.close();
+                }
+            }
+            ejected
+        };
+        for (gate, handle) in self.gates.iter().zip(&self.handles) {
+            if let (true, false, Some(h)) = (gate.is_closed(), gate.holds(), handle) {
+                if let Err(e) = h.kill(self.kick) {
+                    log::warn!("cannot kick a parked vCPU's thread: {e}");
+                }
+            }
+        }
+        ejected
+    }
+
+    /// vCPUs parked: their threads wait outside `KVM_RUN`.
+    pub fn parked(&self) -> u32 {
+        self.gates.iter().filter(|g| g.holds()).count() as u32
     }
 }
 
