@@ -185,20 +185,27 @@ pub(crate) fn record(t_ns: u64, hints: &[Hint], sent: Result<u32, SendError>) {
     match sink() {
         Sink::Off => {}
         Sink::Stderr => {
+            // One write per line: `eprintln!` may write a line in pieces,
+            // and another program's output on the same console (a
+            // sampler's) then lands in the middle of it.
+            let mut text = String::new();
             for (i, h) in hints.iter().enumerate() {
-                match sent {
-                    Ok(seq) => eprintln!(
+                let _ = match sent {
+                    Ok(seq) => writeln!(
+                        text,
                         "perfhint-trace seq={} kind={} uptime_ms={}",
                         seq.wrapping_add(i as u32),
                         h.kind_name(),
                         t_ns / 1_000_000
                     ),
-                    Err(e) => eprintln!(
+                    Err(e) => writeln!(
+                        text,
                         "perfhint-trace seq=dropped kind={} reason={e:?}",
                         h.kind_name()
                     ),
-                }
+                };
             }
+            let _ = std::io::stderr().lock().write_all(text.as_bytes());
         }
         Sink::File(f) => {
             let pid = std::process::id();

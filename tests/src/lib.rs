@@ -383,16 +383,7 @@ impl GuestRun {
         let Some(why) = self.harness_failure(&first) else {
             return first;
         };
-        let said: Vec<&str> = first
-            .console
-            .lines()
-            .filter(|l| l.starts_with("perfvmm:") || l.contains(" ERROR ") || l.contains(" WARN "))
-            .collect();
-        eprintln!(
-            "harness: {why}; retrying once. perfvmm said:\n{}\nConsole tail:\n{}",
-            said.join("\n"),
-            first.tail(15)
-        );
+        self.say_retry(&why, &first);
         let retries = report::retry(&why);
         assert!(
             retries == 1,
@@ -408,6 +399,48 @@ impl GuestRun {
             );
         }
         second
+    }
+
+    /// For benchmarks, which run many VMs: like [`GuestRun::run`], each
+    /// run retried once when the harness failed, but a second failure is an
+    /// error to report, not a panic (and not counted against a test).
+    pub fn try_run(&self) -> Result<RunOutput, String> {
+        let _guard = exclusive();
+        if mode() == Mode::Direct {
+            return Ok(self.run_direct());
+        }
+        let first = self.run_nested();
+        let Some(why) = self.harness_failure(&first) else {
+            return Ok(first);
+        };
+        self.say_retry(&why, &first);
+        let second = self.run_nested();
+        match self.harness_failure(&second) {
+            Some(again) => Err(format!(
+                "the retried run failed too: {again} (first run: {why})"
+            )),
+            None => Ok(second),
+        }
+    }
+
+    /// Says on stderr why a nested run is retried, with perfvmm's own lines.
+    fn say_retry(&self, why: &str, first: &RunOutput) {
+        let said: Vec<&str> = first
+            .console
+            .lines()
+            .filter(|l| {
+                // env_logger colours its level names.
+                let plain: String = without_ansi(l);
+                plain.trim_start().starts_with("perfvmm:")
+                    || plain.contains("ERROR ")
+                    || plain.contains("WARN ")
+            })
+            .collect();
+        eprintln!(
+            "harness: {why}; retrying once. perfvmm said:\n{}\nConsole tail:\n{}",
+            said.join("\n"),
+            first.tail(15)
+        );
     }
 
     /// Why a nested run failed through no fault of perfvmm's, if it did.
@@ -801,6 +834,25 @@ impl RunOutput {
     }
 }
 
+/// `line` without ANSI escape sequences (`ESC [ ... letter`).
+fn without_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip to the sequence's final letter.
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// vCPUs online each time the demo workload's parallel phase began, as the
 /// guest saw them (its `phase parallel (4 threads) starts with N CPU(s)
 /// online` lines).
@@ -928,6 +980,13 @@ fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colours_are_taken_out_of_log_lines() {
+        let line = "\u{1b}[90m[\u{1b}[0m\u{1b}[1m\u{1b}[31mERROR\u{1b}[0m perfvmm::vcpu\u{1b}[90m]\u{1b}[0m vCPU 2";
+        assert_eq!(without_ansi(line), "[ERROR perfvmm::vcpu] vCPU 2");
+        assert_eq!(without_ansi("plain"), "plain");
+    }
 
     #[test]
     fn parallel_phase_starts_are_read_from_the_console() {

@@ -294,7 +294,7 @@ fn scheduled_binary(w: &Workload) -> Result<Vec<u8>, String> {
     )
     .l1_cpus(4)
     .timeout(Duration::from_secs(300))
-    .run();
+    .try_run()?;
     let profile = out
         .console
         .lines()
@@ -381,7 +381,9 @@ fn sampled(
         .fetch("decisions.jsonl")
         .l1_cpus(4)
         .timeout(Duration::from_secs(420))
-        .run();
+        .try_run()
+        .map_err(|e| println!("  {} in {}: {e}", w.name, c.label))
+        .ok()?;
     let samples: Vec<GuestSample> = out.console.lines().filter_map(parse_sample).collect();
     let parallel_start_cpus = perfvmm_tests::parallel_start_cpus(&out.console)
         .first()
@@ -435,6 +437,13 @@ fn record(
     let rec = trace::from_run(out, "hints.jsonl", c.shape, &source)
         .map_err(|e| eprintln!("resize-bench: {name}: no trace: {e}"))
         .ok();
+    if let Some(dir) = &outputs.traces {
+        // The console, to see what a run that gave no trace printed.
+        let path = dir.join(format!("{name}.console.txt"));
+        if let Err(e) = std::fs::write(&path, &out.console) {
+            eprintln!("resize-bench: {}: {e}", path.display());
+        }
+    }
     if let Some(dir) = &outputs.svg {
         let mut t = Timeline::from_console(&format!("{}, {}", w.name, c.label), &out.console);
         if let (Some(r), Some(log)) = (&rec, out.files.get("decisions.jsonl")) {
@@ -547,34 +556,13 @@ fn workloads(chosen: &[&Workload], modes: &[&str], rounds: u32, outputs: &Output
                     round + 1,
                     c.label
                 );
-                runs[i].extend(isolated(
-                    &format!("{}-{}-{}", w.name, c.slug, round + 1),
-                    || sampled(w, c, ship.as_deref(), round, outputs),
-                ));
+                runs[i].extend(sampled(w, c, ship.as_deref(), round, outputs));
             }
         }
         print_table(&runs);
         print_hardware(&runs);
         print_validation(&runs);
     }
-}
-
-/// Runs `f` on a thread of its own called `name`: the harness gives each
-/// named run its own retry of a failed nested run, and a run that fails
-/// twice (the harness panics) is a failed run, not the end of the bench.
-fn isolated<T: Send>(name: &str, f: impl FnOnce() -> Option<T> + Send) -> Option<T> {
-    std::thread::scope(|s| {
-        let handle = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn_scoped(s, f)
-            .map_err(|e| eprintln!("resize-bench: {name}: {e}"))
-            .ok()?;
-        handle
-            .join()
-            .map_err(|_| println!("  {name}: the run failed twice in the harness (above)"))
-            .ok()
-            .flatten()
-    })
 }
 
 fn print_table(runs: &[Vec<Run>]) {
@@ -781,4 +769,4 @@ const USAGE: &str =
                 latency model (compared) and the hardware one
   --modes LIST  only these VMs (all four by default)
   --svg DIR     a timeline picture per run (DIR/WORKLOAD-MODE-ROUND.svg)
-  --traces DIR  keep each run's trace and policy (DIR/WORKLOAD-MODE-ROUND.jsonl)";
+  --traces DIR  keep each run's trace, policy and console (DIR/WORKLOAD-MODE-ROUND.*)";
