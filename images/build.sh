@@ -143,12 +143,19 @@ copy_shared_libs() {
 
 # A static CPUID reader, for the CPU template's test (images/cpuid).
 build_cpuid() {
-  local odir=$out/cpuid
+  static_c "$here/cpuid/cpuid.c" "$out/cpuid"
+}
+
+# Builds C file $1 into a static program in directory $2 (when stale) and
+# puts it in the guest's /perfvmm.
+static_c() {
+  local src=$1 odir=$2 name
+  name=$(basename "$src" .c)
   mkdir -p "$odir"
-  if stale "$odir/cpuid" "$here/cpuid/cpuid.c" "$here/build.sh"; then
-    gcc -O2 -Wall -Werror -static "$here/cpuid/cpuid.c" -o "$odir/cpuid"
+  if stale "$odir/$name" "$src" "$here/build.sh"; then
+    gcc -O2 -Wall -Werror -static "$src" -o "$odir/$name"
   fi
-  cp "$odir/cpuid" "$gdir/extra/"
+  cp "$odir/$name" "$gdir/extra/"
 }
 
 # OpenMP in the guest: the test programs, the OMPT tool, and what they load.
@@ -237,17 +244,9 @@ build_derived() {
 # Debian (xz, reading /perfvmm/sort-input); and the sampler that measures
 # them. After build_openmp.
 build_workloads() {
-  local odir=$out/workloads
-  mkdir -p "$odir"
-  if stale "$odir/hashjoin" "$here/workloads/hashjoin.c" "$here/build.sh"; then
-    gcc -O2 -Wall -Werror -static "$here/workloads/hashjoin.c" -o "$odir/hashjoin"
-  fi
-  cp "$odir/hashjoin" "$gdir/extra/"
+  static_c "$here/workloads/hashjoin.c" "$out/workloads"
   # The guest-side sampler of demand and allocation (images/sampler).
-  if stale "$odir/sampler" "$here/sampler/sampler.c" "$here/build.sh"; then
-    gcc -O2 -Wall -Werror -static "$here/sampler/sampler.c" -o "$odir/sampler"
-  fi
-  cp "$odir/sampler" "$gdir/extra/"
+  static_c "$here/sampler/sampler.c" "$out/workloads"
   cp -L /usr/bin/xz "$gdir/extra/xz"
   copy_shared_libs /usr/bin/xz "$gdir/sysroot"
 }
