@@ -144,6 +144,8 @@ copy_shared_libs() {
 # A static CPUID reader, for the CPU template's test (images/cpuid).
 build_cpuid() {
   static_c "$here/cpuid/cpuid.c" "$out/cpuid"
+  # The guest's onliner of hot-added vCPUs (images/cpu-onliner).
+  static_c "$here/cpu-onliner/cpu-onliner.c" "$out/cpuid"
 }
 
 # Builds C file $1 into a static program in directory $2 (when stale) and
@@ -241,14 +243,26 @@ build_derived() {
 
 # resize-bench's workload set beside the demo and the OpenMP kernel: a
 # memory-phase program (images/workloads) and a parallel compressor from
-# Debian (xz, reading /perfvmm/sort-input); and the sampler that measures
-# them. After build_openmp.
+# Debian (xz, reading /perfvmm/sort-input); a `make -j` build of a small C
+# project with Debian's make and tcc; and the sampler that measures them.
+# After build_openmp.
 build_workloads() {
   static_c "$here/workloads/hashjoin.c" "$out/workloads"
   # The guest-side sampler of demand and allocation (images/sampler).
   static_c "$here/sampler/sampler.c" "$out/workloads"
   cp -L /usr/bin/xz "$gdir/extra/xz"
   copy_shared_libs /usr/bin/xz "$gdir/sysroot"
+  # The `make -j` workload: Debian's make and tcc, and the project
+  # (images/workloads/make-project), which includes no header.
+  local prog
+  for prog in make tcc; do
+    cp -L "/usr/bin/$prog" "$gdir/extra/$prog"
+    copy_shared_libs "/usr/bin/$prog" "$gdir/sysroot"
+  done
+  mkdir -p "$gdir/sysroot/usr/bin"
+  ln -sf /perfvmm/tcc "$gdir/sysroot/usr/bin/tcc"
+  rm -rf "$gdir/extra/make-project"
+  cp -r "$here/workloads/make-project" "$gdir/extra/make-project"
 }
 
 build_guest_initramfs() {

@@ -8,8 +8,9 @@ need_pkgs=(busybox-static acpica-tools cpio kmod)
 # OpenMP in the demo guest (images/openmp, guest-hints/ompt): clang 14 with
 # libomp 14 (omp-tools.h, libomp.so.5) and Polly (auto-parallelised loops).
 need_pkgs+=(clang-14 libomp-14-dev libpolly-14-dev)
-# resize-bench's parallel compressor, copied into the demo guest.
-need_pkgs+=(xz-utils)
+# resize-bench's parallel compressor and its `make -j` build (make, tcc),
+# copied into the demo guest.
+need_pkgs+=(xz-utils make tcc)
 # QEMU 10 from bookworm-backports: it runs the nested-KVM harness (TCG + SVM).
 bpo_pkgs=(qemu-system-x86)
 

@@ -14,6 +14,17 @@ pub enum Untrusted {
     Ignore,
 }
 
+/// What sizes a resource that no hint and no schedule speaks for (modes
+/// `hints` and `schedule`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unhinted {
+    /// Observed usage, as the `reactive` mode sizes it (`[reactive]`).
+    Usage,
+    /// Nothing: the allocation holds until a hint moves it.
+    Hold,
+}
+
 /// How vCPU threads are pinned to host CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -132,6 +143,10 @@ pub struct HintPolicy {
     /// ...and in a burst.
     pub burst: u32,
     pub untrusted: Untrusted,
+    /// What sizes vCPUs while no hint or schedule speaks for them.
+    pub unhinted_vcpus: Unhinted,
+    /// What sizes memory while no hint or schedule speaks for it.
+    pub unhinted_memory: Unhinted,
 }
 
 impl Default for HintPolicy {
@@ -140,6 +155,10 @@ impl Default for HintPolicy {
             rate_per_sec: 200,
             burst: 400,
             untrusted: Untrusted::Clamp,
+            // A VM is not resized unless something asks (docs/policy.md
+            // says when "usage" pays, and when it does not).
+            unhinted_vcpus: Unhinted::Hold,
+            unhinted_memory: Unhinted::Hold,
         }
     }
 }
@@ -195,7 +214,7 @@ impl Mode {
 }
 
 /// The `reactive` mode's parameters.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReactivePolicy {
     /// Usage samples older than this are forgotten.
@@ -207,11 +226,14 @@ pub struct ReactivePolicy {
 }
 
 impl Default for ReactivePolicy {
+    /// Tuned on resize-bench's training set (sort, autopar, pipeline; not
+    /// the workloads it is compared on) by `tune-reactive`, with the nested
+    /// latency model (docs/benchmarks.md).
     fn default() -> Self {
         ReactivePolicy {
-            window_ms: 10_000,
+            window_ms: 2_000,
             percentile: 0.95,
-            margin: 0.2,
+            margin: 0.1,
         }
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use guest_hints::wire::{Hint, Memory, Outcome, Parallelism, PhaseNeeds};
 use serde::Serialize;
 
-use super::config::{Mode, Policy, Untrusted};
+use super::config::{Mode, Policy, Unhinted, Untrusted};
 use super::schedule::{Latencies, PlannedPhase, Schedule};
 
 /// Memory allocations are whole multiples of this (virtio-mem's block).
@@ -525,17 +525,40 @@ impl Engine {
                 Some(w) => (Some(w), Source::Usage),
                 None => (None, Source::Nothing),
             },
-            Mode::Hints => self.hinted(r),
+            Mode::Hints => self.or_usage(r, now, self.hinted(r)),
             Mode::Schedule => match (self.hinted(r), self.scheduled(r, now)) {
                 ((Some(h), _), Some((w, seq, phase))) if w > h => {
                     (Some(w), Source::Schedule(seq, phase))
                 }
                 ((None, _), Some((w, seq, phase))) => (Some(w), Source::Schedule(seq, phase)),
-                (hinted, _) => hinted,
+                (hinted, _) => self.or_usage(r, now, hinted),
             },
         };
         let target = wanted.unwrap_or(t.alloc).max(t.floor).clamp(t.min, t.max);
         (target, source)
+    }
+
+    /// `wanted`, or where nothing is wanted and the policy says so
+    /// (`[hints] unhinted_*`), what observed usage recommends: hints say
+    /// what is coming, usage covers what they leave unsaid (memory, when a
+    /// program hints only its parallelism).
+    fn or_usage(
+        &self,
+        r: Resource,
+        now: Duration,
+        wanted: (Option<u64>, Source),
+    ) -> (Option<u64>, Source) {
+        let fallback = match r {
+            Resource::Vcpus => self.policy.hints.unhinted_vcpus,
+            Resource::Memory => self.policy.hints.unhinted_memory,
+        };
+        match wanted {
+            (None, _) if fallback == Unhinted::Usage => match self.recommended(r, now) {
+                Some(w) => (Some(w), Source::Usage),
+                None => wanted,
+            },
+            _ => wanted,
+        }
     }
 
     fn hinted(&self, r: Resource) -> (Option<u64>, Source) {
@@ -834,6 +857,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ReactivePolicy;
     use guest_hints::client::hint;
 
     fn ms(n: u64) -> Duration {
@@ -1190,7 +1214,16 @@ mod tests {
 
     #[test]
     fn reactive_mode_follows_usage_not_hints() {
-        let mut e = engine_in(Mode::Reactive, 1, 8);
+        let mut p = Policy {
+            mode: Mode::Reactive,
+            ..Policy::default()
+        };
+        p.reactive = ReactivePolicy {
+            window_ms: 10_000,
+            percentile: 0.95,
+            margin: 0.2,
+        };
+        let mut e = Engine::new(p, limits(1, 8));
         let (_, d) = e.on_hint(ms(0), 1, &hint::parallelism(8, 8, 0.0));
         assert!(d.is_empty(), "hints are not used");
         // Busy 2.5 vCPUs: p95 2.5 x 1.2 margin = 3 vCPUs.
@@ -1209,6 +1242,36 @@ mod tests {
         // Memory: 300 MiB in use -> 360 MiB, in 2 MiB steps.
         e.observe_usage(ms(17_000), Resource::Memory, (300 * MIB) as f64);
         assert_eq!(e.recommended(Resource::Memory, ms(17_000)), Some(360 * MIB));
+    }
+
+    #[test]
+    fn unhinted_memory_can_follow_usage_while_unhinted_vcpus_hold() {
+        let mut p = Policy {
+            mode: Mode::Hints,
+            ..Policy::default()
+        };
+        p.hints.unhinted_memory = Unhinted::Usage;
+        p.reactive.margin = 0.2;
+        p.reactive.window_ms = 10_000;
+        let mut e = Engine::new(p, limits(1, 4));
+        for i in 0..20 {
+            e.observe_usage(ms(i * 100), Resource::Vcpus, 1.05);
+            e.observe_usage(ms(i * 100), Resource::Memory, (200 * MIB) as f64);
+        }
+        // No memory hint: 200 MiB in use plus the reactive margin, after
+        // the shrink window; vCPUs hold at the boot size.
+        assert!(e.tick(ms(2_000)).is_empty(), "memory waits for the window");
+        let d = one(e.tick(ms(4_100)));
+        assert_eq!((d.resource, d.to), (Resource::Memory, 240 * MIB));
+        // A memory hint wins over usage.
+        let (_, d) = e.on_hint(ms(4_200), 1, &hint::memory(600 * MIB, 600 * MIB, 0));
+        assert_eq!(one(d).to, 600 * MIB + e.policy.memory.reserve.0);
+
+        // By default, memory holds where it is.
+        let mut e = engine_in(Mode::Hints, 1, 4);
+        e.observe_usage(ms(0), Resource::Memory, (200 * MIB) as f64);
+        assert!(e.tick(ms(1_000)).is_empty());
+        assert!(e.tick(ms(4_000)).is_empty());
     }
 
     #[test]

@@ -681,13 +681,13 @@ mod tests {
 
     #[test]
     fn memory_in_use_is_what_the_vm_must_keep() {
-        // Without reserved memory: 160 MiB in use, plus the 20 % margin.
+        // Without reserved memory: 160 MiB in use, plus the 10 % margin.
         let m = reactive_memory(None);
-        assert_eq!((m[0].1, m[0].2), (512, 192), "{m:?}");
+        assert_eq!((m[0].1, m[0].2), (512, 176), "{m:?}");
         // The kernel's 48 MiB count: the allocation less MemAvailable is
         // 208 MiB, plus the margin (rounded up to the 2 MiB step).
         let m = reactive_memory(Some(48 << 10));
-        assert_eq!((m[0].1, m[0].2), (512, 250), "{m:?}");
+        assert_eq!((m[0].1, m[0].2), (512, 230), "{m:?}");
         // Past the guest's MemTotal (202 MiB) MemAvailable is 0: perfvmm
         // sees the VM keep all it has, not the replayed 400 MiB (448 MiB
         // with the kernel's), and grows by the margin.

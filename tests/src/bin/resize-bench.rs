@@ -4,7 +4,8 @@
 //!    the guest sees them (the policy's own decision takes well under 1 µs,
 //!    see `cargo bench -p perfvmm-policy --bench engine`), with `shrink_after_ms = 0`;
 //! 2. a set of workloads — the demo, an OpenMP kernel, a hash join (a
-//!    memory phase) and a parallel compressor (xz) — each in four VMs:
+//!    memory phase), a parallel compressor (xz) and a `make -j` build —
+//!    each in four VMs:
 //!    static (sized for the peak), reactive (host-observed usage), hints
 //!    (hand-written: the demo's own, `perfhint phase` around the others, the
 //!    OMPT tool for the OpenMP kernel) and schedule (a profile-derived
@@ -23,7 +24,7 @@
 //!    what the same run would give where resizes take milliseconds.
 //!
 //!   cargo run --release -p perfvmm-tests --bin resize-bench -- [--rounds N]
-//!       [--only latency|workloads] [--workloads demo,omp,hashjoin,xz]
+//!       [--only latency|workloads] [--workloads demo,omp,hashjoin,xz,make|sort,autopar,pipeline]
 //!       [--modes static,reactive,hints,schedule] [--svg DIR] [--traces DIR]
 
 use std::path::{Path, PathBuf};
@@ -76,7 +77,7 @@ fn latency(rounds: u32) {
     }
     println!("hint -> resize visible in the guest ({} rounds)", cpu.len());
     println!(
-        "  vCPU online (1 -> 2, guest onliner polls every 50 ms): p50 {:.0} ms, max {:.0} ms",
+        "  vCPU online (1 -> 2, the guest onlines it on the kernel's uevent): p50 {:.0} ms, max {:.0} ms",
         percentile(&mut cpu, 0.5),
         percentile(&mut cpu, 1.0)
     );
@@ -100,32 +101,67 @@ struct Workload {
     /// that the schedule VM gets as `/ship/NAME`. Otherwise (the demo) the
     /// image ships the scheduled binary.
     profiled: bool,
+    /// Of the reactive policy's training set (`tune-reactive`), not of the
+    /// evaluation set: run only when `--workloads` names it.
+    training: bool,
 }
 
-const WORKLOADS: [Workload; 4] = [
+const WORKLOADS: [Workload; 8] = [
     Workload {
         name: "demo",
         binary: "demo-workload",
         label: "demo (serial 2.5 s, parallel 4 x 2 s, memory 384 MiB, I/O)",
         profiled: false,
+        training: false,
     },
     Workload {
         name: "omp",
         binary: "omp-work",
         label: "OpenMP kernel (3 bursts of 4 s on 4 threads, 4 s serial gaps)",
         profiled: true,
+        training: false,
     },
     Workload {
         name: "hashjoin",
         binary: "hashjoin",
         label: "hash join (2 s scan, build and probe a 256 MiB table, 2 s emit)",
         profiled: true,
+        training: false,
     },
     Workload {
         name: "xz",
         binary: "xz",
         label: "parallel compressor (xz -T4 -1, 13.4 MiB in 512 KiB blocks)",
         profiled: true,
+        training: false,
+    },
+    Workload {
+        name: "make",
+        binary: "make",
+        label: "make -j4: generate (awk), compile 16 units (tcc), link",
+        profiled: true,
+        training: false,
+    },
+    Workload {
+        name: "sort",
+        binary: "sort",
+        label: "training: coreutils sort --parallel=4, 1.56 M lines",
+        profiled: false,
+        training: true,
+    },
+    Workload {
+        name: "autopar",
+        binary: "autopar",
+        label: "training: Polly-parallelised Jacobi sweeps (200 on 4 threads)",
+        profiled: false,
+        training: true,
+    },
+    Workload {
+        name: "pipeline",
+        binary: "autopar",
+        label: "training: gzip (serial), 60 Jacobi sweeps on 4 threads, gzip",
+        profiled: false,
+        training: true,
     },
 ];
 
@@ -256,15 +292,14 @@ const CONFIGS: [Config; 4] = [
         policy: "mode = \"static\"\n",
     },
     Config {
-        label: "reactive (usage, p95 + 20 %, 10 s)",
+        label: "reactive (usage, tuned: p95 + 10 %, 2 s)",
         slug: "reactive",
         shape: ELASTIC,
         variant: "plain",
         args: &["--cpus", "1,max=4", "--memory", "512M,max=1G"],
-        // Memory no lower than the boot size, so that this row compares CPU
-        // sizing: a reactive balloon grows back only after the memory
-        // phase has begun, and too slowly under emulation.
-        policy: "mode = \"reactive\"\n[memory]\nmin = \"512M\"\n",
+        // The tuned defaults (docs/policy.md, `[reactive]`), and the same
+        // memory bounds as the hint-driven VMs.
+        policy: "mode = \"reactive\"\n",
     },
     Config {
         label: "hints (hand-written)",
@@ -272,7 +307,8 @@ const CONFIGS: [Config; 4] = [
         shape: ELASTIC,
         variant: "plain",
         args: &["--cpus", "1,max=4", "--memory", "512M,max=1G"],
-        policy: "mode = \"hints\"\n",
+        // Memory no hint names follows usage (docs/policy.md, `[hints]`).
+        policy: "mode = \"hints\"\n[hints]\nunhinted_memory = \"usage\"\n",
     },
     Config {
         label: "schedule (profile-derived)",
@@ -280,7 +316,7 @@ const CONFIGS: [Config; 4] = [
         shape: ELASTIC,
         variant: "scheduled",
         args: &["--cpus", "1,max=4", "--memory", "512M,max=1G"],
-        policy: "mode = \"schedule\"\n",
+        policy: "mode = \"schedule\"\n[hints]\nunhinted_memory = \"usage\"\n",
     },
 ];
 
@@ -715,7 +751,7 @@ fn main() {
         }
     }
     let chosen: Vec<&Workload> = match &names {
-        None => WORKLOADS.iter().collect(),
+        None => WORKLOADS.iter().filter(|w| !w.training).collect(),
         Some(list) => {
             let mut v = Vec::new();
             for n in list.split(',') {
@@ -758,10 +794,12 @@ fn main() {
 
 const USAGE: &str =
     "usage: resize-bench [--latency-rounds N] [--rounds N] [--only latency|workloads]
-                    [--workloads demo,omp,hashjoin,xz] [--modes static,reactive,hints,schedule]
+                    [--workloads demo,omp,hashjoin,xz,make|sort,autopar,pipeline] [--modes static,reactive,hints,schedule]
                     [--svg DIR] [--traces DIR]
   latency:      hint -> resize visible in the guest, N rounds (5)
-  workloads:    each workload (all four unless --workloads names some) in a
+  workloads:    each workload of the evaluation set (demo, omp, hashjoin, xz,
+                make) unless --workloads names some (sort, autopar and pipeline,
+                the reactive policy's training set, only when named) in a
                 static, a reactive, a hint-driven and a schedule-driven VM,
                 N runs each, alternating (3); a profiled workload's schedule
                 comes from one profile run in the static VM first. Each run's
