@@ -46,7 +46,7 @@ use crate::devices::i8042::{self, I8042};
 use crate::devices::power::{self, PowerDevice};
 use crate::devices::serial::{ConsoleOut, SerialDevice};
 use crate::devices::virtio::balloon::Balloon;
-use crate::devices::virtio::mem::VirtioMem;
+use crate::devices::virtio::mem::{self as mem_dev, SlotMap, VirtioMem};
 use crate::devices::virtio::{IrqFdInterrupt, MmioSlot, QueueHandler, SlotFds};
 use crate::exit::ExitNotifier;
 use crate::layout::{
@@ -96,6 +96,10 @@ pub enum VmError {
     MissingCap(&'static str),
     #[error("--cpus: KVM on this host allows at most {limit} vCPUs, {asked} were asked for")]
     TooManyVcpus { asked: u32, limit: usize },
+    #[error("--memory max: the hotplug region needs {needed} KVM memory slots, KVM on this host has {limit}")]
+    TooManyMemorySlots { needed: usize, limit: usize },
+    #[error("the virtio-mem region at {0:#x} is not a region of guest memory")]
+    HotplugRegion(u64),
     #[error("cannot allocate {size} MiB of guest memory: {source}")]
     Memory {
         size: u64,
@@ -140,7 +144,7 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vm, VmError> {
     let cfg = &within_policy(cfg, &policy);
     let inputs = Inputs::load(cfg, policy, start)?;
     let entry = load_guest(cfg, &inputs)?;
-    let (kvm, vm) = create_kvm_vm(cfg, &inputs.mem)?;
+    let (kvm, vm) = create_kvm_vm(cfg, &inputs.mem, inputs.hotplug)?;
     let mut b = VmBuilder::new(cfg, start, inputs, vm)?;
     let console = b.attach_console()?;
     b.attach_power()?;
@@ -311,8 +315,18 @@ fn check_caps(kvm: &Kvm) -> Result<(), VmError> {
     Ok(())
 }
 
-fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
-    for (slot, region) in mem.iter().enumerate() {
+/// Registers guest RAM with KVM, one memory slot per region, but not the
+/// virtio-mem region (`hotplug`): its slots are registered as the guest
+/// plugs memory there ([`KvmSlots`]).
+fn register_memory(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    hotplug: Option<(u64, u64)>,
+) -> Result<(), VmError> {
+    let ram = mem
+        .iter()
+        .filter(|r| hotplug.is_none_or(|(start, _)| r.start_addr().raw_value() != start));
+    for (slot, region) in ram.enumerate() {
         let region_desc = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().raw_value(),
@@ -331,7 +345,11 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
 
 /// Opens KVM, checks what perfvmm needs of it, and creates the VM with an
 /// in-kernel irqchip and PIT and with guest memory registered.
-pub fn create_kvm_vm(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd), VmError> {
+pub fn create_kvm_vm(
+    cfg: &VmConfig,
+    mem: &GuestMemoryMmap,
+    hotplug: Option<(u64, u64)>,
+) -> Result<(Kvm, VmFd), VmError> {
     let kvm = open_kvm()?;
     check_caps(&kvm)?;
     let limit = kvm.get_max_vcpus();
@@ -353,7 +371,14 @@ pub fn create_kvm_vm(cfg: &VmConfig, mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd
         ..Default::default()
     };
     kvm_err("KVM_CREATE_PIT2", vm.create_pit2(pit))?;
-    register_memory(&vm, mem)?;
+    if let Some((_, size)) = hotplug {
+        let needed = mem.num_regions() + size.div_ceil(mem_dev::SLOT_SIZE) as usize;
+        let limit = kvm.get_nr_memslots();
+        if needed > limit {
+            return Err(VmError::TooManyMemorySlots { needed, limit });
+        }
+    }
+    register_memory(&vm, mem, hotplug)?;
     Ok((kvm, vm))
 }
 
@@ -424,7 +449,7 @@ pub struct VmBuilder<'a> {
     decision_log: JsonLines,
     hint_log: Arc<Mutex<HintLog>>,
     api_listener: Option<UnixListener>,
-    vm: VmFd,
+    vm: Arc<VmFd>,
     exit: ExitNotifier,
     times: Arc<BootTimes>,
     pio: Bus,
@@ -444,7 +469,7 @@ impl<'a> VmBuilder<'a> {
             decision_log: inputs.decision_log,
             hint_log: Arc::new(Mutex::new(inputs.hint_log)),
             api_listener: inputs.api_listener,
-            vm,
+            vm: Arc::new(vm),
             exit: ExitNotifier::new()?,
             times: BootTimes::new(start),
             pio: Bus::new(),
@@ -546,7 +571,9 @@ impl<'a> VmBuilder<'a> {
             .push(Box::new(QueueHandler::new(notify, balloon.clone())));
         let virtio_mem = match self.hotplug {
             Some((start, size)) => {
-                let dev = VirtioMem::new(start, size);
+                let slots = KvmSlots::new(self.vm.clone(), &self.mem, start)
+                    .ok_or(VmError::HotplugRegion(start))?;
+                let dev = VirtioMem::new(start, size, Box::new(slots));
                 let (t, notify) = self.attach_virtio(virtio_slot(VIRTIO_MEM_SLOT), dev)?;
                 self.subscribers
                     .push(Box::new(QueueHandler::new(notify, t.clone())));
@@ -593,7 +620,7 @@ impl<'a> VmBuilder<'a> {
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
         )?;
         let cfg = self.cfg;
-        let vm = Arc::new(self.vm);
+        let vm = self.vm;
         let ctx = VcpuContext {
             pio: Arc::new(self.pio),
             mmio: Arc::new(self.mmio),
@@ -674,6 +701,62 @@ impl<'a> VmBuilder<'a> {
             mem: self.mem,
             seccomp: cfg.seccomp,
         }))
+    }
+}
+
+/// virtio-mem's slots as KVM memory slots over the region's host mapping,
+/// numbered after guest RAM's.
+struct KvmSlots {
+    vm: Arc<VmFd>,
+    /// KVM's number for the region's slot 0.
+    first: u32,
+    /// The region's guest-physical and host addresses.
+    gpa: u64,
+    host: u64,
+}
+
+impl KvmSlots {
+    /// `None` when `gpa` starts no region of `mem`.
+    fn new(vm: Arc<VmFd>, mem: &GuestMemoryMmap, gpa: u64) -> Option<Self> {
+        let region = mem.find_region(GuestAddress(gpa))?;
+        (region.start_addr().raw_value() == gpa).then(|| KvmSlots {
+            vm,
+            first: (mem.num_regions() - 1) as u32,
+            gpa,
+            host: region.as_ptr() as u64,
+        })
+    }
+
+    /// KVM_SET_USER_MEMORY_REGION for slot `index`; `len` 0 deletes it.
+    fn set(&self, index: usize, gpa: u64, len: u64) -> std::io::Result<()> {
+        let invalid = || std::io::Error::from_raw_os_error(libc::EINVAL);
+        let slot = u32::try_from(index)
+            .ok()
+            .and_then(|i| self.first.checked_add(i))
+            .ok_or_else(invalid)?;
+        let off = gpa.checked_sub(self.gpa).ok_or_else(invalid)?;
+        let region = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: gpa,
+            memory_size: len,
+            userspace_addr: self.host + off,
+            flags: 0,
+        };
+        // SAFETY: the device passes a slot of its region, which lies inside
+        // the region's host mapping; that mapping is owned by the VM's guest
+        // memory and lives until the process exits.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+impl SlotMap for KvmSlots {
+    fn map(&mut self, index: usize, gpa: u64, len: u64) -> std::io::Result<()> {
+        self.set(index, gpa, len)
+    }
+
+    fn unmap(&mut self, index: usize, gpa: u64, _len: u64) -> std::io::Result<()> {
+        self.set(index, gpa, 0)
     }
 }
 

@@ -189,6 +189,7 @@ impl MemoryManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::mem::SlotMap;
     use virtio_mmio::device::status::{ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK};
     use virtio_mmio::transport::reg;
     use virtio_mmio::{Interrupt, Mem, VirtioDevice};
@@ -226,8 +227,22 @@ mod tests {
         assert!(t.is_activated());
     }
 
+    /// Maps and unmaps every slot asked for.
+    struct AllSlots;
+
+    impl SlotMap for AllSlots {
+        fn map(&mut self, _: usize, _: u64, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+
+        fn unmap(&mut self, _: usize, _: u64, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     fn manager(with_virtio_mem: bool) -> MemoryManager {
-        let vm = with_virtio_mem.then(|| transport(VirtioMem::new(4 << 30, 512 * MIB)));
+        let vm = with_virtio_mem
+            .then(|| transport(VirtioMem::new(4 << 30, 512 * MIB, Box::new(AllSlots))));
         MemoryManager::new(BOOT, 1024 * MIB, transport(Balloon::new()), vm)
     }
 

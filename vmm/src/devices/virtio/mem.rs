@@ -1,9 +1,17 @@
 //! virtio-mem (virtio 1.2, 5.15): grows the guest beyond its boot memory.
 //! The device owns a region of guest physical address space above the boot
-//! RAM, mapped (but not populated) from the start; perfvmm sets
-//! `requested_size`, and the guest's driver plugs device blocks until its
-//! plugged size matches, or unplugs them when the request shrinks. Unplugged
-//! blocks have their host memory discarded.
+//! RAM; perfvmm sets `requested_size`, and the guest's driver plugs device
+//! blocks until its plugged size matches, or unplugs them when the request
+//! shrinks. Unplugged blocks have their host memory discarded.
+//!
+//! The guest reaches only the region's slots ([`SLOT_SIZE`]) that hold a
+//! plugged block: a slot is mapped into the guest (a KVM memory slot, see
+//! [`SlotMap`]) when its first block is plugged and unmapped, its memory
+//! discarded, when its last is unplugged. A guest that writes where nothing
+//! is plugged therefore gets no host memory: outside the mapped slots its
+//! accesses are MMIO exits that no device decodes. The device offers
+//! `VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE`, by which the driver promises not
+//! to read unplugged memory (Linux 5.16 and later).
 //!
 //! The guest controls every request field; each address, block count and
 //! state transition is checked and a bad request is answered `ERROR` (never
@@ -25,6 +33,24 @@ pub const QUEUE_SIZE: u16 = 128;
 /// Device block size: the plug/unplug granularity (Linux needs at least its
 /// pageblock size, 2 MiB on x86).
 pub const BLOCK_SIZE: u64 = 2 << 20;
+
+/// The region is mapped into the guest in slots of this size (Linux's x86
+/// memory block, the unit its driver adds memory in): each is mapped while
+/// any of its blocks is plugged. The region's size is a multiple of it.
+pub const SLOT_SIZE: u64 = 128 << 20;
+const BLOCKS_PER_SLOT: usize = (SLOT_SIZE / BLOCK_SIZE) as usize;
+
+/// `VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE`: the driver does not read unplugged memory.
+pub const VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE: u64 = 1;
+
+/// Makes slots of the region guest memory, and takes them away (in perfvmm,
+/// KVM memory slots over the region's host mapping).
+pub trait SlotMap: Send {
+    /// Slot `index` of the region, `[gpa, gpa + len)`, becomes guest memory.
+    fn map(&mut self, index: usize, gpa: u64, len: u64) -> std::io::Result<()>;
+    /// Slot `index` stops being guest memory.
+    fn unmap(&mut self, index: usize, gpa: u64, len: u64) -> std::io::Result<()>;
+}
 
 /// Request and response layout.
 pub const REQ_LEN: usize = 24;
@@ -70,6 +96,9 @@ pub struct VirtioMem {
     requested: u64,
     plugged: Vec<bool>,
     plugged_size: u64,
+    slots: Box<dyn SlotMap>,
+    /// Per slot: mapped into the guest.
+    mapped: Vec<bool>,
     counters: VirtioMemCounters,
     mem: Option<Mem>,
     queues: Vec<Queue>,
@@ -82,14 +111,18 @@ pub struct VirtioMem {
 
 impl VirtioMem {
     /// A device for the region `[addr, addr + size)`; both must be multiples
-    /// of [`BLOCK_SIZE`] and the region must be part of guest memory.
-    pub fn new(addr: u64, size: u64) -> Self {
+    /// of [`SLOT_SIZE`] and the region must be part of the VMM's guest
+    /// memory map, none of it yet mapped into the guest: `slots` maps it
+    /// slot by slot as blocks are plugged.
+    pub fn new(addr: u64, size: u64, slots: Box<dyn SlotMap>) -> Self {
         VirtioMem {
             addr,
             region_size: size,
             requested: 0,
             plugged: vec![false; (size / BLOCK_SIZE) as usize],
             plugged_size: 0,
+            slots,
+            mapped: vec![false; size.div_ceil(SLOT_SIZE) as usize],
             counters: VirtioMemCounters::default(),
             mem: None,
             queues: Vec::new(),
@@ -164,6 +197,7 @@ impl VirtioMem {
                         self.unplug_block(mem, i);
                     }
                 }
+                self.unmap_empty_slots(mem, 0..self.plugged.len());
                 self.counters.unplugs += 1;
                 (resp::ACK, 0)
             }
@@ -192,6 +226,12 @@ impl VirtioMem {
                         (resp::NACK, 0)
                     }
                     req::PLUG => {
+                        if let Err(e) = self.map_slots(range.clone()) {
+                            self.warnings
+                                .warn(format_args!("virtio-mem: mapping a slot: {e}"));
+                            self.counters.nacks += 1;
+                            return (resp::NACK, 0);
+                        }
                         self.plugged[range].fill(true);
                         self.plugged_size += bytes;
                         self.counters.plugs += 1;
@@ -202,9 +242,10 @@ impl VirtioMem {
                         (resp::ERROR, 0)
                     }
                     _ => {
-                        for i in range {
+                        for i in range.clone() {
                             self.unplug_block(mem, i);
                         }
+                        self.unmap_empty_slots(mem, range);
                         self.counters.unplugs += 1;
                         (resp::ACK, 0)
                     }
@@ -213,6 +254,64 @@ impl VirtioMem {
             _ => {
                 self.counters.errors += 1;
                 (resp::ERROR, 0)
+            }
+        }
+    }
+
+    /// The slots holding blocks `blocks`.
+    fn slots_of(blocks: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        blocks.start / BLOCKS_PER_SLOT..blocks.end.div_ceil(BLOCKS_PER_SLOT)
+    }
+
+    fn slot_range(&self, s: usize) -> (u64, u64) {
+        let off = s as u64 * SLOT_SIZE;
+        (self.addr + off, SLOT_SIZE.min(self.region_size - off))
+    }
+
+    /// Maps the slots of `blocks` not yet mapped; on failure, unmaps those
+    /// it mapped.
+    fn map_slots(&mut self, blocks: std::ops::Range<usize>) -> std::io::Result<()> {
+        let mut done = Vec::new();
+        for s in Self::slots_of(blocks) {
+            if self.mapped[s] {
+                continue;
+            }
+            let (gpa, len) = self.slot_range(s);
+            if let Err(e) = self.slots.map(s, gpa, len) {
+                for d in done {
+                    let (gpa, len) = self.slot_range(d);
+                    let _ = self.slots.unmap(d, gpa, len);
+                    self.mapped[d] = false;
+                }
+                return Err(e);
+            }
+            self.mapped[s] = true;
+            done.push(s);
+        }
+        Ok(())
+    }
+
+    /// Unmaps the slots of `blocks` that no longer hold a plugged block, and
+    /// discards their memory (blocks the guest wrote while unplugged
+    /// included).
+    fn unmap_empty_slots(&mut self, mem: &GuestMemoryMmap<()>, blocks: std::ops::Range<usize>) {
+        for s in Self::slots_of(blocks) {
+            let first = s * BLOCKS_PER_SLOT;
+            let end = (first + BLOCKS_PER_SLOT).min(self.plugged.len());
+            if !self.mapped[s] || self.plugged[first..end].iter().any(|p| *p) {
+                continue;
+            }
+            let (gpa, len) = self.slot_range(s);
+            match self.slots.unmap(s, gpa, len) {
+                Ok(()) => self.mapped[s] = false,
+                Err(e) => {
+                    self.warnings
+                        .warn(format_args!("virtio-mem: unmapping a slot: {e}"));
+                    continue;
+                }
+            }
+            if let Err(e) = memory::discard(mem, GuestAddress(gpa), len) {
+                log::warn!("virtio-mem: discarding slot at {gpa:#x}: {e}");
             }
         }
     }
@@ -283,7 +382,7 @@ impl VirtioDevice for VirtioMem {
     }
 
     fn features(&self) -> u64 {
-        1 << VIRTIO_F_VERSION_1
+        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE)
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -323,13 +422,43 @@ mod tests {
     use std::sync::Arc;
     use virtio_mmio::testing::{Desc, DriverRing};
 
-    const REGION: u64 = 16 << 20;
-    const REGION_SIZE: u64 = 16 << 20;
+    const REGION: u64 = 1 << 30;
+    const REGION_SIZE: u64 = 2 * SLOT_SIZE;
     const RING: u64 = 0x1_0000;
     const REQ: u64 = 0x2_0000;
     const RESP: u64 = 0x3_0000;
 
-    fn fixture() -> (Mem, VirtioMem, DriverRing) {
+    /// Records what the device maps (true) and unmaps (false), by slot; a
+    /// map fails when `refuse` is set.
+    #[derive(Clone, Default)]
+    struct Slots {
+        log: Arc<std::sync::Mutex<Vec<(bool, usize)>>>,
+        refuse: bool,
+    }
+
+    impl Slots {
+        fn take(&self) -> Vec<(bool, usize)> {
+            std::mem::take(&mut *self.log.lock().unwrap())
+        }
+    }
+
+    impl SlotMap for Slots {
+        fn map(&mut self, index: usize, gpa: u64, len: u64) -> std::io::Result<()> {
+            assert_eq!((gpa, len), (REGION + index as u64 * SLOT_SIZE, SLOT_SIZE));
+            if self.refuse {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.log.lock().unwrap().push((true, index));
+            Ok(())
+        }
+
+        fn unmap(&mut self, index: usize, _gpa: u64, _len: u64) -> std::io::Result<()> {
+            self.log.lock().unwrap().push((false, index));
+            Ok(())
+        }
+    }
+
+    fn fixture_with(slots: Slots) -> (Mem, VirtioMem, DriverRing) {
         let mem = Arc::new(
             GuestMemoryMmap::<()>::from_ranges(&[
                 (GuestAddress(0), 1 << 20),
@@ -338,9 +467,59 @@ mod tests {
             .unwrap(),
         );
         let ring = DriverRing::new(&mem, RING, QUEUE_SIZE);
-        let mut dev = VirtioMem::new(REGION, REGION_SIZE);
+        let mut dev = VirtioMem::new(REGION, REGION_SIZE, Box::new(slots));
         dev.activate(mem.clone(), 0, vec![ring.queue()]);
         (mem, dev, ring)
+    }
+
+    fn fixture() -> (Mem, VirtioMem, DriverRing) {
+        fixture_with(Slots::default())
+    }
+
+    #[test]
+    fn only_slots_holding_plugged_blocks_are_guest_memory() {
+        let slots = Slots::default();
+        let (mem, mut dev, mut ring) = fixture_with(slots.clone());
+        dev.set_requested(REGION_SIZE);
+        let b = |i: u64| REGION + i * BLOCK_SIZE;
+        let mut ask = |kind, block, nb| request(&mem, &mut dev, &mut ring, kind, b(block), nb).0;
+        assert_eq!(slots.take(), [], "nothing mapped before a plug");
+        assert_eq!(ask(req::PLUG, 0, 1), resp::ACK);
+        assert_eq!(slots.take(), [(true, 0)]);
+        assert_eq!(ask(req::PLUG, 1, 1), resp::ACK);
+        assert_eq!(slots.take(), [], "slot 0 is mapped already");
+        // One request across the two slots maps the second.
+        assert_eq!(ask(req::PLUG, 63, 2), resp::ACK);
+        assert_eq!(slots.take(), [(true, 1)]);
+        assert_eq!(ask(req::UNPLUG, 0, 1), resp::ACK);
+        assert_eq!(slots.take(), [], "blocks 1 and 63 still plugged");
+        assert_eq!(ask(req::UNPLUG, 1, 1), resp::ACK);
+        assert_eq!(ask(req::UNPLUG, 63, 1), resp::ACK);
+        assert_eq!(slots.take(), [(false, 0)]);
+        assert_eq!(ask(req::UNPLUG_ALL, 0, 0), resp::ACK);
+        assert_eq!(slots.take(), [(false, 1)]);
+        // What the guest wrote in a slot is gone once the slot is unmapped.
+        assert_eq!(ask(req::PLUG, 64, 1), resp::ACK);
+        mem.write_obj(7u64, GuestAddress(b(100))).unwrap();
+        assert_eq!(ask(req::UNPLUG, 64, 1), resp::ACK);
+        assert_eq!(mem.read_obj::<u64>(GuestAddress(b(100))).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_slot_that_cannot_be_mapped_refuses_the_plug() {
+        let slots = Slots {
+            refuse: true,
+            ..Slots::default()
+        };
+        let (mem, mut dev, mut ring) = fixture_with(slots.clone());
+        dev.set_requested(REGION_SIZE);
+        assert_eq!(
+            request(&mem, &mut dev, &mut ring, req::PLUG, REGION, 1).0,
+            resp::NACK
+        );
+        assert_eq!(dev.plugged_size(), 0);
+        assert_eq!(slots.take(), []);
+        assert!(dev.features() & (1 << VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE) != 0);
     }
 
     fn request(
