@@ -12,12 +12,16 @@
  *            device reports them on its event queue; EAGAIN when none
  *            wait on a non-blocking fd.
  *   poll()   POLLOUT when a message can be queued, POLLIN when outcomes wait.
+ * Once the device is unbound, files still open fail every read and write
+ * with ENODEV (sleeping readers are woken) and poll POLLHUP; the driver's
+ * state lives until the last of them is closed.
  * and sysfs counters under /sys/class/misc/perfhint/: sent, completed,
  * errors, outcomes, outcomes_dropped.
  */
 #include <linux/atomic.h>
 #include <linux/fs.h>
 #include <linux/kfifo.h>
+#include <linux/kref.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
 #include <linux/poll.h>
@@ -46,14 +50,17 @@
 #define PH_OUTCOME_FIFO (4096 * PH_OUTCOME_LEN)
 
 struct perfhint {
+	/* One reference for the bound device, one per open file: unbinding
+	 * with files open leaves this (not the virtqueues) to the last close. */
+	struct kref ref;
 	struct virtio_device *vdev;
 	struct virtqueue *hintq;
 	struct virtqueue *eventq;
-	spinlock_t lock;	/* serialises virtqueue use and the fifo */
+	spinlock_t lock;	/* serialises virtqueue use, the fifo and `ready` */
 	wait_queue_head_t write_wait;
 	wait_queue_head_t read_wait;
 	u32 max_len;
-	bool ready;
+	bool ready;	/* false once unbound: the virtqueues are gone */
 	DECLARE_KFIFO(outcomes, u8, PH_OUTCOME_FIFO);
 	void *event_bufs[PH_EVENT_BUFS];
 	struct miscdevice misc;
@@ -161,21 +168,53 @@ static void ph_want_room_callback(struct perfhint *ph)
 	spin_unlock_irqrestore(&ph->lock, flags);
 }
 
+/* True when a message can be queued, or when the device is gone (the
+ * write then fails with ENODEV). */
 static bool ph_has_room(struct perfhint *ph)
 {
 	unsigned long flags;
-	bool room;
+	bool room = true;
 
 	spin_lock_irqsave(&ph->lock, flags);
-	ph_reclaim_hintq(ph);
-	room = !ph->ready || ph->hintq->num_free > 0;
+	if (ph->ready) {
+		ph_reclaim_hintq(ph);
+		room = ph->hintq->num_free > 0;
+	}
 	spin_unlock_irqrestore(&ph->lock, flags);
 	return room;
 }
 
+static bool ph_gone(struct perfhint *ph)
+{
+	return !READ_ONCE(ph->ready);
+}
+
+static void ph_free(struct kref *ref)
+{
+	kfree(container_of(ref, struct perfhint, ref));
+}
+
 static struct perfhint *ph_from_file(struct file *file)
 {
-	return container_of(file->private_data, struct perfhint, misc);
+	return file->private_data;
+}
+
+/* misc_open has set private_data to our miscdevice and holds misc_mtx,
+ * which misc_deregister (in ph_remove) also takes: the device is still
+ * bound here. */
+static int ph_open(struct inode *inode, struct file *file)
+{
+	struct perfhint *ph = container_of(file->private_data, struct perfhint, misc);
+
+	kref_get(&ph->ref);
+	file->private_data = ph;
+	return 0;
+}
+
+static int ph_release(struct inode *inode, struct file *file)
+{
+	kref_put(&ph_from_file(file)->ref, ph_free);
+	return 0;
 }
 
 static ssize_t ph_write(struct file *file, const char __user *ubuf, size_t len, loff_t *ppos)
@@ -221,6 +260,12 @@ static bool ph_outcomes_waiting(struct perfhint *ph)
 	return kfifo_len(&ph->outcomes) >= PH_OUTCOME_LEN;
 }
 
+/* What a sleeping reader waits for: outcomes, or the device going away. */
+static bool ph_readable(struct perfhint *ph)
+{
+	return ph_outcomes_waiting(ph) || ph_gone(ph);
+}
+
 static ssize_t ph_read(struct file *file, char __user *ubuf, size_t len, loff_t *ppos)
 {
 	struct perfhint *ph = ph_from_file(file);
@@ -231,9 +276,11 @@ static ssize_t ph_read(struct file *file, char __user *ubuf, size_t len, loff_t 
 	if (len < PH_OUTCOME_LEN)
 		return -EINVAL;
 	while (!ph_outcomes_waiting(ph)) {
+		if (ph_gone(ph))
+			return -ENODEV;
 		if (file->f_flags & O_NONBLOCK)
 			return -EAGAIN;
-		if (wait_event_interruptible(ph->read_wait, ph_outcomes_waiting(ph)))
+		if (wait_event_interruptible(ph->read_wait, ph_readable(ph)))
 			return -ERESTARTSYS;
 	}
 	want = min_t(size_t, len, sizeof(tmp));
@@ -253,6 +300,8 @@ static __poll_t ph_poll(struct file *file, poll_table *wait)
 
 	poll_wait(file, &ph->write_wait, wait);
 	poll_wait(file, &ph->read_wait, wait);
+	if (ph_gone(ph))
+		return EPOLLHUP | EPOLLERR;
 	if (ph_has_room(ph))
 		mask |= EPOLLOUT | EPOLLWRNORM;
 	if (ph_outcomes_waiting(ph))
@@ -262,6 +311,8 @@ static __poll_t ph_poll(struct file *file, poll_table *wait)
 
 static const struct file_operations ph_fops = {
 	.owner = THIS_MODULE,
+	.open = ph_open,
+	.release = ph_release,
 	.write = ph_write,
 	.read = ph_read,
 	.poll = ph_poll,
@@ -344,6 +395,7 @@ static int ph_probe(struct virtio_device *vdev)
 		err = -ENOMEM;
 		goto out_unlock;
 	}
+	kref_init(&ph->ref);
 	ph->vdev = vdev;
 	vdev->priv = ph;
 	spin_lock_init(&ph->lock);
@@ -442,7 +494,9 @@ static void ph_remove(struct virtio_device *vdev)
 	ph_free_event_bufs(ph);
 	ph_global = NULL;
 	mutex_unlock(&ph_global_lock);
-	kfree(ph);
+	/* Open files keep `ph` (its wait queues and fifo) until they close;
+	 * their reads and writes now fail with ENODEV. */
+	kref_put(&ph->ref, ph_free);
 }
 
 static const struct virtio_device_id id_table[] = {

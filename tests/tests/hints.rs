@@ -149,6 +149,28 @@ fn module_unloads_and_reloads_and_hints_flow_again() {
     assert_eq!(tasks, [1, 2], "hints before and after the reload arrive");
 }
 
+/// Issue 12: unbinding the device while files are open and a reader sleeps
+/// freed the driver's state under them. Now the reader wakes with ENODEV,
+/// writes fail, nothing oopses, and the device binds again.
+#[test]
+fn unbinding_with_open_files_wakes_readers_and_binds_again() {
+    let out = run_scenario("unbind", "");
+    out.expect_contains("scenario: unbound virtio")
+        .expect_contains("scenario: reader woke rc=1")
+        .expect_contains("No such device")
+        .expect_contains("scenario: write after unbind refused")
+        .expect_contains("scenario: bound again")
+        .expect_contains("scenario: sent after rebind")
+        .expect_contains("scenario: kernel oops lines=0")
+        .expect_exit(0);
+    let tasks: Vec<u64> = log_lines(&out)
+        .iter()
+        .filter(|v| v["kind"] == "parallelism")
+        .map(|v| v["fields"]["runnable_tasks"].as_u64().unwrap())
+        .collect();
+    assert_eq!(tasks, [3], "the hint after the rebind arrives");
+}
+
 #[test]
 fn garbage_is_refused_and_good_hints_still_accepted() {
     let out = run_scenario("garbage", "");
