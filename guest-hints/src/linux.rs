@@ -6,9 +6,9 @@
 //!   device's maximum fails with `EINVAL`;
 //! * a non-blocking descriptor gets `EAGAIN` when the queue is full (the
 //!   message is not sent); a blocking one waits for room;
-//! * `read()` returns 8-byte outcome entries (`seq:u32 outcome:u8 pad[3]`)
-//!   as the device reports them, for all writers; `poll()` says when some
-//!   are waiting.
+//! * `read()` returns 8-byte outcome entries (`seq:u32 outcome:u8 pad:u8
+//!   stream:u16`) as the device reports them, for this open file's own
+//!   messages only; `poll()` says when some are waiting.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};

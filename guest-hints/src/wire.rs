@@ -8,12 +8,16 @@
 //! ```text
 //! message  = header record*
 //! header   = magic:u16 ("PH" = 0x4850) version:u8 flags:u8 count:u16
-//!            reserved:u16 seq:u32 total_len:u32            (16 bytes)
+//!            stream:u16 seq:u32 total_len:u32              (16 bytes)
 //! record   = kind:u16 len:u16 body[len]                    (4 + len bytes)
 //! ```
 //!
 //! `seq` numbers the message's first record; record *i* has `seq + i`, the
-//! number its outcome on the event queue carries. Readers skip records of
+//! number its outcome on the event queue carries. `stream` is the guest
+//! driver's, not the program's: with the device's `STREAMS` feature the
+//! driver writes there the number of the open file the message came
+//! through, so that each file has its own sequence numbers, phases and
+//! outcomes (writers leave it 0). Readers skip records of
 //! unknown kinds (their length says how far) and ignore body bytes past the
 //! fields they know, so old devices work with new guests and the reverse.
 //! See `docs/wire-format.md`.
@@ -591,6 +595,9 @@ pub struct Header {
     pub flags: u8,
     /// Records in the message.
     pub count: u16,
+    /// The guest driver's stream (its open file) the message came through;
+    /// 0 when the driver does not number them.
+    pub stream: u16,
     /// Sequence number of the first record.
     pub seq: u32,
     /// Length of the whole message, header included.
@@ -609,6 +616,7 @@ pub fn decode_header(msg: &[u8]) -> Result<Header, DecodeError> {
         version: msg[2],
         flags: msg[3],
         count: u16_at(msg, 4),
+        stream: u16_at(msg, 6),
         seq: u32_at(msg, 8),
         total_len: u32_at(msg, 12),
     };
@@ -1124,19 +1132,24 @@ wire_enum! {
     }
 }
 
-/// One event-queue entry: `seq:u32 outcome:u8 reserved[3]`.
+/// One event-queue entry: `seq:u32 outcome:u8 reserved:u8 stream:u16`.
 pub const OUTCOME_LEN: usize = 8;
 
-/// The event-queue entry saying what happened to record `seq`.
-pub fn encode_outcome(seq: u32, outcome: Outcome) -> [u8; OUTCOME_LEN] {
+/// Offset of the message header's `stream`, which the guest driver writes.
+pub const STREAM_OFFSET: usize = 6;
+
+/// The event-queue entry saying what happened to record `seq` of `stream`.
+pub fn encode_outcome(stream: u16, seq: u32, outcome: Outcome) -> [u8; OUTCOME_LEN] {
     let s = seq.to_le_bytes();
-    [s[0], s[1], s[2], s[3], outcome as u8, 0, 0, 0]
+    let t = stream.to_le_bytes();
+    [s[0], s[1], s[2], s[3], outcome as u8, 0, t[0], t[1]]
 }
 
-/// Reads an event-queue entry; `None` when it is short or its outcome unknown.
-pub fn decode_outcome(b: &[u8]) -> Option<(u32, Outcome)> {
+/// Reads an event-queue entry as (stream, seq, outcome); `None` when it is
+/// short or its outcome unknown.
+pub fn decode_outcome(b: &[u8]) -> Option<(u16, u32, Outcome)> {
     if b.len() < OUTCOME_LEN {
         return None;
     }
-    Some((u32_at(b, 0), Outcome::from_u8(b[4])?))
+    Some((u16_at(b, 6), u32_at(b, 0), Outcome::from_u8(b[4])?))
 }

@@ -8,9 +8,13 @@
  *            device's max_message_len fails with EINVAL. When the hint
  *            queue is full a non-blocking fd gets EAGAIN, a blocking one
  *            waits for room.
- *   read()   8-byte outcome entries (seq:u32, outcome:u8, pad[3]) as the
- *            device reports them on its event queue; EAGAIN when none
- *            wait on a non-blocking fd.
+ *   read()   8-byte outcome entries (seq:u32, outcome:u8, pad:u8,
+ *            stream:u16) as the device reports them on its event queue;
+ *            EAGAIN when none wait on a non-blocking fd.
+ * Each open file is a stream of its own: the driver writes its number into
+ * every message's header (the device's STREAMS feature), so that the
+ * device keeps each file's phases and rate budget apart, and each file
+ * reads only the outcomes of its own messages.
  *   poll()   POLLOUT when a message can be queued, POLLIN when outcomes wait.
  * Once the device is unbound, files still open fail every read and write
  * with ENODEV (sleeping readers are woken) and poll POLLHUP; the driver's
@@ -29,6 +33,7 @@
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/uaccess.h>
+#include <asm/unaligned.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
 #include <linux/wait.h>
@@ -36,6 +41,7 @@
 #define VIRTIO_ID_PERFHINT 65535
 #define VIRTIO_PERFHINT_F_EVENTQ 0
 #define VIRTIO_PERFHINT_F_MANIFEST 1
+#define VIRTIO_PERFHINT_F_STREAMS 2
 
 /* Config space offsets (little-endian). */
 #define PH_CFG_VERSION 0
@@ -46,8 +52,22 @@
 #define PH_OUTCOME_LEN 8
 #define PH_EVENT_BUFS 16
 #define PH_EVENT_BUF_LEN 256
-/* Outcome entries kept for readers; older ones are dropped (and counted). */
-#define PH_OUTCOME_FIFO (4096 * PH_OUTCOME_LEN)
+/* Outcome entries kept per open file; older ones are dropped (and counted). */
+#define PH_OUTCOME_FIFO (512 * PH_OUTCOME_LEN)
+/* Where the message header's stream number sits, and the outcome's. */
+#define PH_STREAM_OFFSET 6
+#define PH_OUTCOME_STREAM_OFFSET 6
+/* Files open at once (stream numbers 1..PH_MAX_STREAMS). */
+#define PH_MAX_STREAMS 1024
+
+struct perfhint;
+
+/* One open file: its stream number and the outcomes of its messages. */
+struct ph_file {
+	struct perfhint *ph;
+	u32 stream;
+	DECLARE_KFIFO(outcomes, u8, PH_OUTCOME_FIFO);
+};
 
 struct perfhint {
 	/* One reference for the bound device, one per open file: unbinding
@@ -61,7 +81,10 @@ struct perfhint {
 	wait_queue_head_t read_wait;
 	u32 max_len;
 	bool ready;	/* false once unbound: the virtqueues are gone */
-	DECLARE_KFIFO(outcomes, u8, PH_OUTCOME_FIFO);
+	bool streams;	/* the device takes stream numbers */
+	/* Open files by stream number; read under `lock` in interrupts,
+	 * entries removed under `lock`. */
+	struct xarray files;
 	void *event_bufs[PH_EVENT_BUFS];
 	struct miscdevice misc;
 	atomic64_t sent, completed, errors, outcomes_seen, outcomes_dropped;
@@ -102,6 +125,39 @@ static int ph_post_event_buf(struct perfhint *ph, void *buf)
 	return virtqueue_add_inbuf(ph->eventq, &sg, 1, buf, GFP_ATOMIC);
 }
 
+/* Queues one outcome entry for file `pf`, dropping its oldest when full. */
+static void ph_deliver(struct perfhint *ph, struct ph_file *pf, const u8 *entry)
+{
+	if (kfifo_avail(&pf->outcomes) < PH_OUTCOME_LEN) {
+		u8 old[PH_OUTCOME_LEN];
+
+		if (kfifo_out(&pf->outcomes, old, PH_OUTCOME_LEN) != PH_OUTCOME_LEN)
+			return;
+		atomic64_inc(&ph->outcomes_dropped);
+	}
+	kfifo_in(&pf->outcomes, entry, PH_OUTCOME_LEN);
+}
+
+/* To the file whose stream the entry names; without streams, to every
+ * open file. Called with ph->lock held. */
+static void ph_route(struct perfhint *ph, const u8 *entry)
+{
+	struct ph_file *pf;
+	unsigned long id;
+
+	atomic64_inc(&ph->outcomes_seen);
+	if (!ph->streams) {
+		xa_for_each(&ph->files, id, pf)
+			ph_deliver(ph, pf, entry);
+		return;
+	}
+	pf = xa_load(&ph->files, get_unaligned_le16(entry + PH_OUTCOME_STREAM_OFFSET));
+	if (pf)
+		ph_deliver(ph, pf, entry);
+	else
+		atomic64_inc(&ph->outcomes_dropped);
+}
+
 static void ph_eventq_done(struct virtqueue *vq)
 {
 	struct perfhint *ph = vq->vdev->priv;
@@ -113,17 +169,8 @@ static void ph_eventq_done(struct virtqueue *vq)
 	spin_lock_irqsave(&ph->lock, flags);
 	while ((buf = virtqueue_get_buf(ph->eventq, &len))) {
 		len = min_t(unsigned int, len, PH_EVENT_BUF_LEN);
-		for (i = 0; i + PH_OUTCOME_LEN <= len; i += PH_OUTCOME_LEN) {
-			atomic64_inc(&ph->outcomes_seen);
-			if (kfifo_avail(&ph->outcomes) < PH_OUTCOME_LEN) {
-				u8 old[PH_OUTCOME_LEN];
-
-				if (kfifo_out(&ph->outcomes, old, PH_OUTCOME_LEN) != PH_OUTCOME_LEN)
-					break;
-				atomic64_inc(&ph->outcomes_dropped);
-			}
-			kfifo_in(&ph->outcomes, buf + i, PH_OUTCOME_LEN);
-		}
+		for (i = 0; i + PH_OUTCOME_LEN <= len; i += PH_OUTCOME_LEN)
+			ph_route(ph, buf + i);
 		if (ph->ready && ph_post_event_buf(ph, buf) == 0)
 			kick = true;
 	}
@@ -191,10 +238,13 @@ static bool ph_gone(struct perfhint *ph)
 
 static void ph_free(struct kref *ref)
 {
-	kfree(container_of(ref, struct perfhint, ref));
+	struct perfhint *ph = container_of(ref, struct perfhint, ref);
+
+	xa_destroy(&ph->files);
+	kfree(ph);
 }
 
-static struct perfhint *ph_from_file(struct file *file)
+static struct ph_file *ph_file_of(struct file *file)
 {
 	return file->private_data;
 }
@@ -205,21 +255,44 @@ static struct perfhint *ph_from_file(struct file *file)
 static int ph_open(struct inode *inode, struct file *file)
 {
 	struct perfhint *ph = container_of(file->private_data, struct perfhint, misc);
+	struct ph_file *pf;
+	int err;
 
+	pf = kzalloc(sizeof(*pf), GFP_KERNEL);
+	if (!pf)
+		return -ENOMEM;
+	pf->ph = ph;
+	INIT_KFIFO(pf->outcomes);
+	err = xa_alloc(&ph->files, &pf->stream, pf, XA_LIMIT(1, PH_MAX_STREAMS), GFP_KERNEL);
+	if (err) {
+		kfree(pf);
+		return err == -EBUSY ? -EMFILE : err;
+	}
 	kref_get(&ph->ref);
-	file->private_data = ph;
+	file->private_data = pf;
 	return 0;
 }
 
 static int ph_release(struct inode *inode, struct file *file)
 {
-	kref_put(&ph_from_file(file)->ref, ph_free);
+	struct ph_file *pf = ph_file_of(file);
+	struct perfhint *ph = pf->ph;
+	unsigned long flags;
+
+	/* Under the lock that routing outcomes holds: none is being written
+	 * into `pf` once it is out of the table. */
+	spin_lock_irqsave(&ph->lock, flags);
+	xa_erase(&ph->files, pf->stream);
+	spin_unlock_irqrestore(&ph->lock, flags);
+	kfree(pf);
+	kref_put(&ph->ref, ph_free);
 	return 0;
 }
 
 static ssize_t ph_write(struct file *file, const char __user *ubuf, size_t len, loff_t *ppos)
 {
-	struct perfhint *ph = ph_from_file(file);
+	struct ph_file *pf = ph_file_of(file);
+	struct perfhint *ph = pf->ph;
 	void *msg;
 	int err;
 
@@ -232,6 +305,9 @@ static ssize_t ph_write(struct file *file, const char __user *ubuf, size_t len, 
 		atomic64_inc(&ph->errors);
 		return PTR_ERR(msg);
 	}
+	/* The stream is the driver's to say, whatever the writer put there. */
+	if (ph->streams)
+		put_unaligned_le16(pf->stream, (u8 *)msg + PH_STREAM_OFFSET);
 	for (;;) {
 		err = ph_queue_message(ph, msg, len);
 		if (err != -ENOSPC)
@@ -255,38 +331,39 @@ static ssize_t ph_write(struct file *file, const char __user *ubuf, size_t len, 
 	return len;
 }
 
-static bool ph_outcomes_waiting(struct perfhint *ph)
+static bool ph_outcomes_waiting(struct ph_file *pf)
 {
-	return kfifo_len(&ph->outcomes) >= PH_OUTCOME_LEN;
+	return kfifo_len(&pf->outcomes) >= PH_OUTCOME_LEN;
 }
 
 /* What a sleeping reader waits for: outcomes, or the device going away. */
-static bool ph_readable(struct perfhint *ph)
+static bool ph_readable(struct ph_file *pf)
 {
-	return ph_outcomes_waiting(ph) || ph_gone(ph);
+	return ph_outcomes_waiting(pf) || ph_gone(pf->ph);
 }
 
 static ssize_t ph_read(struct file *file, char __user *ubuf, size_t len, loff_t *ppos)
 {
-	struct perfhint *ph = ph_from_file(file);
+	struct ph_file *pf = ph_file_of(file);
+	struct perfhint *ph = pf->ph;
 	u8 tmp[PH_EVENT_BUF_LEN];
 	unsigned long flags;
 	size_t want, got;
 
 	if (len < PH_OUTCOME_LEN)
 		return -EINVAL;
-	while (!ph_outcomes_waiting(ph)) {
+	while (!ph_outcomes_waiting(pf)) {
 		if (ph_gone(ph))
 			return -ENODEV;
 		if (file->f_flags & O_NONBLOCK)
 			return -EAGAIN;
-		if (wait_event_interruptible(ph->read_wait, ph_readable(ph)))
+		if (wait_event_interruptible(ph->read_wait, ph_readable(pf)))
 			return -ERESTARTSYS;
 	}
 	want = min_t(size_t, len, sizeof(tmp));
 	want -= want % PH_OUTCOME_LEN;
 	spin_lock_irqsave(&ph->lock, flags);
-	got = kfifo_out(&ph->outcomes, tmp, want);
+	got = kfifo_out(&pf->outcomes, tmp, want);
 	spin_unlock_irqrestore(&ph->lock, flags);
 	if (copy_to_user(ubuf, tmp, got))
 		return -EFAULT;
@@ -295,7 +372,8 @@ static ssize_t ph_read(struct file *file, char __user *ubuf, size_t len, loff_t 
 
 static __poll_t ph_poll(struct file *file, poll_table *wait)
 {
-	struct perfhint *ph = ph_from_file(file);
+	struct ph_file *pf = ph_file_of(file);
+	struct perfhint *ph = pf->ph;
 	__poll_t mask = 0;
 
 	poll_wait(file, &ph->write_wait, wait);
@@ -304,7 +382,7 @@ static __poll_t ph_poll(struct file *file, poll_table *wait)
 		return EPOLLHUP | EPOLLERR;
 	if (ph_has_room(ph))
 		mask |= EPOLLOUT | EPOLLWRNORM;
-	if (ph_outcomes_waiting(ph))
+	if (ph_outcomes_waiting(pf))
 		mask |= EPOLLIN | EPOLLRDNORM;
 	return mask;
 }
@@ -401,7 +479,7 @@ static int ph_probe(struct virtio_device *vdev)
 	spin_lock_init(&ph->lock);
 	init_waitqueue_head(&ph->write_wait);
 	init_waitqueue_head(&ph->read_wait);
-	INIT_KFIFO(ph->outcomes);
+	xa_init_flags(&ph->files, XA_FLAGS_ALLOC1);
 
 	ph->max_len = virtio_cread32(vdev, PH_CFG_MAX_MESSAGE_LEN);
 	if (ph->max_len < PH_HEADER_LEN || ph->max_len > PH_MAX_MESSAGE_LEN_CAP) {
@@ -411,6 +489,7 @@ static int ph_probe(struct virtio_device *vdev)
 	}
 
 	nvqs = virtio_has_feature(vdev, VIRTIO_PERFHINT_F_EVENTQ) ? 2 : 1;
+	ph->streams = virtio_has_feature(vdev, VIRTIO_PERFHINT_F_STREAMS);
 	err = virtio_find_vqs(vdev, nvqs, vqs, callbacks, names, NULL);
 	if (err)
 		goto out_free;
@@ -494,7 +573,7 @@ static void ph_remove(struct virtio_device *vdev)
 	ph_free_event_bufs(ph);
 	ph_global = NULL;
 	mutex_unlock(&ph_global_lock);
-	/* Open files keep `ph` (its wait queues and fifo) until they close;
+	/* Open files keep `ph` (its wait queues, the file table) until they close;
 	 * their reads and writes now fail with ENODEV. */
 	kref_put(&ph->ref, ph_free);
 }
@@ -507,6 +586,7 @@ static const struct virtio_device_id id_table[] = {
 static unsigned int features[] = {
 	VIRTIO_PERFHINT_F_EVENTQ,
 	VIRTIO_PERFHINT_F_MANIFEST,
+	VIRTIO_PERFHINT_F_STREAMS,
 };
 
 static struct virtio_driver virtio_perfhint_driver = {

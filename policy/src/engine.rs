@@ -72,11 +72,21 @@ pub struct Decision {
 /// A demand and the sequence number of the hint that set it.
 type Demand = Option<(u64, u32)>;
 
+/// An open phase of one stream (the guest driver's open file) and what
+/// it asked for.
 #[derive(Clone, Debug)]
 struct Frame {
+    stream: u16,
     phase: u32,
     demand: [Demand; 2],
 }
+
+/// Streams whose rate budgets are kept; beyond this the least recently
+/// seen stream's is forgotten.
+const MAX_STREAMS: usize = 64;
+/// Open phases kept per stream, and in all.
+const MAX_PHASES_PER_STREAM: usize = 64;
+const MAX_PHASES: usize = 1024;
 
 /// A token bucket: `rate` tokens per second, at most `burst`.
 #[derive(Clone, Debug)]
@@ -155,6 +165,10 @@ pub struct Engine {
     tracks: [Track; 2],
     frames: Vec<Frame>,
     bucket: Bucket,
+    /// Each stream's own budget, half the VM's: one process cannot spend
+    /// the whole of it (stream 0, writers the driver does not number, has
+    /// only the VM's).
+    stream_buckets: Vec<(u16, Bucket)>,
     rate_limited: u64,
     /// The profile-derived schedule of the program running, if it has one,
     /// and the needs it was made from.
@@ -304,6 +318,7 @@ impl Engine {
                 Track::new(mmin, mmax, vm.boot_memory),
             ],
             bucket: bucket(&policy),
+            stream_buckets: Vec::new(),
             policy,
             vm,
             frames: Vec::new(),
@@ -467,15 +482,32 @@ impl Engine {
         self.track_mut(Resource::Memory).floor = bytes.div_ceil(MEMORY_STEP) * MEMORY_STEP;
     }
 
+    /// What open phases ask of `r`: for each stream, its innermost phase
+    /// that names `r`; the streams' needs add up (two programs of 2
+    /// threads need 4 vCPUs). With the latest hint behind it.
+    fn phases_want(&self, r: Resource) -> Demand {
+        let mut counted: Vec<u16> = Vec::new();
+        let mut sum: Demand = None;
+        for f in self.frames.iter().rev() {
+            let Some((w, seq)) = f.demand[r as usize] else {
+                continue;
+            };
+            if counted.contains(&f.stream) {
+                continue;
+            }
+            counted.push(f.stream);
+            sum = Some(match sum {
+                None => (w, seq),
+                Some((total, s)) => (total.saturating_add(w), s.max(seq)),
+            });
+        }
+        sum
+    }
+
     /// The demand in force for `r`, before bounds.
     fn wanted(&self, r: Resource) -> Demand {
         let t = self.track(r);
-        let hinted = self
-            .frames
-            .iter()
-            .rev()
-            .find_map(|f| f.demand[r as usize])
-            .or(t.base);
+        let hinted = self.phases_want(r).or(t.base);
         // A schedule in force says per phase what the manifest's overall
         // figure says for the whole run: the finer one wins.
         let scheduling = self.policy.mode == Mode::Schedule && self.schedule.is_some();
@@ -652,16 +684,59 @@ impl Engine {
     }
 
     /// Records a demand where it belongs: the innermost open phase, or outside phases.
-    fn set_demand(&mut self, r: Resource, d: (u64, u32)) {
-        match self.frames.last_mut() {
+    /// A demand of `stream`: for its innermost open phase, or outside
+    /// phases.
+    fn set_demand(&mut self, stream: u16, r: Resource, d: (u64, u32)) {
+        match self.frames.iter_mut().rev().find(|f| f.stream == stream) {
             Some(f) => f.demand[r as usize] = Some(d),
             None => self.track_mut(r).base = Some(d),
         }
     }
 
-    /// Takes one hint; returns its outcome and the decisions it causes now.
+    /// Takes a token from `stream`'s budget and the VM's.
+    fn admit_rate(&mut self, now: Duration, stream: u16) -> bool {
+        if stream != 0 {
+            let i = match self.stream_buckets.iter().position(|(s, _)| *s == stream) {
+                Some(i) => i,
+                None => {
+                    if self.stream_buckets.len() >= MAX_STREAMS {
+                        let oldest = (0..self.stream_buckets.len())
+                            .min_by_key(|&i| self.stream_buckets[i].1.last)
+                            .unwrap_or(0);
+                        self.stream_buckets.swap_remove(oldest);
+                    }
+                    let mut b = bucket(&self.policy);
+                    b.rate /= 2.0;
+                    b.burst /= 2.0;
+                    b.tokens = b.burst;
+                    b.last = now;
+                    self.stream_buckets.push((stream, b));
+                    self.stream_buckets.len() - 1
+                }
+            };
+            if !self.stream_buckets[i].1.take(now) {
+                return false;
+            }
+        }
+        self.bucket.take(now)
+    }
+
+    /// Takes one hint (stream 0); see [`Self::on_stream_hint`].
     pub fn on_hint(&mut self, now: Duration, seq: u32, hint: &Hint) -> (Outcome, Vec<Decision>) {
-        if !self.bucket.take(now) {
+        self.on_stream_hint(now, 0, seq, hint)
+    }
+
+    /// Takes one hint of `stream` (the guest driver's open file it came
+    /// through: each has its own phases and half the VM's rate budget);
+    /// returns its outcome and the decisions it causes now.
+    pub fn on_stream_hint(
+        &mut self,
+        now: Duration,
+        stream: u16,
+        seq: u32,
+        hint: &Hint,
+    ) -> (Outcome, Vec<Decision>) {
+        if !self.admit_rate(now, stream) {
             self.rate_limited += 1;
             return (Outcome::RateLimited, Vec::new());
         }
@@ -670,13 +745,13 @@ impl Engine {
             Hint::Parallelism(p) => {
                 let w = self.vcpus_wanted(p);
                 if let Some(w) = self.admit(Resource::Vcpus, w, &mut outcome) {
-                    self.set_demand(Resource::Vcpus, (w, seq));
+                    self.set_demand(stream, Resource::Vcpus, (w, seq));
                 }
             }
             Hint::Memory(m) => {
                 let w = self.memory_wanted(m);
                 if let Some(w) = self.admit(Resource::Memory, w, &mut outcome) {
-                    self.set_demand(Resource::Memory, (w, seq));
+                    self.set_demand(stream, Resource::Memory, (w, seq));
                 }
             }
             Hint::Manifest(m) => {
@@ -707,11 +782,19 @@ impl Engine {
                 if let Some(s) = &mut self.schedule {
                     s.phase_began(p.id, now);
                 }
-                // A runaway guest cannot grow the stack without bound.
-                if self.frames.len() >= 64 {
-                    self.frames.remove(0);
+                // A runaway stream cannot grow the stack without bound: it
+                // loses its own oldest phase; past the VM-wide cap its new
+                // phases are refused (never another stream's taken).
+                let mine = self.frames.iter().filter(|f| f.stream == stream).count();
+                if mine >= MAX_PHASES_PER_STREAM {
+                    if let Some(i) = self.frames.iter().position(|f| f.stream == stream) {
+                        self.frames.remove(i);
+                    }
+                } else if self.frames.len() >= MAX_PHASES {
+                    return (Outcome::Rejected, Vec::new());
                 }
                 self.frames.push(Frame {
+                    stream,
                     phase: p.id,
                     demand: [None; 2],
                 });
@@ -720,8 +803,15 @@ impl Engine {
                 if let Some(s) = &mut self.schedule {
                     s.phase_ended(*id);
                 }
-                if let Some(i) = self.frames.iter().rposition(|f| f.phase == *id) {
-                    self.frames.truncate(i);
+                // The phase and the stream's phases opened inside it; other
+                // streams' phases stay.
+                let mine = |f: &Frame| f.stream == stream;
+                if let Some(i) = self.frames.iter().rposition(|f| mine(f) && f.phase == *id) {
+                    let mut k = 0;
+                    self.frames.retain(|f| {
+                        k += 1;
+                        k <= i || !mine(f)
+                    });
                 }
             }
             _ => {}
@@ -913,6 +1003,57 @@ mod tests {
             2,
             "back to the demand outside the phase"
         );
+    }
+
+    #[test]
+    fn streams_keep_their_own_phases_and_their_needs_add_up() {
+        let mut e = engine(1, 8);
+        e.on_stream_hint(ms(0), 1, 0, &hint::phase_begin(1, "a", 0));
+        let (_, d) = e.on_stream_hint(ms(0), 1, 1, &hint::parallelism(3, 3, 0.0));
+        assert_eq!(one(d).to, 3);
+        // Another program (stream 2) with the same phase id and 2 threads.
+        e.on_stream_hint(ms(10), 2, 0, &hint::phase_begin(1, "b", 0));
+        let (_, d) = e.on_stream_hint(ms(10), 2, 1, &hint::parallelism(2, 2, 0.0));
+        assert_eq!(one(d).to, 5, "3 + 2");
+        // Stream 2 ending its phase 1 leaves stream 1's open.
+        e.on_stream_hint(ms(20), 2, 2, &hint::phase_end(1));
+        assert_eq!(one(e.tick(ms(5_000))).to, 3);
+        // And stream 2 cannot end stream 1's phase: it has none of that id.
+        e.on_stream_hint(ms(5_100), 2, 3, &hint::phase_end(1));
+        assert!(e.tick(ms(10_000)).is_empty(), "still 3");
+        e.on_stream_hint(ms(10_100), 1, 2, &hint::phase_end(1));
+        assert_eq!(e.open_phases(), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn one_stream_cannot_spend_the_whole_rate_budget() {
+        let mut p = Policy::default();
+        p.hints.rate_per_sec = 10;
+        p.hints.burst = 10;
+        let mut e = Engine::new(p, limits(1, 8));
+        let accepted = (0..20)
+            .filter(|&i| {
+                e.on_stream_hint(ms(0), 1, i, &hint::parallelism(1, 1, 0.0))
+                    .0
+                    == Outcome::Accepted
+            })
+            .count();
+        assert_eq!(accepted, 5, "half the burst");
+        let (o, _) = e.on_stream_hint(ms(0), 2, 0, &hint::parallelism(2, 2, 0.0));
+        assert_eq!(o, Outcome::Accepted, "another stream still has its share");
+        // A stream's runaway phases push out only its own.
+        for i in 0..(MAX_PHASES_PER_STREAM as u32 + 10) {
+            e.on_stream_hint(
+                ms(10_000 + u64::from(i) * 1_000),
+                3,
+                i,
+                &hint::phase_begin(i, "x", 0),
+            );
+        }
+        e.on_stream_hint(ms(100_000), 4, 0, &hint::phase_begin(7, "y", 0));
+        let fourth = e.frames.iter().filter(|f| f.stream == 4).count();
+        let third = e.frames.iter().filter(|f| f.stream == 3).count();
+        assert_eq!((third, fourth), (MAX_PHASES_PER_STREAM, 1));
     }
 
     #[test]

@@ -171,6 +171,48 @@ fn unbinding_with_open_files_wakes_readers_and_binds_again() {
     assert_eq!(tasks, [3], "the hint after the rebind arrives");
 }
 
+/// Issue 12: processes shared one phase and sequence space and one rate
+/// budget. Now each open file is a stream of its own.
+#[test]
+fn each_open_file_keeps_its_phases_and_its_share_of_the_rate_budget() {
+    let out = GuestRun::demo(
+        "pvrun=streams",
+        &["--cpus", "1,max=4", "--hint-log", "@FILES@/hints.log"],
+    )
+    .fetch(LOG)
+    .timeout(Duration::from_secs(420))
+    .l1_cpus(4)
+    .run();
+    out.expect_contains("scenario: during A's phase nproc=3")
+        .expect_contains("scenario: after B's hint nproc=3")
+        .expect_contains("scenario: streams done")
+        .expect_exit(0);
+    let lines = log_lines(&out);
+    let stream_of = |v: &Value| v["stream"].as_u64().unwrap_or(0);
+    let mut streams: Vec<u64> = lines
+        .iter()
+        .filter(|v| v["kind"].is_string())
+        .map(stream_of)
+        .collect();
+    streams.sort_unstable();
+    streams.dedup();
+    assert!(
+        !streams.contains(&0),
+        "every hint has its stream: {streams:?}"
+    );
+    assert!(streams.len() >= 4, "A, B, C and D: {streams:?}");
+    let flood: Vec<&Value> = lines.iter().filter(|v| v["kind"] == "io").collect();
+    assert!(
+        flood.iter().any(|v| v["outcome"] == "rate_limited"),
+        "the flood exceeds its share"
+    );
+    let d = lines
+        .iter()
+        .find(|v| v["kind"] == "parallelism" && v["fields"]["runnable_tasks"] == 2)
+        .expect("D's hint in the log");
+    assert_eq!(d["outcome"], "accepted", "D keeps its share: {d}");
+}
+
 #[test]
 fn garbage_is_refused_and_good_hints_still_accepted() {
     let out = run_scenario("garbage", "");

@@ -16,7 +16,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 struct Count(u64);
 impl HintSink for Count {
-    fn hint(&mut self, _seq: u32, hint: &Hint) -> Outcome {
+    fn hint(&mut self, _stream: u16, _seq: u32, hint: &Hint) -> Outcome {
         black_box(hint);
         self.0 += 1;
         Outcome::Accepted

@@ -34,8 +34,10 @@ fn drop_reason(e: ChainError) -> DropReason {
 
 /// Receives every decoded hint and decides its outcome (the policy engine).
 pub trait HintSink: Send {
-    /// `seq` is the guest's sequence number for this record.
-    fn hint(&mut self, seq: u32, hint: &Hint) -> Outcome;
+    /// `seq` is the guest's sequence number for this record, in `stream`:
+    /// the guest driver's open file it came through (0 without the
+    /// `STREAMS` feature).
+    fn hint(&mut self, stream: u16, seq: u32, hint: &Hint) -> Outcome;
 
     /// A message was dropped before its records could be read.
     fn dropped(&mut self, _reason: DropReason, _detail: &str) {}
@@ -62,6 +64,8 @@ pub struct PerfHintDevice<S: HintSink> {
     mem: Option<Mem>,
     queues: Vec<Queue>,
     eventq_enabled: bool,
+    /// The driver acked `STREAMS`: messages carry their stream.
+    streams: bool,
     pending: VecDeque<[u8; OUTCOME_LEN]>,
     /// Reused message buffer.
     buf: Vec<u8>,
@@ -86,6 +90,7 @@ impl<S: HintSink> PerfHintDevice<S> {
             mem: None,
             queues: Vec::new(),
             eventq_enabled: false,
+            streams: false,
             pending: VecDeque::new(),
             buf: Vec::with_capacity(MAX_MESSAGE_LEN),
             left: WorkLeft::default(),
@@ -105,7 +110,7 @@ impl<S: HintSink> PerfHintDevice<S> {
         &mut self.sink
     }
 
-    fn push_outcome(&mut self, seq: u32, outcome: Outcome) {
+    fn push_outcome(&mut self, stream: u16, seq: u32, outcome: Outcome) {
         self.counters.outcome(outcome);
         if !self.eventq_enabled {
             return;
@@ -116,13 +121,24 @@ impl<S: HintSink> PerfHintDevice<S> {
                 .outcomes_lost
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        self.pending.push_back(wire::encode_outcome(seq, outcome));
+        self.pending
+            .push_back(wire::encode_outcome(stream, seq, outcome));
     }
 
-    fn drop_message(&mut self, reason: DropReason, detail: &str, seq: u32) {
+    fn drop_message(&mut self, reason: DropReason, detail: &str, stream: u16, seq: u32) {
         self.counters.record_drop(reason);
         self.sink.dropped(reason, detail);
-        self.push_outcome(seq, Outcome::Rejected);
+        self.push_outcome(stream, seq, Outcome::Rejected);
+    }
+
+    /// The stream `msg` came through, read before (and whether or not) the
+    /// rest of its header decodes, so that even a malformed message's
+    /// outcome reaches its writer.
+    fn stream_of(&self, msg: &[u8]) -> u16 {
+        match msg.get(wire::STREAM_OFFSET..wire::STREAM_OFFSET + 2) {
+            Some(b) if self.streams => u16::from_le_bytes([b[0], b[1]]),
+            _ => 0,
+        }
     }
 
     /// Reads a chain's bytes into `self.buf`, enforcing every limit.
@@ -142,8 +158,9 @@ impl<S: HintSink> PerfHintDevice<S> {
             .messages
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let buf = std::mem::take(&mut self.buf);
+        let stream = self.stream_of(&buf);
         match wire::decode_message(&buf) {
-            Err(e) => self.drop_message(DropReason::Malformed, e.as_str(), UNKNOWN_SEQ),
+            Err(e) => self.drop_message(DropReason::Malformed, e.as_str(), stream, UNKNOWN_SEQ),
             Ok((header, records)) => {
                 let mut seq = header.seq;
                 let mut seen = 0u16;
@@ -153,7 +170,7 @@ impl<S: HintSink> PerfHintDevice<S> {
                         .hints
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let outcome = match rec.map(wire::decode_record) {
-                        Ok(Ok(Some(hint))) => self.sink.hint(seq, &hint),
+                        Ok(Ok(Some(hint))) => self.sink.hint(stream, seq, &hint),
                         Ok(Ok(None)) => {
                             self.counters
                                 .unknown_kind
@@ -166,12 +183,12 @@ impl<S: HintSink> PerfHintDevice<S> {
                             Outcome::Rejected
                         }
                     };
-                    self.push_outcome(seq, outcome);
+                    self.push_outcome(stream, seq, outcome);
                     seq = seq.wrapping_add(1);
                 }
                 // Records the header promised but the framing did not hold.
                 for _ in seen..header.count {
-                    self.push_outcome(seq, Outcome::Rejected);
+                    self.push_outcome(stream, seq, Outcome::Rejected);
                     seq = seq.wrapping_add(1);
                 }
             }
@@ -196,7 +213,7 @@ impl<S: HintSink> PerfHintDevice<S> {
                     self.counters
                         .messages
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.drop_message(reason, &detail, UNKNOWN_SEQ)
+                    self.drop_message(reason, &detail, 0, UNKNOWN_SEQ)
                 }
             }
             let queue = &mut self.queues[HINTQ];
@@ -283,7 +300,10 @@ impl<S: HintSink> VirtioDevice for PerfHintDevice<S> {
     }
 
     fn features(&self) -> u64 {
-        (1 << features::VERSION_1) | (1 << features::EVENTQ) | (1 << features::MANIFEST)
+        (1 << features::VERSION_1)
+            | (1 << features::EVENTQ)
+            | (1 << features::MANIFEST)
+            | (1 << features::STREAMS)
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -296,6 +316,7 @@ impl<S: HintSink> VirtioDevice for PerfHintDevice<S> {
 
     fn activate(&mut self, mem: Mem, acked_features: u64, queues: Vec<Queue>) {
         self.eventq_enabled = acked_features & (1 << features::EVENTQ) != 0;
+        self.streams = acked_features & (1 << features::STREAMS) != 0;
         self.mem = Some(mem);
         self.queues = queues;
     }
@@ -313,6 +334,7 @@ impl<S: HintSink> VirtioDevice for PerfHintDevice<S> {
         self.queues.clear();
         self.pending.clear();
         self.eventq_enabled = false;
+        self.streams = false;
         self.left = WorkLeft::default();
     }
 

@@ -31,6 +31,10 @@ pub mod features {
     pub const EVENTQ: u32 = 0;
     /// The device accepts manifest records.
     pub const MANIFEST: u32 = 1;
+    /// The driver numbers its open files in each message's `stream` field:
+    /// the device keeps their phases and rate budgets apart and returns
+    /// each outcome with its stream.
+    pub const STREAMS: u32 = 2;
     /// VIRTIO_F_VERSION_1: required.
     pub const VERSION_1: u32 = virtio_mmio::VIRTIO_F_VERSION_1;
 }

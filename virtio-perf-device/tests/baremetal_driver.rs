@@ -15,7 +15,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 #[derive(Clone, Default)]
 struct Log(Arc<Mutex<Vec<(u32, Hint)>>>);
 impl HintSink for Log {
-    fn hint(&mut self, seq: u32, hint: &Hint) -> Outcome {
+    fn hint(&mut self, _stream: u16, seq: u32, hint: &Hint) -> Outcome {
         self.0.lock().unwrap().push((seq, *hint));
         Outcome::Accepted
     }

@@ -131,7 +131,7 @@ impl<'a> Sim<'a> {
             counts.skipped += 1;
             return;
         };
-        let (outcome, ds) = self.engine.on_hint(now, h.seq, hint);
+        let (outcome, ds) = self.engine.on_stream_hint(now, h.stream, h.seq, hint);
         if h.outcome.as_deref().is_some_and(|o| o != outcome.as_str()) {
             counts.outcome_mismatches += 1;
         }

@@ -55,6 +55,9 @@ pub enum Record {
 /// A hint as the hint log writes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceHint {
+    /// The guest driver's stream (open file) it came through; 0 when the
+    /// log does not say.
+    pub stream: u16,
     pub seq: u32,
     pub kind: String,
     /// The hint, or `None` for a kind this perfvmm's wire format does not
@@ -358,6 +361,8 @@ fn parse_demand(text: &str, d: &RawValue) -> Result<Demand, String> {
 #[derive(Deserialize)]
 #[serde(expecting = "a hint {\"seq\":..,\"kind\":..,\"fields\":{..}}")]
 struct HintLine<'a> {
+    #[serde(default)]
+    stream: u16,
     seq: u32,
     kind: String,
     #[serde(borrow)]
@@ -372,6 +377,7 @@ fn parse_hint(text: &str, h: &RawValue) -> Result<TraceHint, String> {
     let fields = h.fields.map_or("{}", RawValue::get);
     let hint = decode_fields(text, fields, &h.kind).map_err(|e| format!("{} hint: {e}", h.kind))?;
     Ok(TraceHint {
+        stream: h.stream,
         seq: h.seq,
         kind: h.kind,
         hint,

@@ -13,7 +13,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 struct Sink;
 impl HintSink for Sink {
-    fn hint(&mut self, _seq: u32, _hint: &Hint) -> Outcome {
+    fn hint(&mut self, _stream: u16, _seq: u32, _hint: &Hint) -> Outcome {
         Outcome::Accepted
     }
 }

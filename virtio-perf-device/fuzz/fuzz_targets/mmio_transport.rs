@@ -19,7 +19,7 @@ const MEM: usize = 1 << 20;
 
 struct Accept;
 impl HintSink for Accept {
-    fn hint(&mut self, _seq: u32, _hint: &Hint) -> Outcome {
+    fn hint(&mut self, _stream: u16, _seq: u32, _hint: &Hint) -> Outcome {
         Outcome::Accepted
     }
 }

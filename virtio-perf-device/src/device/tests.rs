@@ -23,12 +23,15 @@ const EVENT_BUF_ADDR: u64 = 0x80_0000;
 #[derive(Clone, Default)]
 pub struct Recorder {
     pub hints: Arc<Mutex<Vec<(u32, Hint)>>>,
+    /// The stream of each hint, in order.
+    pub streams: Arc<Mutex<Vec<u16>>>,
     pub drops: Arc<Mutex<Vec<DropReason>>>,
 }
 
 impl HintSink for Recorder {
-    fn hint(&mut self, seq: u32, hint: &Hint) -> Outcome {
+    fn hint(&mut self, stream: u16, seq: u32, hint: &Hint) -> Outcome {
         self.hints.lock().unwrap().push((seq, *hint));
+        self.streams.lock().unwrap().push(stream);
         match hint {
             Hint::Parallelism(p) if p.runnable_tasks > 64 => Outcome::Clamped,
             _ => Outcome::Accepted,
@@ -110,6 +113,14 @@ impl Fixture {
 
     /// Outcomes written into event buffers since the last call, in order.
     pub fn outcomes(&mut self) -> Vec<(u32, Outcome)> {
+        self.outcomes_with_streams()
+            .into_iter()
+            .map(|(_, seq, o)| (seq, o))
+            .collect()
+    }
+
+    /// As [`Fixture::outcomes`], with each outcome's stream.
+    pub fn outcomes_with_streams(&mut self) -> Vec<(u16, u32, Outcome)> {
         let mut out = Vec::new();
         for (id, len) in self.eventq.take_used(&self.mem) {
             let addr = self
@@ -154,6 +165,50 @@ fn message(hints: &[Hint], seq: u32) -> Vec<u8> {
         w.push(h).unwrap();
     }
     w.finish().to_vec()
+}
+
+/// `msg` as the guest driver sends it through open file `stream`.
+fn stamped(mut msg: Vec<u8>, stream: u16) -> Vec<u8> {
+    msg[wire::STREAM_OFFSET..wire::STREAM_OFFSET + 2].copy_from_slice(&stream.to_le_bytes());
+    msg
+}
+
+#[test]
+fn each_stream_gets_its_own_outcomes_and_the_sink_knows_the_stream() {
+    let mut f = Fixture::new(true);
+    f.post_event_buffers(4, 64);
+    f.post_message(&stamped(message(&[par(2)], 0), 7));
+    f.post_message(&stamped(message(&[par(3)], 0), 9));
+    // A malformed message still reaches its writer's stream.
+    let mut bad = stamped(message(&[par(1)], 5), 9);
+    bad[2] = 99; // version
+    f.post_message(&bad);
+    f.process();
+    assert_eq!(*f.rec.streams.lock().unwrap(), [7, 9]);
+    assert_eq!(
+        f.outcomes_with_streams(),
+        [
+            (7, 0, Outcome::Accepted),
+            (9, 0, Outcome::Accepted),
+            (9, UNKNOWN_SEQ, Outcome::Rejected)
+        ]
+    );
+}
+
+#[test]
+fn without_streams_acked_every_message_is_stream_0() {
+    let mut f = Fixture::new(true);
+    let mem = f.mem.clone();
+    let queues = vec![
+        DriverRing::new(&mem, HINTQ_ADDR, QUEUE_SIZE).queue(),
+        DriverRing::new(&mem, EVENTQ_ADDR, QUEUE_SIZE).queue(),
+    ];
+    let features = f.dev.features() & !(1 << crate::features::STREAMS);
+    f.dev.reset();
+    f.dev.activate(mem, features, queues);
+    f.post_message(&stamped(message(&[par(2)], 0), 7));
+    f.process();
+    assert_eq!(*f.rec.streams.lock().unwrap(), [0]);
 }
 
 #[test]

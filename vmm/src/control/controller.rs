@@ -553,7 +553,7 @@ mod tests {
     #[test]
     fn a_hint_decision_is_applied_and_logged() {
         let mut f = Fixture::new("apply");
-        f.sink.hint(1, &hint::parallelism(3, 3, 0.0));
+        f.sink.hint(0, 1, &hint::parallelism(3, 3, 0.0));
         assert!(
             lock(&f.calls).vcpus.is_empty(),
             "applied on drain, not in the sink"
@@ -572,7 +572,7 @@ mod tests {
     fn a_refused_decision_is_logged_with_its_reason_and_not_retried() {
         let mut f = Fixture::new("refuse");
         lock(&f.calls).refuse_memory = true;
-        f.sink.hint(1, &hint::memory(700 * MIB, 700 * MIB, 0));
+        f.sink.hint(0, 1, &hint::memory(700 * MIB, 700 * MIB, 0));
         f.controller.drain();
         let lines = f.log_lines();
         assert_eq!(lines.len(), 1, "{lines:?}");

@@ -46,15 +46,21 @@ impl HintLog {
     }
 
     /// Logs one hint and what the policy made of it.
-    pub fn record(&mut self, seq: u32, hint: &Hint, outcome: Outcome) {
+    /// `stream` is left out when 0 (a driver that does not number its
+    /// open files).
+    pub fn record(&mut self, stream: u16, seq: u32, hint: &Hint, outcome: Outcome) {
         let t = self.t_ms();
-        self.out.write(&json!({
+        let mut line = json!({
             "t_ms": t,
             "seq": seq,
             "kind": hint.kind_name(),
             "fields": hint_fields(hint),
             "outcome": outcome.as_str(),
-        }));
+        });
+        if stream != 0 {
+            line["stream"] = json!(stream);
+        }
+        self.out.write(&line);
     }
 
     /// Logs a message the device dropped.

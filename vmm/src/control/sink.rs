@@ -40,9 +40,10 @@ impl PolicySink {
 }
 
 impl HintSink for PolicySink {
-    fn hint(&mut self, seq: u32, hint: &Hint) -> Outcome {
-        let (outcome, decisions) = lock(&self.engine).on_hint(self.start.elapsed(), seq, hint);
-        lock(&self.log).record(seq, hint, outcome);
+    fn hint(&mut self, stream: u16, seq: u32, hint: &Hint) -> Outcome {
+        let now = self.start.elapsed();
+        let (outcome, decisions) = lock(&self.engine).on_stream_hint(now, stream, seq, hint);
+        lock(&self.log).record(stream, seq, hint, outcome);
         for d in decisions {
             // The controller lives as long as the VM; a closed channel means
             // the VM is shutting down and the decision no longer matters.
