@@ -91,6 +91,17 @@ build_module() {
   fi
   mkdir -p "$gdir/extra"
   cp "$mdir/virtio_perfhint.ko" "$gdir/extra/"
+  # The hostile guest (images/hostile): a module that attacks perfvmm.
+  local hdir=$out/hostile
+  mkdir -p "$hdir"
+  cp "$here/hostile/hostile.c" "$hdir/"
+  echo 'obj-m := hostile.o' > "$hdir/Makefile"
+  if ! make -s -C "$hdr" M="$hdir" modules >"$hdir/build.log" 2>&1; then
+    cat "$hdir/build.log" >&2
+    echo "images: building hostile.ko failed" >&2
+    exit 1
+  fi
+  cp "$hdir/hostile.ko" "$gdir/extra/"
 }
 
 # Static guest programs: the perfhint CLI and the demo workload.

@@ -226,3 +226,95 @@ fn the_boot_size_obeys_the_policy() {
         .expect_contains("booting with 2 instead of 4")
         .expect_exit(0);
 }
+
+/// Issue 12, item 7: a hostile guest (images/hostile, a kernel module)
+/// ejects vCPU 0 and vCPUs perfvmm did not ask to remove, writes where
+/// virtio-mem has nothing plugged, and feeds the perf-hint device hostile
+/// chains through a transport it drives by hand; then floods hints. perfvmm
+/// keeps the guest within the policy, keeps answering its API, refuses the
+/// chains (counted), lets nothing written to unplugged memory stick, and
+/// stops on SIGTERM.
+#[test]
+fn a_hostile_guest_stays_within_policy_and_perfvmm_keeps_serving() {
+    // Polls the API once a second while perfvmm runs.
+    let script = r#"
+i=0
+while [ $i -lt 400 ]; do
+  if @PERFVMM@ ctl --api-sock @FILES@/api.sock status >/dev/null 2>&1; then echo ok; else echo fail; fi
+  sleep 1
+  i=$((i + 1))
+done > @FILES@/api.txt 2>&1
+"#;
+    let out = GuestRun::demo(
+        // The last MiB of the virtio-mem region (4 GiB up, 512 MiB long).
+        "pvrun=hostile pvunplugged=0x11ff00000",
+        &[
+            "--cpus",
+            "1,max=4",
+            "--memory",
+            "512M,max=1G",
+            "--policy",
+            "@FILES@/policy.toml",
+            "--hint-log",
+            "@FILES@/hints.log",
+            "--decision-log",
+            "@FILES@/decisions.log",
+            "--api-sock",
+            "@FILES@/api.sock",
+        ],
+    )
+    .file("policy.toml", b"[vcpus]\nmax = 2\n".to_vec())
+    .alongside(script)
+    .fetch("hints.log")
+    .fetch("decisions.log")
+    .fetch("api.txt")
+    .sigterm_once_console_shows("scenario: hostile done", 400)
+    .timeout(Duration::from_secs(480))
+    .l1_cpus(4)
+    .run();
+    out.expect_contains("scenario: hostile: hotplug: done")
+        .expect_contains(
+            "scenario: hostile: unplugged: wrote 64 KiB at 0x11ff00000, what was written is gone",
+        )
+        .expect_contains("scenario: hostile: hintq: done")
+        .expect_contains("scenario: perf-hint bound again")
+        .expect_contains("scenario: flood done")
+        .expect_contains("scenario: still resized by hints nproc=2")
+        .expect_contains("scenario: online cpus 0-1")
+        .expect_contains("scenario: kernel oops lines=0")
+        .expect_exit(143);
+    let decisions = out.json_lines("decisions.log");
+    let vcpus: Vec<u64> = decisions
+        .iter()
+        .filter(|v| v["resource"] == "vcpus")
+        .filter_map(|v| v["to"].as_u64())
+        .collect();
+    assert!(
+        !vcpus.is_empty() && vcpus.iter().all(|&n| n <= 2),
+        "within vcpus.max = 2: {vcpus:?}"
+    );
+    let hints = out.json_lines("hints.log");
+    let counters = hints
+        .iter()
+        .rev()
+        .find(|v| v["counters"].is_object())
+        .expect("the hint log's counters line");
+    let dropped = &counters["counters"]["dropped"];
+    for reason in [
+        "chain_too_long",
+        "bad_address",
+        "too_large",
+        "writable_buffer",
+    ] {
+        assert!(
+            dropped[reason].as_u64().unwrap_or(0) >= 1,
+            "{reason} counted: {counters}"
+        );
+    }
+    let api = out.files.get("api.txt").cloned().unwrap_or_default();
+    let ok = api.lines().filter(|l| *l == "ok").count();
+    assert!(
+        ok >= 5,
+        "the API answered throughout ({ok} answers):\n{api}"
+    );
+}
