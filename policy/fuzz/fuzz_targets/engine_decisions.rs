@@ -81,7 +81,9 @@ fuzz_target!(|data: &[u8]| {
                 match decode_record(rec) {
                     Ok(Some(hint)) => {
                         seq = seq.wrapping_add(1);
-                        engine.on_hint(now, seq, &hint).1
+                        // A few guest streams (open files), and stream 0.
+                        let stream = u16::from(op >> 5);
+                        engine.on_stream_hint(now, stream, seq, &hint).1
                     }
                     _ => Vec::new(),
                 }
