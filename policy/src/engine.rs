@@ -84,6 +84,9 @@ struct Frame {
 /// Streams whose rate budgets are kept; beyond this the least recently
 /// seen stream's is forgotten.
 const MAX_STREAMS: usize = 64;
+/// Busy vCPUs at this share of those online count as saturated (the
+/// reactive mode then adds one).
+const SATURATED: f64 = 0.85;
 /// Open phases kept per stream, and in all.
 const MAX_PHASES_PER_STREAM: usize = 64;
 const MAX_PHASES: usize = 1024;
@@ -615,9 +618,23 @@ impl Engine {
         }
         v.sort_by(f64::total_cmp);
         let i = ((v.len() - 1) as f64 * p.percentile).ceil() as usize;
-        let want = v[i.min(v.len() - 1)] * (1.0 + p.margin);
+        let used = v[i.min(v.len() - 1)];
+        let want = used * (1.0 + p.margin);
         Some(match r {
-            Resource::Vcpus => (want - 1e-9).ceil().max(1.0) as u64,
+            // Busy vCPUs cannot exceed those online, and a saturated vCPU
+            // reads below 1 (the host's share of its time): usage at the
+            // allocation says only that demand may be higher. Near it, one
+            // vCPU more, as VPA raises a throttled container's CPU.
+            Resource::Vcpus => {
+                let alloc = self.track(r).alloc;
+                let saturated = used >= SATURATED * alloc as f64;
+                let w = (want - 1e-9).ceil().max(1.0) as u64;
+                if saturated {
+                    w.max(alloc + 1)
+                } else {
+                    w
+                }
+            }
             Resource::Memory => {
                 let bytes = want as u64;
                 bytes.div_ceil(MEMORY_STEP).saturating_mul(MEMORY_STEP)
@@ -1380,6 +1397,12 @@ mod tests {
         }
         assert!(e.tick(ms(15_000)).is_empty(), "after the shrink window");
         assert_eq!(one(e.tick(ms(17_000))).to, 1);
+        // Saturated: 2.6 busy of 3 online reads as demand for more.
+        for i in 171..200 {
+            e.observe_usage(ms(i * 100), Resource::Vcpus, 2.6);
+        }
+        e.track_mut(Resource::Vcpus).alloc = 3;
+        assert_eq!(e.recommended(Resource::Vcpus, ms(20_000)), Some(4));
         // Memory: 300 MiB in use -> 360 MiB, in 2 MiB steps.
         e.observe_usage(ms(17_000), Resource::Memory, (300 * MIB) as f64);
         assert_eq!(e.recommended(Resource::Memory, ms(17_000)), Some(360 * MIB));
