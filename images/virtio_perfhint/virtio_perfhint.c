@@ -85,6 +85,7 @@ struct perfhint {
 	/* Open files by stream number; read under `lock` in interrupts,
 	 * entries removed under `lock`. */
 	struct xarray files;
+	u32 next_stream;
 	void *event_bufs[PH_EVENT_BUFS];
 	struct miscdevice misc;
 	atomic64_t sent, completed, errors, outcomes_seen, outcomes_dropped;
@@ -263,8 +264,11 @@ static int ph_open(struct inode *inode, struct file *file)
 		return -ENOMEM;
 	pf->ph = ph;
 	INIT_KFIFO(pf->outcomes);
-	err = xa_alloc(&ph->files, &pf->stream, pf, XA_LIMIT(1, PH_MAX_STREAMS), GFP_KERNEL);
-	if (err) {
+	/* Cyclic: a number is not given to a new file while others are
+	 * free, so the device does not take a new file for a closed one. */
+	err = xa_alloc_cyclic(&ph->files, &pf->stream, pf, XA_LIMIT(1, PH_MAX_STREAMS),
+			      &ph->next_stream, GFP_KERNEL);
+	if (err < 0) {
 		kfree(pf);
 		return err == -EBUSY ? -EMFILE : err;
 	}

@@ -175,9 +175,22 @@ fn unbinding_with_open_files_wakes_readers_and_binds_again() {
 /// budget. Now each open file is a stream of its own.
 #[test]
 fn each_open_file_keeps_its_phases_and_its_share_of_the_rate_budget() {
+    // A small budget (each stream: 10 a second, 10 at once), so that the
+    // flood is sure to exceed its share.
     let out = GuestRun::demo(
         "pvrun=streams",
-        &["--cpus", "1,max=4", "--hint-log", "@FILES@/hints.log"],
+        &[
+            "--cpus",
+            "1,max=4",
+            "--hint-log",
+            "@FILES@/hints.log",
+            "--policy",
+            "@FILES@/policy.toml",
+        ],
+    )
+    .file(
+        "policy.toml",
+        b"[hints]\nrate_per_sec = 20\nburst = 20\n".to_vec(),
     )
     .fetch(LOG)
     .timeout(Duration::from_secs(420))
