@@ -41,7 +41,7 @@ struct desc {
 #define F_NEXT 1
 #define F_WRITE 2
 #define F_INDIRECT 4
-#define QSIZE 8
+#define QSIZE 32
 
 static void set_queue_addr(void __iomem *m, int lo, phys_addr_t a)
 {
@@ -52,7 +52,9 @@ static void set_queue_addr(void __iomem *m, int lo, phys_addr_t a)
 /* Hostile chains on the perf-hint device's hintq: a descriptor that loops
  * to itself, one outside guest memory, one 4 GiB long, a writable one, one
  * naming a descriptor past the table, an indirect one; then an avail index
- * that jumps far ahead, and a notify storm on a queue that does not exist. */
+ * that jumps far ahead, and a notify storm on a queue that does not exist.
+ * The ring has 32 entries, more than the device follows in one chain (16),
+ * so that the loop meets the device's own limit. */
 static void attack_hintq(void)
 {
 	void __iomem *m = ioremap(PERFHINT_MMIO, 0x1000);
@@ -81,7 +83,10 @@ static void attack_hintq(void)
 	for (i = 0; i < 6; i++)
 		avail[2 + i] = cpu_to_le16(i);
 
+	/* Status bits one at a time, in the spec's order (perfvmm ignores a
+	 * write that adds two). */
 	writel(0, m + R_STATUS);
+	writel(1, m + R_STATUS);
 	writel(1 | 2, m + R_STATUS);
 	writel(1, m + R_DRV_FEATURES_SEL);
 	writel(1, m + R_DRV_FEATURES);	/* VIRTIO_F_VERSION_1 */
@@ -95,6 +100,8 @@ static void attack_hintq(void)
 	set_queue_addr(m, R_USED_LO, p + 0x800);
 	writel(1, m + R_QUEUE_READY);
 	writel(1 | 2 | 8 | 4, m + R_STATUS);
+	pr_info("hostile: hintq: magic %#x device %#x status %#x after DRIVER_OK\n",
+		readl(m + 0x000), readl(m + 0x008), readl(m + R_STATUS));
 	wmb();
 	avail[1] = cpu_to_le16(6);
 	writel(0, m + R_QUEUE_NOTIFY);
@@ -110,7 +117,10 @@ static void attack_hintq(void)
 	writel(1, m + R_QUEUE_READY);
 	for (i = 0; i < 10000; i++)
 		writel(99, m + R_QUEUE_NOTIFY);
-	writel(0, m + R_STATUS);	/* reset: the driver can bind again */
+	/* Reset, and acknowledged again as Linux leaves a device without a
+	 * driver, so that virtio_perfhint can bind again. */
+	writel(0, m + R_STATUS);
+	writel(1, m + R_STATUS);
 	pr_info("hostile: hintq: done, status after reset %u\n", readl(m + R_STATUS));
 out:
 	if (m)
@@ -127,6 +137,10 @@ static void attack_hotplug(void)
 	void __iomem *m = ioremap(CPU_HOTPLUG, 0x1000);
 	int i;
 
+	/* ACPI's AML maps the controller cached; an uncached mapping of the
+	 * same page is refused then. */
+	if (!m)
+		m = ioremap_cache(CPU_HOTPLUG, 0x1000);
 	if (!m) {
 		pr_info("hostile: hotplug: cannot map the controller\n");
 		return;

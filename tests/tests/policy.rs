@@ -235,7 +235,6 @@ fn the_boot_size_obeys_the_policy() {
 /// chains (counted), lets nothing written to unplugged memory stick, and
 /// stops on SIGTERM.
 #[test]
-#[ignore = "not yet passing (issue 12): in the guest, ioremap of the CPU-hotplug controller fails and the hand-driven hintq's chains are not consumed (used idx 0); under the test's harness options the scenario never finishes"]
 fn a_hostile_guest_stays_within_policy_and_perfvmm_keeps_serving() {
     // Polls the API once a second while perfvmm runs.
     let script = r#"
