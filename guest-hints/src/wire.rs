@@ -591,7 +591,8 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 pub struct Header {
     /// Protocol version ([`VERSION`]).
     pub version: u8,
-    /// Reserved: written as 0, ignored when read.
+    /// [`header_flags`]; bits not defined there are written as 0 and
+    /// ignored when read.
     pub flags: u8,
     /// Records in the message.
     pub count: u16,
@@ -1137,6 +1138,29 @@ pub const OUTCOME_LEN: usize = 8;
 
 /// Offset of the message header's `stream`, which the guest driver writes.
 pub const STREAM_OFFSET: usize = 6;
+
+/// Offset of the message header's `flags`.
+pub const FLAGS_OFFSET: usize = 3;
+
+/// Bits of the message header's `flags`.
+pub mod header_flags {
+    /// The stream is closed: the guest driver sends this, with no records,
+    /// when a file is released (the program may have died inside a phase);
+    /// its open phases end. The driver clears this bit in what programs
+    /// write, and the device honours it only with the `STREAMS` feature.
+    pub const STREAM_CLOSED: u8 = 1;
+}
+
+/// The header-only message the guest driver sends when `stream` closes.
+pub fn stream_closed_message(stream: u16) -> [u8; HEADER_LEN] {
+    let mut m = [0u8; HEADER_LEN];
+    m[..2].copy_from_slice(&MAGIC.to_le_bytes());
+    m[2] = VERSION;
+    m[FLAGS_OFFSET] = header_flags::STREAM_CLOSED;
+    m[STREAM_OFFSET..STREAM_OFFSET + 2].copy_from_slice(&stream.to_le_bytes());
+    m[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+    m
+}
 
 /// The event-queue entry saying what happened to record `seq` of `stream`.
 pub fn encode_outcome(stream: u16, seq: u32, outcome: Outcome) -> [u8; OUTCOME_LEN] {

@@ -14,7 +14,9 @@
  * Each open file is a stream of its own: the driver writes its number into
  * every message's header (the device's STREAMS feature), so that the
  * device keeps each file's phases and rate budget apart, and each file
- * reads only the outcomes of its own messages.
+ * reads only the outcomes of its own messages. When a file is released
+ * (closed, or its program killed) the driver tells the device, which ends
+ * the phases the file left open.
  *   poll()   POLLOUT when a message can be queued, POLLIN when outcomes wait.
  * Once the device is unbound, files still open fail every read and write
  * with ENODEV (sleeping readers are woken) and poll POLLHUP; the driver's
@@ -57,6 +59,12 @@
 /* Where the message header's stream number sits, and the outcome's. */
 #define PH_STREAM_OFFSET 6
 #define PH_OUTCOME_STREAM_OFFSET 6
+/* The wire header (docs/wire-format.md): magic, version, flags, length. */
+#define PH_MAGIC 0x4850
+#define PH_VERSION 1
+#define PH_FLAGS_OFFSET 3
+#define PH_FLAG_STREAM_CLOSED 0x01
+#define PH_TOTAL_LEN_OFFSET 12
 /* Files open at once (stream numbers 1..PH_MAX_STREAMS). */
 #define PH_MAX_STREAMS 1024
 
@@ -277,11 +285,48 @@ static int ph_open(struct inode *inode, struct file *file)
 	return 0;
 }
 
+/*
+ * Tells the device that `stream` is closed, so that the phases its program
+ * left open end. Waits up to a second for room in the queue; past that,
+ * or with the device gone, the message is not sent (counted as an error)
+ * and the device keeps those phases until it is reset.
+ */
+static void ph_send_stream_closed(struct perfhint *ph, u32 stream)
+{
+	u8 *msg = kzalloc(PH_HEADER_LEN, GFP_KERNEL);
+	int err;
+
+	if (!msg) {
+		atomic64_inc(&ph->errors);
+		return;
+	}
+	put_unaligned_le16(PH_MAGIC, msg);
+	msg[2] = PH_VERSION;
+	msg[PH_FLAGS_OFFSET] = PH_FLAG_STREAM_CLOSED;
+	put_unaligned_le16(stream, msg + PH_STREAM_OFFSET);
+	put_unaligned_le32(PH_HEADER_LEN, msg + PH_TOTAL_LEN_OFFSET);
+	err = ph_queue_message(ph, msg, PH_HEADER_LEN);
+	if (err == -ENOSPC) {
+		ph_want_room_callback(ph);
+		wait_event_timeout(ph->write_wait, ph_has_room(ph), HZ);
+		err = ph_queue_message(ph, msg, PH_HEADER_LEN);
+	}
+	if (err) {
+		kfree(msg);
+		if (err != -ENODEV)
+			atomic64_inc(&ph->errors);
+	}
+}
+
 static int ph_release(struct inode *inode, struct file *file)
 {
 	struct ph_file *pf = ph_file_of(file);
 	struct perfhint *ph = pf->ph;
 	unsigned long flags;
+
+	/* Before the number can be handed to another file. */
+	if (ph->streams)
+		ph_send_stream_closed(ph, pf->stream);
 
 	/* Under the lock that routing outcomes holds: none is being written
 	 * into `pf` once it is out of the table. */
@@ -310,8 +355,10 @@ static ssize_t ph_write(struct file *file, const char __user *ubuf, size_t len, 
 		return PTR_ERR(msg);
 	}
 	/* The stream is the driver's to say, whatever the writer put there. */
-	if (ph->streams)
+	if (ph->streams) {
 		put_unaligned_le16(pf->stream, (u8 *)msg + PH_STREAM_OFFSET);
+		((u8 *)msg)[PH_FLAGS_OFFSET] &= ~PH_FLAG_STREAM_CLOSED;
+	}
 	for (;;) {
 		err = ph_queue_message(ph, msg, len);
 		if (err != -ENOSPC)

@@ -836,6 +836,20 @@ impl Engine {
         (outcome, self.evaluate_all(now, Some(seq)))
     }
 
+    /// `stream` is closed (the guest driver says so when its file is
+    /// released, even when the program was killed): its open phases end and
+    /// its rate budget is forgotten, so a program that died inside a phase
+    /// leaves no demand behind. Stream 0 (writers the driver does not
+    /// number) is never closed.
+    pub fn on_stream_closed(&mut self, now: Duration, stream: u16) -> Vec<Decision> {
+        if stream == 0 {
+            return Vec::new();
+        }
+        self.frames.retain(|f| f.stream != stream);
+        self.stream_buckets.retain(|(s, _)| *s != stream);
+        self.evaluate_all(now, None)
+    }
+
     /// Re-evaluates with no new hint (delayed shrinks); call periodically.
     pub fn tick(&mut self, now: Duration) -> Vec<Decision> {
         self.evaluate_all(now, None)
@@ -1039,6 +1053,32 @@ mod tests {
         e.on_stream_hint(ms(5_100), 2, 3, &hint::phase_end(1));
         assert!(e.tick(ms(10_000)).is_empty(), "still 3");
         e.on_stream_hint(ms(10_100), 1, 2, &hint::phase_end(1));
+        assert_eq!(e.open_phases(), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_closed_stream_leaves_no_phase_and_no_demand_behind() {
+        let mut e = engine(1, 8);
+        e.on_stream_hint(ms(0), 1, 0, &hint::phase_begin(1, "a", 0));
+        e.on_stream_hint(ms(0), 1, 1, &hint::phase_begin(2, "inner", 0));
+        let (_, d) = e.on_stream_hint(ms(0), 1, 2, &hint::parallelism(3, 3, 0.0));
+        assert_eq!(one(d).to, 3);
+        e.on_stream_hint(ms(10), 2, 0, &hint::phase_begin(1, "b", 0));
+        let (_, d) = e.on_stream_hint(ms(10), 2, 1, &hint::parallelism(2, 2, 0.0));
+        assert_eq!(one(d).to, 5);
+        // Stream 1's program dies inside two phases; stream 2's stays.
+        assert!(
+            e.on_stream_closed(ms(20), 0).is_empty(),
+            "stream 0 is never closed"
+        );
+        e.on_stream_closed(ms(20), 1);
+        assert_eq!(e.open_phases(), vec![1], "only stream 2's phase");
+        assert_eq!(
+            one(e.tick(ms(5_000))).to,
+            2,
+            "stream 1's 3 vCPUs given back"
+        );
+        e.on_stream_closed(ms(5_100), 2);
         assert_eq!(e.open_phases(), Vec::<u32>::new());
     }
 

@@ -8,6 +8,18 @@ use serde_json::Value;
 
 const LOG: &str = "hints.log";
 
+/// The memory debugging the Debian cloud kernel offers (it has no lockdep,
+/// KASAN or KFENCE): slab sanity checks, red zones and poisoning, and
+/// freed pages cleared; the driver scenarios run under it and validate
+/// every slab cache at the end (`kernel_bugs` in images/guest-scenario).
+const DRIVER_DEBUG: &str = "slub_debug=FZP init_on_free=1";
+
+/// Asserts the kernel ran with slab debugging and logged no bug.
+fn expect_no_kernel_bug(out: &RunOutput) {
+    out.expect_contains("scenario: slab debugging poison=1")
+        .expect_contains("scenario: kernel oops lines=0");
+}
+
 fn run_scenario(pvrun: &str, extra_cmdline: &str) -> RunOutput {
     let cmdline = format!("pvrun={pvrun} {extra_cmdline}");
     GuestRun::demo(
@@ -134,7 +146,8 @@ fn perfhint_cli_send_and_phase_arrive() {
 
 #[test]
 fn module_unloads_and_reloads_and_hints_flow_again() {
-    let out = run_scenario("reload", "");
+    let out = run_scenario("reload", DRIVER_DEBUG);
+    expect_no_kernel_bug(&out);
     out.expect_contains("scenario: unloaded")
         .expect_contains("scenario: while unloaded: no perf-hint device")
         .expect_contains("scenario: reloaded")
@@ -154,7 +167,8 @@ fn module_unloads_and_reloads_and_hints_flow_again() {
 /// writes fail, nothing oopses, and the device binds again.
 #[test]
 fn unbinding_with_open_files_wakes_readers_and_binds_again() {
-    let out = run_scenario("unbind", "");
+    let out = run_scenario("unbind", DRIVER_DEBUG);
+    expect_no_kernel_bug(&out);
     out.expect_contains("scenario: unbound virtio")
         .expect_contains("scenario: reader woke rc=1")
         .expect_contains("No such device")
@@ -172,13 +186,14 @@ fn unbinding_with_open_files_wakes_readers_and_binds_again() {
 }
 
 /// Issue 12: processes shared one phase and sequence space and one rate
-/// budget. Now each open file is a stream of its own.
+/// budget. Now each open file is a stream of its own, and a program killed
+/// inside a phase leaves no demand behind.
 #[test]
 fn each_open_file_keeps_its_phases_and_its_share_of_the_rate_budget() {
     // A small budget (each stream: 10 a second, 10 at once), so that the
     // flood is sure to exceed its share.
     let out = GuestRun::demo(
-        "pvrun=streams",
+        &format!("pvrun=streams {DRIVER_DEBUG}"),
         &[
             "--cpus",
             "1,max=4",
@@ -198,9 +213,17 @@ fn each_open_file_keeps_its_phases_and_its_share_of_the_rate_budget() {
     .run();
     out.expect_contains("scenario: during A's phase nproc=3")
         .expect_contains("scenario: after B's hint nproc=3")
+        .expect_contains("scenario: during E's phase nproc=4")
+        .expect_contains("scenario: E killed, its phase closed nproc=2")
+        .expect_contains("scenario: slab debugging poison=1")
+        .expect_contains("scenario: kernel oops lines=0")
         .expect_contains("scenario: streams done")
         .expect_exit(0);
     let lines = log_lines(&out);
+    assert!(
+        lines.iter().any(|v| v["closed"] == true),
+        "the hint log says a stream closed"
+    );
     let stream_of = |v: &Value| v["stream"].as_u64().unwrap_or(0);
     let mut streams: Vec<u64> = lines
         .iter()

@@ -247,7 +247,7 @@ done > @FILES@/api.txt 2>&1
 "#;
     let out = GuestRun::demo(
         // The last MiB of the virtio-mem region (4 GiB up, 512 MiB long).
-        "pvrun=hostile pvunplugged=0x11ff00000",
+        "pvrun=hostile pvunplugged=0x11ff00000 slub_debug=FZP init_on_free=1",
         &[
             "--cpus",
             "1,max=4",
@@ -281,8 +281,20 @@ done > @FILES@/api.txt 2>&1
         .expect_contains("scenario: flood done")
         .expect_contains("scenario: still resized by hints nproc=2")
         .expect_contains("scenario: online cpus 0-1")
+        .expect_contains("scenario: slab debugging poison=1")
         .expect_contains("scenario: kernel oops lines=0")
         .expect_exit(143);
+    // perfvmm's own log stays short: guest-triggered warnings are limited
+    // (virtio_mmio::LogLimit) and the virtio-queue crate's lines are off.
+    let perfvmm_lines = out
+        .console
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .count();
+    assert!(
+        perfvmm_lines <= 40 && !out.console.contains("virtio_queue"),
+        "{perfvmm_lines} warning lines from perfvmm"
+    );
     let decisions = out.json_lines("decisions.log");
     let vcpus: Vec<u64> = decisions
         .iter()

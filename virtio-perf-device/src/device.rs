@@ -41,6 +41,9 @@ pub trait HintSink: Send {
 
     /// A message was dropped before its records could be read.
     fn dropped(&mut self, _reason: DropReason, _detail: &str) {}
+
+    /// The guest driver closed `stream` (never 0): its phases are over.
+    fn stream_closed(&mut self, _stream: u16) {}
 }
 
 /// Config space (read-only, little-endian): see `docs/perf-hint-device.md`.
@@ -190,6 +193,9 @@ impl<S: HintSink> PerfHintDevice<S> {
                 for _ in seen..header.count {
                     self.push_outcome(stream, seq, Outcome::Rejected);
                     seq = seq.wrapping_add(1);
+                }
+                if stream != 0 && header.flags & wire::header_flags::STREAM_CLOSED != 0 {
+                    self.sink.stream_closed(stream);
                 }
             }
         }

@@ -98,7 +98,7 @@ pub enum VmError {
     TooManyVcpus { asked: u32, limit: usize },
     #[error("--memory max: the hotplug region needs {needed} KVM memory slots, KVM on this host has {limit}")]
     TooManyMemorySlots { needed: usize, limit: usize },
-    #[error("the virtio-mem region at {0:#x} is not a region of guest memory")]
+    #[error("the virtio-mem region at {0:#x} is not the last region of guest memory")]
     HotplugRegion(u64),
     #[error("cannot allocate {size} MiB of guest memory: {source}")]
     Memory {
@@ -716,9 +716,11 @@ struct KvmSlots {
 }
 
 impl KvmSlots {
-    /// `None` when `gpa` starts no region of `mem`.
+    /// `None` unless `gpa` starts the last region of `mem`: the other
+    /// regions hold KVM slots 0.., one each in address order, so the
+    /// hotplug region's slots are numbered after them.
     fn new(vm: Arc<VmFd>, mem: &GuestMemoryMmap, gpa: u64) -> Option<Self> {
-        let region = mem.find_region(GuestAddress(gpa))?;
+        let region = mem.iter().last()?;
         (region.start_addr().raw_value() == gpa).then(|| KvmSlots {
             vm,
             first: (mem.num_regions() - 1) as u32,

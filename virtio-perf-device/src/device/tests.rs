@@ -26,6 +26,8 @@ pub struct Recorder {
     /// The stream of each hint, in order.
     pub streams: Arc<Mutex<Vec<u16>>>,
     pub drops: Arc<Mutex<Vec<DropReason>>>,
+    /// Streams the driver closed, in order.
+    pub closed: Arc<Mutex<Vec<u16>>>,
 }
 
 impl HintSink for Recorder {
@@ -40,6 +42,10 @@ impl HintSink for Recorder {
 
     fn dropped(&mut self, reason: DropReason, _detail: &str) {
         self.drops.lock().unwrap().push(reason);
+    }
+
+    fn stream_closed(&mut self, stream: u16) {
+        self.closed.lock().unwrap().push(stream);
     }
 }
 
@@ -196,6 +202,19 @@ fn each_stream_gets_its_own_outcomes_and_the_sink_knows_the_stream() {
 }
 
 #[test]
+fn the_driver_closing_a_stream_reaches_the_sink_with_no_outcome() {
+    let mut f = Fixture::new(true);
+    f.post_event_buffers(4, 64);
+    f.post_message(&wire::stream_closed_message(5));
+    // Stream 0 (unnumbered writers) is never closed.
+    f.post_message(&wire::stream_closed_message(0));
+    f.process();
+    assert_eq!(*f.rec.closed.lock().unwrap(), [5]);
+    assert!(f.rec.hints.lock().unwrap().is_empty());
+    assert_eq!(f.outcomes_with_streams(), []);
+}
+
+#[test]
 fn without_streams_acked_every_message_is_stream_0() {
     let mut f = Fixture::new(true);
     let mem = f.mem.clone();
@@ -207,8 +226,13 @@ fn without_streams_acked_every_message_is_stream_0() {
     f.dev.reset();
     f.dev.activate(mem, features, queues);
     f.post_message(&stamped(message(&[par(2)], 0), 7));
+    f.post_message(&wire::stream_closed_message(7));
     f.process();
     assert_eq!(*f.rec.streams.lock().unwrap(), [0]);
+    assert!(
+        f.rec.closed.lock().unwrap().is_empty(),
+        "no stream to close"
+    );
 }
 
 #[test]

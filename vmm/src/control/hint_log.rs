@@ -63,6 +63,13 @@ impl HintLog {
         self.out.write(&line);
     }
 
+    /// Logs that the guest driver closed `stream` (its phases ended).
+    pub fn stream_closed(&mut self, stream: u16) {
+        let t = self.t_ms();
+        self.out
+            .write(&json!({ "t_ms": t, "stream": stream, "closed": true }));
+    }
+
     /// Logs a message the device dropped.
     pub fn dropped(&mut self, reason: DropReason, detail: &str) {
         log::debug!(

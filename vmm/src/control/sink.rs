@@ -52,6 +52,15 @@ impl HintSink for PolicySink {
         outcome
     }
 
+    fn stream_closed(&mut self, stream: u16) {
+        let now = self.start.elapsed();
+        let decisions = lock(&self.engine).on_stream_closed(now, stream);
+        lock(&self.log).stream_closed(stream);
+        for d in decisions {
+            let _ = self.decisions.send(d);
+        }
+    }
+
     fn dropped(&mut self, reason: DropReason, detail: &str) {
         lock(&self.log).dropped(reason, detail);
     }
