@@ -67,6 +67,10 @@ pub struct Profile {
     /// Which I/O counters were used: `storage` (read_bytes + write_bytes)
     /// or `chars` (rchar + wchar, when the storage counters stayed 0).
     pub io_source: String,
+    /// CPUs online when the run started (0: not recorded, in profiles
+    /// written before this field). `perfvmm predict` scales from it.
+    #[serde(default)]
+    pub cpus: u32,
     /// Anything the reader should know about how figures were obtained.
     #[serde(default)]
     pub notes: Vec<String>,
@@ -106,10 +110,32 @@ pub struct ProfilePhase {
     pub io_class: String,
     /// Samples that fell in the phase.
     pub samples: u64,
+    /// CPU time the program's threads used in the phase, milliseconds
+    /// (absent in older profiles: then parallelism p50 × duration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<f64>,
+    /// Where that CPU time went, by function, most first (empty: not
+    /// sampled; see `perfhint profile --functions`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<FunctionTime>,
     /// With merged profiles: the smallest and largest value of each figure
     /// over the runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread: Option<Spread>,
+}
+
+/// CPU time of one function in a phase, from clock sampling.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FunctionTime {
+    /// The symbol (`[kernel]` for time in the kernel, `[unknown]` for an
+    /// address no symbol covers), with its object file after a `@` when it
+    /// is not the program's.
+    pub name: String,
+    /// Its share of the phase's CPU samples, 0 to 1.
+    pub share: f64,
+    /// Its share of the samples taken while only one of the program's
+    /// threads ran: its part of the phase's serial (critical) path, 0 to 1.
+    pub serial_share: f64,
 }
 
 /// The smallest and largest value a figure took over several runs.
@@ -254,6 +280,17 @@ impl Profile {
             if !p.parallelism_p95.is_finite() {
                 return bad(format!("{at}: parallelism p95 is not finite"));
             }
+            if p.cpu_ms.is_some_and(|c| !(c.is_finite() && c >= 0.0)) {
+                return bad(format!("{at}: cpu_ms is not a finite, positive number"));
+            }
+            let share = |x: f64| x.is_finite() && (0.0..=1.0).contains(&x);
+            if let Some(f) = p
+                .functions
+                .iter()
+                .find(|f| !share(f.share) || !share(f.serial_share))
+            {
+                return bad(format!("{at}: function {}: a share outside 0..1", f.name));
+            }
             if IoClass::parse(&p.io_class).is_none() {
                 return bad(format!("{at}: unknown io_class \"{}\"", p.io_class));
             }
@@ -355,8 +392,41 @@ fn join(a: &ProfilePhase, b: &ProfilePhase) -> ProfilePhase {
         io_bytes_per_sec: wmean(a.io_bytes_per_sec as f64, b.io_bytes_per_sec as f64) as u64,
         io_class: more_io.io_class.clone(),
         samples: a.samples + b.samples,
+        cpu_ms: match (a.cpu_ms, b.cpu_ms) {
+            (Some(x), Some(y)) => Some(x + y),
+            _ => None,
+        },
+        functions: join_functions(a, b),
         spread: None,
     }
+}
+
+/// The function shares of two phases joined into one, weighted by their
+/// CPU time.
+fn join_functions(a: &ProfilePhase, b: &ProfilePhase) -> Vec<FunctionTime> {
+    let cpu = |p: &ProfilePhase| p.cpu_ms.unwrap_or(0.0);
+    let total = cpu(a) + cpu(b);
+    if total <= 0.0 {
+        return Vec::new();
+    }
+    let mut out: Vec<FunctionTime> = Vec::new();
+    for (p, w) in [(a, cpu(a) / total), (b, cpu(b) / total)] {
+        for f in &p.functions {
+            match out.iter_mut().find(|o| o.name == f.name) {
+                Some(o) => {
+                    o.share += f.share * w;
+                    o.serial_share += f.serial_share * w;
+                }
+                None => out.push(FunctionTime {
+                    name: f.name.clone(),
+                    share: f.share * w,
+                    serial_share: f.serial_share * w,
+                }),
+            }
+        }
+    }
+    out.sort_by(|x, y| y.share.total_cmp(&x.share));
+    out
 }
 
 /// The manifest derived from a profile for the application `app`
@@ -460,6 +530,8 @@ mod tests {
             io_bytes_per_sec: 0,
             io_class: "none".into(),
             samples: dur / 10,
+            cpu_ms: None,
+            functions: Vec::new(),
             spread: None,
         }
     }
@@ -480,6 +552,7 @@ mod tests {
             cpu_time_source: "schedstat".into(),
             working_set_source: "referenced".into(),
             io_source: "storage".into(),
+            cpus: 1,
             notes: vec![],
             phases,
         }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use guest_hints::profile::{MinMax, Profile, ProfilePhase, Spread};
+use guest_hints::profile::{FunctionTime, MinMax, Profile, ProfilePhase, Spread};
 
 /// The median of `v` (the mean of the middle two for an even count).
 fn median(v: &[f64]) -> f64 {
@@ -137,6 +137,12 @@ pub fn merge(inputs: &[(String, Profile)]) -> Result<Profile, String> {
             io_bytes_per_sec: io.round() as u64,
             io_class: class.to_string(),
             samples: runs.iter().map(|(_, ph)| ph.samples).sum(),
+            cpu_ms: runs
+                .iter()
+                .map(|(_, ph)| ph.cpu_ms)
+                .collect::<Option<Vec<f64>>>()
+                .map(|v| median(&v)),
+            functions: mean_functions(runs.iter().map(|(_, ph)| *ph)),
             spread: Some(Spread {
                 start_ms: start_s,
                 duration_ms: dur_s,
@@ -166,6 +172,12 @@ pub fn merge(inputs: &[(String, Profile)]) -> Result<Profile, String> {
             notes.push(format!("{what} was measured differently in some runs"));
         }
     };
+    if inputs.iter().any(|(_, p)| p.cpus != first.cpus) {
+        notes.push(format!(
+            "the runs had different numbers of CPUs; the profile says {}, the first run's",
+            first.cpus
+        ));
+    }
     differ(|p| &p.cpu_time_source, "CPU time", &mut notes);
     differ(|p| &p.working_set_source, "the working set", &mut notes);
     differ(|p| &p.io_source, "I/O", &mut notes);
@@ -181,9 +193,35 @@ pub fn merge(inputs: &[(String, Profile)]) -> Result<Profile, String> {
         cpu_time_source: first.cpu_time_source.clone(),
         working_set_source: first.working_set_source.clone(),
         io_source: first.io_source.clone(),
+        cpus: first.cpus,
         notes,
         phases,
     })
+}
+
+/// Each function's mean share over the runs (0 in a run that did not
+/// sample it), most first.
+fn mean_functions<'a>(runs: impl Iterator<Item = &'a ProfilePhase>) -> Vec<FunctionTime> {
+    let mut out: Vec<FunctionTime> = Vec::new();
+    let mut n = 0.0;
+    for ph in runs {
+        n += 1.0;
+        for f in &ph.functions {
+            match out.iter_mut().find(|o| o.name == f.name) {
+                Some(o) => {
+                    o.share += f.share;
+                    o.serial_share += f.serial_share;
+                }
+                None => out.push(f.clone()),
+            }
+        }
+    }
+    for f in &mut out {
+        f.share /= n;
+        f.serial_share /= n;
+    }
+    out.sort_by(|x, y| y.share.total_cmp(&x.share));
+    out
 }
 
 #[cfg(test)]
@@ -205,6 +243,8 @@ mod tests {
             io_bytes_per_sec: 0,
             io_class: "none".into(),
             samples: dur / 10,
+            cpu_ms: None,
+            functions: Vec::new(),
             spread: None,
         }
     }
@@ -226,6 +266,7 @@ mod tests {
             cpu_time_source: "schedstat".into(),
             working_set_source: "referenced".into(),
             io_source: "storage".into(),
+            cpus: 1,
             notes: vec![],
             phases,
         }

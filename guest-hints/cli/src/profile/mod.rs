@@ -103,6 +103,7 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
         None => None,
     };
 
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get() as u32);
     let trace = trace_path();
     std::fs::File::create(&trace)
         .map_err(|e| format!("cannot create the trace file {}: {e}", trace.display()))?;
@@ -198,6 +199,12 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
         std::thread::sleep(Duration::from_nanos(next.saturating_sub(elapsed)));
     };
     let wall = ms_since(monotonic_ns());
+    let cpus_at_end = std::thread::available_parallelism().map_or(0, |n| n.get() as u32);
+    if cpus_at_end != cpus {
+        notes.push(format!(
+            "the CPUs online changed during the run ({cpus} at its start, {cpus_at_end} at its end)"
+        ));
+    }
     if shown_at.is_some() {
         eprint!("\r\x1b[K");
     }
@@ -266,6 +273,7 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
         .to_string(),
         working_set_source: if referenced { "referenced" } else { "rss" }.to_string(),
         io_source: if use_storage { "storage" } else { "chars" }.to_string(),
+        cpus,
         notes,
         phases: phases::tidy(phases),
     };

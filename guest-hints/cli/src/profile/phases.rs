@@ -625,6 +625,12 @@ pub fn phase_stats(
         io_bytes_per_sec: rate.round() as u64,
         io_class: io_class(rate, per_call).as_str().to_string(),
         samples: inside.len() as u64,
+        cpu_ms: Some(round3(
+            (total_at(samples, seg.end, |s| s.cpu_ns) - total_at(samples, seg.start, |s| s.cpu_ns))
+                .max(0.0)
+                / 1e6,
+        )),
+        functions: Vec::new(),
         spread: None,
     }
 }
