@@ -2,6 +2,7 @@
 //! into phases, and write a profile (see `docs/derived-hints.md`).
 
 pub mod events;
+pub mod functions;
 pub mod merge;
 pub mod phases;
 pub mod procfs;
@@ -125,6 +126,8 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
     let pid = child.id();
     let ms_since = |t: u64| t.saturating_sub(t0) as f64 / 1e6;
 
+    let mut sampler = functions::ThreadSampler::new(t0);
+    let mut mapped: Vec<u32> = Vec::new();
     let mut samples: Vec<RawSample> = Vec::new();
     let mut windows: Vec<WsWindow> = Vec::new();
     let (mut cpu, mut storage, mut chars, mut calls) = (
@@ -152,6 +155,26 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
             io_calls: calls.update(snap.io.iter().map(|(p, c)| (*p, c.calls))),
         };
         samples.push(s);
+        let tids: Vec<u32> = snap.thread_cpu_ns.iter().map(|&(tid, _)| tid).collect();
+        sampler.watch(&tids);
+        // Each process's mappings when first seen, and again every 100
+        // ticks (libraries loaded later).
+        let fresh: Vec<u32> = if tick.is_multiple_of(100) {
+            snap.pids.clone()
+        } else {
+            snap.pids
+                .iter()
+                .copied()
+                .filter(|p| !mapped.contains(p))
+                .collect()
+        };
+        sampler.read_maps(procfs.root(), &fresh);
+        mapped.extend(
+            fresh
+                .iter()
+                .filter(|p| !mapped.contains(p))
+                .collect::<Vec<_>>(),
+        );
         if referenced && now >= next_ws && !snap.pids.is_empty() {
             next_ws = now + f64::from(WS_PERIOD_MS.max(interval_ms));
             match measure_referenced(&procfs, &snap.pids, last_clear.is_some()) {
@@ -256,6 +279,14 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
             )
         })
         .collect();
+    let mut phases = phases::tidy(phases);
+    attribute_functions(
+        sampler,
+        &mut phases,
+        &samples,
+        binary.as_deref(),
+        &mut notes,
+    );
     let profile = Profile {
         format: FORMAT.to_string(),
         version: VERSION,
@@ -275,9 +306,52 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
         io_source: if use_storage { "storage" } else { "chars" }.to_string(),
         cpus,
         notes,
-        phases: phases::tidy(phases),
+        phases,
     };
     Ok((profile, status))
+}
+
+/// Gives each phase its function shares from the CPU-clock samples; a
+/// sample counts as serial when the interval it fell in ran at most 1.25
+/// threads' worth of CPU.
+fn attribute_functions(
+    sampler: functions::ThreadSampler,
+    phases: &mut [guest_hints::profile::ProfilePhase],
+    samples: &[Sample],
+    program: Option<&Path>,
+    notes: &mut Vec<String>,
+) {
+    if let Some(why) = &sampler.unavailable {
+        notes.push(format!("no per-function attribution: {why}"));
+    }
+    if sampler.unsampled_threads > 0 {
+        notes.push(format!(
+            "{} threads were not sampled by function (too many at once)",
+            sampler.unsampled_threads
+        ));
+    }
+    let (ips, maps) = sampler.finish();
+    let program = program.and_then(|p| p.to_str());
+    let names = functions::symbolize(&ips, &maps, program);
+    // (end of interval, parallelism in it), in time order.
+    let pars: Vec<(f64, f64)> = samples
+        .windows(2)
+        .map(|w| {
+            let dt = (w[1].t - w[0].t).max(1e-9);
+            (
+                w[1].t,
+                w[1].cpu_ns.saturating_sub(w[0].cpu_ns) as f64 / 1e6 / dt,
+            )
+        })
+        .collect();
+    let serial = |t: f64| {
+        let i = pars.partition_point(|&(end, _)| end < t);
+        pars.get(i).is_some_and(|&(_, p)| p <= 1.25)
+    };
+    for ph in phases {
+        let (start, end) = (ph.start_ms as f64, (ph.start_ms + ph.duration_ms) as f64);
+        ph.functions = functions::shares(&ips, &names, start, end, serial);
+    }
 }
 
 /// Bytes referenced by the tree since the last clear (`None` on the first

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The fields of `/proc/PID/stat` (or `/proc/PID/task/TID/stat`) used here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +119,11 @@ impl Procfs {
             ns_per_tick: 1_000_000_000 / ticks,
             schedstat,
         }
+    }
+
+    /// The `/proc` this reads.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// `root` and its descendants, from every process's parent in `/proc`.
