@@ -274,6 +274,14 @@ build_workloads() {
   ln -sf /perfvmm/tcc "$gdir/sysroot/usr/bin/tcc"
   rm -rf "$gdir/extra/make-project"
   cp -r "$here/workloads/make-project" "$gdir/extra/make-project"
+  # perfvmm predict's validation workload, with libperfhint (built by
+  # build_openmp) for its phase hints.
+  local a=$out/static-target/x86_64-unknown-linux-gnu/release/libperfhint.a
+  if stale "$out/workloads/predict-work" "$here/workloads/predict-work.c" "$a" "$here/build.sh"; then
+    gcc -O2 -Wall -Werror -static "$here/workloads/predict-work.c" "$a" -lpthread -ldl -lm \
+      -o "$out/workloads/predict-work"
+  fi
+  cp "$out/workloads/predict-work" "$gdir/extra/"
 }
 
 build_guest_initramfs() {

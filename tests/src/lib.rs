@@ -9,6 +9,7 @@
 
 pub mod cpio;
 pub mod fit;
+pub mod predict;
 pub mod report;
 pub mod timeline;
 pub mod trace;

@@ -38,6 +38,32 @@ perfvmm's source tree ships a synthetic trace of the demo workload:
 Exit status: 0 the report was printed; 1 a file could not be read or used;
 2 the command line could not be parsed.";
 
+const PREDICT_AFTER_HELP: &str = "\
+Profiles come from `perfhint profile -o FILE -- CMD` in the guest (or any
+Linux machine); give profiles taken on two or more CPU counts for a fitted
+scaling model, one for an estimate (docs/predict.md says which assumptions
+each takes).
+
+What-ifs (--what-if, repeatable):
+  function=NAME:-10%   the function's own time 10 % shorter
+  phase=NAME:-10%      the phase's time 10 % shorter
+  cpu-speed:+20%       every CPU 20 % faster
+  io:+50%              storage 50 % faster
+
+Hosts and prices (TOML, [[host]] name, cores, memory, cpu_speed,
+io_bandwidth, price_per_hour): --hosts FILE for your machines, --prices
+builtin for a dated table of a few public cloud instance prices shipped
+with perfvmm, or --prices FILE for your own.
+
+Examples:
+  perfvmm predict run-1cpu.json run-4cpu.json --vcpus 1,2,4,8
+  perfvmm predict run.json --what-if 'function=sweep:-10%' --svg out.svg
+  perfvmm predict run.json --prices builtin --deadline 10m --runs-per-day 24
+
+Exit status: 0 the prediction was printed; 1 a file could not be read or
+used, or a what-if names what the profiles lack; 2 the command line could
+not be parsed.";
+
 /// A minimal KVM virtual machine monitor that boots a stock Linux guest.
 #[derive(Debug, Parser)]
 #[command(
@@ -167,6 +193,43 @@ pub enum Command {
         /// percentage points) instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Predict a program's run time on more or fewer vCPUs, its memory,
+    /// the hosts it fits and what a run costs — as profiled, or after a
+    /// what-if change — from the profiles of earlier runs. Touches no VM.
+    #[command(after_help = PREDICT_AFTER_HELP)]
+    Predict {
+        /// Profiles of one program (`perfhint profile`), at one or more
+        /// CPU counts.
+        #[arg(required = true, value_name = "PROFILE")]
+        profiles: Vec<PathBuf>,
+        /// vCPU counts to predict for, comma-separated.
+        #[arg(long, value_name = "LIST", default_value = "1,2,4,8,16")]
+        vcpus: String,
+        /// A change to predict the effect of (repeatable; see below).
+        #[arg(long = "what-if", value_name = "CHANGE")]
+        what_if: Vec<String>,
+        /// Hosts the program could run on (TOML; see below).
+        #[arg(long, value_name = "FILE")]
+        hosts: Option<PathBuf>,
+        /// Instance prices: `builtin` (shipped, dated) or a TOML file.
+        #[arg(long, value_name = "builtin|FILE")]
+        prices: Option<String>,
+        /// The run must end within this (e.g. 90s, 10m, 2h).
+        #[arg(long, value_name = "DURATION")]
+        deadline: Option<String>,
+        /// Runs a day, for the cost per month (30 days).
+        #[arg(long, value_name = "N", default_value_t = 1.0)]
+        runs_per_day: f64,
+        /// Memory added to the largest peak, in percent.
+        #[arg(long, value_name = "PERCENT", default_value_t = 10.0)]
+        memory_margin: f64,
+        /// Print the prediction as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also draw it as an SVG picture.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
     },
     /// Talk to a running perfvmm through its control API.
     Ctl {

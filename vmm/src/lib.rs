@@ -28,6 +28,7 @@ pub mod exit;
 pub mod layout;
 pub mod memory;
 pub mod memstat;
+pub mod predict;
 pub mod seccomp;
 pub mod vcpu;
 pub mod vm;

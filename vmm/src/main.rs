@@ -60,6 +60,42 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Predict {
+        profiles,
+        vcpus,
+        what_if,
+        hosts,
+        prices,
+        deadline,
+        runs_per_day,
+        memory_margin,
+        json,
+        svg,
+    }) = cli.command
+    {
+        let args = perfvmm::predict::Args {
+            profiles,
+            vcpus,
+            what_if,
+            hosts,
+            prices,
+            deadline,
+            runs_per_day,
+            memory_margin,
+            json,
+            svg,
+        };
+        return match perfvmm::predict::run(&args) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("perfvmm predict: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let Some(kernel) = cli.kernel else {
         eprintln!("perfvmm: --kernel is required");
         return ExitCode::from(2);

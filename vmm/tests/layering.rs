@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 fn layer(module: &str) -> Option<u8> {
     Some(match module {
         "layout" | "memory" | "arch" | "aml" | "memstat" | "cli" | "devices::bus" | "policy"
-        | "seccomp" => 0,
+        | "seccomp" | "predict" => 0,
         "devices" | "exit" | "vcpu" | "event_loop" | "boot" | "acpi" => 1,
         "actuators" => 2,
         "control" => 3,

@@ -12,9 +12,10 @@ use guest_hints::profile::FunctionTime;
 use perf_event::events::Software;
 use perf_event::{Builder, Clock, SampleFlag, Sampler};
 
-/// Nanoseconds of a thread's CPU time between two samples: 500 a second.
-const PERIOD_NS: u64 = 2_000_000;
-/// Ring buffer per thread; drained every profiling tick (10 ms: 5 samples).
+/// Nanoseconds of a thread's CPU time between two samples: 100 a second
+/// (each sample is a timer interrupt, costly in a nested guest).
+const PERIOD_NS: u64 = 10_000_000;
+/// Ring buffer per thread; drained every profiling tick (10 ms: 1 sample).
 const RING_BYTES: usize = 16 * 1024;
 /// Threads sampled at once; more are counted, not sampled.
 const MAX_THREADS: usize = 512;
@@ -408,7 +409,7 @@ garbage line
             "CPU-clock sampling (as root, or perf_event_paranoid <= 1)"
         );
         s.read_maps(Path::new("/proc"), &[std::process::id()]);
-        std::hint::black_box(busy_function_for_the_sampler(100_000_000));
+        std::hint::black_box(busy_function_for_the_sampler(300_000_000));
         let (samples, maps) = s.finish();
         assert!(samples.len() >= 20, "{} samples", samples.len());
         let exe = std::fs::read_link("/proc/self/exe").unwrap();

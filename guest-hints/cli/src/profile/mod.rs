@@ -104,7 +104,7 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
         None => None,
     };
 
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get() as u32);
+    let online = std::thread::available_parallelism().map_or(0, |n| n.get() as u32);
     let trace = trace_path();
     std::fs::File::create(&trace)
         .map_err(|e| format!("cannot create the trace file {}: {e}", trace.display()))?;
@@ -127,6 +127,7 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
     let ms_since = |t: u64| t.saturating_sub(t0) as f64 / 1e6;
 
     let mut sampler = functions::ThreadSampler::new(t0);
+    let mut cpus_seen: Vec<u32> = Vec::new();
     let mut mapped: Vec<u32> = Vec::new();
     let mut samples: Vec<RawSample> = Vec::new();
     let mut windows: Vec<WsWindow> = Vec::new();
@@ -155,6 +156,10 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
             io_calls: calls.update(snap.io.iter().map(|(p, c)| (*p, c.calls))),
         };
         samples.push(s);
+        // The CPUs the program may use (taskset may narrow them after exec).
+        if let Some(n) = procfs.cpus_allowed(pid) {
+            cpus_seen.push(n);
+        }
         let tids: Vec<u32> = snap.thread_cpu_ns.iter().map(|&(tid, _)| tid).collect();
         sampler.watch(&tids);
         // Each process's mappings when first seen, and again every 100
@@ -222,12 +227,7 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
         std::thread::sleep(Duration::from_nanos(next.saturating_sub(elapsed)));
     };
     let wall = ms_since(monotonic_ns());
-    let cpus_at_end = std::thread::available_parallelism().map_or(0, |n| n.get() as u32);
-    if cpus_at_end != cpus {
-        notes.push(format!(
-            "the CPUs online changed during the run ({cpus} at its start, {cpus_at_end} at its end)"
-        ));
-    }
+    let cpus = program_cpus(&cpus_seen, online, &mut notes);
     if shown_at.is_some() {
         eprint!("\r\x1b[K");
     }
@@ -309,6 +309,20 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
         phases,
     };
     Ok((profile, status))
+}
+
+/// The CPUs the program could use: the most its affinity allowed while
+/// it ran (as sampled), else what perfhint itself may use.
+fn program_cpus(seen: &[u32], online: u32, notes: &mut Vec<String>) -> u32 {
+    let (Some(&lo), Some(&hi)) = (seen.iter().min(), seen.iter().max()) else {
+        return online;
+    };
+    if lo != hi {
+        notes.push(format!(
+            "the CPUs the program could use changed during the run (from {lo} to {hi}); the profile says {hi}"
+        ));
+    }
+    hi
 }
 
 /// Gives each phase its function shares from the CPU-clock samples; a

@@ -126,6 +126,16 @@ impl Procfs {
         &self.root
     }
 
+    /// How many CPUs process `pid` may run on (its `Cpus_allowed_list`),
+    /// or `None` when it cannot be read.
+    pub fn cpus_allowed(&self, pid: u32) -> Option<u32> {
+        let status = fs::read_to_string(self.root.join(pid.to_string()).join("status")).ok()?;
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+        count_cpu_list(list.trim())
+    }
+
     /// `root` and its descendants, from every process's parent in `/proc`.
     fn tree(&self, root: u32) -> Vec<(u32, Stat)> {
         let mut all: Vec<(u32, Stat)> = Vec::new();
@@ -252,8 +262,33 @@ impl Counter {
     }
 }
 
+/// The number of CPUs in a list such as `0-3,6,8-9`.
+pub fn count_cpu_list(list: &str) -> Option<u32> {
+    let mut n: u32 = 0;
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
+            None => {
+                let a = part.parse::<u32>().ok()?;
+                (a, a)
+            }
+        };
+        n = n.checked_add(b.checked_sub(a)?.checked_add(1)?)?;
+    }
+    (n > 0).then_some(n)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cpu_lists_count() {
+        assert_eq!(count_cpu_list("0-3,6,8-9"), Some(7));
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list(""), None);
+        assert_eq!(count_cpu_list("3-1"), None);
+        assert_eq!(count_cpu_list("x"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -1,0 +1,566 @@
+//! Per-phase run-time models fitted from profiles.
+//!
+//! A phase's wall time on `n` CPUs at relative speed `s` is
+//!
+//! ```text
+//! T(n, s) = wait + (serial + parallel / k + contention × (k − 1)) / s,   k = min(n, threads)
+//! ```
+//!
+//! `wait` is time none of the program's threads ran (I/O, sleeps): it
+//! neither scales with CPUs nor with their speed. `serial` is CPU time on one
+//! thread, `parallel` CPU work that divides over up to `threads` threads
+//! (Amdahl), and `contention` the time each further CPU adds (the Universal
+//! Scalability Law's coherency term, linearised), fitted only when profiles
+//! at three or more CPU counts are given.
+
+use guest_hints::profile::{FunctionTime, Profile, ProfilePhase};
+use serde::Serialize;
+
+use crate::PredictError;
+
+/// Effective parallelism at or below which CPU time counts as serial.
+const SERIAL_PARALLELISM: f64 = 1.05;
+
+/// One phase's model.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PhaseModel {
+    /// The program's name for the phase, or `phase N`.
+    pub name: String,
+    pub wait_ms: f64,
+    pub serial_ms: f64,
+    pub parallel_ms: f64,
+    pub contention_ms: f64,
+    /// The most threads the phase keeps busy (its `max_useful`).
+    pub threads: u32,
+    /// `none`, `light`, `sequential` or `random`.
+    pub io_class: String,
+    pub io_bytes_per_sec: u64,
+    pub working_set_bytes: u64,
+    pub peak_bytes: u64,
+    /// Where its CPU time went (from the profile at the fewest CPUs).
+    pub functions: Vec<FunctionTime>,
+    /// The CPU counts of the profiles it was fitted from.
+    pub fitted_from: Vec<u32>,
+    /// Its duration in each of those profiles, ms.
+    pub observed_ms: Vec<f64>,
+}
+
+impl PhaseModel {
+    /// Effective CPUs for the phase on `cpus`.
+    fn k(&self, cpus: u32) -> f64 {
+        f64::from(cpus.min(self.threads).max(1))
+    }
+
+    /// Predicted wall time, ms, on `cpus` CPUs at relative speed `speed`.
+    pub fn time_ms(&self, cpus: u32, speed: f64) -> f64 {
+        let k = self.k(cpus);
+        let cpu = self.serial_ms + self.parallel_ms / k + self.contention_ms * (k - 1.0);
+        self.wait_ms + cpu / speed.max(1e-9)
+    }
+
+    /// CPU time, ms, the phase uses on `cpus` CPUs.
+    pub fn cpu_ms(&self, cpus: u32) -> f64 {
+        let k = self.k(cpus);
+        self.serial_ms + self.parallel_ms + self.contention_ms * (k - 1.0) * k
+    }
+
+    /// Whether the phase waits on storage (its wait scales with I/O speed).
+    pub fn does_io(&self) -> bool {
+        !matches!(self.io_class.as_str(), "none")
+    }
+}
+
+/// A program's model: its phases in order.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProgramModel {
+    /// The program (its command's first word).
+    pub program: String,
+    pub phases: Vec<PhaseModel>,
+    /// Notes on how the model was made (assumptions taken).
+    pub notes: Vec<String>,
+}
+
+impl ProgramModel {
+    /// Predicted wall time, ms.
+    pub fn time_ms(&self, cpus: u32, speed: f64) -> f64 {
+        self.phases.iter().map(|p| p.time_ms(cpus, speed)).sum()
+    }
+
+    /// Memory the program needs: its largest peak with `margin` (0.1 =
+    /// 10 %) added.
+    pub fn memory_bytes(&self, margin: f64) -> u64 {
+        let peak = self.phases.iter().map(|p| p.peak_bytes).max().unwrap_or(0);
+        (peak as f64 * (1.0 + margin)).ceil() as u64
+    }
+
+    /// The most threads any phase keeps busy.
+    pub fn max_threads(&self) -> u32 {
+        self.phases.iter().map(|p| p.threads).max().unwrap_or(1)
+    }
+
+    /// Fits a model from profiles of one program, taken at one or more
+    /// CPU counts. Phases are matched by name, else by position.
+    pub fn fit(profiles: &[Profile]) -> Result<ProgramModel, PredictError> {
+        let first = profiles.first().ok_or(PredictError::NoProfile)?;
+        check_same_program(profiles)?;
+        let mut notes = Vec::new();
+        for (i, p) in profiles.iter().enumerate() {
+            if p.phases.is_empty() {
+                return Err(PredictError::EmptyProfile(i + 1));
+            }
+            if p.cpus == 0 {
+                return Err(PredictError::NoCpus(i + 1));
+            }
+        }
+        // Runs cut into different phases (detected, not named, phases can
+        // differ from run to run) are modelled as one phase each.
+        let whole: Vec<Profile>;
+        let (first, profiles) = if profiles.iter().all(|p| same_phases(first, p)) {
+            (first, profiles)
+        } else {
+            notes.push(
+                "the profiles' phases differ from run to run: each run is modelled as one phase"
+                    .to_string(),
+            );
+            whole = profiles.iter().map(as_one_phase).collect();
+            (&whole[0], &whole[..])
+        };
+        let phases = first
+            .phases
+            .iter()
+            .enumerate()
+            .map(|(i, ph)| {
+                let name = phase_name(ph);
+                let points: Vec<(u32, &ProfilePhase)> = profiles
+                    .iter()
+                    .filter_map(|p| matching_phase(p, ph, i).map(|m| (p.cpus, m)))
+                    .collect();
+                fit_phase(name, &points, &mut notes)
+            })
+            .collect();
+        let program = first
+            .command
+            .first()
+            .map(|c| c.rsplit('/').next().unwrap_or(c).to_string())
+            .unwrap_or_default();
+        Ok(ProgramModel {
+            program,
+            phases,
+            notes,
+        })
+    }
+}
+
+/// Whether `b` has the phases of `a`: the same names, or as many unnamed.
+fn same_phases(a: &Profile, b: &Profile) -> bool {
+    a.phases.len() == b.phases.len()
+        && a.phases
+            .iter()
+            .zip(&b.phases)
+            .all(|(x, y)| x.name == y.name)
+}
+
+/// `p` as a single phase spanning the run.
+fn as_one_phase(p: &Profile) -> Profile {
+    let mut one = p.phases[0].clone();
+    one.name = Some("run".to_string());
+    one.start_ms = 0;
+    one.duration_ms = p.phases.iter().map(|x| x.duration_ms).sum();
+    one.cpu_ms = Some(p.phases.iter().map(cpu_of).sum());
+    one.max_useful = p.phases.iter().map(|x| x.max_useful).max().unwrap_or(1);
+    one.peak_bytes = p.phases.iter().map(|x| x.peak_bytes).max().unwrap_or(0);
+    one.working_set_bytes = p
+        .phases
+        .iter()
+        .map(|x| x.working_set_bytes)
+        .max()
+        .unwrap_or(0);
+    let wall = one.duration_ms.max(1) as f64;
+    one.io_bytes_per_sec = (p
+        .phases
+        .iter()
+        .map(|x| x.io_bytes_per_sec as f64 * x.duration_ms as f64)
+        .sum::<f64>()
+        / wall) as u64;
+    if let Some(x) = p.phases.iter().find(|x| x.io_class != "none") {
+        one.io_class = x.io_class.clone();
+    }
+    one.functions = Vec::new();
+    Profile {
+        phases: vec![one],
+        ..p.clone()
+    }
+}
+
+fn phase_name(p: &ProfilePhase) -> String {
+    p.name.clone().unwrap_or_else(|| format!("phase {}", p.id))
+}
+
+/// The phase of `profile` that stands for `ph` (the `i`th phase of the
+/// first profile): the one of the same name, else the `i`th.
+fn matching_phase<'a>(
+    profile: &'a Profile,
+    ph: &ProfilePhase,
+    i: usize,
+) -> Option<&'a ProfilePhase> {
+    match &ph.name {
+        Some(n) => profile.phases.iter().find(|p| p.name.as_ref() == Some(n)),
+        None => profile.phases.get(i).filter(|p| p.name.is_none()),
+    }
+}
+
+fn check_same_program(profiles: &[Profile]) -> Result<(), PredictError> {
+    let first = &profiles[0];
+    for (i, p) in profiles.iter().enumerate().skip(1) {
+        let differ = match (&first.build_id, &p.build_id) {
+            (Some(a), Some(b)) => a != b,
+            _ => first.command.first() != p.command.first(),
+        };
+        if differ {
+            return Err(PredictError::OtherProgram(i + 1));
+        }
+    }
+    Ok(())
+}
+
+/// CPU time of a profiled phase, ms (older profiles: p50 × duration).
+fn cpu_of(p: &ProfilePhase) -> f64 {
+    p.cpu_ms.unwrap_or(p.parallelism_p50 * p.duration_ms as f64)
+}
+
+/// Fits one phase from its `(cpus, phase)` observations.
+fn fit_phase(name: String, points: &[(u32, &ProfilePhase)], notes: &mut Vec<String>) -> PhaseModel {
+    let threads = points
+        .iter()
+        .map(|(_, p)| p.max_useful)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    // Observations by effective CPUs k, averaged where several share one.
+    let mut obs: Vec<(f64, f64, f64)> = Vec::new(); // (k, duration, cpu)
+    let mut counts: Vec<f64> = Vec::new();
+    for &(cpus, p) in points {
+        let k = f64::from(cpus.min(threads).max(1));
+        let (d, c) = (p.duration_ms as f64, cpu_of(p));
+        match obs.iter().position(|o| o.0 == k) {
+            Some(i) => {
+                counts[i] += 1.0;
+                let n = counts[i];
+                obs[i].1 += (d - obs[i].1) / n;
+                obs[i].2 += (c - obs[i].2) / n;
+            }
+            None => {
+                obs.push((k, d, c));
+                counts.push(1.0);
+            }
+        }
+    }
+    obs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (wait, serial, parallel, contention) = match obs.len() {
+        0 => (0.0, 0.0, 0.0, 0.0),
+        1 => {
+            let (k, d, c) = obs[0];
+            if k == 1.0 && threads > 1 {
+                notes.push(format!(
+                    "{name}: profiled on one CPU only: its CPU time is taken to divide evenly over its {threads} threads"
+                ));
+            }
+            let (w, s, p) = from_one(k, d, c, threads);
+            (w, s, p, 0.0)
+        }
+        _ => from_several(&obs),
+    };
+    let base = points.iter().min_by_key(|(c, _)| *c).map(|(_, p)| *p);
+    PhaseModel {
+        name,
+        wait_ms: wait,
+        serial_ms: serial,
+        parallel_ms: parallel,
+        contention_ms: contention,
+        threads,
+        io_class: base.map_or("none".into(), |p| p.io_class.clone()),
+        io_bytes_per_sec: base.map_or(0, |p| p.io_bytes_per_sec),
+        working_set_bytes: points
+            .iter()
+            .map(|(_, p)| p.working_set_bytes)
+            .max()
+            .unwrap_or(0),
+        peak_bytes: points.iter().map(|(_, p)| p.peak_bytes).max().unwrap_or(0),
+        functions: base.map(|p| p.functions.clone()).unwrap_or_default(),
+        fitted_from: points.iter().map(|(c, _)| *c).collect(),
+        observed_ms: points.iter().map(|(_, p)| p.duration_ms as f64).collect(),
+    }
+}
+
+/// (wait, serial, parallel) from one observation: duration `d` and CPU time
+/// `c` on `k` effective CPUs.
+pub fn from_one(k: f64, d: f64, c: f64, threads: u32) -> (f64, f64, f64) {
+    let c = c.max(0.0);
+    if k <= 1.0 {
+        let busy = c.min(d);
+        let wait = d - busy;
+        return if threads > 1 {
+            (wait, 0.0, busy)
+        } else {
+            (wait, busy, 0.0)
+        };
+    }
+    if c <= d * SERIAL_PARALLELISM {
+        // No sign of parallel work at k CPUs.
+        let busy = c.min(d);
+        return (d - busy, busy, 0.0);
+    }
+    // serial + parallel / k = d and serial + parallel = c.
+    let parallel = ((c - d) * k / (k - 1.0)).min(d * k);
+    let serial = (d - parallel / k).max(0.0);
+    (0.0, serial, parallel)
+}
+
+/// (wait, serial, parallel, contention) by least squares over
+/// observations `(k, duration, cpu)` at two or more `k`:
+/// `d = a + b / k (+ c × (k − 1))`, every term at least 0; `a` is split
+/// into serial CPU and wait by the CPU time measured.
+pub fn from_several(obs: &[(f64, f64, f64)]) -> (f64, f64, f64, f64) {
+    let with_contention = obs.len() >= 3;
+    let rows: Vec<(Vec<f64>, f64)> = obs
+        .iter()
+        .map(|&(k, d, _)| {
+            let mut x = vec![1.0, 1.0 / k];
+            if with_contention {
+                x.push(k - 1.0);
+            }
+            (x, d)
+        })
+        .collect();
+    let coef = nonneg_least_squares(&rows);
+    let (a, b) = (coef[0], coef[1]);
+    let contention = coef.get(2).copied().unwrap_or(0.0);
+    // CPU time at the fewest CPUs, less the parallel work, is serial CPU.
+    let cpu = obs[0].2;
+    let serial = (cpu - b).clamp(0.0, a);
+    (a - serial, serial, b, contention)
+}
+
+/// Least squares with every coefficient at least 0: solves the normal
+/// equations, drops the most negative coefficient and solves again.
+fn nonneg_least_squares(rows: &[(Vec<f64>, f64)]) -> Vec<f64> {
+    let n = rows.first().map_or(0, |r| r.0.len());
+    let mut active: Vec<usize> = (0..n).collect();
+    loop {
+        let sol = solve_normal(rows, &active);
+        let worst = sol
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v < 0.0)
+            .min_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i);
+        match worst {
+            Some(i) if active.len() > 1 => {
+                active.remove(i);
+            }
+            _ => {
+                let mut out = vec![0.0; n];
+                for (j, &col) in active.iter().enumerate() {
+                    out[col] = sol[j].max(0.0);
+                }
+                return out;
+            }
+        }
+    }
+}
+
+/// Least-squares coefficients of the columns `cols` (Gaussian elimination
+/// on the normal equations; a singular system gives zeros).
+fn solve_normal(rows: &[(Vec<f64>, f64)], cols: &[usize]) -> Vec<f64> {
+    let m = cols.len();
+    let mut a = vec![vec![0.0; m + 1]; m];
+    for (x, y) in rows {
+        for i in 0..m {
+            for j in 0..m {
+                a[i][j] += x[cols[i]] * x[cols[j]];
+            }
+            a[i][m] += x[cols[i]] * y;
+        }
+    }
+    for c in 0..m {
+        let Some(p) = (c..m).max_by(|&i, &j| a[i][c].abs().total_cmp(&a[j][c].abs())) else {
+            return vec![0.0; m];
+        };
+        if a[p][c].abs() < 1e-12 {
+            return vec![0.0; m];
+        }
+        a.swap(c, p);
+        let pivot = a[c].clone();
+        for (r, row) in a.iter_mut().enumerate() {
+            if r != c {
+                let f = row[c] / pivot[c];
+                for (v, p) in row.iter_mut().zip(&pivot).skip(c) {
+                    *v -= f * p;
+                }
+            }
+        }
+    }
+    (0..m).map(|i| a[i][m] / a[i][i]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-6 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn one_profile_on_several_cpus_splits_serial_and_parallel() {
+        // 4 CPUs: 1 s serial then 3 s of work on 4 threads (0.75 s) = 1.75 s, 4 s CPU.
+        let (w, s, p) = from_one(4.0, 1750.0, 4000.0, 4);
+        assert!(
+            close(w, 0.0) && close(s, 1000.0) && close(p, 3000.0),
+            "{w} {s} {p}"
+        );
+        // Waiting, not computing: 1 s of CPU in 3 s.
+        let (w, s, p) = from_one(4.0, 3000.0, 1000.0, 4);
+        assert!(close(w, 2000.0) && close(s, 1000.0) && close(p, 0.0));
+    }
+
+    #[test]
+    fn one_cpu_profiles_take_the_work_as_parallel_over_its_threads() {
+        let (w, s, p) = from_one(1.0, 5000.0, 4000.0, 4);
+        assert!(close(w, 1000.0) && close(s, 0.0) && close(p, 4000.0));
+        let (_, s, p) = from_one(1.0, 5000.0, 4000.0, 1);
+        assert!(close(s, 4000.0) && close(p, 0.0));
+    }
+
+    #[test]
+    fn two_cpu_counts_recover_amdahl_exactly() {
+        // a = 500 (300 serial CPU + 200 wait), b = 2000.
+        let d = |k: f64| 500.0 + 2000.0 / k;
+        let obs = [(1.0, d(1.0), 2300.0), (2.0, d(2.0), 2300.0)];
+        let (w, s, p, c) = from_several(&obs);
+        assert!(close(p, 2000.0) && close(s, 300.0) && close(w, 200.0) && c == 0.0);
+    }
+
+    #[test]
+    fn three_cpu_counts_fit_contention_and_never_a_negative_term() {
+        let d = |k: f64| 100.0 + 4000.0 / k + 50.0 * (k - 1.0);
+        let obs: Vec<_> = [1.0, 2.0, 4.0].iter().map(|&k| (k, d(k), 4100.0)).collect();
+        let (_, s, p, c) = from_several(&obs);
+        assert!(
+            close(p, 4000.0) && close(c, 50.0) && close(s, 100.0),
+            "{s} {p} {c}"
+        );
+        // Faster than linear (noise): no negative serial part.
+        let obs = [(1.0, 1000.0, 1000.0), (2.0, 400.0, 1000.0)];
+        let (w, s, p, _) = from_several(&obs);
+        assert!(w >= 0.0 && s >= 0.0 && p > 0.0);
+    }
+
+    fn profile(cpus: u32, phases: &[(Option<&str>, u64, f64, u32)]) -> Profile {
+        let mut start = 0;
+        let phases = phases
+            .iter()
+            .enumerate()
+            .map(|(i, &(name, dur, cpu, threads))| {
+                let p = ProfilePhase {
+                    id: i as u32 + 1,
+                    name: name.map(str::to_string),
+                    source: "detected".into(),
+                    start_ms: start,
+                    duration_ms: dur,
+                    parallelism_p50: cpu / dur as f64,
+                    parallelism_p95: cpu / dur as f64,
+                    max_useful: threads,
+                    working_set_bytes: 1 << 20,
+                    peak_bytes: 2 << 20,
+                    io_bytes_per_sec: 0,
+                    io_class: "none".into(),
+                    samples: dur / 10,
+                    cpu_ms: Some(cpu),
+                    functions: Vec::new(),
+                    spread: None,
+                };
+                start += dur;
+                p
+            })
+            .collect();
+        Profile {
+            format: guest_hints::profile::FORMAT.into(),
+            version: 1,
+            command: vec!["./prog".into()],
+            binary: None,
+            build_id: None,
+            wall_ms: start,
+            interval_ms: 10,
+            runs: 1,
+            cpu_time_source: "schedstat".into(),
+            working_set_source: "rss".into(),
+            io_source: "chars".into(),
+            cpus,
+            notes: Vec::new(),
+            phases,
+        }
+    }
+
+    #[test]
+    fn runs_cut_differently_are_modelled_whole() {
+        // 1 CPU: serial 1 s then 4 s of work on 4 threads, seen as two
+        // phases; 2 CPUs: the detector saw one phase of 3 s.
+        let a = profile(1, &[(None, 1000, 1000.0, 1), (None, 4000, 4000.0, 4)]);
+        let b = profile(2, &[(None, 3000, 5000.0, 4)]);
+        let m = ProgramModel::fit(&[a, b]).unwrap();
+        assert_eq!(m.phases.len(), 1);
+        assert!(m.notes[0].contains("one phase"));
+        assert!(close(m.time_ms(4, 1.0), 2000.0), "{}", m.time_ms(4, 1.0));
+    }
+
+    #[test]
+    fn profiles_that_cannot_be_used_are_refused() {
+        let a = profile(1, &[(Some("x"), 1000, 1000.0, 1)]);
+        let mut other = a.clone();
+        other.command = vec!["./else".into()];
+        assert!(matches!(
+            ProgramModel::fit(&[a.clone(), other]),
+            Err(PredictError::OtherProgram(2))
+        ));
+        let mut old = a.clone();
+        old.cpus = 0;
+        assert!(matches!(
+            ProgramModel::fit(&[old]),
+            Err(PredictError::NoCpus(1))
+        ));
+        let mut empty = a;
+        empty.phases.clear();
+        assert!(matches!(
+            ProgramModel::fit(&[empty]),
+            Err(PredictError::EmptyProfile(1))
+        ));
+        assert!(matches!(
+            ProgramModel::fit(&[]),
+            Err(PredictError::NoProfile)
+        ));
+    }
+
+    #[test]
+    fn the_time_formula_caps_at_the_threads() {
+        let m = PhaseModel {
+            name: "x".into(),
+            wait_ms: 100.0,
+            serial_ms: 100.0,
+            parallel_ms: 800.0,
+            contention_ms: 0.0,
+            threads: 2,
+            io_class: "none".into(),
+            io_bytes_per_sec: 0,
+            working_set_bytes: 0,
+            peak_bytes: 0,
+            functions: Vec::new(),
+            fitted_from: vec![1],
+            observed_ms: vec![1000.0],
+        };
+        assert!(close(m.time_ms(1, 1.0), 1000.0));
+        assert!(close(m.time_ms(2, 1.0), 600.0));
+        assert!(close(m.time_ms(8, 1.0), 600.0), "2 threads");
+        assert!(close(m.time_ms(2, 2.0), 350.0), "wait does not speed up");
+    }
+}

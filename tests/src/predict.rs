@@ -1,0 +1,269 @@
+//! Validation of `perfvmm predict` against real runs (issue 13): the guest
+//! scenario `predict` profiles the validation workload and held-out
+//! programs on 1, 2 and 4 CPUs and with changes made for real; each check
+//! predicts a run from profiles taken without its change and compares the
+//! prediction with the run.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use guest_hints::profile::Profile;
+use perfvmm_predict::{predict, Change, Request};
+
+use crate::{GuestRun, RunOutput};
+
+/// The runs the scenario makes by default, in order.
+pub const RUNS: &[&str] = &[
+    "base-1", "base-2", "base-4", "kernel-2", "parse-2", "solve-2", "slow-1", "xz-1", "xz-2",
+    "xz-4", "make-1", "make-2", "make-4",
+];
+
+/// One prediction checked against a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Check {
+    /// What kind of prediction: `scaling`, `function`, `phase`, `cpu speed`.
+    pub kind: &'static str,
+    /// What was predicted, e.g. "1 → 4 vCPUs".
+    pub what: String,
+    /// Whether the workload was kept out of model tuning.
+    pub held_out: bool,
+    /// Profiles the prediction was made from.
+    pub from: Vec<&'static str>,
+    /// The run it is checked against.
+    pub against: &'static str,
+    pub predicted_ms: f64,
+    pub measured_ms: f64,
+}
+
+impl Check {
+    /// |predicted − measured| / measured.
+    pub fn error(&self) -> f64 {
+        (self.predicted_ms - self.measured_ms).abs() / self.measured_ms.max(1.0)
+    }
+}
+
+/// Boots a 4-vCPU guest and makes the `runs` (see [`RUNS`]); `units`
+/// sizes the validation workload (millions of steps per unit of work).
+pub fn run_guest(runs: &[&str], units: u32) -> RunOutput {
+    let cmdline = format!("pvrun=predict pvunits={units} pvpredict={}", runs.join(","));
+    GuestRun::demo(&cmdline, &["--cpus", "4", "--memory", "1G"])
+        .timeout(Duration::from_secs(3000))
+        .l1_cpus(4)
+        .run()
+}
+
+/// The profiles the scenario printed, by run name.
+pub fn profiles(console: &str) -> Result<HashMap<String, Profile>, String> {
+    let mut texts: HashMap<String, String> = HashMap::new();
+    for line in console.lines() {
+        let Some(rest) = line.split_once("pvprofile ").map(|(_, r)| r) else {
+            continue;
+        };
+        let Some((name, json)) = rest.split_once(": ") else {
+            continue;
+        };
+        let t = texts.entry(name.to_string()).or_default();
+        t.push_str(json);
+        t.push('\n');
+    }
+    texts
+        .into_iter()
+        .map(|(n, t)| {
+            Profile::from_json(&t)
+                .map(|p| (n.clone(), p))
+                .map_err(|e| format!("{n}: {e}"))
+        })
+        .collect()
+}
+
+/// Every check the profiles allow (a check whose runs are missing is left
+/// out).
+pub fn checks(p: &HashMap<String, Profile>) -> Result<Vec<Check>, String> {
+    let mut out = Vec::new();
+    let mut add = |kind: &'static str,
+                   what: &str,
+                   held_out: bool,
+                   from: &[&'static str],
+                   against: &'static str,
+                   cpus: u32,
+                   changes: &[&str]|
+     -> Result<(), String> {
+        let (Some(target), true) = (p.get(against), from.iter().all(|f| p.contains_key(*f))) else {
+            return Ok(());
+        };
+        let profiles: Vec<Profile> = from.iter().map(|f| p[*f].clone()).collect();
+        let req = Request {
+            vcpus: vec![cpus],
+            changes: changes
+                .iter()
+                .map(|c| Change::parse(c))
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?,
+            hosts: None,
+            deadline_ms: None,
+            runs_per_day: 1.0,
+            memory_margin: 0.1,
+        };
+        let r = predict(&profiles, &req).map_err(|e| format!("{what}: {e}"))?;
+        let s = &r.scaling[0];
+        out.push(Check {
+            kind,
+            what: what.to_string(),
+            held_out,
+            from: from.to_vec(),
+            against,
+            predicted_ms: s.time_after_ms.unwrap_or(s.time_ms),
+            measured_ms: target.wall_ms as f64,
+        });
+        Ok(())
+    };
+    add(
+        "scaling",
+        "1 → 2 vCPUs",
+        false,
+        &["base-1"],
+        "base-2",
+        2,
+        &[],
+    )?;
+    add(
+        "scaling",
+        "1 → 4 vCPUs",
+        false,
+        &["base-1"],
+        "base-4",
+        4,
+        &[],
+    )?;
+    add(
+        "scaling",
+        "1, 2 → 4 vCPUs",
+        false,
+        &["base-1", "base-2"],
+        "base-4",
+        4,
+        &[],
+    )?;
+    add(
+        "scaling",
+        "1, 4 → 2 vCPUs",
+        false,
+        &["base-1", "base-4"],
+        "base-2",
+        2,
+        &[],
+    )?;
+    add(
+        "function",
+        "kernel −10 %, 2 vCPUs",
+        false,
+        &["base-2"],
+        "kernel-2",
+        2,
+        &["function=kernel:-10%"],
+    )?;
+    add(
+        "function",
+        "parse_input −10 %, 2 vCPUs",
+        false,
+        &["base-2"],
+        "parse-2",
+        2,
+        &["function=parse_input:-10%"],
+    )?;
+    add(
+        "phase",
+        "solve −10 %, 2 vCPUs",
+        false,
+        &["base-2"],
+        "solve-2",
+        2,
+        &["phase=solve:-10%"],
+    )?;
+    add(
+        "cpu speed",
+        "half a CPU (cpu.max), 1 vCPU",
+        false,
+        &["base-1"],
+        "slow-1",
+        1,
+        &["cpu-speed:-50%"],
+    )?;
+    for w in ["xz", "make"] {
+        let n = |c: u32| -> &'static str {
+            match (w, c) {
+                ("xz", 1) => "xz-1",
+                ("xz", 2) => "xz-2",
+                ("xz", 4) => "xz-4",
+                ("make", 1) => "make-1",
+                ("make", 2) => "make-2",
+                _ => "make-4",
+            }
+        };
+        add(
+            "scaling",
+            &format!("{w}: 1 → 2 vCPUs"),
+            true,
+            &[n(1)],
+            n(2),
+            2,
+            &[],
+        )?;
+        add(
+            "scaling",
+            &format!("{w}: 1, 2 → 4 vCPUs"),
+            true,
+            &[n(1), n(2)],
+            n(4),
+            4,
+            &[],
+        )?;
+    }
+    Ok(out)
+}
+
+/// The median of the checks' errors.
+pub fn median_error(checks: &[&Check]) -> f64 {
+    let mut e: Vec<f64> = checks.iter().map(|c| c.error()).collect();
+    e.sort_by(f64::total_cmp);
+    match e.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => e[n / 2],
+        n => (e[n / 2 - 1] + e[n / 2]) / 2.0,
+    }
+}
+
+/// The checks as a Markdown table, tuned and held-out apart, with their
+/// median and largest errors.
+pub fn markdown(checks: &[Check]) -> String {
+    let mut o = String::new();
+    for (title, held) in [
+        ("Validation workload (predict-work)", false),
+        ("Held out (not used to tune the models)", true),
+    ] {
+        let rows: Vec<&Check> = checks.iter().filter(|c| c.held_out == held).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        o.push_str(&format!("\n{title}:\n\n| prediction | kind | from | predicted | measured | error |\n| --- | --- | --- | --- | --- | --- |\n"));
+        for c in &rows {
+            o.push_str(&format!(
+                "| {} | {} | {} | {:.1} s | {:.1} s | {:.1} % |\n",
+                c.what,
+                c.kind,
+                c.from.join(", "),
+                c.predicted_ms / 1000.0,
+                c.measured_ms / 1000.0,
+                c.error() * 100.0
+            ));
+        }
+        let max = rows.iter().map(|c| c.error()).fold(0.0, f64::max);
+        o.push_str(&format!(
+            "\nmedian error {:.1} %, largest {:.1} % ({} predictions)\n",
+            median_error(&rows) * 100.0,
+            max * 100.0,
+            rows.len()
+        ));
+    }
+    o
+}
