@@ -42,18 +42,51 @@ impl Check {
     }
 }
 
-/// Boots a 4-vCPU guest and makes the `runs` (see [`RUNS`]); `units`
-/// sizes the validation workload (millions of steps per unit of work).
-pub fn run_guest(runs: &[&str], units: u32) -> RunOutput {
+/// `runs` repeated `rounds` times, round after round (`base-1.1`,
+/// `base-2.1`, ..., `base-1.2`, ...), so that a drift in the machine's
+/// speed touches every run alike.
+pub fn in_rounds(runs: &[&str], rounds: u32) -> Vec<String> {
+    (1..=rounds)
+        .flat_map(|r| runs.iter().map(move |n| format!("{n}.{r}")))
+        .collect()
+}
+
+/// Boots a 4-vCPU guest and makes the `runs` (see [`RUNS`]; `NAME.N` is
+/// the Nth repetition of NAME); `units` sizes the validation workload
+/// (millions of steps per unit of work).
+pub fn run_guest(runs: &[String], units: u32) -> RunOutput {
     let cmdline = format!("pvrun=predict pvunits={units} pvpredict={}", runs.join(","));
-    GuestRun::demo(&cmdline, &["--cpus", "4", "--memory", "1G"])
-        .timeout(Duration::from_secs(3000))
-        .l1_cpus(4)
-        .run()
+    // A static VM: the policy resizes nothing while the runs are timed.
+    GuestRun::demo(
+        &cmdline,
+        &[
+            "--cpus",
+            "4",
+            "--memory",
+            "1G",
+            "--policy",
+            "@FILES@/policy.toml",
+        ],
+    )
+    .file("policy.toml", b"mode = \"static\"\n".to_vec())
+    .timeout(Duration::from_secs(3000))
+    .l1_cpus(4)
+    .run()
+}
+
+/// The profiles the scenario printed, by run name without its repetition
+/// number (`base-1.2` is one of `base-1`'s).
+pub fn profiles(console: &str) -> Result<HashMap<String, Vec<Profile>>, String> {
+    let mut out: HashMap<String, Vec<Profile>> = HashMap::new();
+    for (name, p) in profiles_by_run(console)? {
+        let base = name.split('.').next().unwrap_or(&name).to_string();
+        out.entry(base).or_default().push(p);
+    }
+    Ok(out)
 }
 
 /// The profiles the scenario printed, by run name.
-pub fn profiles(console: &str) -> Result<HashMap<String, Profile>, String> {
+pub fn profiles_by_run(console: &str) -> Result<HashMap<String, Profile>, String> {
     let mut texts: HashMap<String, String> = HashMap::new();
     for line in console.lines() {
         let Some(rest) = line.split_once("pvprofile ").map(|(_, r)| r) else {
@@ -78,7 +111,7 @@ pub fn profiles(console: &str) -> Result<HashMap<String, Profile>, String> {
 
 /// Every check the profiles allow (a check whose runs are missing is left
 /// out).
-pub fn checks(p: &HashMap<String, Profile>) -> Result<Vec<Check>, String> {
+pub fn checks(p: &HashMap<String, Vec<Profile>>) -> Result<Vec<Check>, String> {
     let mut out = Vec::new();
     let mut add = |kind: &'static str,
                    what: &str,
@@ -91,7 +124,7 @@ pub fn checks(p: &HashMap<String, Profile>) -> Result<Vec<Check>, String> {
         let (Some(target), true) = (p.get(against), from.iter().all(|f| p.contains_key(*f))) else {
             return Ok(());
         };
-        let profiles: Vec<Profile> = from.iter().map(|f| p[*f].clone()).collect();
+        let profiles: Vec<Profile> = from.iter().flat_map(|f| p[*f].iter().cloned()).collect();
         let req = Request {
             vcpus: vec![cpus],
             changes: changes
@@ -113,7 +146,7 @@ pub fn checks(p: &HashMap<String, Profile>) -> Result<Vec<Check>, String> {
             from: from.to_vec(),
             against,
             predicted_ms: s.time_after_ms.unwrap_or(s.time_ms),
-            measured_ms: target.wall_ms as f64,
+            measured_ms: median(target.iter().map(|t| t.wall_ms as f64).collect()),
         });
         Ok(())
     };
@@ -224,7 +257,10 @@ pub fn checks(p: &HashMap<String, Profile>) -> Result<Vec<Check>, String> {
 
 /// The median of the checks' errors.
 pub fn median_error(checks: &[&Check]) -> f64 {
-    let mut e: Vec<f64> = checks.iter().map(|c| c.error()).collect();
+    median(checks.iter().map(|c| c.error()).collect())
+}
+
+fn median(mut e: Vec<f64>) -> f64 {
     e.sort_by(f64::total_cmp);
     match e.len() {
         0 => 0.0,

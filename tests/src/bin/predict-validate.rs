@@ -1,10 +1,13 @@
 //! Checks `perfvmm predict` against real runs in the nested harness and
 //! prints the validation table of docs/predict.md.
 //!
-//!   predict-validate [--units N] [--runs NAME,...] [--console FILE]
+//!   predict-validate [--units N] [--rounds N] [--runs NAME,...]
+//!   predict-validate --console FILE [--console FILE ...]
 //!
-//! `--console FILE` reads a saved console instead of booting a guest (the
-//! guest's console is saved to target/predict-validate.console).
+//! Each round of runs is one guest boot (about 5 minutes), its console
+//! saved to target/predict-validate.round-N.console as soon as it ends, so
+//! that a round lost to a crash of the nested harness loses only itself;
+//! `--console` reads saved consoles instead of booting.
 
 use std::process::ExitCode;
 
@@ -13,8 +16,9 @@ use perfvmm_tests::predict::{checks, markdown, profiles, run_guest, RUNS};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut units = 20;
+    let mut rounds = 3;
     let mut runs: Vec<String> = RUNS.iter().map(|s| s.to_string()).collect();
-    let mut console_file: Option<String> = None;
+    let mut consoles: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match (a.as_str(), it.next()) {
@@ -22,27 +26,26 @@ fn main() -> ExitCode {
                 Ok(n) => units = n,
                 Err(_) => return usage(),
             },
+            ("--rounds", Some(v)) => match v.parse() {
+                Ok(n) if n >= 1 => rounds = n,
+                _ => return usage(),
+            },
             ("--runs", Some(v)) => runs = v.split(',').map(str::to_string).collect(),
-            ("--console", Some(v)) => console_file = Some(v.clone()),
+            ("--console", Some(v)) => consoles.push(v.clone()),
             _ => return usage(),
         }
     }
-    let console = match console_file {
-        Some(f) => match std::fs::read_to_string(&f) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("predict-validate: {f}: {e}");
-                return ExitCode::from(1);
-            }
-        },
-        None => {
-            let names: Vec<&str> = runs.iter().map(String::as_str).collect();
+    let mut console = String::new();
+    if consoles.is_empty() {
+        for r in 1..=rounds {
+            let names: Vec<String> = runs.iter().map(|n| format!("{n}.{r}")).collect();
             eprintln!(
-                "predict-validate: {} runs in a nested guest (several minutes)",
+                "predict-validate: round {r} of {rounds}: {} runs in a nested guest (about 5 minutes)",
                 names.len()
             );
             let out = run_guest(&names, units);
-            let _ = std::fs::write("target/predict-validate.console", &out.console);
+            let file = format!("target/predict-validate.round-{r}.console");
+            let _ = std::fs::write(&file, &out.console);
             for l in out
                 .console
                 .lines()
@@ -50,9 +53,19 @@ fn main() -> ExitCode {
             {
                 eprintln!("{l}");
             }
-            out.console
+            eprintln!("predict-validate: round {r} saved in {file}");
+            console.push_str(&out.console);
         }
-    };
+    }
+    for f in &consoles {
+        match std::fs::read_to_string(f) {
+            Ok(t) => console.push_str(&t),
+            Err(e) => {
+                eprintln!("predict-validate: {f}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     let p = match profiles(&console) {
         Ok(p) => p,
         Err(e) => {
@@ -73,6 +86,8 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: predict-validate [--units N] [--runs NAME,...] [--console FILE]");
+    eprintln!(
+        "usage: predict-validate [--units N] [--rounds N] [--runs NAME,...] | --console FILE ..."
+    );
     ExitCode::from(2)
 }
