@@ -59,6 +59,9 @@ pub struct Request {
     pub runs_per_day: f64,
     /// Added to the largest peak for the memory need (0.1 = 10 %).
     pub memory_margin: f64,
+    /// Physical cores of the machine the VMs (profiled and predicted) run
+    /// on: vCPUs beyond them run no faster. `None`: as many as vCPUs.
+    pub host_cores: Option<u32>,
 }
 
 /// One row of the scaling table.
@@ -98,6 +101,7 @@ pub struct Report {
     pub model: ProgramModel,
     pub hosts: Option<HostsReport>,
     pub deadline_ms: Option<f64>,
+    pub host_cores: Option<u32>,
 }
 
 /// Parses `1,2,4,8` into ascending, distinct counts (each 1..=1024).
@@ -119,7 +123,8 @@ pub fn parse_vcpus(s: &str) -> Result<Vec<u32>, PredictError> {
 
 /// Fits the profiles and answers `req`.
 pub fn predict(profiles: &[Profile], req: &Request) -> Result<Report, PredictError> {
-    let model = ProgramModel::fit(profiles)?;
+    let model = ProgramModel::fit_on(profiles, req.host_cores)?;
+    let eff = |n: u32| req.host_cores.map_or(n, |h| n.min(h.max(1)));
     let (after, speed) = whatif::apply(&model, &req.changes)?;
     let changed = !req.changes.is_empty();
     let scaling: Vec<ScalePoint> = req
@@ -127,9 +132,13 @@ pub fn predict(profiles: &[Profile], req: &Request) -> Result<Report, PredictErr
         .iter()
         .map(|&n| ScalePoint {
             vcpus: n,
-            time_ms: model.time_ms(n, 1.0),
-            phases_ms: model.phases.iter().map(|p| p.time_ms(n, 1.0)).collect(),
-            time_after_ms: changed.then(|| after.time_ms(n, speed)),
+            time_ms: model.time_ms(eff(n), 1.0),
+            phases_ms: model
+                .phases
+                .iter()
+                .map(|p| p.time_ms(eff(n), 1.0))
+                .collect(),
+            time_after_ms: changed.then(|| after.time_ms(eff(n), speed)),
         })
         .collect();
     let stops_paying_at = scaling
@@ -169,5 +178,6 @@ pub fn predict(profiles: &[Profile], req: &Request) -> Result<Report, PredictErr
         model: after,
         hosts,
         deadline_ms: req.deadline_ms,
+        host_cores: req.host_cores,
     })
 }

@@ -101,6 +101,16 @@ impl ProgramModel {
     /// Fits a model from profiles of one program, taken at one or more
     /// CPU counts. Phases are matched by name, else by position.
     pub fn fit(profiles: &[Profile]) -> Result<ProgramModel, PredictError> {
+        Self::fit_on(profiles, None)
+    }
+
+    /// As [`Self::fit`], for profiles taken in VMs on a machine of
+    /// `host_cores` physical cores: a profile's CPUs count as at most that.
+    pub fn fit_on(
+        profiles: &[Profile],
+        host_cores: Option<u32>,
+    ) -> Result<ProgramModel, PredictError> {
+        let cap = |c: u32| host_cores.map_or(c, |h| c.min(h.max(1)));
         let first = profiles.first().ok_or(PredictError::NoProfile)?;
         check_same_program(profiles)?;
         let mut notes = Vec::new();
@@ -133,7 +143,7 @@ impl ProgramModel {
                 let name = phase_name(ph);
                 let points: Vec<(u32, &ProfilePhase)> = profiles
                     .iter()
-                    .filter_map(|p| matching_phase(p, ph, i).map(|m| (p.cpus, m)))
+                    .filter_map(|p| matching_phase(p, ph, i).map(|m| (cap(p.cpus), m)))
                     .collect();
                 fit_phase(name, &points, &mut notes)
             })
@@ -512,6 +522,18 @@ mod tests {
         assert_eq!(m.phases.len(), 1);
         assert!(m.notes[0].contains("one phase"));
         assert!(close(m.time_ms(4, 1.0), 2000.0), "{}", m.time_ms(4, 1.0));
+    }
+
+    #[test]
+    fn on_fewer_cores_than_vcpus_a_profile_counts_the_cores() {
+        // 4 vCPUs on 2 cores: 1 s serial and 4 s of work on 4 threads took
+        // 1 + 4/2 = 3 s, 5 s of CPU.
+        let p = profile(4, &[(Some("all"), 3000, 5000.0, 4)]);
+        let m = ProgramModel::fit_on(std::slice::from_ref(&p), Some(2)).unwrap();
+        assert!(close(m.phases[0].serial_ms, 1000.0) && close(m.phases[0].parallel_ms, 4000.0));
+        // Taken as 4 real cores, the same run reads as more serial work.
+        let m = ProgramModel::fit(&[p]).unwrap();
+        assert!(m.phases[0].serial_ms > 2000.0, "{:?}", m.phases[0]);
     }
 
     #[test]

@@ -44,6 +44,12 @@ pub fn text(r: &Report) -> String {
         mib(r.memory_need_bytes),
         r.memory_margin * 100.0
     );
+    if let Some(h) = r.host_cores {
+        let _ = writeln!(
+            o,
+            "host: {h} physical cores (vCPUs beyond them run no faster)"
+        );
+    }
     for c in &r.changes {
         let _ = writeln!(o, "what-if: {}", describe(c));
     }

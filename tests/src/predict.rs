@@ -111,7 +111,12 @@ pub fn profiles_by_run(console: &str) -> Result<HashMap<String, Profile>, String
 
 /// Every check the profiles allow (a check whose runs are missing is left
 /// out).
-pub fn checks(p: &HashMap<String, Vec<Profile>>) -> Result<Vec<Check>, String> {
+/// Checks with the VMs on a machine of `host_cores` physical cores (the
+/// nested harness's host: its 4-vCPU L1 runs on them).
+pub fn checks(
+    p: &HashMap<String, Vec<Profile>>,
+    host_cores: Option<u32>,
+) -> Result<Vec<Check>, String> {
     let mut out = Vec::new();
     let mut add = |kind: &'static str,
                    what: &str,
@@ -136,6 +141,7 @@ pub fn checks(p: &HashMap<String, Vec<Profile>>) -> Result<Vec<Check>, String> {
             deadline_ms: None,
             runs_per_day: 1.0,
             memory_margin: 0.1,
+            host_cores,
         };
         let r = predict(&profiles, &req).map_err(|e| format!("{what}: {e}"))?;
         let s = &r.scaling[0];

@@ -31,7 +31,10 @@ fn predictions_match_real_runs() {
         "kernel is most of solve: {:?}",
         solve.functions
     );
-    let c = checks(&p).expect("predictions");
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .ok();
+    let c = checks(&p, cores).expect("predictions");
     assert!(c.len() >= 2, "{c:?}");
     for check in &c {
         assert!(

@@ -221,6 +221,11 @@ pub enum Command {
         /// Runs a day, for the cost per month (30 days).
         #[arg(long, value_name = "N", default_value_t = 1.0)]
         runs_per_day: f64,
+        /// Physical cores of the machine the VMs run on, profiled and
+        /// predicted alike: vCPUs beyond them run no faster (default: as
+        /// many as vCPUs).
+        #[arg(long, value_name = "N")]
+        host_cores: Option<u32>,
         /// Memory added to the largest peak, in percent.
         #[arg(long, value_name = "PERCENT", default_value_t = 10.0)]
         memory_margin: f64,

@@ -21,6 +21,7 @@ pub struct Args {
     pub prices: Option<String>,
     pub deadline: Option<String>,
     pub runs_per_day: f64,
+    pub host_cores: Option<u32>,
     pub memory_margin: f64,
     pub json: bool,
     pub svg: Option<PathBuf>,
@@ -42,6 +43,9 @@ pub fn run(a: &Args) -> Result<String, String> {
         .map(|w| Change::parse(w))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
+    if a.host_cores == Some(0) {
+        return Err("--host-cores must be 1 or more".into());
+    }
     if !(a.runs_per_day.is_finite() && a.runs_per_day >= 0.0) {
         return Err("--runs-per-day must be 0 or more".into());
     }
@@ -55,6 +59,7 @@ pub fn run(a: &Args) -> Result<String, String> {
         deadline_ms: a.deadline.as_deref().map(parse_duration_ms).transpose()?,
         runs_per_day: a.runs_per_day,
         memory_margin: a.memory_margin / 100.0,
+        host_cores: a.host_cores,
     };
     let rep = perfvmm_predict::predict(&profiles, &req).map_err(|e| e.to_string())?;
     if let Some(path) = &a.svg {

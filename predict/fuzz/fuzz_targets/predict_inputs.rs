@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
         deadline_ms: Some(60_000.0),
         runs_per_day: 24.0,
         memory_margin: 0.1,
+        host_cores: Some(2),
     };
     let Ok(r) = predict(&[p.clone(), p], &req) else {
         return;

@@ -4,6 +4,9 @@
 //!   predict-validate [--units N] [--rounds N] [--runs NAME,...]
 //!   predict-validate --console FILE [--console FILE ...]
 //!
+//! `--host-cores N` (default: this machine's CPUs; 0: none) is the
+//! physical cores the VMs run on, as `perfvmm predict --host-cores`.
+//!
 //! Each round of runs is one guest boot (about 5 minutes), its console
 //! saved to target/predict-validate.round-N.console as soon as it ends, so
 //! that a round lost to a crash of the nested harness loses only itself;
@@ -19,6 +22,11 @@ fn main() -> ExitCode {
     let mut rounds = 3;
     let mut runs: Vec<String> = RUNS.iter().map(|s| s.to_string()).collect();
     let mut consoles: Vec<String> = Vec::new();
+    // The physical cores under the VMs: this machine's (the nested
+    // harness's L1 runs on them).
+    let mut host_cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .ok();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match (a.as_str(), it.next()) {
@@ -32,6 +40,11 @@ fn main() -> ExitCode {
             },
             ("--runs", Some(v)) => runs = v.split(',').map(str::to_string).collect(),
             ("--console", Some(v)) => consoles.push(v.clone()),
+            ("--host-cores", Some(v)) => match v.parse() {
+                Ok(0) => host_cores = None,
+                Ok(n) => host_cores = Some(n),
+                Err(_) => return usage(),
+            },
             _ => return usage(),
         }
     }
@@ -73,8 +86,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match checks(&p) {
+    match checks(&p, host_cores) {
         Ok(c) => {
+            match host_cores {
+                Some(h) => println!("Predictions for VMs on {h} physical cores."),
+                None => println!("Predictions taking every vCPU as a core of its own."),
+            }
             print!("{}", markdown(&c));
             ExitCode::SUCCESS
         }
@@ -87,7 +104,7 @@ fn main() -> ExitCode {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: predict-validate [--units N] [--rounds N] [--runs NAME,...] | --console FILE ..."
+        "usage: predict-validate [--units N] [--rounds N] [--runs NAME,...] [--host-cores N] | --console FILE ..."
     );
     ExitCode::from(2)
 }
