@@ -123,17 +123,31 @@ impl ProgramModel {
             }
         }
         // Runs cut into different phases (detected, not named, phases can
-        // differ from run to run) are modelled as one phase each.
-        let whole: Vec<Profile>;
+        // differ from run to run): with the same named phases, their
+        // unnamed ones are gathered into one; else each run is one phase.
+        let regrouped: Vec<Profile>;
         let (first, profiles) = if profiles.iter().all(|p| same_phases(first, p)) {
             (first, profiles)
+        } else if profiles.iter().all(|p| named(p) == named(first)) && !named(first).is_empty() {
+            notes.push(
+                "the profiles' unnamed phases differ from run to run: they are modelled as one, `(unnamed)`"
+                    .to_string(),
+            );
+            regrouped = profiles.iter().map(named_and_the_rest).collect();
+            (&regrouped[0], &regrouped[..])
         } else {
             notes.push(
                 "the profiles' phases differ from run to run: each run is modelled as one phase"
                     .to_string(),
             );
-            whole = profiles.iter().map(as_one_phase).collect();
-            (&whole[0], &whole[..])
+            regrouped = profiles
+                .iter()
+                .map(|p| Profile {
+                    phases: vec![gathered(&p.phases, "run")],
+                    ..p.clone()
+                })
+                .collect();
+            (&regrouped[0], &regrouped[..])
         };
         let phases = first
             .phases
@@ -170,36 +184,69 @@ fn same_phases(a: &Profile, b: &Profile) -> bool {
             .all(|(x, y)| x.name == y.name)
 }
 
-/// `p` as a single phase spanning the run.
-fn as_one_phase(p: &Profile) -> Profile {
-    let mut one = p.phases[0].clone();
-    one.name = Some("run".to_string());
-    one.start_ms = 0;
-    one.duration_ms = p.phases.iter().map(|x| x.duration_ms).sum();
-    one.cpu_ms = Some(p.phases.iter().map(cpu_of).sum());
-    one.max_useful = p.phases.iter().map(|x| x.max_useful).max().unwrap_or(1);
-    one.peak_bytes = p.phases.iter().map(|x| x.peak_bytes).max().unwrap_or(0);
-    one.working_set_bytes = p
-        .phases
+/// The names of `p`'s named phases, in order.
+fn named(p: &Profile) -> Vec<&str> {
+    p.phases.iter().filter_map(|x| x.name.as_deref()).collect()
+}
+
+/// `p` with its named phases and, last, its unnamed ones as one.
+fn named_and_the_rest(p: &Profile) -> Profile {
+    let (named, unnamed): (Vec<ProfilePhase>, Vec<ProfilePhase>) =
+        p.phases.iter().cloned().partition(|x| x.name.is_some());
+    let mut phases = named;
+    if !unnamed.is_empty() {
+        phases.push(gathered(&unnamed, "(unnamed)"));
+    }
+    Profile {
+        phases,
+        ..p.clone()
+    }
+}
+
+/// `phases` (at least one) as a single phase named `name`: durations and
+/// CPU time added, the most threads and memory, the I/O rate over the
+/// whole, the function shares weighted by CPU time.
+fn gathered(phases: &[ProfilePhase], name: &str) -> ProfilePhase {
+    let mut one = phases[0].clone();
+    one.name = Some(name.to_string());
+    one.duration_ms = phases.iter().map(|x| x.duration_ms).sum();
+    let cpu: f64 = phases.iter().map(cpu_of).sum();
+    one.cpu_ms = Some(cpu);
+    one.max_useful = phases.iter().map(|x| x.max_useful).max().unwrap_or(1);
+    one.peak_bytes = phases.iter().map(|x| x.peak_bytes).max().unwrap_or(0);
+    one.working_set_bytes = phases
         .iter()
         .map(|x| x.working_set_bytes)
         .max()
         .unwrap_or(0);
     let wall = one.duration_ms.max(1) as f64;
-    one.io_bytes_per_sec = (p
-        .phases
+    one.io_bytes_per_sec = (phases
         .iter()
         .map(|x| x.io_bytes_per_sec as f64 * x.duration_ms as f64)
         .sum::<f64>()
         / wall) as u64;
-    if let Some(x) = p.phases.iter().find(|x| x.io_class != "none") {
+    if let Some(x) = phases.iter().find(|x| x.io_class != "none") {
         one.io_class = x.io_class.clone();
     }
     one.functions = Vec::new();
-    Profile {
-        phases: vec![one],
-        ..p.clone()
+    for x in phases {
+        let w = if cpu > 0.0 { cpu_of(x) / cpu } else { 0.0 };
+        for f in &x.functions {
+            match one.functions.iter_mut().find(|o| o.name == f.name) {
+                Some(o) => {
+                    o.share += f.share * w;
+                    o.serial_share += f.serial_share * w;
+                }
+                None => one.functions.push(FunctionTime {
+                    name: f.name.clone(),
+                    share: f.share * w,
+                    serial_share: f.serial_share * w,
+                }),
+            }
+        }
     }
+    one.functions.sort_by(|a, b| b.share.total_cmp(&a.share));
+    one
 }
 
 fn phase_name(p: &ProfilePhase) -> String {
@@ -522,6 +569,12 @@ mod tests {
         assert_eq!(m.phases.len(), 1);
         assert!(m.notes[0].contains("one phase"));
         assert!(close(m.time_ms(4, 1.0), 2000.0), "{}", m.time_ms(4, 1.0));
+        // Named phases survive unnamed ones that differ.
+        let a = profile(1, &[(None, 100, 100.0, 1), (Some("x"), 1000, 1000.0, 1)]);
+        let b = profile(2, &[(Some("x"), 1000, 1000.0, 1)]);
+        let m = ProgramModel::fit(&[a, b]).unwrap();
+        let names: Vec<&str> = m.phases.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["x", "(unnamed)"]);
     }
 
     #[test]

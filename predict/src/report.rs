@@ -120,12 +120,12 @@ fn hosts_table(o: &mut String, r: &Report, h: &crate::HostsReport) {
     );
     let _ = writeln!(
         o,
-        "{:<14} {:>5} {:>9} {:>10} {:>12} {:>12}  fits",
+        "{:<14} {:>5} {:>9} {:>10} {:>15} {:>15}  fits",
         "host", "cores", "memory", "time", "per run", "per month"
     );
     for f in &h.fits {
         let money =
-            |v: Option<f64>| v.map_or("-".to_string(), |c| format!("{c:.4} {}", h.currency));
+            |v: Option<f64>| v.map_or("-".to_string(), |c| format!("{} {}", money(c), h.currency));
         let fits = match (&f.unfit, f.meets_deadline) {
             (Some(why), _) => format!("no: {why}"),
             (None, false) => "misses the deadline".into(),
@@ -133,7 +133,7 @@ fn hosts_table(o: &mut String, r: &Report, h: &crate::HostsReport) {
         };
         let _ = writeln!(
             o,
-            "{:<14} {:>5} {:>9} {:>10} {:>12} {:>12}  {fits}",
+            "{:<14} {:>5} {:>9} {:>10} {:>15} {:>15}  {fits}",
             truncate(&f.name, 14),
             f.cores,
             mib(f.memory_bytes),
@@ -152,6 +152,15 @@ fn hosts_table(o: &mut String, r: &Report, h: &crate::HostsReport) {
         h.fastest.as_deref().unwrap_or("none"),
         h.cheapest.as_deref().unwrap_or("none")
     );
+}
+
+/// An amount with three significant digits (at least two decimals).
+pub fn money(c: f64) -> String {
+    if !(c.is_finite() && c > 0.0) {
+        return "0".to_string();
+    }
+    let decimals = (2 - c.log10().floor() as i32).clamp(2, 12) as usize;
+    format!("{c:.decimals$}")
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -280,4 +289,19 @@ fn cost_chart<'a>(
         )))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_amounts_keep_three_digits() {
+        assert_eq!(money(0.000421), "0.000421");
+        assert_eq!(money(0.0123), "0.0123");
+        assert_eq!(money(12.5), "12.50");
+        assert_eq!(money(0.0), "0");
+        assert_eq!(secs(1500.0), "1.50 s");
+        assert_eq!(secs(150_000.0), "2.5 min");
+    }
 }

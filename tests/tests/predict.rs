@@ -1,9 +1,11 @@
 //! `perfvmm predict` against real runs (issue 13): the validation workload
 //! profiled in a nested guest on 1 and 2 CPUs and with its `kernel`
 //! function cut by 10 %; the predictions made from the profiles without
-//! the change must come within 25 % of the runs with it. (The full table,
-//! with held-out programs and three rounds, is `predict-validate`'s, in
-//! docs/predict.md.)
+//! the change must come within 40 % of the runs with it. One run each, in
+//! a harness where the same serial work takes ±30 % from run to run, so
+//! this guards against a broken model, not for the accuracy target: that
+//! is `predict-validate`'s table (rounds, medians, held-out programs) in
+//! docs/predict.md.
 
 use perfvmm_tests::predict::{checks, in_rounds, profiles, run_guest};
 
@@ -38,7 +40,7 @@ fn predictions_match_real_runs() {
     assert!(c.len() >= 2, "{c:?}");
     for check in &c {
         assert!(
-            check.error() <= 0.25,
+            check.error() <= 0.40,
             "{}: predicted {:.0} ms, measured {:.0} ms",
             check.what,
             check.predicted_ms,
