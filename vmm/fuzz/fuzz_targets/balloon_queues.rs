@@ -3,7 +3,7 @@
 //! guest memory is touched.
 #![no_main]
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use perfvmm::devices::virtio::balloon::{parse_stats, Balloon, QUEUE_SIZE};
@@ -19,7 +19,15 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 3 {
         return;
     }
-    let mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).unwrap());
+    // One guest memory for every input (a fresh 4 MiB mapping per input
+    // cost more than the device's work); what an input can have written,
+    // the rings and the data area, is cleared first.
+    static MEMORY: OnceLock<Arc<GuestMemoryMmap<()>>> = OnceLock::new();
+    let mem = MEMORY
+        .get_or_init(|| Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap()))
+        .clone();
+    mem.write_slice(&vec![0u8; (DATA as usize) + (64 << 10)], GuestAddress(0))
+        .unwrap();
     let mut rings: Vec<DriverRing> = (0..3u64)
         .map(|i| DriverRing::new(&mem, 0x1_0000 * (i + 1), QUEUE_SIZE))
         .collect();

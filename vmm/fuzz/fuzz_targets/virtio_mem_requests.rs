@@ -5,7 +5,7 @@
 #![no_main]
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use perfvmm::devices::virtio::mem::{
@@ -25,24 +25,40 @@ struct Slots(Arc<Mutex<BTreeSet<usize>>>);
 impl SlotMap for Slots {
     fn map(&mut self, index: usize, gpa: u64, len: u64) -> std::io::Result<()> {
         assert_eq!((gpa, len), (REGION + index as u64 * SLOT_SIZE, SLOT_SIZE));
-        assert!(self.0.lock().unwrap().insert(index), "slot {index} mapped twice");
+        assert!(
+            self.0.lock().unwrap().insert(index),
+            "slot {index} mapped twice"
+        );
         Ok(())
     }
 
     fn unmap(&mut self, index: usize, _: u64, _: u64) -> std::io::Result<()> {
-        assert!(self.0.lock().unwrap().remove(&index), "slot {index} not mapped");
+        assert!(
+            self.0.lock().unwrap().remove(&index),
+            "slot {index} not mapped"
+        );
         Ok(())
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mem = Arc::new(
-        GuestMemoryMmap::<()>::from_ranges(&[
-            (GuestAddress(0), 1 << 20),
-            (GuestAddress(REGION), SIZE as usize),
-        ])
-        .unwrap(),
-    );
+    // One guest memory for every input (fresh mappings per input cost more
+    // than the device's work); the ring and request area an input can have
+    // written is cleared first.
+    static MEMORY: OnceLock<Arc<GuestMemoryMmap<()>>> = OnceLock::new();
+    let mem = MEMORY
+        .get_or_init(|| {
+            Arc::new(
+                GuestMemoryMmap::from_ranges(&[
+                    (GuestAddress(0), 1 << 20),
+                    (GuestAddress(REGION), SIZE as usize),
+                ])
+                .unwrap(),
+            )
+        })
+        .clone();
+    mem.write_slice(&vec![0u8; 0x4_0000], GuestAddress(0))
+        .unwrap();
     let mut ring = DriverRing::new(&mem, 0x1_0000, QUEUE_SIZE);
     let slots = Slots::default();
     let mut dev = VirtioMem::new(REGION, SIZE, Box::new(slots.clone()));
@@ -69,7 +85,10 @@ fuzz_target!(|data: &[u8]| {
         dev.process_queue(0);
         assert!(dev.plugged_size() <= SIZE);
         if dev.plugged_size() == 0 {
-            assert!(slots.0.lock().unwrap().is_empty(), "a slot mapped with nothing plugged");
+            assert!(
+                slots.0.lock().unwrap().is_empty(),
+                "a slot mapped with nothing plugged"
+            );
         }
     }
 });
