@@ -109,8 +109,13 @@ static void ph_reclaim_hintq(struct perfhint *ph)
 	void *buf;
 
 	while ((buf = virtqueue_get_buf(ph->hintq, &len))) {
+		/* A stream's close message is the driver's own, not a write's. */
+		bool closing = ph->streams &&
+			       (((u8 *)buf)[PH_FLAGS_OFFSET] & PH_FLAG_STREAM_CLOSED);
+
 		kfree(buf);
-		atomic64_inc(&ph->completed);
+		if (!closing)
+			atomic64_inc(&ph->completed);
 	}
 }
 

@@ -157,11 +157,21 @@ impl<S: HintSink> PerfHintDevice<S> {
 
     /// Decodes `self.buf` and hands its hints to the sink.
     fn handle_message(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        let stream = self.stream_of(&buf);
+        // The driver's header-only close of a stream is not a message of
+        // the guest's programs: it is not counted as one, and has no
+        // outcome.
+        if let Ok(h) = wire::decode_header(&buf) {
+            if stream != 0 && h.count == 0 && h.flags & wire::header_flags::STREAM_CLOSED != 0 {
+                self.sink.stream_closed(stream);
+                self.buf = buf;
+                return;
+            }
+        }
         self.counters
             .messages
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let buf = std::mem::take(&mut self.buf);
-        let stream = self.stream_of(&buf);
         match wire::decode_message(&buf) {
             Err(e) => self.drop_message(DropReason::Malformed, e.as_str(), stream, UNKNOWN_SEQ),
             Ok((header, records)) => {
@@ -193,9 +203,6 @@ impl<S: HintSink> PerfHintDevice<S> {
                 for _ in seen..header.count {
                     self.push_outcome(stream, seq, Outcome::Rejected);
                     seq = seq.wrapping_add(1);
-                }
-                if stream != 0 && header.flags & wire::header_flags::STREAM_CLOSED != 0 {
-                    self.sink.stream_closed(stream);
                 }
             }
         }
