@@ -409,9 +409,18 @@ fn join_functions(a: &ProfilePhase, b: &ProfilePhase) -> Vec<FunctionTime> {
     if total <= 0.0 {
         return Vec::new();
     }
+    weighted_functions([a, b].map(|p| (p.functions.as_slice(), cpu(p) / total)))
+}
+
+/// Several lists of function shares as one: each function's shares
+/// summed over the lists, each list's multiplied by its weight; most
+/// first. (Weights summing to 1 give a weighted mean.)
+pub fn weighted_functions<'a>(
+    parts: impl IntoIterator<Item = (&'a [FunctionTime], f64)>,
+) -> Vec<FunctionTime> {
     let mut out: Vec<FunctionTime> = Vec::new();
-    for (p, w) in [(a, cpu(a) / total), (b, cpu(b) / total)] {
-        for f in &p.functions {
+    for (functions, w) in parts {
+        for f in functions {
             match out.iter_mut().find(|o| o.name == f.name) {
                 Some(o) => {
                     o.share += f.share * w;

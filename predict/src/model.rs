@@ -13,7 +13,7 @@
 //! Scalability Law's coherency term, linearised), fitted only when profiles
 //! at three or more CPU counts are given.
 
-use guest_hints::profile::{FunctionTime, Profile, ProfilePhase};
+use guest_hints::profile::{weighted_functions, FunctionTime, Profile, ProfilePhase};
 use serde::Serialize;
 
 use crate::PredictError;
@@ -228,24 +228,10 @@ fn gathered(phases: &[ProfilePhase], name: &str) -> ProfilePhase {
     if let Some(x) = phases.iter().find(|x| x.io_class != "none") {
         one.io_class = x.io_class.clone();
     }
-    one.functions = Vec::new();
-    for x in phases {
+    one.functions = weighted_functions(phases.iter().map(|x| {
         let w = if cpu > 0.0 { cpu_of(x) / cpu } else { 0.0 };
-        for f in &x.functions {
-            match one.functions.iter_mut().find(|o| o.name == f.name) {
-                Some(o) => {
-                    o.share += f.share * w;
-                    o.serial_share += f.serial_share * w;
-                }
-                None => one.functions.push(FunctionTime {
-                    name: f.name.clone(),
-                    share: f.share * w,
-                    serial_share: f.serial_share * w,
-                }),
-            }
-        }
-    }
-    one.functions.sort_by(|a, b| b.share.total_cmp(&a.share));
+        (x.functions.as_slice(), w)
+    }));
     one
 }
 

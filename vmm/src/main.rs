@@ -7,6 +7,7 @@ use clap::Parser;
 use perfvmm::builder::{self, VmConfig};
 use perfvmm::cli::{Cli, Command, CtlRequest};
 use perfvmm::policy::Policy;
+use perfvmm::predict::read_text;
 
 /// The log filter unless `RUST_LOG` names one. The virtio-queue crate logs
 /// an error for each malformed queue or chain a guest offers, outside
@@ -209,25 +210,6 @@ fn ctl_command(sock: &std::path::Path, request: CtlRequest) -> ExitCode {
 const MAX_TRACE_BYTES: u64 = 256 << 20;
 /// The largest latency file it reads.
 const MAX_LATENCY_BYTES: u64 = 16 << 20;
-
-/// The text of the regular file at `path`, at most `max` bytes.
-fn read_text(what: &str, path: &Path, max: u64) -> Result<String, String> {
-    use std::io::Read;
-    let name = path.display();
-    let cannot = |e: std::io::Error| format!("cannot read {what} {name}: {e}");
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    let meta = file.metadata().map_err(cannot)?;
-    if !meta.is_file() || meta.len() > max {
-        return Err(format!(
-            "{what} {name} is not a regular file of at most {max} bytes"
-        ));
-    }
-    let mut text = String::new();
-    file.take(max + 1)
-        .read_to_string(&mut text)
-        .map_err(cannot)?;
-    Ok(text)
-}
 
 /// `perfvmm simulate`: the report, as a table or JSON.
 fn simulate_command(

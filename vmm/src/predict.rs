@@ -33,7 +33,7 @@ pub fn run(a: &Args) -> Result<String, String> {
         .profiles
         .iter()
         .map(|p| {
-            let text = read_text("profile", p)?;
+            let text = read_text("profile", p, MAX_INPUT_BYTES)?;
             Profile::from_json(&text).map_err(|e| format!("{}: {e}", p.display()))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -79,7 +79,7 @@ pub fn run(a: &Args) -> Result<String, String> {
 fn host_table(hosts: Option<&Path>, prices: Option<&str>) -> Result<Option<HostTable>, String> {
     let mut tables = Vec::new();
     if let Some(p) = hosts {
-        let text = read_text("hosts file", p)?;
+        let text = read_text("hosts file", p, MAX_INPUT_BYTES)?;
         tables.push(HostTable::parse(&text, &p.display().to_string()).map_err(|e| e.to_string())?);
     }
     match prices {
@@ -88,7 +88,7 @@ fn host_table(hosts: Option<&Path>, prices: Option<&str>) -> Result<Option<HostT
                 .map_err(|e| e.to_string())?,
         ),
         Some(f) => {
-            let text = read_text("prices file", Path::new(f))?;
+            let text = read_text("prices file", Path::new(f), MAX_INPUT_BYTES)?;
             tables.push(HostTable::parse(&text, f).map_err(|e| e.to_string())?);
         }
         None => {}
@@ -135,19 +135,20 @@ pub fn parse_duration_ms(s: &str) -> Result<f64, String> {
     Ok(ms)
 }
 
-fn read_text(what: &str, path: &Path) -> Result<String, String> {
+/// The text of `path`, which must be a regular file of at most `max`
+/// bytes (the command-line tools' inputs: profiles, tables, traces).
+pub fn read_text(what: &str, path: &Path, max: u64) -> Result<String, String> {
     let name = path.display();
     let cannot = |e: std::io::Error| format!("cannot read {what} {name}: {e}");
     let file = std::fs::File::open(path).map_err(cannot)?;
     let meta = file.metadata().map_err(cannot)?;
-    if !meta.is_file() || meta.len() > MAX_INPUT_BYTES {
+    if !meta.is_file() || meta.len() > max {
         return Err(format!(
-            "{what} {name} is not a regular file of at most {} MiB",
-            MAX_INPUT_BYTES >> 20
+            "{what} {name} is not a regular file of at most {max} bytes"
         ));
     }
     let mut text = String::new();
-    file.take(MAX_INPUT_BYTES + 1)
+    file.take(max + 1)
         .read_to_string(&mut text)
         .map_err(cannot)?;
     Ok(text)

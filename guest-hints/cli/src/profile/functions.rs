@@ -114,7 +114,7 @@ impl ThreadSampler {
                     self.samplers.insert(tid, s);
                 }
                 // The thread ended between the listing and now.
-                Err(e) if e.raw_os_error() == Some(libc_esrch()) => {}
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error()) => {}
                 Err(e) => {
                     self.unavailable = Some(format!("perf_event_open: {e}"));
                     self.samplers.clear();
@@ -159,10 +159,6 @@ impl ThreadSampler {
         self.drain();
         (self.samples, self.maps)
     }
-}
-
-fn libc_esrch() -> i32 {
-    3
 }
 
 fn open(tid: u32) -> std::io::Result<Sampler> {

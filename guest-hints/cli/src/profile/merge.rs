@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use guest_hints::profile::{FunctionTime, MinMax, Profile, ProfilePhase, Spread};
+use guest_hints::profile::{
+    weighted_functions, FunctionTime, MinMax, Profile, ProfilePhase, Spread,
+};
 
 /// The median of `v` (the mean of the middle two for an even count).
 fn median(v: &[f64]) -> f64 {
@@ -201,27 +203,9 @@ pub fn merge(inputs: &[(String, Profile)]) -> Result<Profile, String> {
 
 /// Each function's mean share over the runs (0 in a run that did not
 /// sample it), most first.
-fn mean_functions<'a>(runs: impl Iterator<Item = &'a ProfilePhase>) -> Vec<FunctionTime> {
-    let mut out: Vec<FunctionTime> = Vec::new();
-    let mut n = 0.0;
-    for ph in runs {
-        n += 1.0;
-        for f in &ph.functions {
-            match out.iter_mut().find(|o| o.name == f.name) {
-                Some(o) => {
-                    o.share += f.share;
-                    o.serial_share += f.serial_share;
-                }
-                None => out.push(f.clone()),
-            }
-        }
-    }
-    for f in &mut out {
-        f.share /= n;
-        f.serial_share /= n;
-    }
-    out.sort_by(|x, y| y.share.total_cmp(&x.share));
-    out
+fn mean_functions<'a>(runs: impl ExactSizeIterator<Item = &'a ProfilePhase>) -> Vec<FunctionTime> {
+    let w = 1.0 / runs.len().max(1) as f64;
+    weighted_functions(runs.map(|ph| (ph.functions.as_slice(), w)))
 }
 
 #[cfg(test)]
