@@ -160,5 +160,18 @@ fn an_unmodified_debian_program_gets_its_vcpus_before_its_parallel_phase() {
         .lines()
         .filter(|l| l.contains("scenario") || l.contains("perfhintd") || l.contains("perfvmm:"))
         .collect();
-    assert_eq!(cpus, Some(4), "{}", story.join("\n"));
+    let decisions: Vec<String> = out
+        .json_lines("decisions.log")
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    // Shown with --nocapture, and in the failure message.
+    eprintln!("{}\ndecisions:\n{}", story.join("\n"), decisions.join("\n"));
+    assert_eq!(
+        cpus,
+        Some(4),
+        "{}\ndecisions:\n{}",
+        story.join("\n"),
+        decisions.join("\n")
+    );
 }
