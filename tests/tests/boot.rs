@@ -57,6 +57,23 @@ fn guest_reboot_exits_zero() {
 /// `reboot=k`: the guest resets through the i8042's reset line, which
 /// perfvmm answers (without it the guest's wait timed out and the VM took
 /// about a minute to end).
+/// The demo kernel's payload is LZ4: perfvmm unpacks it itself, unless
+/// `--guest-decompress` leaves that to the guest's decompressor.
+#[test]
+fn an_lz4_bzimage_is_unpacked_by_perfvmm_or_by_the_guest_when_asked() {
+    let ours = GuestRun::demo("pvrun=poweroff", &["-v"]).run();
+    ours.expect_contains("kernel: LZ4 payload unpacked by perfvmm")
+        .expect_contains(MARKER)
+        .expect_exit(0);
+    let guest = GuestRun::demo("pvrun=poweroff", &["-v", "--guest-decompress"]).run();
+    guest.expect_contains(MARKER).expect_exit(0);
+    assert!(
+        !guest.console.contains("unpacked by perfvmm"),
+        "{}",
+        guest.tail(20)
+    );
+}
+
 #[test]
 fn guest_reboot_through_the_keyboard_controller_exits_zero() {
     let out = GuestRun::demo("reboot=k pvrun=reboot", &["-v"]).run();

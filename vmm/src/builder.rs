@@ -64,6 +64,8 @@ use crate::{event_loop, memory, memstat};
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     pub kernel: PathBuf,
+    /// Who unpacks a compressed kernel.
+    pub unpacker: boot::Unpacker,
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
     pub cpus: CpuSpec,
@@ -268,7 +270,7 @@ impl Inputs {
 /// page tables and ACPI tables into guest memory; returns the kernel entry.
 pub fn load_guest(cfg: &VmConfig, inputs: &Inputs) -> Result<GuestAddress, VmError> {
     let mem = inputs.mem.as_ref();
-    let kernel = boot::load_kernel(mem, &cfg.kernel)?;
+    let kernel = boot::load_kernel(mem, &cfg.kernel, cfg.unpacker)?;
     let initrd = cfg
         .initrd
         .as_deref()
@@ -778,6 +780,7 @@ mod tests {
     fn cfg(cpus: (u32, u32), memory: (u64, u64)) -> VmConfig {
         VmConfig {
             kernel: PathBuf::new(),
+            unpacker: boot::Unpacker::Vmm,
             initrd: None,
             cmdline: None,
             cpus: CpuSpec {

@@ -78,9 +78,17 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Guest kernel: a bzImage or an uncompressed ELF vmlinux.
+    /// Guest kernel: a bzImage or an uncompressed ELF vmlinux. perfvmm
+    /// unpacks a bzImage whose payload is LZ4 itself, faster than the
+    /// guest's decompressor (see --guest-decompress).
     #[arg(long, value_name = "PATH", required = true)]
     pub kernel: Option<PathBuf>,
+
+    /// Let the guest's own decompressor unpack a bzImage, as with any
+    /// bootloader: a slower boot, but the kernel randomises its address
+    /// (KASLR), which a kernel unpacked by perfvmm does not.
+    #[arg(long)]
+    pub guest_decompress: bool,
 
     /// Initial ramdisk loaded for the kernel.
     #[arg(long, value_name = "PATH")]
@@ -198,44 +206,7 @@ pub enum Command {
     /// the hosts it fits and what a run costs — as profiled, or after a
     /// what-if change — from the profiles of earlier runs. Touches no VM.
     #[command(after_help = PREDICT_AFTER_HELP)]
-    Predict {
-        /// Profiles of one program (`perfhint profile`), at one or more
-        /// CPU counts.
-        #[arg(required = true, value_name = "PROFILE")]
-        profiles: Vec<PathBuf>,
-        /// vCPU counts to predict for, comma-separated.
-        #[arg(long, value_name = "LIST", default_value = "1,2,4,8,16")]
-        vcpus: String,
-        /// A change to predict the effect of (repeatable; see below).
-        #[arg(long = "what-if", value_name = "CHANGE")]
-        what_if: Vec<String>,
-        /// Hosts the program could run on (TOML; see below).
-        #[arg(long, value_name = "FILE")]
-        hosts: Option<PathBuf>,
-        /// Instance prices: `builtin` (shipped, dated) or a TOML file.
-        #[arg(long, value_name = "builtin|FILE")]
-        prices: Option<String>,
-        /// The run must end within this (e.g. 90s, 10m, 2h).
-        #[arg(long, value_name = "DURATION")]
-        deadline: Option<String>,
-        /// Runs a day, for the cost per month (30 days).
-        #[arg(long, value_name = "N", default_value_t = 1.0)]
-        runs_per_day: f64,
-        /// Physical cores of the machine the VMs run on, profiled and
-        /// predicted alike: vCPUs beyond them run no faster (default: as
-        /// many as vCPUs).
-        #[arg(long, value_name = "N")]
-        host_cores: Option<u32>,
-        /// Memory added to the largest peak, in percent.
-        #[arg(long, value_name = "PERCENT", default_value_t = 10.0)]
-        memory_margin: f64,
-        /// Print the prediction as JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Also draw it as an SVG picture.
-        #[arg(long, value_name = "FILE")]
-        svg: Option<PathBuf>,
-    },
+    Predict(PredictArgs),
     /// Talk to a running perfvmm through its control API.
     Ctl {
         /// The VM's --api-sock.
@@ -244,6 +215,47 @@ pub enum Command {
         #[command(subcommand)]
         request: CtlRequest,
     },
+}
+
+/// The options of `perfvmm predict`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PredictArgs {
+    /// Profiles of one program (`perfhint profile`), at one or more
+    /// CPU counts.
+    #[arg(required = true, value_name = "PROFILE")]
+    pub profiles: Vec<PathBuf>,
+    /// vCPU counts to predict for, comma-separated.
+    #[arg(long, value_name = "LIST", default_value = "1,2,4,8,16")]
+    pub vcpus: String,
+    /// A change to predict the effect of (repeatable; see below).
+    #[arg(long = "what-if", value_name = "CHANGE")]
+    pub what_if: Vec<String>,
+    /// Hosts the program could run on (TOML; see below).
+    #[arg(long, value_name = "FILE")]
+    pub hosts: Option<PathBuf>,
+    /// Instance prices: `builtin` (shipped, dated) or a TOML file.
+    #[arg(long, value_name = "builtin|FILE")]
+    pub prices: Option<String>,
+    /// The run must end within this (e.g. 90s, 10m, 2h).
+    #[arg(long, value_name = "DURATION")]
+    pub deadline: Option<String>,
+    /// Runs a day, for the cost per month (30 days).
+    #[arg(long, value_name = "N", default_value_t = 1.0)]
+    pub runs_per_day: f64,
+    /// Physical cores of the machine the VMs run on, profiled and
+    /// predicted alike: vCPUs beyond them run no faster (default: as
+    /// many as vCPUs).
+    #[arg(long, value_name = "N")]
+    pub host_cores: Option<u32>,
+    /// Memory added to the largest peak, in percent.
+    #[arg(long, value_name = "PERCENT", default_value_t = 10.0)]
+    pub memory_margin: f64,
+    /// Print the prediction as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also draw it as an SVG picture.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

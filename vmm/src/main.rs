@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use clap::Parser;
 
+use perfvmm::boot;
 use perfvmm::builder::{self, VmConfig};
 use perfvmm::cli::{Cli, Command, CtlRequest};
 use perfvmm::policy::Policy;
@@ -61,33 +62,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some(Command::Predict {
-        profiles,
-        vcpus,
-        what_if,
-        hosts,
-        prices,
-        deadline,
-        runs_per_day,
-        host_cores,
-        memory_margin,
-        json,
-        svg,
-    }) = cli.command
-    {
-        let args = perfvmm::predict::Args {
-            profiles,
-            vcpus,
-            what_if,
-            hosts,
-            prices,
-            deadline,
-            runs_per_day,
-            host_cores,
-            memory_margin,
-            json,
-            svg,
-        };
+    if let Some(Command::Predict(args)) = cli.command {
         return match perfvmm::predict::run(&args) {
             Ok(out) => {
                 print!("{out}");
@@ -105,6 +80,11 @@ fn main() -> ExitCode {
     };
     let cfg = VmConfig {
         kernel,
+        unpacker: if cli.guest_decompress {
+            boot::Unpacker::Guest
+        } else {
+            boot::Unpacker::Vmm
+        },
         policy: cli.policy,
         decision_log: cli.decision_log,
         initrd: cli.initrd,

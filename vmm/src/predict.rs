@@ -3,7 +3,7 @@
 //! the pure `perfvmm-predict` crate.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use guest_hints::profile::Profile;
 use perfvmm_predict::{hosts, parse_vcpus, report, Change, HostTable, Request};
@@ -12,20 +12,7 @@ use perfvmm_predict::{hosts, parse_vcpus, report, Change, HostTable, Request};
 const MAX_INPUT_BYTES: u64 = 16 << 20;
 
 /// The command line of `perfvmm predict`.
-#[derive(Clone, Debug)]
-pub struct Args {
-    pub profiles: Vec<PathBuf>,
-    pub vcpus: String,
-    pub what_if: Vec<String>,
-    pub hosts: Option<PathBuf>,
-    pub prices: Option<String>,
-    pub deadline: Option<String>,
-    pub runs_per_day: f64,
-    pub host_cores: Option<u32>,
-    pub memory_margin: f64,
-    pub json: bool,
-    pub svg: Option<PathBuf>,
-}
+pub use crate::cli::PredictArgs as Args;
 
 /// Runs the command; the text to print, or what went wrong.
 pub fn run(a: &Args) -> Result<String, String> {

@@ -14,6 +14,9 @@
 //! (`tests/bench/vmm-run.c`): exec → `/init`, exec → exit after the
 //! guest's `reboot -f` (`reboot=k`: the i8042 reset), peak RSS, and
 //! perfvmm's own figures from its boot timer; medians, ranges and ratios.
+//! perfvmm boots twice per round: as it does by default (an LZ4 bzImage
+//! unpacked by perfvmm) and with `--guest-decompress` (the guest's own
+//! decompressor, as under Firecracker).
 //!
 //!   cargo run --release -p perfvmm-tests --bin boot-bench -- [RUNS] --firecracker PATH
 //!       [--append KERNEL-ARGS] [--console FILE]
@@ -198,6 +201,10 @@ fn summary(v: &[f64], unit: &str) -> String {
     format!("{m:.0} {unit} ({:.0}–{:.0})", s[0], s[s.len() - 1])
 }
 
+/// One line of the side-by-side table: the figure, its series for
+/// Firecracker, perfvmm and perfvmm --guest-decompress, and its unit.
+type Row<'a> = (&'a str, &'a [f64], &'a [f64], &'a [f64], &'a str);
+
 /// Options of the side-by-side runs.
 #[derive(Default)]
 struct SideBySide {
@@ -242,6 +249,7 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
         "@PERFVMM@ --kernel {perfvmm_kernel} --initrd @FILES@/bench.cpio --cpus 1 --memory 256M \
          --boot-timer --cmdline '{boot_args}'"
     );
+    let guest_decompress = format!("{perfvmm} --guest-decompress");
     let fc = "@FILES@/firecracker --no-api --config-file @FILES@/fc.json";
     let script = format!(
         "chmod 755 @FILES@/vmm-run @FILES@/firecracker\n\
@@ -251,13 +259,14 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
          @FILES@/vmm-run warmup-firecracker {MARKER} {fc} </dev/null >/dev/null\n\
          for i in $(seq {runs}); do\n\
          @FILES@/vmm-run perfvmm {MARKER} {perfvmm} </dev/null\n\
+         @FILES@/vmm-run guest-decompress {MARKER} {guest_decompress} </dev/null\n\
          @FILES@/vmm-run firecracker {MARKER} {fc} </dev/null\n\
          done\n",
         u8::from(opts.stamp)
     );
     println!(
-        "boot-bench: mode {:?}, perfvmm and Firecracker ({}) alternately, {runs} runs each, \
-         1 vCPU, 256 MiB, `{boot_args}`",
+        "boot-bench: mode {:?}, perfvmm, perfvmm --guest-decompress and Firecracker ({}) \
+         alternately, {runs} runs each, 1 vCPU, 256 MiB, `{boot_args}`",
         perfvmm_tests::mode(),
         firecracker.display()
     );
@@ -283,6 +292,7 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
         }
     }
     let mut perfvmm_s = Series::default();
+    let mut gd_s = Series::default();
     let mut fc_s = Series::default();
     let mut last_boot_timer: Option<String> = None;
     for line in out.console.lines() {
@@ -293,8 +303,11 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
         let Some(rest) = line.split_once("vmm-run: ").map(|r| r.1) else {
             continue;
         };
+        let perfvmm = rest.starts_with("perfvmm ") || rest.starts_with("guest-decompress ");
         let s = if rest.starts_with("perfvmm ") {
             &mut perfvmm_s
+        } else if rest.starts_with("guest-decompress ") {
+            &mut gd_s
         } else if rest.starts_with("firecracker ") {
             &mut fc_s
         } else {
@@ -308,7 +321,7 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
         s.init.push(get("init_ms"));
         s.exit.push(get("exit_ms"));
         s.rss.push(get("maxrss_kib") / 1024.0);
-        if rest.starts_with("perfvmm ") {
+        if perfvmm {
             if let Some(t) = last_boot_timer.take() {
                 s.first
                     .push(field(&t, "first_instruction_ms").unwrap_or(f64::NAN));
@@ -328,30 +341,58 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
         median(&mut a) / median(&mut b)
     };
     println!(
-        "  {:<28} {:>26} {:>26} {:>8}",
-        "", "Firecracker", "perfvmm", "ratio"
+        "  {:<24} {:>22} {:>22} {:>6} {:>22} {:>6}",
+        "", "Firecracker", "perfvmm", "ratio", "perfvmm guest-decomp.", "ratio"
     );
-    for (name, f, p, unit) in [
-        ("exec -> /init", &fc_s.init, &perfvmm_s.init, "ms"),
-        ("exec -> exit (reboot=k)", &fc_s.exit, &perfvmm_s.exit, "ms"),
-        ("peak RSS", &fc_s.rss, &perfvmm_s.rss, "MiB"),
-    ] {
+    let none: &[f64] = &[];
+    // (figure, Firecracker, perfvmm, perfvmm --guest-decompress, unit)
+    let rows: [Row; 5] = [
+        (
+            "exec -> /init",
+            &fc_s.init,
+            &perfvmm_s.init,
+            &gd_s.init,
+            "ms",
+        ),
+        (
+            "exec -> exit (reboot=k)",
+            &fc_s.exit,
+            &perfvmm_s.exit,
+            &gd_s.exit,
+            "ms",
+        ),
+        ("peak RSS", &fc_s.rss, &perfvmm_s.rss, &gd_s.rss, "MiB"),
+        (
+            "exec -> 1st instruction",
+            none,
+            &perfvmm_s.first,
+            &gd_s.first,
+            "ms",
+        ),
+        ("own memory", none, &perfvmm_s.own, &gd_s.own, "KiB"),
+    ];
+    for (name, f, p, g, unit) in rows {
+        let r = |x: &[f64]| {
+            if f.is_empty() {
+                String::new()
+            } else {
+                format!("{:.2}x", ratio(x, f))
+            }
+        };
         println!(
-            "  {:<28} {:>26} {:>26} {:>7.2}x",
+            "  {:<24} {:>22} {:>22} {:>6} {:>22} {:>6}",
             name,
             summary(f, unit),
             summary(p, unit),
-            ratio(p, f)
+            r(p),
+            summary(g, unit),
+            r(g)
         );
     }
     println!(
-        "  perfvmm: exec -> first guest instruction {}, own memory {} (RSS beyond guest pages)",
-        summary(&perfvmm_s.first, "ms"),
-        summary(&perfvmm_s.own, "KiB")
-    );
-    println!(
-        "  runs: perfvmm {}, Firecracker {} (of {runs} each)",
+        "  runs: perfvmm {}, perfvmm --guest-decompress {}, Firecracker {} (of {runs} each)",
         perfvmm_s.init.len(),
+        gd_s.init.len(),
         fc_s.init.len()
     );
 }

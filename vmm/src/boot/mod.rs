@@ -1,6 +1,10 @@
 //! Loading the guest kernel and initrd, and filling in the Linux x86 boot
 //! protocol's zero page (setup header, command line, e820 map, RSDP).
 
+pub mod unpack;
+
+pub use unpack::UnpackError;
+
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -8,7 +12,7 @@ use std::path::{Path, PathBuf};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::{boot_params, setup_header};
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_START, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START,
@@ -30,6 +34,8 @@ pub enum BootError {
     NotAKernel { path: PathBuf },
     #[error("cannot load kernel {path}: {reason}")]
     KernelLoad { path: PathBuf, reason: String },
+    #[error("cannot unpack kernel {path} (--guest-decompress lets the guest try): {source}")]
+    Unpack { path: PathBuf, source: UnpackError },
     #[error("cannot read initrd {path}: {source}")]
     InitrdRead {
         path: PathBuf,
@@ -52,6 +58,17 @@ pub enum BootError {
 pub enum KernelFormat {
     BzImage,
     Elf,
+}
+
+/// Who unpacks a bzImage's compressed kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Unpacker {
+    /// perfvmm, when the payload is LZ4 (see [`unpack`]); otherwise the guest.
+    #[default]
+    Vmm,
+    /// Always the guest's own decompressor (which also randomises the
+    /// kernel's address).
+    Guest,
 }
 
 /// Where the kernel landed and how to enter it.
@@ -82,7 +99,11 @@ pub fn detect_format<R: Read + Seek>(image: &mut R) -> std::io::Result<Option<Ke
 }
 
 /// Loads a bzImage or ELF vmlinux into guest memory.
-pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    unpacker: Unpacker,
+) -> Result<LoadedKernel, BootError> {
     let read_err = |source| BootError::KernelRead {
         path: path.to_owned(),
         source,
@@ -106,6 +127,11 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
     let himem = Some(GuestAddress(HIMEM_START));
     match format {
         KernelFormat::BzImage => {
+            if unpacker == Unpacker::Vmm {
+                if let Some(k) = unpack_bzimage(mem, path, &mut file)? {
+                    return Ok(k);
+                }
+            }
             let r = BzImage::load(mem, None, &mut file, himem).map_err(load_err)?;
             Ok(LoadedKernel {
                 format,
@@ -125,6 +151,55 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
             })
         }
     }
+}
+
+/// Unpacks a bzImage's LZ4 payload into guest memory; `None` when the
+/// payload is in another format (the guest's decompressor then runs).
+fn unpack_bzimage(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    file: &mut File,
+) -> Result<Option<LoadedKernel>, BootError> {
+    let read_err = |source| BootError::KernelRead {
+        path: path.to_owned(),
+        source,
+    };
+    let mut hdr = setup_header::default();
+    file.seek(SeekFrom::Start(SETUP_HEADER_OFFSET))
+        .and_then(|_| file.read_exact(hdr.as_mut_slice()))
+        .map_err(read_err)?;
+    // payload_offset and payload_length exist from boot protocol 2.08.
+    if hdr.version < 0x0208 {
+        return Ok(None);
+    }
+    let setup_sects = u64::from(if hdr.setup_sects == 0 {
+        4
+    } else {
+        hdr.setup_sects
+    });
+    let start = (setup_sects + 1) * 512 + u64::from(hdr.payload_offset);
+    if !unpack::is_lz4(file, start).map_err(read_err)? {
+        return Ok(None);
+    }
+    let began = std::time::Instant::now();
+    let k = unpack::unpack_lz4(mem, file, start, u64::from(hdr.payload_length), HIMEM_START)
+        .map_err(|source| BootError::Unpack {
+            path: path.to_owned(),
+            source,
+        })?;
+    log::info!(
+        "kernel: LZ4 payload unpacked by perfvmm in {} ms (entry {:#x})",
+        began.elapsed().as_millis(),
+        k.entry
+    );
+    Ok(Some(LoadedKernel {
+        format: KernelFormat::BzImage,
+        entry: GuestAddress(k.entry),
+        end: k.end,
+        // The bzImage's own header describes this kernel (protocol
+        // version, initrd limit, load flags) to the zero page.
+        header: Some(hdr),
+    }))
 }
 
 /// Where an initrd was placed.
@@ -192,6 +267,8 @@ pub fn build_cmdline(extra: Option<&str>) -> Result<Cmdline, BootError> {
     Ok(cmdline)
 }
 
+/// Where a bzImage's setup header starts.
+const SETUP_HEADER_OFFSET: u64 = 0x1f1;
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
 const KERNEL_LOADER_OTHER: u8 = 0xff;
