@@ -110,7 +110,16 @@ pub fn unpack_payload(
     let first = blocks
         .first()
         .ok_or(UnpackError::NotElf("the payload is empty"))?;
-    let mut out = vec![0u8; BLOCK_MAX];
+    // No block unpacks to more than 255 times its size (LZ4's best ratio)
+    // or than 8 MiB: small images need no 8 MiB buffer.
+    let largest = blocks.iter().map(|b| b.len()).max().unwrap_or(0);
+    let mut out = vec![
+        0u8;
+        largest
+            .saturating_mul(255)
+            .saturating_add(16)
+            .min(BLOCK_MAX)
+    ];
     let n = decompress(0, first, &mut out, blocks.len())?;
     let (unpacked, segments) = parse_elf(&out[..n], mem, himem)?;
     copy_chunk(mem, &segments, 0, &out[..n])?;

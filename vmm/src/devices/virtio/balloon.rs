@@ -285,24 +285,11 @@ impl Balloon {
             .unwrap_or(true)
     }
 
-    /// Discards the pages listed in `self.buf`, merging runs of adjacent PFNs.
+    /// Discards the pages listed in `self.buf`, one call per run of
+    /// adjacent pages (see [`page_runs`]).
     fn inflate(&mut self, mem: &GuestMemoryMmap<()>) {
-        let mut run: Option<(u64, u64)> = None; // (first pfn, count)
-        let pfns: Vec<u64> = self
-            .buf
-            .chunks_exact(4)
-            .map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-            .collect();
-        for pfn in pfns.into_iter().map(Some).chain([None]) {
-            match (run, pfn) {
-                (Some((first, n)), Some(p)) if p == first + n => run = Some((first, n + 1)),
-                _ => {
-                    if let Some((first, n)) = run {
-                        self.discard_run(mem, first, n);
-                    }
-                    run = pfn.map(|p| (p, 1));
-                }
-            }
+        for (first, n) in page_runs(&self.buf) {
+            self.discard_run(mem, first, n);
         }
     }
 
@@ -355,6 +342,33 @@ impl Balloon {
         }
         used
     }
+}
+
+/// The pages of a PFN list (little-endian 32-bit entries) as runs of
+/// adjacent pages, (first PFN, count), in ascending order. The guest's
+/// order and repeats do not matter to a discard, and a hostile list (one
+/// page 16 384 times, or pages in reverse) would otherwise cost a system
+/// call per entry.
+pub fn page_runs(list: &[u8]) -> Vec<(u64, u64)> {
+    let mut pfns: Vec<u64> = list
+        .chunks_exact(4)
+        .map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+        .collect();
+    // Repeats next to each other go first (a list padded with one page
+    // shrinks to little), and a list already in order is not sorted again.
+    pfns.dedup();
+    if !pfns.is_sorted() {
+        pfns.sort_unstable();
+        pfns.dedup();
+    }
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for p in pfns {
+        match runs.last_mut() {
+            Some((first, n)) if p == *first + *n => *n += 1,
+            _ => runs.push((p, 1)),
+        }
+    }
+    runs
 }
 
 impl VirtioDevice for Balloon {
@@ -474,6 +488,20 @@ mod tests {
         }
         assert_eq!(f.dev.counters().inflated_pages, 3);
         assert_eq!(f.dev.counters().dropped, 1, "the PFN outside memory");
+    }
+
+    #[test]
+    fn repeated_and_unordered_pages_make_one_run() {
+        let list =
+            |pfns: &[u32]| -> Vec<u8> { pfns.iter().flat_map(|p| p.to_le_bytes()).collect() };
+        assert_eq!(page_runs(&list(&[7; 16_384])), [(7, 1)]);
+        assert_eq!(
+            page_runs(&list(&[12, 11, 10, 10, 3, 11, 2, u32::MAX])),
+            [(2, 2), (10, 3), (u64::from(u32::MAX), 1)]
+        );
+        assert!(page_runs(&list(&[])).is_empty());
+        // A trailing partial entry is not a page.
+        assert_eq!(page_runs(&[1, 0, 0, 0, 9]), [(1, 1)]);
     }
 
     #[test]
