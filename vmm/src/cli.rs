@@ -79,14 +79,16 @@ pub struct Cli {
     pub command: Option<Command>,
 
     /// Guest kernel: a bzImage or an uncompressed ELF vmlinux. perfvmm
-    /// unpacks a bzImage whose payload is LZ4 itself, faster than the
-    /// guest's decompressor (see --guest-decompress).
+    /// unpacks a bzImage whose payload is LZ4 itself, which leaves fewer
+    /// guest pages touched than the guest's decompressor does (see
+    /// --guest-decompress).
     #[arg(long, value_name = "PATH", required = true)]
     pub kernel: Option<PathBuf>,
 
     /// Let the guest's own decompressor unpack a bzImage, as with any
-    /// bootloader: a slower boot, but the kernel randomises its address
-    /// (KASLR), which a kernel unpacked by perfvmm does not.
+    /// bootloader: more guest memory touched at boot, but the kernel
+    /// randomises its address (KASLR), which a kernel unpacked by perfvmm
+    /// does not.
     #[arg(long)]
     pub guest_decompress: bool,
 
