@@ -165,13 +165,8 @@ fn an_unmodified_debian_program_gets_its_vcpus_before_its_parallel_phase() {
         .iter()
         .map(|v| v.to_string())
         .collect();
+    let report = format!("{}\ndecisions:\n{}", story.join("\n"), decisions.join("\n"));
     // Shown with --nocapture, and in the failure message.
-    eprintln!("{}\ndecisions:\n{}", story.join("\n"), decisions.join("\n"));
-    assert_eq!(
-        cpus,
-        Some(4),
-        "{}\ndecisions:\n{}",
-        story.join("\n"),
-        decisions.join("\n")
-    );
+    eprintln!("{report}");
+    assert_eq!(cpus, Some(4), "{report}");
 }

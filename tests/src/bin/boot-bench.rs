@@ -303,15 +303,12 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
         let Some(rest) = line.split_once("vmm-run: ").map(|r| r.1) else {
             continue;
         };
-        let perfvmm = rest.starts_with("perfvmm ") || rest.starts_with("guest-decompress ");
-        let s = if rest.starts_with("perfvmm ") {
-            &mut perfvmm_s
-        } else if rest.starts_with("guest-decompress ") {
-            &mut gd_s
-        } else if rest.starts_with("firecracker ") {
-            &mut fc_s
-        } else {
-            continue;
+        // vmm-run's first word is the label the script gave the run.
+        let (s, perfvmm) = match rest.split_once(' ').map(|r| r.0) {
+            Some("perfvmm") => (&mut perfvmm_s, true),
+            Some("guest-decompress") => (&mut gd_s, true),
+            Some("firecracker") => (&mut fc_s, false),
+            _ => continue,
         };
         let get = |k| field(rest, k).unwrap_or(f64::NAN);
         if get("init_ms") < 0.0 || get("status") != 0.0 {

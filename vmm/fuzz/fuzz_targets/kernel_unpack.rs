@@ -7,14 +7,14 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use perfvmm::boot::unpack::unpack_payload;
+use perfvmm::boot::unpack::{unpack_payload, LZ4_LEGACY_MAGIC};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 const MEM: u64 = 16 << 20;
 const HIMEM: u64 = 1 << 20;
 
 fn framed(image: &[u8]) -> Vec<u8> {
-    let mut out = 0x184c_2102u32.to_le_bytes().to_vec();
+    let mut out = LZ4_LEGACY_MAGIC.to_le_bytes().to_vec();
     let c = lz4_flex::block::compress(image);
     out.extend_from_slice(&(c.len() as u32).to_le_bytes());
     out.extend_from_slice(&c);

@@ -22,7 +22,7 @@ use std::io::{Read, Seek, SeekFrom};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// The magic of the LZ4 legacy frame (`lz4 -l`), which the kernel's build uses.
-const LZ4_LEGACY_MAGIC: u32 = 0x184c_2102;
+pub const LZ4_LEGACY_MAGIC: u32 = 0x184c_2102;
 /// Every block of a legacy frame decompresses to at most 8 MiB.
 const BLOCK_MAX: usize = 8 << 20;
 /// LZ4's worst case for a block of `BLOCK_MAX` bytes.
