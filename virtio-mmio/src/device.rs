@@ -55,6 +55,9 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize) -> bool;
     /// Back to the state before activation.
     fn reset(&mut self);
+    /// The queues the device took at activation (none before), for a
+    /// snapshot of the transport.
+    fn queues(&self) -> &[Queue];
     /// The last [`process_queue`](Self::process_queue) stopped at its work
     /// budget ([`WAKE_BUDGET`]) with chains left: the caller should run the
     /// queue again after serving its other events.

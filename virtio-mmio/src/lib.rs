@@ -7,7 +7,8 @@
 //!   setup, notification and interrupt status;
 //! * [`chain`]: one bounded reader for descriptor chains, used by every
 //!   device so that each applies the same limits to what the guest posts;
-//! * [`log_limit`]: a limit on the log lines a guest can trigger.
+//! * [`log_limit`]: a limit on the log lines a guest can trigger;
+//! * [`state`]: the transport's state, saved and checked on restore.
 //!
 //! Register offsets, status bits and feature bits come from
 //! `virtio-bindings`. Nothing here trusts the guest: every register access
@@ -18,6 +19,7 @@
 pub mod chain;
 pub mod device;
 pub mod log_limit;
+pub mod state;
 #[doc(hidden)]
 pub mod testing;
 pub mod transport;
@@ -27,4 +29,5 @@ pub use device::{
     read_config_window, Interrupt, Mem, VirtioDevice, WorkLeft, VIRTIO_F_VERSION_1, WAKE_BUDGET,
 };
 pub use log_limit::LogLimit;
+pub use state::{QueueSnapshot, RestoreError, TransportState};
 pub use transport::MmioTransport;

@@ -46,20 +46,20 @@ pub mod reg {
 
 /// A virtio device behind its virtio-mmio register window.
 pub struct MmioTransport<D: VirtioDevice> {
-    device: D,
-    mem: Mem,
-    interrupt: Arc<dyn Interrupt>,
-    vendor_id: u32,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    acked_features: u64,
-    queue_sel: u32,
-    queues: Vec<Queue>,
-    interrupt_status: u32,
-    status: u32,
-    activated: bool,
+    pub(crate) device: D,
+    pub(crate) mem: Mem,
+    pub(crate) interrupt: Arc<dyn Interrupt>,
+    pub(crate) vendor_id: u32,
+    pub(crate) device_features_sel: u32,
+    pub(crate) driver_features_sel: u32,
+    pub(crate) acked_features: u64,
+    pub(crate) queue_sel: u32,
+    pub(crate) queues: Vec<Queue>,
+    pub(crate) interrupt_status: u32,
+    pub(crate) status: u32,
+    pub(crate) activated: bool,
     /// Bumped on every device-side config change (`ConfigGeneration`).
-    config_generation: u32,
+    pub(crate) config_generation: u32,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {

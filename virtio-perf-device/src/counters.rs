@@ -43,6 +43,9 @@ impl DropReason {
     }
 }
 
+/// How many values [`Counters::values`] gives.
+pub const COUNTER_VALUES: usize = 14;
+
 #[derive(Debug, Default)]
 pub struct Counters {
     pub messages: AtomicU64,
@@ -106,6 +109,41 @@ impl Counters {
             Rejected => &self.rejected,
         }
         .fetch_add(1, Relaxed);
+    }
+
+    /// Every counter, in a fixed order: what a VM snapshot keeps of them.
+    pub fn values(&self) -> [u64; COUNTER_VALUES] {
+        let s = self.snapshot();
+        let mut v = [0; COUNTER_VALUES];
+        v[..8].copy_from_slice(&[
+            s.messages,
+            s.hints,
+            s.accepted,
+            s.clamped,
+            s.rate_limited,
+            s.rejected,
+            s.unknown_kind,
+            s.outcomes_lost,
+        ]);
+        v[8..].copy_from_slice(&s.dropped);
+        v
+    }
+
+    /// Sets every counter from [`Counters::values`] of another device.
+    pub fn set_values(&self, v: &[u64; COUNTER_VALUES]) {
+        let named = [
+            &self.messages,
+            &self.hints,
+            &self.accepted,
+            &self.clamped,
+            &self.rate_limited,
+            &self.rejected,
+            &self.unknown_kind,
+            &self.outcomes_lost,
+        ];
+        for (c, &n) in named.into_iter().chain(self.dropped.iter()).zip(v) {
+            c.store(n, Relaxed);
+        }
     }
 
     pub fn snapshot(&self) -> CountersSnapshot {

@@ -5,13 +5,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use guest_hints::wire::{self, Hint, Outcome, MAX_MESSAGE_LEN, OUTCOME_LEN};
+use serde::{Deserialize, Serialize};
 use virtio_mmio::{
-    read_chain, ChainError, ChainLimits, LogLimit, Mem, VirtioDevice, WorkLeft, WritableBuffers,
+    read_chain, ChainError, ChainLimits, LogLimit, Mem, RestoreError, VirtioDevice, WorkLeft,
+    WritableBuffers,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::counters::{Counters, DropReason};
+use crate::counters::{Counters, DropReason, COUNTER_VALUES};
 use crate::{features, EVENTQ, HINTQ, PERFHINT_DEVICE_ID, QUEUE_SIZE};
 
 /// A hint message: readable bytes only, none empty, one message at most.
@@ -342,6 +344,10 @@ impl<S: HintSink> VirtioDevice for PerfHintDevice<S> {
         }
     }
 
+    fn queues(&self) -> &[Queue] {
+        &self.queues
+    }
+
     fn reset(&mut self) {
         self.mem = None;
         self.queues.clear();
@@ -353,6 +359,39 @@ impl<S: HintSink> VirtioDevice for PerfHintDevice<S> {
 
     fn has_more_work(&self) -> bool {
         self.left.any()
+    }
+}
+
+/// The device's own state beyond its transport's, for a VM snapshot: its
+/// counters and the outcomes the driver has not yet been given.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PerfHintState {
+    pub counters: Vec<u64>,
+    pub pending: Vec<[u8; OUTCOME_LEN]>,
+}
+
+impl<S: HintSink> PerfHintDevice<S> {
+    pub fn save(&self) -> PerfHintState {
+        PerfHintState {
+            counters: self.counters.values().to_vec(),
+            pending: self.pending.iter().copied().collect(),
+        }
+    }
+
+    /// Takes `state` after the transport's restore (which activated the
+    /// device); refuses a state this device could never have had.
+    pub fn restore(&mut self, state: &PerfHintState) -> Result<(), RestoreError> {
+        let counters = <[u64; COUNTER_VALUES]>::try_from(state.counters.as_slice())
+            .map_err(|_| RestoreError::Device(format!("{} counters", state.counters.len())))?;
+        if state.pending.len() > MAX_PENDING_OUTCOMES {
+            return Err(RestoreError::Device(format!(
+                "{} pending outcomes, at most {MAX_PENDING_OUTCOMES} are kept",
+                state.pending.len()
+            )));
+        }
+        self.counters.set_values(&counters);
+        self.pending = state.pending.iter().copied().collect();
+        Ok(())
     }
 }
 

@@ -15,8 +15,8 @@
 pub mod counters;
 pub mod device;
 
-pub use counters::{Counters, CountersSnapshot, DropReason};
-pub use device::{HintSink, PerfHintDevice};
+pub use counters::{Counters, CountersSnapshot, DropReason, COUNTER_VALUES};
+pub use device::{HintSink, PerfHintDevice, PerfHintState};
 pub use guest_hints::wire::{Hint, Outcome};
 
 /// Experimental virtio device ID, counted down from 65535 as the virtio

@@ -15,7 +15,7 @@
 
 use std::io;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -25,7 +25,7 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use virtio_mmio::{MmioTransport, VirtioDevice};
+use virtio_mmio::{MmioTransport, RestoreError, VirtioDevice};
 use virtio_perf_device::{Counters, PerfHintDevice, PERFHINT_VENDOR_ID};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -36,11 +36,11 @@ use crate::actuators::{MemoryManager, VcpuManager};
 use crate::boot::{self, BootError};
 use crate::cli::{CpuSpec, MemSpec};
 use crate::control::{
-    api, api_server, Actuators, Controller, HintLog, HintQueueHandler, JsonLines,
+    self, api, api_server, Actuators, Controller, HintLog, HintQueueHandler, JsonLines,
     PerfHintTransport, PolicySink, PolicyTick, ReloadScope,
 };
 use crate::devices::boot_timer::{BootTimer, BootTimes, InitHook};
-use crate::devices::bus::{Bus, BusDevice, BusError};
+use crate::devices::bus::{lock, Bus, BusDevice, BusError};
 use crate::devices::cpu_hotplug::{self, CpuHotplugController, CpuStates};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::power::{self, PowerDevice};
@@ -56,7 +56,9 @@ use crate::layout::{
 };
 use crate::policy::{Decision, Engine, Policy, PolicyError, VmLimits};
 use crate::seccomp::{self, ThreadKind};
-use crate::vcpu::{VcpuContext, VcpuError};
+use crate::snapshot::take::{Machine, SnapshotHandler};
+use crate::snapshot::{self, Shape, SnapshotError, VmState};
+use crate::vcpu::{VcpuContext, VcpuError, VcpuState};
 use crate::vm::{Console, Vm, VmParts};
 use crate::{event_loop, memory, memstat};
 
@@ -83,6 +85,8 @@ pub struct VmConfig {
     pub api_sock_group: Option<u32>,
     /// A directory whose policy files a reload through the API may read.
     pub policy_dir: Option<PathBuf>,
+    /// Where `perfvmm ctl snapshot NAME` writes (off without it).
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 /// Why a VM could not be built (exit status 1, one line on standard error).
@@ -128,6 +132,12 @@ pub enum VmError {
     Resize(#[from] crate::actuators::ResizeError),
     #[error("--api-sock {path}: {source}")]
     ApiSock { path: PathBuf, source: io::Error },
+    #[error("--snapshot-dir {0}: not a directory perfvmm can reach")]
+    SnapshotDir(PathBuf),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("the snapshot's {what}: {why}")]
+    Restore { what: &'static str, why: String },
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -139,22 +149,96 @@ fn kvm_err<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, 
 /// Builds the VM `cfg` describes and starts its vCPUs; `start` is when
 /// perfvmm started (boot times and log timestamps count from it).
 pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vm, VmError> {
-    let policy = match &cfg.policy {
-        Some(path) => Policy::load(path)?,
-        None => Policy::default(),
-    };
+    let policy = load_policy(cfg)?;
     let cfg = &within_policy(cfg, &policy);
-    let inputs = Inputs::load(cfg, policy, start)?;
+    let mem = Inputs::create_memory(cfg)?;
+    let inputs = Inputs::load(cfg, policy, mem, start)?;
     let entry = load_guest(cfg, &inputs)?;
     let (kvm, vm) = create_kvm_vm(cfg, &inputs.mem, inputs.hotplug)?;
-    let mut b = VmBuilder::new(cfg, start, inputs, vm)?;
-    let console = b.attach_console()?;
-    b.attach_power()?;
-    let hints = b.attach_perf_hint()?;
-    let memory = b.attach_memory_devices()?;
-    let cpus = b.attach_cpu_hotplug()?;
-    b.attach_boot_timer()?;
-    b.start(&kvm, entry, console, hints, memory, cpus)
+    let b = VmBuilder::new(cfg, start, inputs, vm, None)?;
+    b.attach_all(&kvm, Boot::Fresh(entry))
+}
+
+fn load_policy(cfg: &VmConfig) -> Result<Policy, VmError> {
+    Ok(match &cfg.policy {
+        Some(path) => Policy::load(path)?,
+        None => Policy::default(),
+    })
+}
+
+/// Builds the VM a snapshot in `dir` saved (`perfvmm --restore DIR`): the
+/// same machine, its memory mapped from the snapshot, KVM's and every
+/// device's state put back, and its vCPUs started where they stopped.
+/// `cfg` gives what is not the machine's: the policy, logs, API socket.
+pub fn restore(cfg: &VmConfig, dir: &Path, start: Instant) -> Result<Vm, VmError> {
+    let mut state = snapshot::read_state(dir)?;
+    let vcpus = std::mem::take(&mut state.vcpus);
+    let cfg = &restored_config(cfg, &state);
+    if state.shape.regions != memory_layout(cfg) {
+        return Err(VmError::Restore {
+            what: "memory",
+            why: "its regions are not where this perfvmm puts a VM of its size".into(),
+        });
+    }
+    let policy = load_policy(cfg)?;
+    let mem = snapshot::memory::map(&dir.join(snapshot::MEMORY_FILE), &state.shape)?;
+    let inputs = Inputs::load(cfg, policy, mem, start)?;
+    let (kvm, vm) = create_kvm_vm(cfg, &inputs.mem, inputs.hotplug)?;
+    restore_kvm_state(&vm, &state)?;
+    let b = VmBuilder::new(cfg, start, inputs, vm, Some(state))?;
+    b.attach_all(&kvm, Boot::Restore(vcpus))
+}
+
+/// The configuration of the machine a snapshot saved: its vCPUs and
+/// memory replace the command line's.
+fn restored_config(cfg: &VmConfig, state: &VmState) -> VmConfig {
+    let mut c = cfg.clone();
+    let s = &state.shape;
+    c.cpus = CpuSpec {
+        boot: state.cpu_slots.enabled_count().max(1),
+        max: s.max_vcpus,
+    };
+    c.memory = MemSpec {
+        boot: s.boot_memory,
+        max: s.max_memory,
+    };
+    c
+}
+
+/// Guest memory regions `(address, length)` of a VM `cfg` sizes: RAM,
+/// then the virtio-mem region.
+fn memory_layout(cfg: &VmConfig) -> Vec<(u64, u64)> {
+    let mut regions: Vec<(u64, u64)> = memory::ram_ranges(cfg.memory.boot)
+        .into_iter()
+        .map(|(a, len)| (a.raw_value(), len as u64))
+        .collect();
+    regions.extend(memory::hotplug_region(cfg.memory.boot, cfg.memory.max));
+    regions
+}
+
+/// KVM's VM-wide state: the PICs and IOAPIC, the PIT, the clock.
+fn restore_kvm_state(vm: &VmFd, state: &VmState) -> Result<(), VmError> {
+    if state.irqchips.len() != 3 {
+        return Err(VmError::Restore {
+            what: "interrupt controllers",
+            why: format!("{} saved, the VM has 3", state.irqchips.len()),
+        });
+    }
+    for chip in &state.irqchips {
+        kvm_err("KVM_SET_IRQCHIP", vm.set_irqchip(chip))?;
+    }
+    kvm_err("KVM_SET_PIT2", vm.set_pit2(&state.pit))?;
+    let clock = kvm_bindings::kvm_clock_data {
+        clock: state.clock.clock,
+        ..Default::default()
+    };
+    kvm_err("KVM_SET_CLOCK", vm.set_clock(&clock))
+}
+
+/// How the vCPUs start: at the kernel's entry, or where a snapshot left them.
+pub enum Boot {
+    Fresh(GuestAddress),
+    Restore(Vec<VcpuState>),
 }
 
 /// The command line's boot sizes brought within the policy's bounds: the
@@ -202,17 +286,30 @@ pub struct Inputs {
 }
 
 impl Inputs {
+    /// Guest memory as `cfg` sizes it, reserved, not touched.
+    pub fn create_memory(cfg: &VmConfig) -> Result<GuestMemoryMmap, VmError> {
+        let hotplug = memory::hotplug_region(cfg.memory.boot, cfg.memory.max);
+        memory::create_guest_memory(cfg.memory.boot, hotplug).map_err(|source| VmError::Memory {
+            size: cfg.memory.max >> 20,
+            source,
+        })
+    }
+
     /// Guest memory first (binding it to a NUMA node before any page is
     /// touched), then the policy and the output files: a bad policy or a
     /// path that cannot be written is an input error too.
-    pub fn load(cfg: &VmConfig, policy: Policy, start: Instant) -> Result<Self, VmError> {
+    pub fn load(
+        cfg: &VmConfig,
+        policy: Policy,
+        mem: GuestMemoryMmap,
+        start: Instant,
+    ) -> Result<Self, VmError> {
         let hotplug = memory::hotplug_region(cfg.memory.boot, cfg.memory.max);
-        let mem = memory::create_guest_memory(cfg.memory.boot, hotplug).map_err(|source| {
-            VmError::Memory {
-                size: cfg.memory.max >> 20,
-                source,
+        if let Some(dir) = &cfg.snapshot_dir {
+            if !dir.is_dir() {
+                return Err(VmError::SnapshotDir(dir.clone()));
             }
-        })?;
+        }
         let host_regions: Vec<(usize, usize)> = mem
             .iter()
             .map(|r| (r.as_ptr() as usize, r.len() as usize))
@@ -457,10 +554,38 @@ pub struct VmBuilder<'a> {
     pio: Bus,
     mmio: Bus,
     subscribers: Vec<Box<dyn MutEventSubscriber>>,
+    /// The snapshot being restored, whose state each step puts back.
+    restoring: Option<VmState>,
+}
+
+/// Puts a virtio device's saved state back: its transport's (which
+/// activates it again), then its own; then serves what the driver had
+/// posted and not yet seen served.
+fn restore_virtio<D: VirtioDevice, S>(
+    transport: &Mutex<MmioTransport<D>>,
+    saved: &snapshot::Virtio<S>,
+    what: &'static str,
+    device: impl FnOnce(&mut D, &S) -> Result<(), RestoreError>,
+) -> Result<(), VmError> {
+    let err = |e: RestoreError| VmError::Restore {
+        what,
+        why: e.to_string(),
+    };
+    let mut t = lock(transport);
+    t.restore(&saved.transport).map_err(err)?;
+    device(t.device_mut(), &saved.device).map_err(err)?;
+    t.notify_all();
+    Ok(())
 }
 
 impl<'a> VmBuilder<'a> {
-    fn new(cfg: &'a VmConfig, start: Instant, inputs: Inputs, vm: VmFd) -> Result<Self, VmError> {
+    fn new(
+        cfg: &'a VmConfig,
+        start: Instant,
+        inputs: Inputs,
+        vm: VmFd,
+        restoring: Option<VmState>,
+    ) -> Result<Self, VmError> {
         Ok(VmBuilder {
             cfg,
             start,
@@ -477,7 +602,19 @@ impl<'a> VmBuilder<'a> {
             pio: Bus::new(),
             mmio: Bus::new(),
             subscribers: Vec::new(),
+            restoring,
         })
+    }
+
+    /// Every part, in the order they depend on each other, then the vCPUs.
+    fn attach_all(mut self, kvm: &Kvm, boot: Boot) -> Result<Vm, VmError> {
+        let console = self.attach_console()?;
+        self.attach_power()?;
+        let hints = self.attach_perf_hint()?;
+        let memory = self.attach_memory_devices()?;
+        let cpus = self.attach_cpu_hotplug()?;
+        self.attach_boot_timer()?;
+        self.start(kvm, boot, console, hints, memory, cpus)
     }
 
     fn irqfd(&self, gsi: u32) -> Result<EventFd, VmError> {
@@ -498,7 +635,17 @@ impl<'a> VmBuilder<'a> {
     /// COM1 on the port-I/O bus, writing to standard output.
     pub fn attach_console(&mut self) -> Result<Console, VmError> {
         let irq = self.irqfd(COM1_IRQ)?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(irq, ConsoleOut(io::stdout()))));
+        let out = ConsoleOut(io::stdout());
+        let uart = match &self.restoring {
+            Some(st) => {
+                SerialDevice::from_state(&st.serial, irq, out).map_err(|why| VmError::Restore {
+                    what: "console",
+                    why,
+                })?
+            }
+            None => SerialDevice::new(irq, out),
+        };
+        let serial = Arc::new(Mutex::new(uart));
         self.pio.insert(serial.clone(), u64::from(COM1_PORT), 8)?;
         Ok(serial)
     }
@@ -556,6 +703,11 @@ impl<'a> VmBuilder<'a> {
         let device = PerfHintDevice::new(sink);
         let counters = device.counters();
         let (transport, notify) = self.attach_virtio(virtio_slot(PERF_HINT_SLOT), device)?;
+        if let Some(st) = &self.restoring {
+            restore_virtio(&transport, &st.perf_hint, "perf-hint device", |d, s| {
+                d.restore(s)
+            })?;
+        }
         Ok(HintPath {
             transport,
             notify,
@@ -569,6 +721,9 @@ impl<'a> VmBuilder<'a> {
     /// queue handlers; and the memory actuator over both.
     pub fn attach_memory_devices(&mut self) -> Result<MemoryManager, VmError> {
         let (balloon, notify) = self.attach_virtio(virtio_slot(BALLOON_SLOT), Balloon::new())?;
+        if let Some(st) = &self.restoring {
+            restore_virtio(&balloon, &st.balloon, "balloon", Balloon::restore)?;
+        }
         self.subscribers
             .push(Box::new(QueueHandler::new(notify, balloon.clone())));
         let virtio_mem = match self.hotplug {
@@ -577,6 +732,13 @@ impl<'a> VmBuilder<'a> {
                     .ok_or(VmError::HotplugRegion(start))?;
                 let dev = VirtioMem::new(start, size, Box::new(slots));
                 let (t, notify) = self.attach_virtio(virtio_slot(VIRTIO_MEM_SLOT), dev)?;
+                if let Some(st) = &self.restoring {
+                    let saved = st.virtio_mem.as_ref().ok_or(VmError::Restore {
+                        what: "virtio-mem",
+                        why: "not saved, though the VM has a hotplug region".into(),
+                    })?;
+                    restore_virtio(&t, saved, "virtio-mem", VirtioMem::restore)?;
+                }
                 self.subscribers
                     .push(Box::new(QueueHandler::new(notify, t.clone())));
                 log::info!("virtio-mem: {} MiB pluggable at {start:#x}", size >> 20);
@@ -590,7 +752,20 @@ impl<'a> VmBuilder<'a> {
 
     /// The CPU-hotplug controller's registers and the GED interrupt.
     pub fn attach_cpu_hotplug(&mut self) -> Result<CpuHotplug, VmError> {
-        let states = CpuStates::new(self.cfg.cpus.boot, self.cfg.cpus.max);
+        let states = match &self.restoring {
+            Some(st) if st.cpu_slots.slots.len() != self.cfg.cpus.max as usize => {
+                return Err(VmError::Restore {
+                    what: "CPU hotplug slots",
+                    why: format!(
+                        "{} slots for a VM of at most {} vCPUs",
+                        st.cpu_slots.slots.len(),
+                        self.cfg.cpus.max
+                    ),
+                })
+            }
+            Some(st) => Arc::new(Mutex::new(st.cpu_slots.clone())),
+            None => CpuStates::new(self.cfg.cpus.boot, self.cfg.cpus.max),
+        };
         let controller = CpuHotplugController::new(states.clone());
         self.insert_mmio(controller, CPU_HOTPLUG_ADDR, cpu_hotplug::REGS_LEN)?;
         let ged = self.irqfd(GED_IRQ)?;
@@ -606,53 +781,32 @@ impl<'a> VmBuilder<'a> {
         self.insert_mmio(timer, BOOT_TIMER_ADDR, BOOT_TIMER_SIZE)
     }
 
-    /// Creates and starts the boot vCPUs, then the controller, its event
-    /// handlers and the control API. The buses are complete from here on.
+    /// Creates and starts the boot vCPUs (or a snapshot's), then the
+    /// controller, its event handlers and the control API. The buses are
+    /// complete from here on.
     pub fn start(
-        self,
+        mut self,
         kvm: &Kvm,
-        entry: GuestAddress,
+        boot: Boot,
         console: Console,
         hints: HintPath,
         memory: MemoryManager,
         cpus: CpuHotplug,
     ) -> Result<Vm, VmError> {
-        let supported = kvm_err(
-            "KVM_GET_SUPPORTED_CPUID",
-            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
-        )?;
-        let cfg = self.cfg;
-        let vm = self.vm;
-        let ctx = VcpuContext {
-            pio: Arc::new(self.pio),
-            mmio: Arc::new(self.mmio),
-            exit: self.exit.clone(),
-            times: self.times,
+        let CpuHotplug { states, ged } = cpus;
+        let mut vcpus = self.vcpu_manager(kvm, states.clone(), ged)?;
+        let vcpu_set = vcpus.set();
+        let first = match boot {
+            Boot::Fresh(entry) => vcpus.create_boot(self.cfg.cpus.boot, entry)?,
+            Boot::Restore(saved) => vcpus.restore(&saved)?,
         };
-        let pinning = placement::Pinning::new(&self.policy.placement, cfg.cpus.max);
-        let seccomp = cfg.seccomp;
-        let mut vcpus = VcpuManager::new(
-            vm.clone(),
-            supported,
-            cfg.cpus.max,
-            ctx,
-            cpus.states,
-            cpus.ged,
-            Arc::new(move |i| {
-                pinning.pin_current_thread(i);
-                if seccomp {
-                    confine_vcpu_thread(i);
-                }
-            }),
-        )?;
-        let boot_vcpus = vcpus.create_boot(cfg.cpus.boot, entry)?;
         // Signals are blocked before any vCPU thread exists, so they inherit
         // the mask and SIGINT/SIGTERM reach only the event loop's signalfd.
         let signals = event_loop::block_stop_signals()?;
-        for vcpu in boot_vcpus {
+        for vcpu in first {
             vcpus.spawn(vcpu)?;
         }
-
+        let (balloon, virtio_mem) = memory.transports();
         let controller = Arc::new(Mutex::new(Controller::new(
             hints.engine,
             hints.decisions,
@@ -662,22 +816,44 @@ impl<'a> VmBuilder<'a> {
             },
             self.decision_log,
             ReloadScope {
-                start_file: cfg.policy.clone(),
-                dir: cfg.policy_dir.clone(),
+                start_file: self.cfg.policy.clone(),
+                dir: self.cfg.policy_dir.clone(),
             },
             self.start,
         )));
+        let (requests, jobs) = control::snapshot::channel(self.cfg.snapshot_dir.clone())?;
+        let mut api_connections = None;
         if let Some(listener) = self.api_listener {
             let state = api::ApiState {
                 controller: controller.clone(),
                 counters: hints.counters.clone(),
+                snapshots: requests,
             };
             let access = api_server::Access {
-                group: cfg.api_sock_group,
+                group: self.cfg.api_sock_group,
             };
-            api_server::spawn(listener, state, access, cfg.seccomp)?;
+            api_connections = Some(api_server::spawn(
+                listener,
+                state,
+                access,
+                self.cfg.seccomp,
+            )?);
         }
+        let machine = Machine {
+            shape: shape(self.cfg, &self.mem, self.hotplug),
+            vm: self.vm.clone(),
+            mem: self.mem.clone(),
+            vcpus: vcpu_set,
+            cpu_slots: states,
+            console: console.clone(),
+            perf_hint: hints.transport.clone(),
+            balloon,
+            virtio_mem,
+            controller: controller.clone(),
+            exit: self.exit.clone(),
+        };
         let mut subscribers = self.subscribers;
+        subscribers.push(Box::new(SnapshotHandler::new(jobs, machine)));
         subscribers.push(Box::new(HintQueueHandler::new(
             hints.notify,
             hints.transport.clone(),
@@ -697,12 +873,66 @@ impl<'a> VmBuilder<'a> {
             hint_log: self.hint_log,
             controller,
             hint_counters: hints.counters,
-            api_sock: cfg.api_sock.clone(),
-            log_counters: cfg.hint_log.is_some(),
-            kvm_vm: vm,
+            api_sock: self.cfg.api_sock.clone(),
+            log_counters: self.cfg.hint_log.is_some(),
+            kvm_vm: self.vm,
             mem: self.mem,
-            seccomp: cfg.seccomp,
+            seccomp: self.cfg.seccomp,
+            snapshots: self.cfg.snapshot_dir.is_some(),
+            api_connections,
         }))
+    }
+
+    /// The vCPU actuator, which creates vCPUs as the VM grows: each pinned
+    /// by the placement policy and confined by its seccomp filter.
+    fn vcpu_manager(
+        &mut self,
+        kvm: &Kvm,
+        states: Arc<Mutex<CpuStates>>,
+        ged: EventFd,
+    ) -> Result<VcpuManager, VmError> {
+        let supported = kvm_err(
+            "KVM_GET_SUPPORTED_CPUID",
+            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
+        )?;
+        let msrs = kvm_err("KVM_GET_MSR_INDEX_LIST", kvm.get_msr_index_list())?;
+        let ctx = VcpuContext {
+            pio: Arc::new(std::mem::take(&mut self.pio)),
+            mmio: Arc::new(std::mem::take(&mut self.mmio)),
+            exit: self.exit.clone(),
+            times: self.times.clone(),
+            msr_indices: msrs.as_slice().into(),
+        };
+        let pinning = placement::Pinning::new(&self.policy.placement, self.cfg.cpus.max);
+        let seccomp = self.cfg.seccomp;
+        Ok(VcpuManager::new(
+            self.vm.clone(),
+            supported,
+            self.cfg.cpus.max,
+            ctx,
+            states,
+            ged,
+            Arc::new(move |i| {
+                pinning.pin_current_thread(i);
+                if seccomp {
+                    confine_vcpu_thread(i);
+                }
+            }),
+        )?)
+    }
+}
+
+/// The machine a snapshot of this VM belongs to.
+fn shape(cfg: &VmConfig, mem: &GuestMemoryMmap, hotplug: Option<(u64, u64)>) -> Shape {
+    Shape {
+        max_vcpus: cfg.cpus.max,
+        boot_memory: cfg.memory.boot,
+        max_memory: cfg.memory.max,
+        regions: mem
+            .iter()
+            .map(|r| (r.start_addr().raw_value(), r.len()))
+            .collect(),
+        hotplug,
     }
 }
 
@@ -800,6 +1030,7 @@ mod tests {
             log_limit: 0,
             api_sock_group: None,
             policy_dir: None,
+            snapshot_dir: None,
         }
     }
 

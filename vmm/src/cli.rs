@@ -17,7 +17,8 @@ The guest's console is COM1 (ttyS0): its output goes to standard output, and
 when standard input is a terminal, keystrokes go to the guest.
 
 Exit status:
-  0    the guest powered off or rebooted (a reboot ends the VM too)
+  0    the guest powered off or rebooted (a reboot ends the VM too), or
+       the VM stopped after a snapshot (`perfvmm ctl snapshot --stop`)
   1    perfvmm could not start the VM (bad input, no /dev/kvm, ...)
   2    the command line could not be parsed
   3    the guest crashed: triple fault or a KVM internal error
@@ -82,8 +83,26 @@ pub struct Cli {
     /// unpacks a bzImage whose payload is LZ4 itself, which leaves fewer
     /// guest pages touched than the guest's decompressor does (see
     /// --guest-decompress).
-    #[arg(long, value_name = "PATH", required = true)]
+    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
     pub kernel: Option<PathBuf>,
+
+    /// Restore the VM a snapshot saved (`perfvmm ctl snapshot`) and run it
+    /// on: its vCPUs, memory and devices come from DIR, so --kernel,
+    /// --initrd, --cmdline, --cpus and --memory are not given. The policy,
+    /// logs and API socket are this command line's.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "guest_decompress"]
+    )]
+    pub restore: Option<PathBuf>,
+
+    /// Where `perfvmm ctl snapshot NAME` writes snapshots, one directory
+    /// each (NAME is one plain name, never a path); without it the API
+    /// refuses snapshots. The main thread may then create files, in its
+    /// seccomp filter.
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<PathBuf>,
 
     /// Let the guest's own decompressor unpack a bzImage, as with any
     /// bootloader: more guest memory touched at boot, but the kernel
@@ -282,6 +301,17 @@ pub enum CtlRequest {
     Reload {
         #[arg(value_name = "FILE")]
         policy: Option<PathBuf>,
+    },
+    /// Pause the VM, write its state and memory to NAME under perfvmm's
+    /// --snapshot-dir, and let it run on (or end it with --stop); restore
+    /// with `perfvmm --restore DIR/NAME`.
+    Snapshot {
+        /// The snapshot's name: letters, digits, '-', '_' and '.'.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// End the VM once the snapshot is written (exit status 0).
+        #[arg(long)]
+        stop: bool,
     },
 }
 

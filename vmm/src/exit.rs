@@ -20,13 +20,15 @@ pub enum ExitReason {
     InternalError(String),
     /// perfvmm received a termination signal.
     Signal(i32),
+    /// A snapshot was taken with `stop`: the VM ends there.
+    Snapshotted,
 }
 
 impl ExitReason {
     /// The process exit status `perfvmm --help` documents.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitReason::PowerOff | ExitReason::Reset => 0,
+            ExitReason::PowerOff | ExitReason::Reset | ExitReason::Snapshotted => 0,
             ExitReason::TripleFault | ExitReason::InternalError(_) => 3,
             ExitReason::Signal(sig) => 128 + sig,
         }
@@ -40,6 +42,7 @@ impl ExitReason {
             ExitReason::TripleFault => "guest crashed: triple fault (KVM_EXIT_SHUTDOWN)".into(),
             ExitReason::InternalError(what) => format!("guest crashed: KVM internal error: {what}"),
             ExitReason::Signal(sig) => format!("stopped by signal {sig}"),
+            ExitReason::Snapshotted => "VM stopped after its snapshot".into(),
         }
     }
 }

@@ -10,7 +10,8 @@
 //! * [`actuators`]: vCPU and memory resize, placement;
 //!
 //! and around them the machine: [`builder`] composes a VM from [`boot`],
-//! [`acpi`], [`memory`], [`vcpu`] and the above; [`vm`] runs it.
+//! [`acpi`], [`memory`], [`vcpu`] and the above (or restores one a
+//! [`snapshot`] saved); [`vm`] runs it.
 
 pub use perfvmm_policy as policy;
 
@@ -30,5 +31,6 @@ pub mod memory;
 pub mod memstat;
 pub mod predict;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;

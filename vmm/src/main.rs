@@ -74,9 +74,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    let Some(kernel) = cli.kernel else {
-        eprintln!("perfvmm: --kernel is required");
-        return ExitCode::from(2);
+    let (kernel, restore) = match (cli.kernel, cli.restore) {
+        (Some(k), None) => (k, None),
+        (None, Some(dir)) => (std::path::PathBuf::new(), Some(dir)),
+        _ => {
+            eprintln!("perfvmm: give --kernel, or --restore DIR");
+            return ExitCode::from(2);
+        }
     };
     let cfg = VmConfig {
         kernel,
@@ -98,8 +102,13 @@ fn main() -> ExitCode {
         log_limit: cli.log_limit,
         api_sock_group: cli.api_sock_group,
         policy_dir: cli.policy_dir,
+        snapshot_dir: cli.snapshot_dir,
     };
-    let run = builder::build(&cfg, start).and_then(|vm| Ok(vm.run()?));
+    let vm = match &restore {
+        Some(dir) => builder::restore(&cfg, dir, start),
+        None => builder::build(&cfg, start),
+    };
+    let run = vm.and_then(|vm| Ok(vm.run()?));
     match run {
         Ok(reason) => {
             let code = reason.exit_code();
@@ -156,6 +165,11 @@ fn ctl_command(sock: &std::path::Path, request: CtlRequest) -> ExitCode {
             };
             ("PUT", "/resize", Some(body))
         }
+        CtlRequest::Snapshot { name, stop } => (
+            "PUT",
+            "/snapshot",
+            Some(json!({ "name": name, "stop": stop })),
+        ),
         CtlRequest::Reload { policy } => {
             let body = match policy {
                 Some(p) => match std::path::absolute(&p) {

@@ -138,6 +138,29 @@ const MAIN: &[i64] = &[
     libc::SYS_kill,
 ];
 
+/// What the main thread adds when it writes snapshots (`--snapshot-dir`):
+/// creating the snapshot's directory and files (opens that create or
+/// write are then allowed), writing them at offsets, sizing, renaming the
+/// state into place and removing a snapshot that failed half-way.
+const SNAPSHOT_WRITER: &[i64] = &[
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_pwrite64,
+    libc::SYS_ftruncate,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_rmdir,
+    libc::SYS_getdents64,
+];
+
+/// What a thread's filter allows beyond its kind's list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Allow {
+    /// The main thread writes snapshots.
+    pub snapshots: bool,
+}
+
 /// What a vCPU thread adds to [`COMMON`]: KVM's ioctls (through
 /// [`ioctl_rule`]) and nothing else.
 const VCPU: &[i64] = &[];
@@ -207,20 +230,38 @@ fn read_only_open() -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
     )?])?])
 }
 
-fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+fn rules(
+    kind: ThreadKind,
+    allow: Allow,
+) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
     let extra = match kind {
         ThreadKind::Main => MAIN,
         ThreadKind::Vcpu => VCPU,
         ThreadKind::Api => API,
     };
+    let writes_snapshots = kind == ThreadKind::Main && allow.snapshots;
+    let snapshot_calls = if writes_snapshots {
+        SNAPSHOT_WRITER
+    } else {
+        &[]
+    };
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = COMMON
         .iter()
         .chain(extra)
+        .chain(snapshot_calls)
         .map(|&nr| (nr, Vec::new()))
         .collect();
     map.insert(libc::SYS_ioctl, ioctl_rule(kind == ThreadKind::Main)?);
-    map.insert(libc::SYS_openat, read_only_open()?);
-    if kind == ThreadKind::Main {
+    // An empty rule list allows every open.
+    let open_rules = if writes_snapshots {
+        Vec::new()
+    } else {
+        read_only_open()?
+    };
+    map.insert(libc::SYS_openat, open_rules);
+    if writes_snapshots {
+        map.insert(libc::SYS_open, Vec::new());
+    } else if kind == ThreadKind::Main {
         // A new vCPU thread names itself through prctl, then reads its
         // schedstat file: both above. `open` itself has the flags in arg 1.
         map.insert(
@@ -236,10 +277,10 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
 }
 
 /// The compiled filter of a thread kind.
-pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+pub fn filter(kind: ThreadKind, allow: Allow) -> Result<BpfProgram, SeccompError> {
     let build = |e| SeccompError::Build(kind.name(), e);
     let f = SeccompFilter::new(
-        rules(kind).map_err(build)?,
+        rules(kind, allow).map_err(build)?,
         SeccompAction::Trap,
         SeccompAction::Allow,
         TargetArch::x86_64,
@@ -250,8 +291,13 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
 
 /// Installs the calling thread's filter.
 pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
+    install_with(kind, Allow::default())
+}
+
+/// Installs the calling thread's filter with `allow`'s additions.
+pub fn install_with(kind: ThreadKind, allow: Allow) -> Result<(), SeccompError> {
     install_handler()?;
-    let prog = filter(kind)?;
+    let prog = filter(kind, allow)?;
     KIND.with(|k| k.set(Some(kind)));
     seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Install(kind.name(), e))
 }
@@ -320,8 +366,31 @@ mod tests {
     #[test]
     fn every_kind_compiles() {
         for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Api] {
-            let prog = filter(kind).unwrap();
-            assert!(!prog.is_empty(), "{kind:?}");
+            for snapshots in [false, true] {
+                let prog = filter(kind, Allow { snapshots }).unwrap();
+                assert!(!prog.is_empty(), "{kind:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_main_thread_that_writes_snapshots_may_create_files() {
+        let on = Allow { snapshots: true };
+        let writer = rules(ThreadKind::Main, on).unwrap();
+        assert!(writer[&libc::SYS_openat].is_empty(), "any open");
+        assert!(writer.contains_key(&libc::SYS_mkdirat));
+        for (kind, allow) in [
+            (ThreadKind::Main, Allow::default()),
+            (ThreadKind::Vcpu, on),
+            (ThreadKind::Api, on),
+        ] {
+            let r = rules(kind, allow).unwrap();
+            assert!(
+                !r[&libc::SYS_openat].is_empty(),
+                "{kind:?}: read-only opens"
+            );
+            assert!(!r.contains_key(&libc::SYS_mkdirat), "{kind:?}");
+            assert!(!r.contains_key(&libc::SYS_pwrite64), "{kind:?}");
         }
     }
 
@@ -336,7 +405,7 @@ mod tests {
     #[test]
     fn no_kind_allows_sockets_exec_or_ptrace() {
         for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Api] {
-            let r = rules(kind).unwrap();
+            let r = rules(kind, Allow { snapshots: true }).unwrap();
             for nr in [
                 libc::SYS_socket,
                 libc::SYS_connect,

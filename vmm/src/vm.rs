@@ -5,7 +5,9 @@
 use std::io::{self, IsTerminal, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::VmFd;
@@ -43,7 +45,14 @@ pub struct VmParts {
     pub mem: Arc<GuestMemoryMmap>,
     /// Whether the main thread confines itself before its event loop.
     pub seccomp: bool,
+    /// Whether it writes snapshots (its filter then lets it create files).
+    pub snapshots: bool,
+    /// Connections the control API is serving.
+    pub api_connections: Option<Arc<AtomicUsize>>,
 }
+
+/// How long perfvmm waits at exit for the API's answers to go out.
+const API_DRAIN: Duration = Duration::from_secs(2);
 
 /// A VM whose vCPUs are running.
 pub struct Vm {
@@ -92,7 +101,10 @@ impl Vm {
             subscribers.push(Box::new(ConsoleInput::new(fd, parts.console.clone())));
         }
         if parts.seccomp {
-            crate::seccomp::install(ThreadKind::Main).map_err(io::Error::other)?;
+            let allow = crate::seccomp::Allow {
+                snapshots: parts.snapshots,
+            };
+            crate::seccomp::install_with(ThreadKind::Main, allow).map_err(io::Error::other)?;
         }
         let reason = event_loop::run_until_exit(&parts.exit, &parts.signals, subscribers);
         drop(raw);
@@ -104,6 +116,14 @@ impl Vm {
     /// removes the API socket. The VM's memory and KVM objects are left to
     /// the process's exit: vCPU threads may still be inside `KVM_RUN`.
     fn shut_down(parts: VmParts) {
+        if let Some(active) = &parts.api_connections {
+            // The request that ended the VM (a stopping snapshot) is still
+            // being answered.
+            let deadline = Instant::now() + API_DRAIN;
+            while active.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         let _ = io::stdout().flush();
         let counters = parts.hint_counters.snapshot();
         lock(&parts.hint_log).finish(&counters);

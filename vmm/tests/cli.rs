@@ -232,3 +232,64 @@ fn help_tells_the_truth() {
     assert!(help.contains("reboot"), "--help says what a reboot does");
     assert!(help.contains("143"), "--help lists exit statuses");
 }
+
+/// A snapshot directory holding `state` (and an empty memory file).
+fn snapshot_dir(name: &str, state: &[u8]) -> PathBuf {
+    let dir = scratch(&format!("{name}-unused"), b"")
+        .parent()
+        .unwrap()
+        .join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("state"), state).unwrap();
+    std::fs::write(dir.join("memory"), b"").unwrap();
+    dir
+}
+
+/// A state file's header: magic, version, payload length, CRC-32.
+fn header(version: u32, len: u64, crc: u32) -> Vec<u8> {
+    let mut h = b"PVMMSNAP".to_vec();
+    h.extend_from_slice(&version.to_le_bytes());
+    h.extend_from_slice(&len.to_le_bytes());
+    h.extend_from_slice(&crc.to_le_bytes());
+    h
+}
+
+#[test]
+fn a_snapshot_that_is_missing_foreign_damaged_or_newer_is_refused() {
+    let missing = std::env::temp_dir().join("perfvmm-no-such-snapshot");
+    let m = missing.to_str().unwrap();
+    expect_error(&["--restore", m], 1, "No such file");
+    let foreign = snapshot_dir("snap-foreign", b"#!/bin/sh\n");
+    expect_error(
+        &["--restore", foreign.to_str().unwrap()],
+        1,
+        "not a perfvmm snapshot",
+    );
+    let newer = snapshot_dir("snap-newer", &header(99, 0, 0));
+    expect_error(
+        &["--restore", newer.to_str().unwrap()],
+        1,
+        "snapshot format version 99; this perfvmm reads version 1 only",
+    );
+    let mut bytes = header(1, 3, 0);
+    bytes.extend_from_slice(b"abc");
+    let damaged = snapshot_dir("snap-damaged", &bytes);
+    expect_error(
+        &["--restore", damaged.to_str().unwrap()],
+        1,
+        "the snapshot is damaged (its checksum does not match)",
+    );
+    // The machine comes from the snapshot, not the command line.
+    let d = damaged.to_str().unwrap();
+    expect_error(&["--restore", d, "--cpus", "2"], 2, "cannot be used with");
+    expect_error(&["--restore", d, "--kernel", "k"], 2, "cannot be used with");
+}
+
+#[test]
+fn a_snapshot_dir_that_is_not_a_directory_is_refused() {
+    expect_error(
+        &["--kernel", "k", "--snapshot-dir", "/nonexistent/snaps"],
+        1,
+        "--snapshot-dir /nonexistent/snaps: not a directory",
+    );
+}

@@ -625,6 +625,91 @@ mod transport {
         w(&mut t, reg::QUEUE_NOTIFY, 0xffff_ffff);
     }
 
+    /// A device saved mid-run and restored onto a new one (as a new
+    /// perfvmm process does) carries on: the next hint is served on the
+    /// same rings, and the counters and undelivered outcomes come along.
+    #[test]
+    fn a_saved_transport_and_device_carry_on_in_a_new_one() {
+        let (mut t, mem, _) = transport();
+        bring_up(&mut t, &mem, 1);
+        let mut ring = DriverRing::new(&mem, HINTQ_ADDR, RING);
+        let msg = message(&[par(2)], 1);
+        mem.write_slice(&msg, GuestAddress(DATA_ADDR)).unwrap();
+        ring.add(&mem, &[Desc::readable(DATA_ADDR, msg.len() as u32)]);
+        t.notify(0);
+        assert_eq!(ring.used_idx(&mem), 1);
+        let saved = (t.save(), t.device().save());
+        assert!(saved.0.activated);
+        assert_eq!(saved.0.queues[0].next_avail, 1);
+        assert_eq!(saved.1.pending.len(), 1, "the outcome waits for a batch");
+
+        let (mut t2, _, _) = {
+            let irq = Arc::new(IrqCount::default());
+            let t = MmioTransport::new(
+                PerfHintDevice::new(Recorder::default()),
+                mem.clone(),
+                irq.clone(),
+                0x1234,
+            );
+            (t, (), irq)
+        };
+        t2.restore(&saved.0).unwrap();
+        t2.device_mut().restore(&saved.1).unwrap();
+        assert_eq!(t2.status(), t.status());
+        assert_eq!(
+            t2.device().counters().snapshot(),
+            t.device().counters().snapshot()
+        );
+        let msg = message(&[par(3)], 2);
+        mem.write_slice(&msg, GuestAddress(DATA_ADDR)).unwrap();
+        ring.add(&mem, &[Desc::readable(DATA_ADDR, msg.len() as u32)]);
+        t2.notify(0);
+        assert_eq!(ring.used_idx(&mem), 2, "served on the restored rings");
+        assert_eq!(t2.device().counters().snapshot().messages, 2);
+        assert_eq!(t2.device().save().pending.len(), 2);
+    }
+
+    #[test]
+    fn a_state_the_device_could_never_have_had_is_refused_and_changes_nothing() {
+        let (mut t, mem, _) = transport();
+        bring_up(&mut t, &mem, 1);
+        let good = t.save();
+        let (mut fresh, _, _) = transport();
+        let mut bad = good.clone();
+        bad.queues.pop();
+        assert!(fresh.restore(&bad).is_err(), "a queue short");
+        let mut bad = good.clone();
+        bad.queues[0].max_size = 4096;
+        assert!(
+            fresh.restore(&bad).is_err(),
+            "a size the device never offered"
+        );
+        let mut bad = good.clone();
+        bad.queues[1].size = 3;
+        assert!(fresh.restore(&bad).is_err(), "not a power of two");
+        let mut bad = good.clone();
+        bad.queues[0].desc_table = MEM_SIZE as u64 * 4;
+        assert!(fresh.restore(&bad).is_err(), "rings outside guest memory");
+        let mut bad = good.clone();
+        bad.acked_features |= 1 << 63;
+        assert!(fresh.restore(&bad).is_err(), "a feature never offered");
+        let mut bad = good.clone();
+        bad.status &= !DRIVER_OK;
+        assert!(fresh.restore(&bad).is_err(), "active without DRIVER_OK");
+        assert_eq!(fresh.status(), 0, "nothing taken from refused states");
+        assert!(!fresh.is_activated());
+
+        let mut dev = t.device().save();
+        dev.counters.pop();
+        assert!(fresh.device_mut().restore(&dev).is_err(), "a counter short");
+        let mut dev = t.device().save();
+        dev.pending = vec![[0; 8]; crate::device::MAX_PENDING_OUTCOMES + 1];
+        assert!(
+            fresh.device_mut().restore(&dev).is_err(),
+            "too many outcomes"
+        );
+    }
+
     #[test]
     fn hostile_register_writes_do_not_panic() {
         let (mut t, _, _) = transport();

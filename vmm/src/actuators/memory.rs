@@ -97,6 +97,16 @@ impl MemoryManager {
         }
     }
 
+    /// The balloon's and virtio-mem's transports, for snapshots.
+    pub fn transports(
+        &self,
+    ) -> (
+        Arc<Mutex<BalloonTransport>>,
+        Option<Arc<Mutex<VirtioMemTransport>>>,
+    ) {
+        (self.balloon.clone(), self.virtio_mem.clone())
+    }
+
     /// Sets the guest's memory to `target` bytes.
     pub fn resize(&self, target: u64) -> Result<(), MemoryResizeError> {
         let mib = target >> 20;

@@ -24,7 +24,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::bus::lock;
 use crate::devices::cpu_hotplug::{CpuSlot, CpuStates};
-use crate::vcpu::{Gate, Vcpu, VcpuContext, VcpuError};
+use crate::vcpu::{Gate, Vcpu, VcpuContext, VcpuError, VcpuState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResizeError {
@@ -38,6 +38,8 @@ pub enum ResizeError {
     Interrupt(std::io::Error),
     #[error("cannot install the vCPU kick signal's handler: {0}")]
     KickSignal(String),
+    #[error("the snapshot holds vCPU {0} twice or beyond the VM's maximum")]
+    BadSnapshot(u32),
 }
 
 /// Does nothing: the signal's only purpose is to make `KVM_RUN` return.
@@ -75,12 +77,94 @@ pub struct VcpuManager {
     /// enabled, or the thread's run time when it was enabled (a vCPU waiting
     /// for the guest's INIT/SIPI does not run; one the guest started does).
     started: Vec<Started>,
-    /// Per slot: the gate its vCPU passes before each `KVM_RUN`.
+    /// The vCPUs' gates and threads, shared with snapshots.
+    set: Arc<VcpuSet>,
+}
+
+/// Per slot, the gate its vCPU passes before each `KVM_RUN` and its thread,
+/// kept (not detached) so that a kick can never reach a thread id reused by
+/// another thread. The vCPU actuator parks vCPUs with them; a snapshot
+/// pauses them all.
+pub struct VcpuSet {
     gates: Vec<Arc<Gate>>,
-    /// Per slot: its vCPU's thread, kept (not detached) so that a kick can
-    /// never reach a thread id reused by another thread.
-    handles: Vec<Option<JoinHandle<()>>>,
+    handles: Mutex<Vec<Option<JoinHandle<()>>>>,
     kick: libc::c_int,
+}
+
+/// Why the vCPUs' states could not be saved.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("vCPU {0} did not stop within {1:?}")]
+    Timeout(u32, Duration),
+    #[error("{0}")]
+    Vcpu(String),
+}
+
+impl VcpuSet {
+    /// Kicks the thread of slot `i` out of `KVM_RUN`.
+    fn kick(&self, i: usize) {
+        if let Some(Some(h)) = lock(&self.handles).get(i) {
+            if let Err(e) = h.kill(self.kick) {
+                log::warn!("cannot kick vCPU {i}'s thread: {e}");
+            }
+        }
+    }
+
+    fn has_thread(&self, i: usize) -> bool {
+        lock(&self.handles).get(i).is_some_and(Option::is_some)
+    }
+
+    /// Stops every vCPU outside `KVM_RUN` and has its thread save its state;
+    /// the vCPUs stay stopped until [`VcpuSet::resume`]. A vCPU that does
+    /// not answer within `wait` is an error, and every vCPU runs again.
+    pub fn pause_and_save(&self, wait: Duration) -> Result<Vec<VcpuState>, SaveError> {
+        let live: Vec<usize> = (0..self.gates.len())
+            .filter(|&i| self.has_thread(i))
+            .collect();
+        let parked: Vec<bool> = live.iter().map(|&i| self.gates[i].request_save()).collect();
+        let mut states = Vec::with_capacity(live.len());
+        for (&i, &was_parked) in live.iter().zip(&parked) {
+            match self.saved_state(i, wait) {
+                Ok(state) => states.push(VcpuState {
+                    parked: was_parked,
+                    ..*state
+                }),
+                Err(e) => {
+                    for (&i, _) in live.iter().zip(&parked).filter(|(_, p)| !**p) {
+                        self.gates[i].open();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(states)
+    }
+
+    /// The state vCPU `i` saves once kicked out of `KVM_RUN`.
+    fn saved_state(&self, i: usize, wait: Duration) -> Result<Box<VcpuState>, SaveError> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            // A kick that lands just before the thread enters KVM_RUN is
+            // lost; the next one is not.
+            self.kick(i);
+            if let Some(r) = self.gates[i].saved(Duration::from_millis(5)) {
+                return r.map_err(SaveError::Vcpu);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(SaveError::Timeout(i as u32, wait));
+            }
+        }
+    }
+
+    /// Lets the vCPUs stopped by [`VcpuSet::pause_and_save`], given as
+    /// `(index, parked before)`, run again, except those parked before.
+    pub fn resume(&self, stopped: &[(u32, bool)]) {
+        for &(index, _) in stopped.iter().filter(|s| !s.1) {
+            if let Some(g) = self.gates.get(index as usize) {
+                g.open();
+            }
+        }
+    }
 }
 
 /// A vCPU thread's kernel id, and its run time as it first entered KVM_RUN.
@@ -120,10 +204,42 @@ impl VcpuManager {
             on_start,
             threads: Arc::new(Mutex::new(vec![None; max as usize])),
             started: vec![Started::Yes; max as usize],
-            gates: (0..max).map(|_| Arc::new(Gate::default())).collect(),
-            handles: (0..max).map(|_| None).collect(),
-            kick: kick_signal()?,
+            set: Arc::new(VcpuSet {
+                gates: (0..max).map(|_| Arc::new(Gate::default())).collect(),
+                handles: Mutex::new((0..max).map(|_| None).collect()),
+                kick: kick_signal()?,
+            }),
         })
+    }
+
+    /// The vCPUs' gates and threads, for snapshots.
+    pub fn set(&self) -> Arc<VcpuSet> {
+        self.set.clone()
+    }
+
+    /// Creates the vCPUs a snapshot saved, each with its state (not yet
+    /// running); a vCPU parked then stays parked when its thread starts.
+    pub fn restore(&mut self, states: &[VcpuState]) -> Result<Vec<Vcpu>, ResizeError> {
+        let mut vcpus = Vec::with_capacity(states.len());
+        for s in states {
+            if s.index >= self.max || self.created[s.index as usize] {
+                return Err(ResizeError::BadSnapshot(s.index));
+            }
+            let fd = self
+                .vm
+                .create_vcpu(u64::from(s.index))
+                .map_err(|e| ResizeError::Create(s.index, e))?;
+            let gate = self.set.gates[s.index as usize].clone();
+            let vcpu = Vcpu::new(fd, s.index, self.ctx.clone(), gate.clone());
+            vcpu.configure_cpuid(&self.supported, self.max)?;
+            vcpu.restore_state(s)?;
+            if s.parked {
+                gate.close();
+            }
+            self.created[s.index as usize] = true;
+            vcpus.push(vcpu);
+        }
+        Ok(vcpus)
     }
 
     fn create(&mut self, index: u32, entry: Option<GuestAddress>) -> Result<Vcpu, ResizeError> {
@@ -131,7 +247,7 @@ impl VcpuManager {
             .vm
             .create_vcpu(u64::from(index))
             .map_err(|e| ResizeError::Create(index, e))?;
-        let gate = self.gates[index as usize].clone();
+        let gate = self.set.gates[index as usize].clone();
         let vcpu = Vcpu::new(fd, index, self.ctx.clone(), gate);
         vcpu.configure(&self.supported, self.max, entry)?;
         self.created[index as usize] = true;
@@ -166,7 +282,7 @@ impl VcpuManager {
                 vcpu.run()
             })
             .map_err(ResizeError::Thread)?;
-        if let Some(h) = self.handles.get_mut(index) {
+        if let Some(h) = lock(&self.set.handles).get_mut(index) {
             *h = Some(handle);
         }
         Ok(())
@@ -192,7 +308,7 @@ impl VcpuManager {
             // A slot used before has a parked vCPU: its gate opens, and the
             // guest's INIT/SIPI then wakes it.
             if self.created[i as usize] {
-                self.gates[i as usize].open();
+                self.set.gates[i as usize].open();
             } else {
                 let vcpu = self.create(i, None)?;
                 self.spawn(vcpu)?;
@@ -268,17 +384,15 @@ impl VcpuManager {
             let ejected = std::mem::take(&mut st.ejected);
             for &i in &ejected {
                 let enabled = st.slots.get(i as usize).is_some_and(|s| s.enabled);
-                if let (false, Some(g)) = (enabled, self.gates.get(i as usize)) {
+                if let (false, Some(g)) = (enabled, self.set.gates.get(i as usize)) {
                     g.close();
                 }
             }
             ejected
         };
-        for (gate, handle) in self.gates.iter().zip(&self.handles) {
-            if let (true, false, Some(h)) = (gate.is_closed(), gate.holds(), handle) {
-                if let Err(e) = h.kill(self.kick) {
-                    log::warn!("cannot kick a parked vCPU's thread: {e}");
-                }
+        for (i, gate) in self.set.gates.iter().enumerate() {
+            if gate.is_closed() && !gate.holds() {
+                self.set.kick(i);
             }
         }
         ejected
@@ -286,7 +400,7 @@ impl VcpuManager {
 
     /// vCPUs parked: their threads wait outside `KVM_RUN`.
     pub fn parked(&self) -> u32 {
-        self.gates.iter().filter(|g| g.holds()).count() as u32
+        self.set.gates.iter().filter(|g| g.holds()).count() as u32
     }
 }
 

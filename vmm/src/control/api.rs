@@ -9,6 +9,7 @@
 //! | GET    | /metrics         |                                        |
 //! | PUT    | /resize          | `{"vcpus": 3}` or `{"memory": "768M"}` |
 //! | PUT    | /policy/reload   | `{}` or `{"path": "new.toml"}`         |
+//! | PUT    | /snapshot        | `{"name": "s1"}`, `"stop": true` ends the VM after |
 //!
 //! The socket, its access rules and the connection threads are in
 //! [`super::api_server`]; this module answers requests.
@@ -20,6 +21,7 @@ use serde_json::Value;
 use virtio_perf_device::Counters;
 
 use super::http::{Request, Response};
+use super::snapshot::{RequestError, SnapshotRequests};
 use super::{metrics, Controller, ReloadError};
 use crate::devices::bus::lock;
 use crate::policy::{Policy, Resource};
@@ -43,6 +45,7 @@ pub enum ResizeBodyError {
 pub struct ApiState {
     pub controller: Arc<Mutex<Controller>>,
     pub counters: Arc<Counters>,
+    pub snapshots: SnapshotRequests,
 }
 
 /// Parses a resize body: `{"vcpus": N}` or `{"memory": "SIZE" | bytes}`.
@@ -82,6 +85,27 @@ fn reload(state: &ApiState, req: &Request) -> Response {
     }
 }
 
+/// `PUT /snapshot`: taken by the main thread; this thread waits for it
+/// without holding anything the VM needs.
+fn snapshot(state: &ApiState, req: &Request) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        name: String,
+        #[serde(default)]
+        stop: bool,
+    }
+    let body: Body = match serde_json::from_slice(&req.body) {
+        Ok(b) => b,
+        Err(e) => return Response::error(400, format!("body: {e}")),
+    };
+    match state.snapshots.request(&body.name, body.stop) {
+        Ok(report) => Response::json(200, &serde_json::to_value(report).unwrap_or_default()),
+        Err(e @ (RequestError::Disabled | RequestError::BadName)) => Response::error(400, e),
+        Err(e) => Response::error(500, e),
+    }
+}
+
 /// Answers one request.
 pub fn route(state: &ApiState, req: &Request) -> Response {
     match (req.method.as_str(), req.path.as_str()) {
@@ -105,7 +129,8 @@ pub fn route(state: &ApiState, req: &Request) -> Response {
             Err(e) => Response::error(400, e),
         },
         ("PUT", "/policy/reload") => reload(state, req),
-        (_, "/status" | "/decisions" | "/metrics" | "/resize" | "/policy/reload") => {
+        ("PUT", "/snapshot") => snapshot(state, req),
+        (_, "/status" | "/decisions" | "/metrics" | "/resize" | "/policy/reload" | "/snapshot") => {
             Response::error(405, format!("{} is not allowed here", req.method))
         }
         _ => Response::error(404, format!("no such endpoint: {}", req.path)),

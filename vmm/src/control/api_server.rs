@@ -118,7 +118,9 @@ fn serve(state: &ApiState, stream: UnixStream, access: Access) -> io::Result<()>
 }
 
 /// Serves the API until the process ends: an accepting thread, and a thread
-/// per connection.
+/// per connection. Returns the count of connections being served, which
+/// perfvmm lets drop to 0 before it exits (an answer, such as a stopping
+/// snapshot's, is not cut off).
 /// With `seccomp`, the accepting thread confines itself (and so its
 /// connection threads) before it accepts.
 pub fn spawn(
@@ -126,9 +128,10 @@ pub fn spawn(
     state: ApiState,
     access: Access,
     seccomp: bool,
-) -> io::Result<()> {
+) -> io::Result<Arc<AtomicUsize>> {
     let state = Arc::new(state);
     let active = Arc::new(AtomicUsize::new(0));
+    let served = active.clone();
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
@@ -148,7 +151,7 @@ pub fn spawn(
                 }
             }
         })?;
-    Ok(())
+    Ok(served)
 }
 
 fn accept(state: &Arc<ApiState>, active: &Arc<AtomicUsize>, s: UnixStream, access: Access) {

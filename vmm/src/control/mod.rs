@@ -12,6 +12,7 @@ pub mod http;
 pub mod jsonl;
 pub mod metrics;
 pub mod sink;
+pub mod snapshot;
 
 pub use controller::{Actuators, Controller, ReloadError, ReloadScope};
 pub use events::{HintQueueHandler, PerfHintTransport, PolicyTick};

@@ -3,6 +3,8 @@
 
 use std::io::Write;
 
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::SerialState;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -19,6 +21,14 @@ impl Trigger for IrqTrigger {
     }
 }
 
+/// A UART's state: its nine registers (divisor low and high, IER, IIR,
+/// LCR, LSR, MCR, MSR, scratch) and the input the guest has not read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UartState {
+    pub registers: [u8; 9],
+    pub input: Vec<u8>,
+}
+
 /// COM1 on the port-I/O bus.
 pub struct SerialDevice<W: Write + Send> {
     uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, W>,
@@ -28,6 +38,46 @@ impl<W: Write + Send> SerialDevice<W> {
     pub fn new(irq: EventFd, out: W) -> Self {
         Self {
             uart: Serial::new(IrqTrigger(irq), out),
+        }
+    }
+
+    /// A UART restored from a snapshot's `state`; refused when its input
+    /// holds more than the UART's FIFO.
+    pub fn from_state(state: &UartState, irq: EventFd, out: W) -> Result<Self, String> {
+        let r = state.registers;
+        let s = SerialState {
+            baud_divisor_low: r[0],
+            baud_divisor_high: r[1],
+            interrupt_enable: r[2],
+            interrupt_identification: r[3],
+            line_control: r[4],
+            line_status: r[5],
+            modem_control: r[6],
+            modem_status: r[7],
+            scratch: r[8],
+            in_buffer: state.input.clone(),
+        };
+        let uart = Serial::from_state(&s, IrqTrigger(irq), vm_superio::serial::NoEvents, out)
+            .map_err(|e| format!("serial: {e:?}"))?;
+        Ok(Self { uart })
+    }
+
+    /// The UART's registers and unread input, for a snapshot.
+    pub fn save(&self) -> UartState {
+        let s = self.uart.state();
+        UartState {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            input: s.in_buffer,
         }
     }
 

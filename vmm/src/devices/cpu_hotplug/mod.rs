@@ -13,6 +13,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
+
 use super::bus::{lock, BusDevice};
 
 pub mod aml;
@@ -28,7 +30,7 @@ pub const STS_INSERTING: u32 = 1 << 1;
 pub const STS_REMOVING: u32 = 1 << 2;
 pub const STS_EJECT: u32 = 1 << 3;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuSlot {
     pub enabled: bool,
     /// The guest is told to add this vCPU (until its scan acknowledges).
@@ -44,14 +46,17 @@ pub struct CpuSlot {
     pub eject_allowed: bool,
 }
 
-/// vCPU states shared between the controller and perfvmm.
-#[derive(Debug)]
+/// vCPU states shared between the controller and perfvmm (and kept by
+/// snapshots).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuStates {
     pub slots: Vec<CpuSlot>,
     /// vCPUs the guest ejected, not yet seen by perfvmm.
     pub ejected: Vec<u32>,
     /// Ejects refused: vCPU 0, or a vCPU perfvmm did not ask to remove.
     pub refused_ejects: u64,
+    /// `CSEL`: the vCPU the guest selected.
+    pub selected: u32,
 }
 
 impl CpuStates {
@@ -66,6 +71,7 @@ impl CpuStates {
             slots,
             ejected: Vec::new(),
             refused_ejects: 0,
+            selected: 0,
         }))
     }
 
@@ -80,25 +86,22 @@ impl CpuStates {
 
 pub struct CpuHotplugController {
     states: Arc<Mutex<CpuStates>>,
-    selected: u32,
 }
 
 impl CpuHotplugController {
     pub fn new(states: Arc<Mutex<CpuStates>>) -> Self {
-        Self {
-            states,
-            selected: 0,
-        }
+        Self { states }
     }
 }
 
 impl BusDevice for CpuHotplugController {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let st = lock(&self.states);
         let v = match offset {
-            CSEL => self.selected,
-            CSTS => lock(&self.states)
+            CSEL => st.selected,
+            CSTS => st
                 .slots
-                .get(self.selected as usize)
+                .get(st.selected as usize)
                 .map(|s| {
                     let bit = |set: bool, b: u32| if set { b } else { 0 };
                     bit(s.enabled, STS_ENABLED)
@@ -108,6 +111,7 @@ impl BusDevice for CpuHotplugController {
                 .unwrap_or(0),
             _ => 0,
         };
+        drop(st);
         let bytes = v.to_le_bytes();
         for (d, b) in data
             .iter_mut()
@@ -124,10 +128,10 @@ impl BusDevice for CpuHotplugController {
         }
         let v = u32::from_le_bytes(b);
         match offset {
-            CSEL => self.selected = v,
+            CSEL => lock(&self.states).selected = v,
             CSTS => {
                 let mut st = lock(&self.states);
-                let sel = self.selected;
+                let sel = st.selected;
                 let Some(slot) = st.slots.get_mut(sel as usize) else {
                     return;
                 };

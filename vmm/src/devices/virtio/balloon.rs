@@ -13,10 +13,11 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
 use virtio_mmio::{
-    read_chain, ChainError, ChainLimits, LogLimit, Mem, VirtioDevice, WorkLeft, VIRTIO_F_VERSION_1,
+    read_chain, ChainError, ChainLimits, LogLimit, Mem, RestoreError, VirtioDevice, WorkLeft,
+    VIRTIO_F_VERSION_1,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -52,7 +53,7 @@ pub const STAT_LEN: usize = 10;
 /// The guest's memory statistics (virtio 1.2, 5.5.6.3, and the tags Linux
 /// 6.12 added). Values are as the guest reports them: bytes for the memory
 /// figures, counts for the rest. `None` means the guest did not send it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestMemStats {
     pub swap_in: Option<u64>,
     pub swap_out: Option<u64>,
@@ -134,7 +135,7 @@ pub fn parse_stats(buf: &[u8]) -> Result<GuestMemStats, StatsError> {
 }
 
 /// What the balloon has seen; read by the control API.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalloonCounters {
     pub inflated_pages: u64,
     pub deflated_pages: u64,
@@ -371,6 +372,49 @@ pub fn page_runs(list: &[u8]) -> Vec<(u64, u64)> {
     runs
 }
 
+/// The balloon's own state beyond its transport's, for a VM snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonState {
+    pub target_pages: u32,
+    pub actual_pages: u32,
+    pub stats: Option<GuestMemStats>,
+    /// The statistics buffer the device held.
+    pub stats_head: Option<u16>,
+    pub counters: BalloonCounters,
+}
+
+impl Balloon {
+    pub fn save(&self) -> BalloonState {
+        BalloonState {
+            target_pages: self.target_pages,
+            actual_pages: self.actual_pages,
+            stats: self.stats.clone(),
+            stats_head: self.stats_head,
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// Takes `state` after the transport's restore. The statistics count as
+    /// fresh: they are as old as the snapshot's pause.
+    pub fn restore(&mut self, state: &BalloonState) -> Result<(), RestoreError> {
+        if let Some(head) = state.stats_head {
+            let size = self.queues.get(STATSQ).map(|q| q.size()).unwrap_or(0);
+            if head >= size {
+                return Err(RestoreError::Device(format!(
+                    "balloon: statistics buffer {head} outside a queue of {size}"
+                )));
+            }
+        }
+        self.target_pages = state.target_pages;
+        self.actual_pages = state.actual_pages;
+        self.stats = state.stats.clone();
+        self.stats_at = state.stats.as_ref().map(|_| Instant::now());
+        self.stats_head = state.stats_head;
+        self.counters = state.counters.clone();
+        Ok(())
+    }
+}
+
 impl VirtioDevice for Balloon {
     fn device_id(&self) -> u32 {
         BALLOON_DEVICE_ID
@@ -409,6 +453,10 @@ impl VirtioDevice for Balloon {
             STATSQ => self.process_stats(),
             _ => false,
         }
+    }
+
+    fn queues(&self) -> &[Queue] {
+        &self.queues
     }
 
     fn reset(&mut self) {
@@ -574,5 +622,35 @@ mod tests {
         f.dev.process_queue(STATSQ);
         assert!(f.dev.stats().is_none());
         assert_eq!(f.dev.counters().dropped, 1);
+    }
+
+    #[test]
+    fn a_restored_balloon_keeps_its_sizes_and_its_statistics_buffer() {
+        let mut f = fixture();
+        f.dev.set_target_pages(300);
+        f.dev.write_config(4, &120u32.to_le_bytes());
+        f.mem
+            .write_slice(&stat(4, 64 << 20), GuestAddress(DATA))
+            .unwrap();
+        f.rings[STATSQ].add(&f.mem, &[Desc::readable(DATA, STAT_LEN as u32)]);
+        f.dev.process_queue(STATSQ);
+        let saved = f.dev.save();
+        assert_eq!((saved.target_pages, saved.actual_pages), (300, 120));
+        assert!(saved.stats_head.is_some());
+
+        let mut g = fixture();
+        g.dev.restore(&saved).unwrap();
+        assert_eq!((g.dev.target_pages(), g.dev.actual_pages()), (300, 120));
+        assert_eq!(g.dev.stats().unwrap().0.free_memory, Some(64 << 20));
+        assert!(
+            g.dev.request_stats(Duration::from_secs(1)),
+            "the held buffer goes back"
+        );
+
+        let bad = BalloonState {
+            stats_head: Some(QUEUE_SIZE),
+            ..saved
+        };
+        assert!(g.dev.restore(&bad).is_err(), "a buffer outside the queue");
     }
 }

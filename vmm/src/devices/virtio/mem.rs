@@ -17,10 +17,11 @@
 //! state transition is checked and a bad request is answered `ERROR` (never
 //! trusted, never a panic).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_ids::VIRTIO_ID_MEM;
 use virtio_mmio::{
-    read_chain, ChainLimits, LogLimit, Mem, VirtioDevice, WorkLeft, VIRTIO_F_VERSION_1,
+    read_chain, ChainLimits, LogLimit, Mem, RestoreError, VirtioDevice, WorkLeft,
+    VIRTIO_F_VERSION_1,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -80,7 +81,7 @@ pub mod state {
 const REQUEST_LIMITS: ChainLimits = ChainLimits::read_write(4096);
 
 /// What the device has seen; read by the control API.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VirtioMemCounters {
     pub plugs: u64,
     pub unplugs: u64,
@@ -376,6 +377,61 @@ impl VirtioMem {
     }
 }
 
+/// virtio-mem's own state beyond its transport's, for a VM snapshot: the
+/// size asked for and which blocks are plugged (their memory is in the
+/// snapshot's memory file).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtioMemState {
+    pub region: (u64, u64),
+    pub requested: u64,
+    pub plugged: Vec<bool>,
+    pub counters: VirtioMemCounters,
+}
+
+impl VirtioMem {
+    pub fn save(&self) -> VirtioMemState {
+        VirtioMemState {
+            region: (self.addr, self.region_size),
+            requested: self.requested,
+            plugged: self.plugged.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// Takes `state` on a new device over the same region, and maps the
+    /// slots that hold plugged blocks into the guest.
+    pub fn restore(&mut self, state: &VirtioMemState) -> Result<(), RestoreError> {
+        let refuse = |why: String| Err(RestoreError::Device(format!("virtio-mem: {why}")));
+        if state.region != (self.addr, self.region_size) {
+            return refuse(format!(
+                "region {:#x}+{:#x}, this VM's is {:#x}+{:#x}",
+                state.region.0, state.region.1, self.addr, self.region_size
+            ));
+        }
+        if state.plugged.len() != self.plugged.len() || state.requested > self.region_size {
+            return refuse("block map or requested size outside the region".into());
+        }
+        if self.mapped.iter().any(|m| *m) {
+            return refuse("restore onto a device with plugged memory".into());
+        }
+        let plugged = state.plugged.iter().filter(|p| **p).count() as u64;
+        for (s, blocks) in state.plugged.chunks(BLOCKS_PER_SLOT).enumerate() {
+            if blocks.iter().any(|p| *p) {
+                let (gpa, len) = self.slot_range(s);
+                self.slots.map(s, gpa, len).map_err(|e| {
+                    RestoreError::Device(format!("virtio-mem: mapping slot {s}: {e}"))
+                })?;
+                self.mapped[s] = true;
+            }
+        }
+        self.requested = state.requested;
+        self.plugged.clone_from(&state.plugged);
+        self.plugged_size = plugged * BLOCK_SIZE;
+        self.counters = state.counters.clone();
+        Ok(())
+    }
+}
+
 impl VirtioDevice for VirtioMem {
     fn device_id(&self) -> u32 {
         VIRTIO_MEM_DEVICE_ID
@@ -401,6 +457,10 @@ impl VirtioDevice for VirtioMem {
 
     fn process_queue(&mut self, index: usize) -> bool {
         index == 0 && self.process_requests()
+    }
+
+    fn queues(&self) -> &[Queue] {
+        &self.queues
     }
 
     fn reset(&mut self) {
@@ -503,6 +563,46 @@ mod tests {
         mem.write_obj(7u64, GuestAddress(b(100))).unwrap();
         assert_eq!(ask(req::UNPLUG, 64, 1), resp::ACK);
         assert_eq!(mem.read_obj::<u64>(GuestAddress(b(100))).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_restored_device_maps_the_slots_holding_plugged_blocks() {
+        let (mem, mut dev, mut ring) = fixture();
+        dev.set_requested(REGION_SIZE);
+        let b = |i: u64| REGION + i * BLOCK_SIZE;
+        assert_eq!(
+            request(&mem, &mut dev, &mut ring, req::PLUG, b(70), 2).0,
+            resp::ACK
+        );
+        let saved = dev.save();
+
+        let slots = Slots::default();
+        let (_, mut back, _) = fixture_with(slots.clone());
+        back.restore(&saved).unwrap();
+        assert_eq!(
+            slots.take(),
+            [(true, 1)],
+            "only slot 1 holds plugged blocks"
+        );
+        assert_eq!(back.plugged_size(), 2 * BLOCK_SIZE);
+        assert_eq!(back.requested(), REGION_SIZE);
+        assert_eq!(back.save(), saved);
+
+        let (_, mut other, _) = fixture();
+        let moved = VirtioMemState {
+            region: (REGION + SLOT_SIZE, REGION_SIZE),
+            ..saved.clone()
+        };
+        assert!(other.restore(&moved).is_err(), "another region");
+        let short = VirtioMemState {
+            plugged: vec![true; 3],
+            ..saved.clone()
+        };
+        assert!(
+            other.restore(&short).is_err(),
+            "a block map of another size"
+        );
+        assert!(back.restore(&saved).is_err(), "onto plugged memory");
     }
 
     #[test]

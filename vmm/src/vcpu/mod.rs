@@ -8,6 +8,10 @@ use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::GuestAddress;
 
+pub mod state;
+
+pub use state::VcpuState;
+
 use crate::arch::{cpuid, lapic, msrs, regs};
 use crate::devices::boot_timer::BootTimes;
 use crate::devices::bus::Bus;
@@ -27,6 +31,8 @@ pub enum VcpuError {
         set: usize,
         total: usize,
     },
+    #[error("vCPU {index}: KVM refused the saved value of MSR {msr:#x}")]
+    MsrRefused { index: u32, msr: u32 },
 }
 
 /// What a vCPU needs from the VM to run.
@@ -36,6 +42,8 @@ pub struct VcpuContext {
     pub mmio: Arc<Bus>,
     pub exit: ExitNotifier,
     pub times: Arc<BootTimes>,
+    /// The MSRs a snapshot saves (`KVM_GET_MSR_INDEX_LIST`).
+    pub msr_indices: Arc<[u32]>,
 }
 
 pub struct Vcpu {
@@ -62,6 +70,26 @@ struct GateState {
     closed: bool,
     /// The vCPU's thread is waiting at the closed gate.
     holding: bool,
+    save: Save,
+}
+
+/// A snapshot's request for the vCPU's state, which its own thread answers.
+#[derive(Debug, Default)]
+enum Save {
+    #[default]
+    None,
+    Wanted,
+    Taken,
+    Done(Result<Box<VcpuState>, String>),
+}
+
+/// Why [`Gate::pass`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// The gate is open: run the vCPU.
+    Run,
+    /// The gate is closed and a snapshot wants the vCPU's state.
+    Save,
 }
 
 impl Gate {
@@ -87,14 +115,56 @@ impl Gate {
         lock(&self.state).closed
     }
 
-    /// Returns once the gate is open (at once if it is).
-    pub fn pass(&self) {
+    /// Returns once the gate is open (at once if it is), or when a save is
+    /// asked for while it is closed.
+    pub fn pass(&self) -> Pass {
         let mut s = lock(&self.state);
         while s.closed {
+            if matches!(s.save, Save::Wanted) {
+                s.save = Save::Taken;
+                return Pass::Save;
+            }
             s.holding = true;
             s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
         }
         s.holding = false;
+        Pass::Run
+    }
+
+    /// Closes the gate and asks the vCPU's thread for its state; returns
+    /// whether the gate was closed before (a parked vCPU). The caller
+    /// kicks the thread out of `KVM_RUN` until [`Gate::saved`] answers.
+    pub fn request_save(&self) -> bool {
+        let mut s = lock(&self.state);
+        let was_closed = s.closed;
+        s.closed = true;
+        s.save = Save::Wanted;
+        drop(s);
+        self.changed.notify_all();
+        was_closed
+    }
+
+    /// The vCPU's thread hands over its state.
+    fn deliver(&self, r: Result<VcpuState, String>) {
+        lock(&self.state).save = Save::Done(r.map(Box::new));
+        self.changed.notify_all();
+    }
+
+    /// The state asked for, once delivered; `None` if it has not come
+    /// within `wait`.
+    pub fn saved(&self, wait: std::time::Duration) -> Option<Result<Box<VcpuState>, String>> {
+        let s = lock(&self.state);
+        let (mut s, _) = self
+            .changed
+            .wait_timeout_while(s, wait, |s| !matches!(s.save, Save::Done(_)))
+            .unwrap_or_else(|p| p.into_inner());
+        match std::mem::take(&mut s.save) {
+            Save::Done(r) => Some(r),
+            other => {
+                s.save = other;
+                None
+            }
+        }
     }
 }
 
@@ -148,6 +218,13 @@ impl Vcpu {
         })
     }
 
+    /// Sets the CPUID perfvmm's template gives vCPU `index`.
+    pub fn configure_cpuid(&self, supported: &CpuId, max_vcpus: u32) -> Result<(), VcpuError> {
+        let mut cpuid = supported.clone();
+        cpuid::configure(&mut cpuid, self.index, max_vcpus);
+        self.kvm("KVM_SET_CPUID2", self.fd.set_cpuid2(&cpuid))
+    }
+
     /// Sets CPUID, MSRs, FPU and LAPIC; for the boot vCPU also the registers
     /// that enter the kernel at `entry`.
     pub fn configure(
@@ -156,9 +233,7 @@ impl Vcpu {
         max_vcpus: u32,
         entry: Option<GuestAddress>,
     ) -> Result<(), VcpuError> {
-        let mut cpuid = supported.clone();
-        cpuid::configure(&mut cpuid, self.index, max_vcpus);
-        self.kvm("KVM_SET_CPUID2", self.fd.set_cpuid2(&cpuid))?;
+        self.configure_cpuid(supported, max_vcpus)?;
 
         let msrs = msrs::boot_msrs();
         let set = self.kvm("KVM_SET_MSRS", self.fd.set_msrs(&msrs))?;
@@ -183,13 +258,44 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Restores `state` (saved by [`Vcpu::save_state`] of another process)
+    /// onto this new vCPU, whose CPUID [`Vcpu::configure_cpuid`] has set.
+    pub fn restore_state(&self, state: &VcpuState) -> Result<(), VcpuError> {
+        state::restore(&self.fd, state)
+    }
+
+    /// The vCPU's state, read by its own thread outside `KVM_RUN`. An exit
+    /// the run loop has handled is completed first: a port or MMIO read's
+    /// value reaches the guest's register only on the next `KVM_RUN`, which
+    /// `immediate_exit` makes return before the guest runs.
+    fn save_state(&mut self) -> Result<VcpuState, String> {
+        self.fd.set_kvm_immediate_exit(1);
+        let completed = self.fd.run().map(|_| ());
+        self.fd.set_kvm_immediate_exit(0);
+        match completed {
+            Err(e) if e.errno() == libc::EINTR => {}
+            Ok(()) => {}
+            Err(e) => {
+                return Err(format!(
+                    "vCPU {}: KVM_RUN to complete an exit: {e}",
+                    self.index
+                ))
+            }
+        }
+        state::save(&self.fd, self.index, &self.ctx.msr_indices).map_err(|e| e.to_string())
+    }
+
     /// Runs the vCPU until the VM must stop; reports why through the notifier.
     pub fn run(mut self) {
         if self.index == 0 {
             self.ctx.times.mark_first_instruction();
         }
         let reason = loop {
-            self.gate.pass();
+            if self.gate.pass() == Pass::Save {
+                let r = self.save_state();
+                self.gate.deliver(r);
+                continue;
+            }
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     if !self.ctx.pio.read(u64::from(port), data) {

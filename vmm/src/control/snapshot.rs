@@ -1,0 +1,176 @@
+//! Snapshot requests from the control API to the main thread, which alone
+//! may pause the VM and read its devices (`snapshot::take`, a layer
+//! above).
+//!
+//! The API names a snapshot; it never gives a path. Snapshots go into the
+//! directory the operator gave perfvmm (`--snapshot-dir`), one new
+//! directory each, so a client of the socket cannot write anywhere else or
+//! over anything.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::time::Duration;
+
+use serde::Serialize;
+use vmm_sys_util::eventfd::EventFd;
+
+/// The longest snapshot name.
+pub const MAX_NAME_LEN: usize = 64;
+/// How long the API waits for the main thread to take a snapshot.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What a snapshot took, as the API reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SnapshotReport {
+    pub dir: PathBuf,
+    pub vcpus: usize,
+    /// Guest memory, holes included.
+    pub memory_bytes: u64,
+    /// Bytes of memory written: the pages that held something.
+    pub written_bytes: u64,
+    /// How long the vCPUs were stopped.
+    pub pause_ms: f64,
+    /// The VM stopped after the snapshot (`--stop`).
+    pub stopped: bool,
+}
+
+/// One snapshot for the main thread to take.
+pub struct SnapshotJob {
+    pub dir: PathBuf,
+    pub stop: bool,
+    pub reply: SyncSender<Result<SnapshotReport, String>>,
+}
+
+/// Why a snapshot request was not carried out.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RequestError {
+    #[error("snapshots are off: perfvmm was started without --snapshot-dir")]
+    Disabled,
+    #[error(
+        "name: 1 to {MAX_NAME_LEN} of the letters, digits, '-', '_' and '.', not starting with '.'"
+    )]
+    BadName,
+    #[error("the VM is shutting down")]
+    Gone,
+    #[error("no answer from the VM within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The API's end: sends jobs and wakes the main thread.
+pub struct SnapshotRequests {
+    root: Option<PathBuf>,
+    jobs: Sender<SnapshotJob>,
+    wake: EventFd,
+}
+
+/// The main thread's end.
+pub struct SnapshotJobs {
+    pub jobs: Receiver<SnapshotJob>,
+    pub wake: EventFd,
+}
+
+/// A channel for snapshots into `root` (`None`: snapshots are off).
+pub fn channel(root: Option<PathBuf>) -> std::io::Result<(SnapshotRequests, SnapshotJobs)> {
+    let (tx, rx) = mpsc::channel();
+    let wake = EventFd::new(libc::EFD_NONBLOCK)?;
+    let requests = SnapshotRequests {
+        root,
+        jobs: tx,
+        wake: wake.try_clone()?,
+    };
+    Ok((requests, SnapshotJobs { jobs: rx, wake }))
+}
+
+/// Whether `name` may name a snapshot: one plain path component.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl SnapshotRequests {
+    pub fn root(&self) -> Option<&Path> {
+        self.root.as_deref()
+    }
+
+    /// Asks for snapshot `name` and waits for the main thread's answer.
+    pub fn request(&self, name: &str, stop: bool) -> Result<SnapshotReport, RequestError> {
+        let root = self.root.as_ref().ok_or(RequestError::Disabled)?;
+        if !valid_name(name) {
+            return Err(RequestError::BadName);
+        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job = SnapshotJob {
+            dir: root.join(name),
+            stop,
+            reply,
+        };
+        self.jobs.send(job).map_err(|_| RequestError::Gone)?;
+        self.wake.write(1).map_err(|_| RequestError::Gone)?;
+        match answer.recv_timeout(REPLY_TIMEOUT) {
+            Ok(r) => r.map_err(RequestError::Failed),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(RequestError::Timeout(REPLY_TIMEOUT)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(RequestError::Gone),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_one_plain_component() {
+        for ok in ["a", "snap-1", "x_y.z", &"n".repeat(MAX_NAME_LEN)] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "../x",
+            "/abs",
+            "sp ace",
+            "nul\0",
+            "é",
+            &"n".repeat(MAX_NAME_LEN + 1),
+        ] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn requests_without_a_root_or_with_a_bad_name_never_reach_the_vm() {
+        let (off, jobs) = channel(None).unwrap();
+        assert_eq!(off.request("a", false).unwrap_err(), RequestError::Disabled);
+        let (on, _jobs2) = channel(Some("/tmp".into())).unwrap();
+        assert_eq!(
+            on.request("../a", false).unwrap_err(),
+            RequestError::BadName
+        );
+        assert!(jobs.jobs.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_main_threads_answer_comes_back() {
+        let (req, jobs) = channel(Some("/snaps".into())).unwrap();
+        let vm = std::thread::spawn(move || {
+            let job = jobs.jobs.recv().unwrap();
+            assert_eq!(job.dir, Path::new("/snaps/s1"));
+            assert!(job.stop);
+            job.reply.send(Err("disk full".into())).unwrap();
+        });
+        assert_eq!(
+            req.request("s1", true).unwrap_err(),
+            RequestError::Failed("disk full".into())
+        );
+        vm.join().unwrap();
+    }
+}

@@ -1,0 +1,162 @@
+//! Guest memory in a snapshot: written sparse, mapped back on restore.
+//!
+//! The memory file holds each guest memory region in turn. Only pages that
+//! hold something are written: pages of a region perfvmm mapped itself
+//! that the host never backed (`mincore`) are skipped unread, and pages of
+//! zeros are left as holes. On restore the file is mapped private: pages
+//! come in from it as the guest touches them, so a restore does not read
+//! all of memory first, and the guest's writes never reach the file.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{
+    Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion, GuestRegionMmap,
+};
+
+use super::{io_err, Shape, SnapshotError};
+use crate::memory::PAGE_SIZE;
+
+/// Guest memory is read this much at a time.
+const CHUNK: usize = 2 << 20;
+const PAGE: usize = PAGE_SIZE as usize;
+
+/// What writing guest memory took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Bytes of guest memory, holes included.
+    pub memory: u64,
+    /// Bytes written: the pages that held something.
+    pub data: u64,
+}
+
+/// Writes `mem`'s regions into a new file at `path`.
+pub fn write(path: &Path, mem: &GuestMemoryMmap) -> Result<Written, SnapshotError> {
+    let file = File::create_new(path).map_err(io_err(path))?;
+    let mut out = Written::default();
+    let mut buf = vec![0u8; CHUNK];
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        let backed = Backing::of(region);
+        for off in (0..len).step_by(CHUNK) {
+            let n = CHUNK.min(len - off);
+            let resident = backed.resident(region, off, n);
+            let gpa = region.start_addr().raw_value() + off as u64;
+            if resident.iter().all(|r| !r) {
+                continue;
+            }
+            let chunk = &mut buf[..n];
+            mem.read_slice(chunk, GuestAddress(gpa))
+                .map_err(|e| io_err(path)(std::io::Error::other(e)))?;
+            out.data += write_pages(&file, out.memory + off as u64, chunk, &resident)
+                .map_err(io_err(path))?;
+        }
+        out.memory += len as u64;
+    }
+    file.set_len(out.memory).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))?;
+    Ok(out)
+}
+
+/// Writes the non-zero pages of `chunk` that `resident` marks, in runs, at
+/// `at` onward; returns the bytes written.
+fn write_pages(file: &File, at: u64, chunk: &[u8], resident: &[bool]) -> std::io::Result<u64> {
+    let mut written = 0;
+    let mut run: Option<usize> = None;
+    let pages = chunk.chunks(PAGE).zip(resident);
+    for (i, (page, &r)) in pages.enumerate() {
+        let keep = r && page.iter().any(|&b| b != 0);
+        match (keep, run) {
+            (true, None) => run = Some(i),
+            (false, Some(first)) => {
+                written += flush(file, at, chunk, first, i)?;
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(first) = run {
+        written += flush(file, at, chunk, first, chunk.len().div_ceil(PAGE))?;
+    }
+    Ok(written)
+}
+
+fn flush(file: &File, at: u64, chunk: &[u8], first: usize, end: usize) -> std::io::Result<u64> {
+    let bytes = &chunk[first * PAGE..(end * PAGE).min(chunk.len())];
+    file.write_all_at(bytes, at + (first * PAGE) as u64)?;
+    Ok(bytes.len() as u64)
+}
+
+/// How a region is backed, which says whether `mincore` can tell which
+/// pages hold data.
+enum Backing {
+    /// perfvmm's anonymous mapping: a page the host never backed is zero.
+    Anonymous,
+    /// A file (a restored VM): a page out of the page cache still holds
+    /// data, so every page is read.
+    File,
+}
+
+impl Backing {
+    fn of(region: &GuestRegionMmap) -> Self {
+        if region.file_offset().is_some() {
+            Backing::File
+        } else {
+            Backing::Anonymous
+        }
+    }
+
+    /// Per page of `[off, off + n)` of `region`: whether it may hold data.
+    fn resident(&self, region: &GuestRegionMmap, off: usize, n: usize) -> Vec<bool> {
+        let pages = n.div_ceil(PAGE);
+        if let Backing::File = self {
+            return vec![true; pages];
+        }
+        let mut vec = vec![0u8; pages];
+        // SAFETY: `[off, off + n)` lies inside the region's live mapping
+        // (off < len, n <= len - off) and its start is page-aligned (the
+        // mapping is, and `off` is a multiple of CHUNK); `vec` has one byte
+        // per page of the range, as mincore(2) writes.
+        let rc =
+            unsafe { libc::mincore(region.as_ptr().add(off).cast(), n, vec.as_mut_ptr().cast()) };
+        if rc != 0 {
+            // Cannot tell: read every page.
+            return vec![true; pages];
+        }
+        vec.iter().map(|b| b & 1 != 0).collect()
+    }
+}
+
+/// Maps the memory file at `path` as the guest memory of `shape`: each
+/// region a private mapping of its part of the file.
+pub fn map(path: &Path, shape: &Shape) -> Result<GuestMemoryMmap, SnapshotError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let expected = shape.memory_len();
+    if len != expected {
+        return Err(SnapshotError::MemorySize {
+            path: path.to_path_buf(),
+            len,
+            expected,
+        });
+    }
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags = libc::MAP_PRIVATE | libc::MAP_NORESERVE;
+    let mut at = 0u64;
+    let mut regions = Vec::with_capacity(shape.regions.len());
+    for &(gpa, size) in &shape.regions {
+        let f = file.try_clone().map_err(io_err(path))?;
+        let size_usize = usize::try_from(size)
+            .map_err(|_| io_err(path)(std::io::Error::from_raw_os_error(libc::EFBIG)))?;
+        let mapped = MmapRegion::build(Some(FileOffset::new(f, at)), size_usize, prot, flags)
+            .map_err(|e| io_err(path)(std::io::Error::other(e)))?;
+        let region = GuestRegionMmap::new(mapped, GuestAddress(gpa))
+            .ok_or_else(|| io_err(path)(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+        regions.push(region);
+        at += size;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| io_err(path)(std::io::Error::other(e)))
+}

@@ -1,0 +1,197 @@
+//! Taking a snapshot on the running VM, on the main thread: the vCPUs stop
+//! outside `KVM_RUN` and save their own state, the main thread reads KVM's
+//! VM-wide state and every device, writes memory and state, and lets the
+//! vCPUs run again (or ends the VM). The controller is held throughout, so
+//! no resize happens half-way; the other handlers of the event loop wait,
+//! as they run on this thread too.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use kvm_bindings::{
+    kvm_irqchip, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+};
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+
+use super::{memory, Shape, SnapshotError, Virtio, VmState, MEMORY_FILE};
+use crate::actuators::memory::{BalloonTransport, VirtioMemTransport};
+use crate::actuators::vcpus::VcpuSet;
+use crate::control::snapshot::{SnapshotJob, SnapshotJobs, SnapshotReport};
+use crate::control::{Controller, PerfHintTransport};
+use crate::devices::bus::lock;
+use crate::devices::cpu_hotplug::CpuStates;
+use crate::exit::{ExitNotifier, ExitReason};
+use crate::vm::Console;
+
+/// How long a vCPU may take to stop.
+const VCPU_STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// What a snapshot reads from.
+pub struct Machine {
+    pub shape: Shape,
+    pub vm: Arc<VmFd>,
+    pub mem: Arc<GuestMemoryMmap>,
+    pub vcpus: Arc<VcpuSet>,
+    pub cpu_slots: Arc<Mutex<CpuStates>>,
+    pub console: Console,
+    pub perf_hint: Arc<Mutex<PerfHintTransport>>,
+    pub balloon: Arc<Mutex<BalloonTransport>>,
+    pub virtio_mem: Option<Arc<Mutex<VirtioMemTransport>>>,
+    pub controller: Arc<Mutex<Controller>>,
+    pub exit: ExitNotifier,
+}
+
+fn kvm<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, SnapshotError> {
+    r.map_err(|source| SnapshotError::Kvm { what, source })
+}
+
+impl Machine {
+    /// Writes a snapshot into the new directory `dir`; the vCPUs stay
+    /// stopped afterwards when `stop`, and the VM then ends.
+    pub fn take(&self, dir: &Path, stop: bool) -> Result<SnapshotReport, SnapshotError> {
+        let _controller = lock(&self.controller);
+        std::fs::create_dir(dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => SnapshotError::Exists(dir.to_path_buf()),
+            _ => SnapshotError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            },
+        })?;
+        let paused = Instant::now();
+        let vcpus = self.vcpus.pause_and_save(VCPU_STOP_WAIT).inspect_err(|_| {
+            let _ = std::fs::remove_dir(dir);
+        })?;
+        let stopped: Vec<(u32, bool)> = vcpus.iter().map(|v| (v.index, v.parked)).collect();
+        let written = self.write(dir, vcpus);
+        if !stop || written.is_err() {
+            self.vcpus.resume(&stopped);
+        }
+        let written = written.inspect_err(|_| {
+            // No half-written snapshot is left to be restored by mistake.
+            let _ = std::fs::remove_dir_all(dir);
+        })?;
+        let pause_ms = paused.elapsed().as_secs_f64() * 1e3;
+        if stop {
+            self.exit.notify(ExitReason::Snapshotted);
+        }
+        Ok(SnapshotReport {
+            dir: dir.to_path_buf(),
+            vcpus: stopped.len(),
+            memory_bytes: written.memory,
+            written_bytes: written.data,
+            pause_ms,
+            stopped: stop,
+        })
+    }
+
+    /// With the vCPUs stopped: memory, then the state, whose presence
+    /// marks a complete snapshot.
+    fn write(
+        &self,
+        dir: &Path,
+        vcpus: Vec<crate::vcpu::VcpuState>,
+    ) -> Result<memory::Written, SnapshotError> {
+        let state = self.state(vcpus)?;
+        let written = memory::write(&dir.join(MEMORY_FILE), &self.mem)?;
+        super::write_state(dir, &state)?;
+        Ok(written)
+    }
+
+    /// Everything but memory, read with the vCPUs stopped.
+    fn state(&self, vcpus: Vec<crate::vcpu::VcpuState>) -> Result<VmState, SnapshotError> {
+        let mut irqchips = Vec::with_capacity(3);
+        for chip_id in [
+            KVM_IRQCHIP_PIC_MASTER,
+            KVM_IRQCHIP_PIC_SLAVE,
+            KVM_IRQCHIP_IOAPIC,
+        ] {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            kvm("KVM_GET_IRQCHIP", self.vm.get_irqchip(&mut chip))?;
+            irqchips.push(chip);
+        }
+        let virtio_mem = self.virtio_mem.as_ref().map(|t| {
+            let t = lock(t);
+            Virtio {
+                transport: t.save(),
+                device: t.device().save(),
+            }
+        });
+        let perf_hint = {
+            let t = lock(&self.perf_hint);
+            Virtio {
+                transport: t.save(),
+                device: t.device().save(),
+            }
+        };
+        let balloon = {
+            let t = lock(&self.balloon);
+            Virtio {
+                transport: t.save(),
+                device: t.device().save(),
+            }
+        };
+        Ok(VmState {
+            shape: self.shape.clone(),
+            vcpus,
+            cpu_slots: lock(&self.cpu_slots).clone(),
+            irqchips,
+            pit: kvm("KVM_GET_PIT2", self.vm.get_pit2())?,
+            clock: kvm("KVM_GET_CLOCK", self.vm.get_clock())?,
+            serial: lock(&self.console).save(),
+            perf_hint,
+            balloon,
+            virtio_mem,
+        })
+    }
+}
+
+/// The main thread's handler of snapshot requests from the API.
+pub struct SnapshotHandler {
+    jobs: SnapshotJobs,
+    machine: Machine,
+}
+
+impl SnapshotHandler {
+    pub fn new(jobs: SnapshotJobs, machine: Machine) -> Self {
+        SnapshotHandler { jobs, machine }
+    }
+
+    fn run(&self, job: SnapshotJob) {
+        let r = self.machine.take(&job.dir, job.stop);
+        match &r {
+            Ok(rep) => log::info!(
+                "snapshot {}: {} vCPUs, {} of {} MiB of memory written, paused {:.0} ms",
+                rep.dir.display(),
+                rep.vcpus,
+                rep.written_bytes >> 20,
+                rep.memory_bytes >> 20,
+                rep.pause_ms
+            ),
+            Err(e) => log::warn!("snapshot {}: {e}", job.dir.display()),
+        }
+        // The API may have given up waiting; the snapshot stands either way.
+        let _ = job.reply.send(r.map_err(|e| e.to_string()));
+    }
+}
+
+impl MutEventSubscriber for SnapshotHandler {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.jobs.wake.read();
+        while let Ok(job) = self.jobs.jobs.try_recv() {
+            self.run(job);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.jobs.wake, EventSet::IN)) {
+            log::error!("cannot watch for snapshot requests: {e:?}");
+        }
+    }
+}
