@@ -269,7 +269,7 @@ impl core::fmt::Debug for Name {
 }
 
 /// How much parallelism the work has now.
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Parallelism {
     /// Independent tasks ready to run now.
@@ -281,7 +281,7 @@ pub struct Parallelism {
 }
 
 /// Memory the work needs.
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Memory {
     /// Memory the work touches repeatedly, in bytes.

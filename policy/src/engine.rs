@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use guest_hints::wire::{Hint, Memory, Outcome, Parallelism, PhaseNeeds};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::config::{Mode, Policy, Unhinted, Untrusted};
 use super::schedule::{Latencies, PlannedPhase, Schedule};
@@ -74,7 +74,7 @@ type Demand = Option<(u64, u32)>;
 
 /// An open phase of one stream (the guest driver's open file) and what
 /// it asked for.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Frame {
     stream: u16,
     phase: u32,
@@ -92,7 +92,7 @@ const MAX_PHASES_PER_STREAM: usize = 64;
 const MAX_PHASES: usize = 1024;
 
 /// A token bucket: `rate` tokens per second, at most `burst`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Bucket {
     rate: f64,
     burst: f64,
@@ -115,7 +115,7 @@ impl Bucket {
 }
 
 /// One resource's allocation and its timing state.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Track {
     min: u64,
     max: u64,
@@ -160,6 +160,25 @@ pub struct Allocation {
     /// The hinted demand in force (before bounds), and the hint that set it.
     pub wanted: Option<u64>,
     pub wanted_by_seq: Option<u32>,
+}
+
+/// What an engine has learnt of its running VM, for a snapshot: the
+/// allocations and demands, the open phases, the rate budgets, the
+/// schedule in force, the measured resize latencies and the observed
+/// usage, times counted from the VM's start. The policy and the VM's
+/// limits are not in it: a restored engine takes those of the perfvmm that
+/// restores it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EngineState {
+    tracks: [Track; 2],
+    frames: Vec<Frame>,
+    bucket: Bucket,
+    stream_buckets: Vec<(u16, Bucket)>,
+    rate_limited: u64,
+    schedule: Option<Schedule>,
+    schedule_needs: Vec<ScheduledNeeds>,
+    latencies: [Latencies; 2],
+    usage: [VecDeque<(Duration, f64)>; 2],
 }
 
 pub struct Engine {
@@ -245,7 +264,7 @@ pub const MAX_USAGE_SAMPLES: usize = 4096;
 
 /// One phase of a program's schedule as the engine takes it: when it is
 /// expected and what it needs, in the wire format's terms.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScheduledNeeds {
     pub id: u32,
     pub start_ms: u32,
@@ -331,6 +350,60 @@ impl Engine {
             latencies: [Latencies::new(), Latencies::new()],
             usage: [VecDeque::new(), VecDeque::new()],
         }
+    }
+
+    /// Its state, for a snapshot.
+    pub fn save(&self) -> EngineState {
+        EngineState {
+            tracks: self.tracks.clone(),
+            frames: self.frames.clone(),
+            bucket: self.bucket.clone(),
+            stream_buckets: self.stream_buckets.clone(),
+            rate_limited: self.rate_limited,
+            schedule: self.schedule.clone(),
+            schedule_needs: self.schedule_needs.clone(),
+            latencies: self.latencies.clone(),
+            usage: self.usage.clone(),
+        }
+    }
+
+    /// An engine that goes on from `state` (saved by [`Engine::save`]) under
+    /// `policy` and `vm`'s limits: the policy's bounds apply, as after a
+    /// reload. A state larger than an engine keeps is refused.
+    pub fn restore(policy: Policy, vm: VmLimits, state: EngineState) -> Result<Self, String> {
+        let too_many = |what: &str, n: usize, max: usize| {
+            Err(format!("{n} {what}, an engine keeps at most {max}"))
+        };
+        if state.frames.len() > MAX_PHASES {
+            return too_many("open phases", state.frames.len(), MAX_PHASES);
+        }
+        if state.stream_buckets.len() > MAX_STREAMS {
+            return too_many("streams", state.stream_buckets.len(), MAX_STREAMS);
+        }
+        if let Some(n) = state
+            .usage
+            .iter()
+            .map(VecDeque::len)
+            .find(|&n| n > MAX_USAGE_SAMPLES)
+        {
+            return too_many("usage samples", n, MAX_USAGE_SAMPLES);
+        }
+        let needs = state.schedule_needs.len();
+        if needs > crate::schedule::MAX_PHASES {
+            return too_many("scheduled phases", needs, crate::schedule::MAX_PHASES);
+        }
+        let mut e = Engine::new(policy.clone(), vm);
+        e.tracks = state.tracks;
+        e.frames = state.frames;
+        e.bucket = state.bucket;
+        e.stream_buckets = state.stream_buckets;
+        e.rate_limited = state.rate_limited;
+        e.schedule = state.schedule;
+        e.schedule_needs = state.schedule_needs;
+        e.latencies = state.latencies;
+        e.usage = state.usage;
+        e.reload(policy);
+        Ok(e)
     }
 
     /// A resize of `r` by `steps` (vCPUs added; 1 for memory) took `d` to
@@ -1019,6 +1092,48 @@ mod tests {
         let d = one(e.tick(ms(2_200)));
         assert_eq!((d.from, d.to), (4, 1));
         assert!(d.reason.starts_with("shrink"));
+    }
+
+    #[test]
+    fn a_restored_engine_goes_on_with_its_phases_demands_and_windows() {
+        let mut e = engine(1, 8);
+        e.on_hint(ms(0), 0, &hint::parallelism(2, 2, 0.0));
+        e.on_hint(ms(0), 1, &hint::phase_begin(5, "p", 0));
+        assert_eq!(
+            one(e.on_hint(ms(0), 2, &hint::parallelism(6, 6, 0.0)).1).to,
+            6
+        );
+        e.on_hint(ms(10), 3, &hint::phase_end(5));
+        // Saved (through its encoding) part-way through the shrink window.
+        let json = serde_json::to_string(&e.save()).unwrap();
+        let state: EngineState = serde_json::from_str(&json).unwrap();
+        let mut r = Engine::restore(Policy::default(), limits(1, 8), state).unwrap();
+        assert_eq!(r.allocations(), e.allocations());
+        assert!(r.tick(ms(1_000)).is_empty(), "the window goes on");
+        assert_eq!(one(r.tick(ms(5_000))).to, 2, "then the shrink comes");
+        // The restoring perfvmm's policy bounds apply.
+        let tight = Policy::from_toml("p", "[vcpus]\nmax = 3\n").unwrap();
+        let r = Engine::restore(tight, limits(1, 8), e.save()).unwrap();
+        let v = &r.allocations()[0];
+        assert_eq!((v.min, v.max), (1, 3));
+    }
+
+    #[test]
+    fn a_state_larger_than_an_engine_keeps_is_refused() {
+        let e = engine(1, 8);
+        let mut s = e.save();
+        s.usage[0] = (0..=MAX_USAGE_SAMPLES as u64)
+            .map(|i| (ms(i), 1.0))
+            .collect();
+        let Err(err) = Engine::restore(Policy::default(), limits(1, 8), s) else {
+            panic!("too many usage samples taken");
+        };
+        assert!(err.contains("usage samples"), "{err}");
+        let mut s = e.save();
+        s.stream_buckets = (0..=MAX_STREAMS as u16)
+            .map(|i| (i, bucket(&Policy::default())))
+            .collect();
+        assert!(Engine::restore(Policy::default(), limits(1, 8), s).is_err());
     }
 
     #[test]

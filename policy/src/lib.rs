@@ -16,4 +16,4 @@ pub mod schedule;
 pub mod simulate;
 
 pub use config::{Policy, PolicyError};
-pub use engine::{Decision, Engine, Resource, ScheduledNeeds, VmLimits};
+pub use engine::{Decision, Engine, EngineState, Resource, ScheduledNeeds, VmLimits};

@@ -14,11 +14,13 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// The most phases a schedule holds (the wire format's limit).
 pub const MAX_PHASES: usize = 16;
 
 /// One phase of a schedule, in the engine's units.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedPhase {
     pub id: u32,
     /// Expected start, from the program's start.
@@ -30,7 +32,7 @@ pub struct PlannedPhase {
 }
 
 /// A schedule in force.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Schedule {
     phases: Vec<PlannedPhase>,
     /// When the program started (its manifest arrived).
@@ -137,7 +139,7 @@ impl Schedule {
 
 /// Recent resize latencies of one resource (decision → visible in the
 /// guest), and the lead time they give.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Latencies {
     recent: VecDeque<Duration>,
 }

@@ -1,8 +1,9 @@
 //! Snapshot and restore (issue 15): a guest that counts and sends hints is
 //! snapshotted and stopped part-way, and a new perfvmm process restores it
 //! from the snapshot; the count goes on where it stopped, with the vCPU
-//! and the memory the guest had been given, its memory's contents and the
-//! perf-hint device's counters intact, and hints still flowing.
+//! and the memory the guest had been given, its memory's contents, the
+//! perf-hint device's counters and the policy engine's open phase intact,
+//! and hints still flowing.
 
 use perfvmm_tests::{GuestRun, RunOutput};
 use serde_json::Value;
@@ -135,6 +136,15 @@ fn a_counting_guest_restored_from_its_snapshot_counts_on_with_its_resources() {
     );
     let s1 = json_after(&out, "test: status1 ");
     let s2 = json_after(&out, "test: status2 ");
+    let phases = &s1["open_phases"];
+    assert!(
+        phases.as_array().is_some_and(|p| !p.is_empty()),
+        "the counting phase is open: {s1}"
+    );
+    assert_eq!(
+        &s2["open_phases"], phases,
+        "the policy engine keeps the open phase"
+    );
     let msgs = |s: &Value| s["hint_counters"]["messages"].as_u64().unwrap_or(0);
     assert!(msgs(&s1) > 0, "{s1}");
     assert!(

@@ -12,6 +12,10 @@
 //!    the boot timer on the MMIO bus, each with its event-loop handler;
 //! 5. [`VmBuilder::start`]: the vCPUs, the controller, the control API: the
 //!    guest starts running and a [`Vm`] is returned for [`Vm::run`].
+//!
+//! [`restore`] builds the same machine from a snapshot: memory mapped from
+//! its file instead of step 2, KVM's VM-wide state put back after step 3,
+//! each `attach_*` step restoring its device, and the saved vCPUs in step 5.
 
 use std::io;
 use std::os::unix::net::UnixListener;
@@ -171,7 +175,9 @@ fn load_policy(cfg: &VmConfig) -> Result<Policy, VmError> {
 /// device's state put back, and its vCPUs started where they stopped.
 /// `cfg` gives what is not the machine's: the policy, logs, API socket.
 pub fn restore(cfg: &VmConfig, dir: &Path, start: Instant) -> Result<Vm, VmError> {
+    let ms = || start.elapsed().as_secs_f64() * 1e3;
     let mut state = snapshot::read_state(dir)?;
+    let state_ms = ms();
     let vcpus = std::mem::take(&mut state.vcpus);
     let cfg = &restored_config(cfg, &state);
     if state.shape.regions != memory_layout(cfg) {
@@ -183,10 +189,22 @@ pub fn restore(cfg: &VmConfig, dir: &Path, start: Instant) -> Result<Vm, VmError
     let policy = load_policy(cfg)?;
     let mem = snapshot::memory::map(&dir.join(snapshot::MEMORY_FILE), &state.shape)?;
     let inputs = Inputs::load(cfg, policy, mem, start)?;
+    let memory_ms = ms();
     let (kvm, vm) = create_kvm_vm(cfg, &inputs.mem, inputs.hotplug)?;
     restore_kvm_state(&vm, &state)?;
+    let kvm_ms = ms();
     let b = VmBuilder::new(cfg, start, inputs, vm, Some(state))?;
-    b.attach_all(&kvm, Boot::Restore(vcpus))
+    let vm = b.attach_all(&kvm, Boot::Restore(vcpus))?;
+    if cfg.boot_timer {
+        // Times since perfvmm started; the guest runs from `ready_ms` on.
+        eprintln!(
+            "perfvmm: restore-timer: state_ms={state_ms:.1} memory_ms={memory_ms:.1} \
+             kvm_ms={kvm_ms:.1} ready_ms={:.1} peak_rss_kib={}",
+            ms(),
+            memstat::sample(&[]).peak_rss_kib
+        );
+    }
+    Ok(vm)
 }
 
 /// The configuration of the machine a snapshot saved: its vCPUs and
@@ -606,6 +624,15 @@ impl<'a> VmBuilder<'a> {
         })
     }
 
+    /// When the VM's time began, which the engine's times count from: a
+    /// restored VM's began its snapshot's uptime before now.
+    fn vm_clock(&self) -> Instant {
+        let uptime = self.restoring.as_ref().map(|st| st.uptime);
+        uptime
+            .and_then(|u| Instant::now().checked_sub(u))
+            .unwrap_or(self.start)
+    }
+
     /// Every part, in the order they depend on each other, then the vCPUs.
     fn attach_all(mut self, kvm: &Kvm, boot: Boot) -> Result<Vm, VmError> {
         let console = self.attach_console()?;
@@ -697,9 +724,18 @@ impl<'a> VmBuilder<'a> {
             boot_memory: memory.boot,
             max_memory: memory.max,
         };
-        let engine = Arc::new(Mutex::new(Engine::new(self.policy.clone(), limits)));
+        let engine =
+            match &self.restoring {
+                Some(st) => Engine::restore(self.policy.clone(), limits, st.engine.clone())
+                    .map_err(|why| VmError::Restore {
+                        what: "policy engine",
+                        why,
+                    })?,
+                None => Engine::new(self.policy.clone(), limits),
+            };
+        let engine = Arc::new(Mutex::new(engine));
         let (tx, decisions) = channel();
-        let sink = PolicySink::new(engine.clone(), self.hint_log.clone(), tx, self.start);
+        let sink = PolicySink::new(engine.clone(), self.hint_log.clone(), tx, self.vm_clock());
         let device = PerfHintDevice::new(sink);
         let counters = device.counters();
         let (transport, notify) = self.attach_virtio(virtio_slot(PERF_HINT_SLOT), device)?;
@@ -794,6 +830,7 @@ impl<'a> VmBuilder<'a> {
         cpus: CpuHotplug,
     ) -> Result<Vm, VmError> {
         let CpuHotplug { states, ged } = cpus;
+        let clock = self.vm_clock();
         let mut vcpus = self.vcpu_manager(kvm, states.clone(), ged)?;
         let vcpu_set = vcpus.set();
         let first = match boot {
@@ -808,7 +845,7 @@ impl<'a> VmBuilder<'a> {
         }
         let (balloon, virtio_mem) = memory.transports();
         let controller = Arc::new(Mutex::new(Controller::new(
-            hints.engine,
+            hints.engine.clone(),
             hints.decisions,
             Actuators {
                 vcpus: Box::new(vcpus),
@@ -819,7 +856,7 @@ impl<'a> VmBuilder<'a> {
                 start_file: self.cfg.policy.clone(),
                 dir: self.cfg.policy_dir.clone(),
             },
-            self.start,
+            clock,
         )));
         let (requests, jobs) = control::snapshot::channel(self.cfg.snapshot_dir.clone())?;
         let mut api_connections = None;
@@ -850,6 +887,7 @@ impl<'a> VmBuilder<'a> {
             balloon,
             virtio_mem,
             controller: controller.clone(),
+            engine: hints.engine,
             exit: self.exit.clone(),
         };
         let mut subscribers = self.subscribers;

@@ -134,6 +134,12 @@ impl Controller {
         }
     }
 
+    /// The VM's time: since it booted (a restored VM's goes on from its
+    /// snapshot's), which the engine's times count in.
+    pub fn uptime(&self) -> Duration {
+        self.now()
+    }
+
     fn now(&self) -> Duration {
         self.start.elapsed()
     }

@@ -30,6 +30,7 @@ use crate::devices::cpu_hotplug::CpuStates;
 use crate::devices::serial::UartState;
 use crate::devices::virtio::balloon::BalloonState;
 use crate::devices::virtio::mem::VirtioMemState;
+use crate::policy::EngineState;
 use crate::vcpu::VcpuState;
 
 /// The first bytes of a state file.
@@ -89,6 +90,11 @@ pub struct VmState {
     pub perf_hint: Virtio<PerfHintState>,
     pub balloon: Virtio<BalloonState>,
     pub virtio_mem: Option<Virtio<VirtioMemState>>,
+    /// The policy engine: open phases, demands, windows, schedule.
+    pub engine: EngineState,
+    /// The VM's time at the snapshot, which the engine's times count in: a
+    /// restored VM's time goes on from it.
+    pub uptime: std::time::Duration,
 }
 
 /// Why a snapshot could not be written or read.

@@ -25,6 +25,7 @@ use crate::control::{Controller, PerfHintTransport};
 use crate::devices::bus::lock;
 use crate::devices::cpu_hotplug::CpuStates;
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::policy::Engine;
 use crate::vm::Console;
 
 /// How long a vCPU may take to stop.
@@ -42,6 +43,7 @@ pub struct Machine {
     pub balloon: Arc<Mutex<BalloonTransport>>,
     pub virtio_mem: Option<Arc<Mutex<VirtioMemTransport>>>,
     pub controller: Arc<Mutex<Controller>>,
+    pub engine: Arc<Mutex<Engine>>,
     pub exit: ExitNotifier,
 }
 
@@ -53,7 +55,8 @@ impl Machine {
     /// Writes a snapshot into the new directory `dir`; the vCPUs stay
     /// stopped afterwards when `stop`, and the VM then ends.
     pub fn take(&self, dir: &Path, stop: bool) -> Result<SnapshotReport, SnapshotError> {
-        let _controller = lock(&self.controller);
+        let controller = lock(&self.controller);
+        let uptime = controller.uptime();
         std::fs::create_dir(dir).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => SnapshotError::Exists(dir.to_path_buf()),
             _ => SnapshotError::Io {
@@ -66,7 +69,7 @@ impl Machine {
             let _ = std::fs::remove_dir(dir);
         })?;
         let stopped: Vec<(u32, bool)> = vcpus.iter().map(|v| (v.index, v.parked)).collect();
-        let written = self.write(dir, vcpus);
+        let written = self.write(dir, vcpus, uptime);
         if !stop || written.is_err() {
             self.vcpus.resume(&stopped);
         }
@@ -94,15 +97,20 @@ impl Machine {
         &self,
         dir: &Path,
         vcpus: Vec<crate::vcpu::VcpuState>,
+        uptime: Duration,
     ) -> Result<memory::Written, SnapshotError> {
-        let state = self.state(vcpus)?;
+        let state = self.state(vcpus, uptime)?;
         let written = memory::write(&dir.join(MEMORY_FILE), &self.mem)?;
         super::write_state(dir, &state)?;
         Ok(written)
     }
 
     /// Everything but memory, read with the vCPUs stopped.
-    fn state(&self, vcpus: Vec<crate::vcpu::VcpuState>) -> Result<VmState, SnapshotError> {
+    fn state(
+        &self,
+        vcpus: Vec<crate::vcpu::VcpuState>,
+        uptime: Duration,
+    ) -> Result<VmState, SnapshotError> {
         let mut irqchips = Vec::with_capacity(3);
         for chip_id in [
             KVM_IRQCHIP_PIC_MASTER,
@@ -148,6 +156,8 @@ impl Machine {
             perf_hint,
             balloon,
             virtio_mem,
+            engine: lock(&self.engine).save(),
+            uptime,
         })
     }
 }

@@ -62,6 +62,17 @@ fn state() -> VmState {
             device: BalloonState::default(),
         },
         virtio_mem: None,
+        engine: crate::policy::Engine::new(
+            crate::policy::Policy::default(),
+            crate::policy::VmLimits {
+                boot_vcpus: 1,
+                max_vcpus: 2,
+                boot_memory: 8 << 20,
+                max_memory: 8 << 20,
+            },
+        )
+        .save(),
+        uptime: std::time::Duration::from_millis(15_250),
     }
 }
 
@@ -78,6 +89,7 @@ fn a_state_comes_back_as_it_was_saved() {
     assert_eq!(back.vcpus[1].msrs[0].data, 12345);
     assert_eq!(back.serial, state().serial);
     assert_eq!(back.cpu_slots, state().cpu_slots);
+    assert_eq!(back.uptime.as_millis(), 15_250);
 }
 
 #[test]
