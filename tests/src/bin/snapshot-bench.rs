@@ -9,7 +9,22 @@
 //!   cargo run --release -p perfvmm-tests --bin snapshot-bench -- [RUNS] [SIZES]
 //!
 //! SIZES is a comma-separated list of MiB (default 256,1024,3072).
+//!
+//! With `--firecracker PATH` (a static Firecracker, built as
+//! `docs/benchmarks.md` says), perfvmm and Firecracker instead each boot
+//! the same kernel and the same small busybox guest (1 vCPU, 256 MiB),
+//! which prints a line every 200 ms, snapshot it, and restore it in a new
+//! process, alternately, RUNS times each: exec → the restored guest's
+//! first line (`tests/bench/vmm-run.c`; Firecracker's restore is its exec
+//! plus the `PUT /snapshot/load` request, `tests/bench/http-unix.c`, as
+//! its API requires), peak RSS, and the memory file on disk.
+//!
+//!   cargo run --release -p perfvmm-tests --bin snapshot-bench -- [RUNS] --firecracker PATH
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use perfvmm_tests::cpio::CpioWriter;
 use perfvmm_tests::GuestRun;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -50,7 +65,17 @@ rm -rf $d
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--firecracker") {
+        let Some(fc) = args.get(i + 1).map(PathBuf::from) else {
+            eprintln!("snapshot-bench: --firecracker needs the path of a Firecracker binary");
+            std::process::exit(2);
+        };
+        args.drain(i..=i + 1);
+        let runs = args.first().and_then(|a| a.parse().ok()).unwrap_or(3);
+        side_by_side(runs, &fc);
+        return;
+    }
     let runs: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(3);
     let sizes: Vec<u32> = args
         .get(1)
@@ -140,6 +165,187 @@ wait_for() {
             "snapshot-bench: incomplete rounds:\n{}",
             failures.join("\n")
         );
+        std::process::exit(1);
+    }
+}
+
+/// The guest of the side-by-side runs: its `/init` prints a line every
+/// 200 ms for ever.
+fn ticking_initramfs() -> Vec<u8> {
+    let busybox = read_or_exit(Path::new("/bin/busybox"));
+    let init = "#!/bin/busybox sh\n/bin/busybox mount -t devtmpfs dev /dev\n\
+                i=0\nwhile :; do i=$((i + 1)); /bin/busybox echo \"tick $i\"; \
+                /bin/busybox sleep 0.2; done\n";
+    let mut c = CpioWriter::new();
+    c.dir("bin")
+        .dir("dev")
+        .file("bin/busybox", 0o755, &busybox)
+        .file("init", 0o755, init.as_bytes());
+    c.finish()
+}
+
+fn read_or_exit(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| {
+        eprintln!("snapshot-bench: {}: {e}", path.display());
+        std::process::exit(1);
+    })
+}
+
+/// Builds one of `tests/bench/*.c`, static, so that it runs in L1.
+fn helper(name: &str) -> Vec<u8> {
+    let ws = perfvmm_tests::workspace();
+    let out = ws.build.join(name);
+    let status = Command::new("gcc")
+        .args(["-O2", "-Wall", "-Werror", "-static", "-o"])
+        .arg(&out)
+        .arg(ws.root.join(format!("tests/bench/{name}.c")))
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        eprintln!("snapshot-bench: cannot build tests/bench/{name}.c with gcc");
+        std::process::exit(1);
+    }
+    read_or_exit(&out)
+}
+
+const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off quiet";
+
+/// One round of the side-by-side runs: each VMM boots the guest, snapshots
+/// it after its fifth line and stops, then restores it under `vmm-run`,
+/// which is stopped 4 s later.
+fn side_by_side_round() -> String {
+    format!(
+        r#"
+rm -rf $F/ps; mkdir $F/ps
+@PERFVMM@ --kernel @KERNEL@ --initrd $F/idle.cpio --cmdline '{BOOT_ARGS}' --cpus 1 --memory 256M \
+  --api-sock $F/p.sock --snapshot-dir $F/ps </dev/null >$F/p.log 2>&1 &
+wait_for $F/p.log "tick 5" 300
+@PERFVMM@ ctl --api-sock $F/p.sock snapshot s --stop >$F/rep.json 2>&1 || cat $F/rep.json
+wait
+echo "bench: perfvmm snapshot $(tr -d '\n ' <$F/rep.json) disk_kib=$(du -k $F/ps/s/memory | cut -f1)"
+(sleep 4; killall perfvmm) </dev/null >/dev/null 2>&1 &
+$F/vmm-run perfvmm-restore tick @PERFVMM@ --restore $F/ps/s </dev/null | grep "^vmm-run:"
+wait
+rm -f $F/f.sock $F/fc.snap $F/fc.mem
+$F/firecracker --api-sock $F/f.sock </dev/null >$F/f.log 2>&1 &
+$F/http-unix $F/f.sock PUT /boot-source \
+  '{{"kernel_image_path":"@KERNEL@","initrd_path":"'$F'/idle.cpio","boot_args":"{BOOT_ARGS}"}}' >/dev/null
+$F/http-unix $F/f.sock PUT /machine-config '{{"vcpu_count":1,"mem_size_mib":256}}' >/dev/null
+$F/http-unix $F/f.sock PUT /actions '{{"action_type":"InstanceStart"}}' >/dev/null
+wait_for $F/f.log "tick 5" 300
+$F/http-unix $F/f.sock PATCH /vm '{{"state":"Paused"}}' >/dev/null
+$F/http-unix $F/f.sock PUT /snapshot/create \
+  '{{"snapshot_type":"Full","snapshot_path":"'$F'/fc.snap","mem_file_path":"'$F'/fc.mem"}}' >/dev/null \
+  || echo "bench: firecracker snapshot failed"
+killall firecracker; wait
+echo "bench: firecracker snapshot disk_kib=$(du -k $F/fc.mem | cut -f1)"
+(sleep 4; killall firecracker) </dev/null >/dev/null 2>&1 &
+$F/vmm-run firecracker-restore tick /bin/sh $F/fc-restore.sh </dev/null | grep "^vmm-run:"
+wait
+"#
+    )
+}
+
+/// Firecracker's restore: its exec and the load request.
+const FC_RESTORE: &str = r#"F=$(dirname "$0")
+rm -f $F/f2.sock
+$F/firecracker --api-sock $F/f2.sock &
+$F/http-unix $F/f2.sock PUT /snapshot/load \
+  '{"snapshot_path":"'$F'/fc.snap","mem_backend":{"backend_type":"File","backend_path":"'$F'/fc.mem"},"resume_vm":true}' >/dev/null \
+  || echo "bench: firecracker restore failed"
+wait
+"#;
+
+fn side_by_side(runs: usize, firecracker: &Path) {
+    let mut script = String::from(
+        r#"F=@FILES@
+chmod 755 $F/vmm-run $F/http-unix $F/firecracker
+wait_for() {
+  i=0
+  while ! grep -q "$2" "$1" 2>/dev/null; do
+    i=$((i + 1)); [ $i -gt $(($3 * 10)) ] && { echo "bench: no '$2' in $1"; return 1; }
+    sleep 0.1
+  done
+}
+"#,
+    );
+    for r in 0..runs {
+        script.push_str(&format!("echo 'snapshot-bench: round {}'\n", r + 1));
+        script.push_str(&side_by_side_round());
+    }
+    println!(
+        "snapshot-bench: mode {:?}, perfvmm and Firecracker ({}) alternately, {runs} rounds, \
+         1 vCPU, 256 MiB, a guest printing a line every 200 ms",
+        perfvmm_tests::mode(),
+        firecracker.display()
+    );
+    let out = GuestRun::script(&script)
+        .file("firecracker", read_or_exit(firecracker))
+        .file("vmm-run", helper("vmm-run"))
+        .file("http-unix", helper("http-unix"))
+        .file("idle.cpio", ticking_initramfs())
+        .file("fc-restore.sh", FC_RESTORE.as_bytes().to_vec())
+        .timeout(std::time::Duration::from_secs(120 + 120 * runs as u64))
+        .streaming_lines(|l| l.starts_with("snapshot-bench:") || l.starts_with("bench: "))
+        .try_run()
+        .unwrap_or_else(|e| {
+            eprintln!("snapshot-bench: {e}");
+            std::process::exit(1);
+        });
+    let series = |label: &str, key: &str| -> Vec<f64> {
+        out.console
+            .lines()
+            .filter(|l| l.starts_with(&format!("vmm-run: {label} ")))
+            .filter_map(|l| field(l, key))
+            .collect()
+    };
+    let disk = |who: &str| -> Vec<f64> {
+        out.console
+            .lines()
+            .filter(|l| l.starts_with(&format!("bench: {who} snapshot")))
+            .filter_map(|l| field(l, "disk_kib"))
+            .map(|k| k / 1024.0)
+            .collect()
+    };
+    let rows = [
+        (
+            "exec → restored guest's first line (ms)",
+            series("perfvmm-restore", "init_ms"),
+            series("firecracker-restore", "init_ms"),
+        ),
+        (
+            "peak RSS of the restored VMM (MiB)",
+            series("perfvmm-restore", "maxrss_kib")
+                .iter()
+                .map(|k| k / 1024.0)
+                .collect(),
+            series("firecracker-restore", "maxrss_kib")
+                .iter()
+                .map(|k| k / 1024.0)
+                .collect(),
+        ),
+        (
+            "memory file on disk (MiB)",
+            disk("perfvmm"),
+            disk("firecracker"),
+        ),
+    ];
+    println!("\n| | perfvmm | Firecracker | ratio |\n| --- | ---: | ---: | ---: |");
+    for (what, p, f) in rows {
+        let (mp, mf) = (median(p.clone()), median(f.clone()));
+        println!(
+            "| {what}, median of {} / {} | {mp:.1} | {mf:.1} | {:.2}× |",
+            p.len(),
+            f.len(),
+            mp / mf
+        );
+    }
+    let failed: Vec<&str> = out
+        .console
+        .lines()
+        .filter(|l| l.starts_with("bench: no ") || l.contains("failed"))
+        .collect();
+    if !failed.is_empty() {
+        eprintln!("snapshot-bench: incomplete rounds:\n{}", failed.join("\n"));
         std::process::exit(1);
     }
 }
