@@ -7,6 +7,7 @@
 //! inside an L1 Linux host under QEMU TCG with nested SVM, where `/dev/kvm`
 //! is real. `PERFVMM_TEST_MODE=direct|nested` overrides the choice.
 
+pub mod bench;
 pub mod cpio;
 pub mod fit;
 pub mod predict;

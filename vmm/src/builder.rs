@@ -877,7 +877,7 @@ impl<'a> VmBuilder<'a> {
             )?);
         }
         let machine = Machine {
-            shape: shape(self.cfg, &self.mem, self.hotplug),
+            shape: shape(self.cfg, self.hotplug),
             vm: self.vm.clone(),
             mem: self.mem.clone(),
             vcpus: vcpu_set,
@@ -961,15 +961,12 @@ impl<'a> VmBuilder<'a> {
 }
 
 /// The machine a snapshot of this VM belongs to.
-fn shape(cfg: &VmConfig, mem: &GuestMemoryMmap, hotplug: Option<(u64, u64)>) -> Shape {
+fn shape(cfg: &VmConfig, hotplug: Option<(u64, u64)>) -> Shape {
     Shape {
         max_vcpus: cfg.cpus.max,
         boot_memory: cfg.memory.boot,
         max_memory: cfg.memory.max,
-        regions: mem
-            .iter()
-            .map(|r| (r.start_addr().raw_value(), r.len()))
-            .collect(),
+        regions: memory_layout(cfg),
         hotplug,
     }
 }

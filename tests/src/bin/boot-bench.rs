@@ -22,9 +22,8 @@
 //!       [--append KERNEL-ARGS] [--console FILE]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use perfvmm_tests::cpio::CpioWriter;
+use perfvmm_tests::bench;
 use perfvmm_tests::GuestRun;
 
 fn median(v: &mut [f64]) -> f64 {
@@ -138,10 +137,6 @@ const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off quiet";
 
 /// A two-line busybox initramfs: print the marker, reboot.
 fn bench_initramfs() -> Vec<u8> {
-    let busybox = std::fs::read("/bin/busybox").unwrap_or_else(|e| {
-        eprintln!("boot-bench: /bin/busybox (busybox-static, scripts/setup-host.sh): {e}");
-        std::process::exit(1);
-    });
     // After the marker, a write to perfvmm's boot-timer address (perfvmm
     // then prints its exec -> first instruction; Firecracker ignores it).
     let init = format!(
@@ -149,35 +144,11 @@ fn bench_initramfs() -> Vec<u8> {
          /bin/busybox mount -t devtmpfs dev /dev\n\
          /bin/busybox devmem 0xd1000000 8 123\n/bin/busybox reboot -f\n"
     );
-    let mut c = CpioWriter::new();
-    c.dir("bin")
-        .dir("dev")
-        .file("bin/busybox", 0o755, &busybox)
-        .file("init", 0o755, init.as_bytes());
-    c.finish()
-}
-
-/// Builds `tests/bench/vmm-run.c` (static, so that it runs in L1).
-fn vmm_run_helper() -> Vec<u8> {
-    let ws = perfvmm_tests::workspace();
-    let out = ws.build.join("vmm-run");
-    let status = Command::new("gcc")
-        .args(["-O2", "-Wall", "-Werror", "-static", "-o"])
-        .arg(&out)
-        .arg(ws.root.join("tests/bench/vmm-run.c"))
-        .status();
-    if !matches!(status, Ok(s) if s.success()) {
-        eprintln!("boot-bench: cannot build tests/bench/vmm-run.c with gcc");
-        std::process::exit(1);
-    }
-    read_or_exit(&out)
+    bench::busybox_initramfs("boot-bench", &init)
 }
 
 fn read_or_exit(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| {
-        eprintln!("boot-bench: {}: {e}", path.display());
-        std::process::exit(1);
-    })
+    bench::read_or_exit("boot-bench", path)
 }
 
 /// The figures of one VMM over the runs.
@@ -281,7 +252,7 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
     }
     let out = run
         .file("firecracker", read_or_exit(firecracker))
-        .file("vmm-run", vmm_run_helper())
+        .file("vmm-run", bench::c_helper("boot-bench", "vmm-run"))
         .file("bench.cpio", bench_initramfs())
         .file("fc.json", fc_config.to_string().into_bytes())
         .timeout(std::time::Duration::from_secs(120 + 60 * runs as u64))

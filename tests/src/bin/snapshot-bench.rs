@@ -22,10 +22,8 @@
 //!   cargo run --release -p perfvmm-tests --bin snapshot-bench -- [RUNS] --firecracker PATH
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use perfvmm_tests::cpio::CpioWriter;
-use perfvmm_tests::GuestRun;
+use perfvmm_tests::{bench, GuestRun};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -85,17 +83,7 @@ fn main() {
         eprintln!("snapshot-bench: SIZES is a comma-separated list of MiB");
         std::process::exit(2);
     }
-    let mut script = String::from(
-        r#"F=@FILES@
-wait_for() {
-  i=0
-  while ! grep -q "$2" "$1" 2>/dev/null; do
-    i=$((i + 1)); [ $i -gt $(($3 * 10)) ] && { echo "bench: no '$2' in $1"; return 1; }
-    sleep 0.1
-  done
-}
-"#,
-    );
+    let mut script = format!("F=@FILES@\n{}", bench::SH_WAIT_FOR);
     for r in 0..runs {
         for &size in &sizes {
             script.push_str(&format!(
@@ -172,39 +160,10 @@ wait_for() {
 /// The guest of the side-by-side runs: its `/init` prints a line every
 /// 200 ms for ever.
 fn ticking_initramfs() -> Vec<u8> {
-    let busybox = read_or_exit(Path::new("/bin/busybox"));
     let init = "#!/bin/busybox sh\n/bin/busybox mount -t devtmpfs dev /dev\n\
                 i=0\nwhile :; do i=$((i + 1)); /bin/busybox echo \"tick $i\"; \
                 /bin/busybox sleep 0.2; done\n";
-    let mut c = CpioWriter::new();
-    c.dir("bin")
-        .dir("dev")
-        .file("bin/busybox", 0o755, &busybox)
-        .file("init", 0o755, init.as_bytes());
-    c.finish()
-}
-
-fn read_or_exit(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| {
-        eprintln!("snapshot-bench: {}: {e}", path.display());
-        std::process::exit(1);
-    })
-}
-
-/// Builds one of `tests/bench/*.c`, static, so that it runs in L1.
-fn helper(name: &str) -> Vec<u8> {
-    let ws = perfvmm_tests::workspace();
-    let out = ws.build.join(name);
-    let status = Command::new("gcc")
-        .args(["-O2", "-Wall", "-Werror", "-static", "-o"])
-        .arg(&out)
-        .arg(ws.root.join(format!("tests/bench/{name}.c")))
-        .status();
-    if !matches!(status, Ok(s) if s.success()) {
-        eprintln!("snapshot-bench: cannot build tests/bench/{name}.c with gcc");
-        std::process::exit(1);
-    }
-    read_or_exit(&out)
+    bench::busybox_initramfs("snapshot-bench", init)
 }
 
 const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off quiet";
@@ -256,17 +215,9 @@ wait
 "#;
 
 fn side_by_side(runs: usize, firecracker: &Path) {
-    let mut script = String::from(
-        r#"F=@FILES@
-chmod 755 $F/vmm-run $F/http-unix $F/firecracker
-wait_for() {
-  i=0
-  while ! grep -q "$2" "$1" 2>/dev/null; do
-    i=$((i + 1)); [ $i -gt $(($3 * 10)) ] && { echo "bench: no '$2' in $1"; return 1; }
-    sleep 0.1
-  done
-}
-"#,
+    let mut script = format!(
+        "F=@FILES@\nchmod 755 $F/vmm-run $F/http-unix $F/firecracker\n{}",
+        bench::SH_WAIT_FOR
     );
     for r in 0..runs {
         script.push_str(&format!("echo 'snapshot-bench: round {}'\n", r + 1));
@@ -279,9 +230,12 @@ wait_for() {
         firecracker.display()
     );
     let out = GuestRun::script(&script)
-        .file("firecracker", read_or_exit(firecracker))
-        .file("vmm-run", helper("vmm-run"))
-        .file("http-unix", helper("http-unix"))
+        .file(
+            "firecracker",
+            bench::read_or_exit("snapshot-bench", firecracker),
+        )
+        .file("vmm-run", bench::c_helper("snapshot-bench", "vmm-run"))
+        .file("http-unix", bench::c_helper("snapshot-bench", "http-unix"))
         .file("idle.cpio", ticking_initramfs())
         .file("fc-restore.sh", FC_RESTORE.as_bytes().to_vec())
         .timeout(std::time::Duration::from_secs(120 + 120 * runs as u64))

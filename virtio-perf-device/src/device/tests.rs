@@ -472,6 +472,14 @@ mod transport {
     ) {
         let mem =
             Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
+        let (t, irq) = transport_on(&mem);
+        (t, mem, irq)
+    }
+
+    /// A new device and transport over `mem` (a restored one, say).
+    fn transport_on(
+        mem: &Arc<GuestMemoryMmap<()>>,
+    ) -> (MmioTransport<PerfHintDevice<Recorder>>, Arc<IrqCount>) {
         let irq = Arc::new(IrqCount::default());
         let t = MmioTransport::new(
             PerfHintDevice::new(Recorder::default()),
@@ -479,7 +487,7 @@ mod transport {
             irq.clone(),
             0x1234,
         );
-        (t, mem, irq)
+        (t, irq)
     }
 
     /// Negotiates features and sets up both queues as a Linux driver would.
@@ -643,16 +651,7 @@ mod transport {
         assert_eq!(saved.0.queues[0].next_avail, 1);
         assert_eq!(saved.1.pending.len(), 1, "the outcome waits for a batch");
 
-        let (mut t2, _, _) = {
-            let irq = Arc::new(IrqCount::default());
-            let t = MmioTransport::new(
-                PerfHintDevice::new(Recorder::default()),
-                mem.clone(),
-                irq.clone(),
-                0x1234,
-            );
-            (t, (), irq)
-        };
+        let (mut t2, _) = transport_on(&mem);
         t2.restore(&saved.0).unwrap();
         t2.device_mut().restore(&saved.1).unwrap();
         assert_eq!(t2.status(), t.status());

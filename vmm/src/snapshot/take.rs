@@ -14,6 +14,7 @@ use kvm_bindings::{
     kvm_irqchip, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
 };
 use kvm_ioctls::VmFd;
+use virtio_mmio::{MmioTransport, VirtioDevice};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
@@ -124,27 +125,6 @@ impl Machine {
             kvm("KVM_GET_IRQCHIP", self.vm.get_irqchip(&mut chip))?;
             irqchips.push(chip);
         }
-        let virtio_mem = self.virtio_mem.as_ref().map(|t| {
-            let t = lock(t);
-            Virtio {
-                transport: t.save(),
-                device: t.device().save(),
-            }
-        });
-        let perf_hint = {
-            let t = lock(&self.perf_hint);
-            Virtio {
-                transport: t.save(),
-                device: t.device().save(),
-            }
-        };
-        let balloon = {
-            let t = lock(&self.balloon);
-            Virtio {
-                transport: t.save(),
-                device: t.device().save(),
-            }
-        };
         Ok(VmState {
             shape: self.shape.clone(),
             vcpus,
@@ -153,12 +133,24 @@ impl Machine {
             pit: kvm("KVM_GET_PIT2", self.vm.get_pit2())?,
             clock: kvm("KVM_GET_CLOCK", self.vm.get_clock())?,
             serial: lock(&self.console).save(),
-            perf_hint,
-            balloon,
-            virtio_mem,
+            perf_hint: saved(&self.perf_hint, |d| d.save()),
+            balloon: saved(&self.balloon, |d| d.save()),
+            virtio_mem: self.virtio_mem.as_ref().map(|t| saved(t, |d| d.save())),
             engine: lock(&self.engine).save(),
             uptime,
         })
+    }
+}
+
+/// A virtio device's state: its transport's and, through `device`, its own.
+fn saved<D: VirtioDevice, S>(
+    transport: &Mutex<MmioTransport<D>>,
+    device: impl FnOnce(&D) -> S,
+) -> Virtio<S> {
+    let t = lock(transport);
+    Virtio {
+        transport: t.save(),
+        device: device(t.device()),
     }
 }
 
