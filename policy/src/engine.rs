@@ -173,20 +173,6 @@ pub struct EngineState {
     tracks: [Track; 2],
     frames: Vec<Frame>,
     bucket: Bucket,
-    stream_buckets: Vec<(u16, Bucket)>,
-    rate_limited: u64,
-    schedule: Option<Schedule>,
-    schedule_needs: Vec<ScheduledNeeds>,
-    latencies: [Latencies; 2],
-    usage: [VecDeque<(Duration, f64)>; 2],
-}
-
-pub struct Engine {
-    policy: Policy,
-    vm: VmLimits,
-    tracks: [Track; 2],
-    frames: Vec<Frame>,
-    bucket: Bucket,
     /// Each stream's own budget, half the VM's: one process cannot spend
     /// the whole of it (stream 0, writers the driver does not number, has
     /// only the VM's).
@@ -200,6 +186,14 @@ pub struct Engine {
     latencies: [Latencies; 2],
     /// Observed usage per resource (reactive mode): (when, value).
     usage: [VecDeque<(Duration, f64)>; 2],
+}
+
+/// The policy engine: the policy and the VM's limits, and what it has
+/// learnt of the VM since.
+pub struct Engine {
+    policy: Policy,
+    vm: VmLimits,
+    learnt: EngineState,
 }
 
 /// What sets a target.
@@ -335,36 +329,28 @@ impl Engine {
     pub fn new(policy: Policy, vm: VmLimits) -> Self {
         let [(vmin, vmax), (mmin, mmax)] = bounds(&policy, &vm);
         Engine {
-            tracks: [
-                Track::new(vmin, vmax, u64::from(vm.boot_vcpus)),
-                Track::new(mmin, mmax, vm.boot_memory),
-            ],
-            bucket: bucket(&policy),
-            stream_buckets: Vec::new(),
+            learnt: EngineState {
+                tracks: [
+                    Track::new(vmin, vmax, u64::from(vm.boot_vcpus)),
+                    Track::new(mmin, mmax, vm.boot_memory),
+                ],
+                bucket: bucket(&policy),
+                stream_buckets: Vec::new(),
+                frames: Vec::new(),
+                rate_limited: 0,
+                schedule: None,
+                schedule_needs: Vec::new(),
+                latencies: [Latencies::new(), Latencies::new()],
+                usage: [VecDeque::new(), VecDeque::new()],
+            },
             policy,
             vm,
-            frames: Vec::new(),
-            rate_limited: 0,
-            schedule: None,
-            schedule_needs: Vec::new(),
-            latencies: [Latencies::new(), Latencies::new()],
-            usage: [VecDeque::new(), VecDeque::new()],
         }
     }
 
     /// Its state, for a snapshot.
     pub fn save(&self) -> EngineState {
-        EngineState {
-            tracks: self.tracks.clone(),
-            frames: self.frames.clone(),
-            bucket: self.bucket.clone(),
-            stream_buckets: self.stream_buckets.clone(),
-            rate_limited: self.rate_limited,
-            schedule: self.schedule.clone(),
-            schedule_needs: self.schedule_needs.clone(),
-            latencies: self.latencies.clone(),
-            usage: self.usage.clone(),
-        }
+        self.learnt.clone()
     }
 
     /// An engine that goes on from `state` (saved by [`Engine::save`]) under
@@ -393,15 +379,7 @@ impl Engine {
             return too_many("scheduled phases", needs, crate::schedule::MAX_PHASES);
         }
         let mut e = Engine::new(policy.clone(), vm);
-        e.tracks = state.tracks;
-        e.frames = state.frames;
-        e.bucket = state.bucket;
-        e.stream_buckets = state.stream_buckets;
-        e.rate_limited = state.rate_limited;
-        e.schedule = state.schedule;
-        e.schedule_needs = state.schedule_needs;
-        e.latencies = state.latencies;
-        e.usage = state.usage;
+        e.learnt = state;
         e.reload(policy);
         Ok(e)
     }
@@ -414,7 +392,7 @@ impl Engine {
             Resource::Vcpus => u32::try_from(steps.max(1)).unwrap_or(u32::MAX),
             Resource::Memory => 1,
         };
-        self.latencies[r as usize].observe(d / steps);
+        self.learnt.latencies[r as usize].observe(d / steps);
     }
 
     /// How far ahead of a scheduled phase a one-step grow of `r` is
@@ -435,7 +413,7 @@ impl Engine {
             Resource::Memory => 1,
         };
         let initial = Duration::from_millis(timing.lead_ms) * steps;
-        let l = &self.latencies[r as usize];
+        let l = &self.learnt.latencies[r as usize];
         if l.count() == 0 {
             return initial;
         }
@@ -450,19 +428,19 @@ impl Engine {
 
     /// The schedule in force, if any.
     pub fn schedule(&self) -> Option<&Schedule> {
-        self.schedule.as_ref()
+        self.learnt.schedule.as_ref()
     }
 
     /// A standalone `phase_needs` hint: added to the schedule in force
     /// (replacing a phase of the same id), or the start of a new one now.
     fn add_to_schedule(&mut self, now: Duration, seq: u32, needs: ScheduledNeeds) {
-        let mut phases = match &self.schedule {
-            Some(_) => self.schedule_needs.clone(),
+        let mut phases = match &self.learnt.schedule {
+            Some(_) => self.learnt.schedule_needs.clone(),
             None => Vec::new(),
         };
         phases.retain(|p| p.id != needs.id);
         phases.push(needs);
-        let origin = self.schedule.as_ref().map_or(now, |s| s.origin());
+        let origin = self.learnt.schedule.as_ref().map_or(now, |s| s.origin());
         self.set_schedule(origin, seq, &phases);
     }
 
@@ -489,20 +467,20 @@ impl Engine {
                 ],
             })
             .collect();
-        self.schedule = (!phases.is_empty()).then(|| Schedule::new(now, seq, planned));
-        self.schedule_needs = phases.to_vec();
+        self.learnt.schedule = (!phases.is_empty()).then(|| Schedule::new(now, seq, planned));
+        self.learnt.schedule_needs = phases.to_vec();
     }
 
     /// Puts a new policy in force, keeping allocations and hinted demand;
     /// allocations move to the new bounds on the next evaluation.
     pub fn reload(&mut self, policy: Policy) {
-        for (t, (min, max)) in self.tracks.iter_mut().zip(bounds(&policy, &self.vm)) {
+        for (t, (min, max)) in self.learnt.tracks.iter_mut().zip(bounds(&policy, &self.vm)) {
             t.min = min;
             t.max = max;
             t.refused = None;
         }
-        let last = self.bucket.last;
-        self.bucket = Bucket {
+        let last = self.learnt.bucket.last;
+        self.learnt.bucket = Bucket {
             last,
             ..bucket(&policy)
         };
@@ -510,11 +488,11 @@ impl Engine {
     }
 
     fn track(&self, r: Resource) -> &Track {
-        &self.tracks[r as usize]
+        &self.learnt.tracks[r as usize]
     }
 
     fn track_mut(&mut self, r: Resource) -> &mut Track {
-        &mut self.tracks[r as usize]
+        &mut self.learnt.tracks[r as usize]
     }
 
     pub fn allocation(&self, r: Resource) -> u64 {
@@ -550,7 +528,7 @@ impl Engine {
 
     /// Ids of the phases the guest has open, outermost first.
     pub fn open_phases(&self) -> Vec<u32> {
-        self.frames.iter().map(|f| f.phase).collect()
+        self.learnt.frames.iter().map(|f| f.phase).collect()
     }
 
     /// The guest reports `bytes` of memory in use: memory never shrinks below it.
@@ -564,7 +542,7 @@ impl Engine {
     fn phases_want(&self, r: Resource) -> Demand {
         let mut counted: Vec<u16> = Vec::new();
         let mut sum: Demand = None;
-        for f in self.frames.iter().rev() {
+        for f in self.learnt.frames.iter().rev() {
             let Some((w, seq)) = f.demand[r as usize] else {
                 continue;
             };
@@ -586,7 +564,7 @@ impl Engine {
         let hinted = self.phases_want(r).or(t.base);
         // A schedule in force says per phase what the manifest's overall
         // figure says for the whole run: the finer one wins.
-        let scheduling = self.policy.mode == Mode::Schedule && self.schedule.is_some();
+        let scheduling = self.policy.mode == Mode::Schedule && self.learnt.schedule.is_some();
         if scheduling {
             hinted
         } else {
@@ -613,7 +591,7 @@ impl Engine {
         now: Duration,
         horizon: Duration,
     ) -> Option<(u64, u32, u32)> {
-        let s = self.schedule.as_ref()?;
+        let s = self.learnt.schedule.as_ref()?;
         let min = self.track(r).min;
         let (w, phase) = s.demand(r as usize, now, |want| {
             self.lead_for(r, want.saturating_sub(min)) + horizon
@@ -681,7 +659,7 @@ impl Engine {
     fn recommended(&self, r: Resource, now: Duration) -> Option<u64> {
         let p = &self.policy.reactive;
         let window = Duration::from_millis(p.window_ms);
-        let mut v: Vec<f64> = self.usage[r as usize]
+        let mut v: Vec<f64> = self.learnt.usage[r as usize]
             .iter()
             .filter(|(t, _)| now.saturating_sub(*t) <= window)
             .map(|&(_, v)| v)
@@ -720,7 +698,7 @@ impl Engine {
     /// than the window are dropped.
     pub fn observe_usage(&mut self, now: Duration, r: Resource, value: f64) {
         let window = Duration::from_millis(self.policy.reactive.window_ms);
-        let samples = &mut self.usage[r as usize];
+        let samples = &mut self.learnt.usage[r as usize];
         while samples
             .front()
             .is_some_and(|(t, _)| now.saturating_sub(*t) > window)
@@ -777,7 +755,13 @@ impl Engine {
     /// A demand of `stream`: for its innermost open phase, or outside
     /// phases.
     fn set_demand(&mut self, stream: u16, r: Resource, d: (u64, u32)) {
-        match self.frames.iter_mut().rev().find(|f| f.stream == stream) {
+        match self
+            .learnt
+            .frames
+            .iter_mut()
+            .rev()
+            .find(|f| f.stream == stream)
+        {
             Some(f) => f.demand[r as usize] = Some(d),
             None => self.track_mut(r).base = Some(d),
         }
@@ -786,29 +770,34 @@ impl Engine {
     /// Takes a token from `stream`'s budget and the VM's.
     fn admit_rate(&mut self, now: Duration, stream: u16) -> bool {
         if stream != 0 {
-            let i = match self.stream_buckets.iter().position(|(s, _)| *s == stream) {
+            let i = match self
+                .learnt
+                .stream_buckets
+                .iter()
+                .position(|(s, _)| *s == stream)
+            {
                 Some(i) => i,
                 None => {
-                    if self.stream_buckets.len() >= MAX_STREAMS {
-                        let oldest = (0..self.stream_buckets.len())
-                            .min_by_key(|&i| self.stream_buckets[i].1.last)
+                    if self.learnt.stream_buckets.len() >= MAX_STREAMS {
+                        let oldest = (0..self.learnt.stream_buckets.len())
+                            .min_by_key(|&i| self.learnt.stream_buckets[i].1.last)
                             .unwrap_or(0);
-                        self.stream_buckets.swap_remove(oldest);
+                        self.learnt.stream_buckets.swap_remove(oldest);
                     }
                     let mut b = bucket(&self.policy);
                     b.rate /= 2.0;
                     b.burst /= 2.0;
                     b.tokens = b.burst;
                     b.last = now;
-                    self.stream_buckets.push((stream, b));
-                    self.stream_buckets.len() - 1
+                    self.learnt.stream_buckets.push((stream, b));
+                    self.learnt.stream_buckets.len() - 1
                 }
             };
-            if !self.stream_buckets[i].1.take(now) {
+            if !self.learnt.stream_buckets[i].1.take(now) {
                 return false;
             }
         }
-        self.bucket.take(now)
+        self.learnt.bucket.take(now)
     }
 
     /// Takes one hint (stream 0); see [`Self::on_stream_hint`].
@@ -827,7 +816,7 @@ impl Engine {
         hint: &Hint,
     ) -> (Outcome, Vec<Decision>) {
         if !self.admit_rate(now, stream) {
-            self.rate_limited += 1;
+            self.learnt.rate_limited += 1;
             return (Outcome::RateLimited, Vec::new());
         }
         let mut outcome = Outcome::Accepted;
@@ -869,36 +858,46 @@ impl Engine {
             }
             Hint::PhaseNeeds(n) => self.add_to_schedule(now, seq, ScheduledNeeds::from_wire(n)),
             Hint::PhaseBegin(p) if !p.declared_only => {
-                if let Some(s) = &mut self.schedule {
+                if let Some(s) = &mut self.learnt.schedule {
                     s.phase_began(p.id, now);
                 }
                 // A runaway stream cannot grow the stack without bound: it
                 // loses its own oldest phase; past the VM-wide cap its new
                 // phases are refused (never another stream's taken).
-                let mine = self.frames.iter().filter(|f| f.stream == stream).count();
+                let mine = self
+                    .learnt
+                    .frames
+                    .iter()
+                    .filter(|f| f.stream == stream)
+                    .count();
                 if mine >= MAX_PHASES_PER_STREAM {
-                    if let Some(i) = self.frames.iter().position(|f| f.stream == stream) {
-                        self.frames.remove(i);
+                    if let Some(i) = self.learnt.frames.iter().position(|f| f.stream == stream) {
+                        self.learnt.frames.remove(i);
                     }
-                } else if self.frames.len() >= MAX_PHASES {
+                } else if self.learnt.frames.len() >= MAX_PHASES {
                     return (Outcome::Rejected, Vec::new());
                 }
-                self.frames.push(Frame {
+                self.learnt.frames.push(Frame {
                     stream,
                     phase: p.id,
                     demand: [None; 2],
                 });
             }
             Hint::PhaseEnd { id } => {
-                if let Some(s) = &mut self.schedule {
+                if let Some(s) = &mut self.learnt.schedule {
                     s.phase_ended(*id);
                 }
                 // The phase and the stream's phases opened inside it; other
                 // streams' phases stay.
                 let mine = |f: &Frame| f.stream == stream;
-                if let Some(i) = self.frames.iter().rposition(|f| mine(f) && f.phase == *id) {
+                if let Some(i) = self
+                    .learnt
+                    .frames
+                    .iter()
+                    .rposition(|f| mine(f) && f.phase == *id)
+                {
                     let mut k = 0;
-                    self.frames.retain(|f| {
+                    self.learnt.frames.retain(|f| {
                         k += 1;
                         k <= i || !mine(f)
                     });
@@ -918,8 +917,8 @@ impl Engine {
         if stream == 0 {
             return Vec::new();
         }
-        self.frames.retain(|f| f.stream != stream);
-        self.stream_buckets.retain(|(s, _)| *s != stream);
+        self.learnt.frames.retain(|f| f.stream != stream);
+        self.learnt.stream_buckets.retain(|(s, _)| *s != stream);
         self.evaluate_all(now, None)
     }
 
@@ -929,11 +928,11 @@ impl Engine {
     }
 
     fn evaluate_all(&mut self, now: Duration, cause: Option<u32>) -> Vec<Decision> {
-        if let Some(s) = self.schedule.take_if(|s| s.finished(now)) {
+        if let Some(s) = self.learnt.schedule.take_if(|s| s.finished(now)) {
             // The program's last phase is over: with nothing hinted, its
             // resources go back to the VM's boot size.
             let boot = [u64::from(self.vm.boot_vcpus), self.vm.boot_memory];
-            for (t, b) in self.tracks.iter_mut().zip(boot) {
+            for (t, b) in self.learnt.tracks.iter_mut().zip(boot) {
                 t.base = t.base.or(Some((b, s.seq)));
             }
         }
@@ -972,7 +971,7 @@ impl Engine {
         reason: String,
         hints: Vec<u32>,
     ) -> Decision {
-        let rate_limited = std::mem::take(&mut self.rate_limited);
+        let rate_limited = std::mem::take(&mut self.learnt.rate_limited);
         let t = self.track_mut(r);
         let d = Decision {
             t_ms: now.as_millis() as u64,
@@ -1223,8 +1222,8 @@ mod tests {
             );
         }
         e.on_stream_hint(ms(100_000), 4, 0, &hint::phase_begin(7, "y", 0));
-        let fourth = e.frames.iter().filter(|f| f.stream == 4).count();
-        let third = e.frames.iter().filter(|f| f.stream == 3).count();
+        let fourth = e.learnt.frames.iter().filter(|f| f.stream == 4).count();
+        let third = e.learnt.frames.iter().filter(|f| f.stream == 3).count();
         assert_eq!((third, fourth), (MAX_PHASES_PER_STREAM, 1));
     }
 
@@ -1601,8 +1600,8 @@ mod tests {
         }
         e.observe_usage(ms(0), Resource::Vcpus, f64::NAN);
         e.observe_usage(ms(0), Resource::Vcpus, -3.0);
-        assert!(e.usage[0].len() <= MAX_USAGE_SAMPLES);
-        assert!(e.usage[0].iter().all(|(_, v)| *v == 1.0));
+        assert!(e.learnt.usage[0].len() <= MAX_USAGE_SAMPLES);
+        assert!(e.learnt.usage[0].iter().all(|(_, v)| *v == 1.0));
     }
 
     #[test]
