@@ -5,8 +5,9 @@
 //! 2.7.4.2), readable bytes gathered into a caller-owned buffer no longer
 //! than the device's limit, and every buffer inside guest memory.
 
+use crate::GuestMem;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 /// The most descriptors any device follows in one chain.
 pub const MAX_DESCRIPTORS: usize = 16;
@@ -106,7 +107,7 @@ impl WritableBuffers {
 /// Reads one chain: its device-readable bytes into `buf` (cleared first)
 /// and its device-writable buffers into the result, enforcing `limits`.
 pub fn read_chain(
-    mem: &GuestMemoryMmap<()>,
+    mem: &GuestMem,
     chain: impl Iterator<Item = Descriptor>,
     limits: ChainLimits,
     buf: &mut Vec<u8>,
@@ -143,7 +144,7 @@ pub fn read_chain(
 
 /// Appends one readable buffer to `buf`, within `max` bytes in all.
 fn gather(
-    mem: &GuestMemoryMmap<()>,
+    mem: &GuestMem,
     buf: &mut Vec<u8>,
     addr: u64,
     len: u32,
@@ -165,8 +166,8 @@ mod tests {
     use crate::testing::{Desc, DriverRing};
     use virtio_queue::QueueT;
 
-    fn fixture() -> (GuestMemoryMmap<()>, DriverRing, virtio_queue::Queue) {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    fn fixture() -> (GuestMem, DriverRing, virtio_queue::Queue) {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let ring = DriverRing::new(&mem, 0x1000, 32);
         let q = ring.queue();
         (mem, ring, q)

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::GuestMem;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use virtio_bindings::virtio_config as config;
 use virtio_bindings::virtio_mmio as mmio;
@@ -36,7 +36,7 @@ pub trait Interrupt: Send + Sync {
 }
 
 /// Guest memory as devices see it.
-pub type Mem = Arc<GuestMemoryMmap<()>>;
+pub type Mem = Arc<GuestMem>;
 
 /// A device behind the virtio-mmio transport.
 pub trait VirtioDevice: Send {
@@ -95,9 +95,9 @@ impl WorkLeft {
         &mut self,
         index: usize,
         queue: Option<&mut Queue>,
-        mem: &'m GuestMemoryMmap<()>,
+        mem: &'m GuestMem,
         taken: &mut usize,
-    ) -> Option<virtio_queue::DescriptorChain<&'m GuestMemoryMmap<()>>> {
+    ) -> Option<virtio_queue::DescriptorChain<&'m GuestMem>> {
         let bit = 1u32.checked_shl(index as u32).unwrap_or(0);
         if *taken >= WAKE_BUDGET {
             self.0 |= bit;

@@ -31,3 +31,11 @@ pub use device::{
 pub use log_limit::LogLimit;
 pub use state::{QueueSnapshot, RestoreError, TransportState};
 pub use transport::MmioTransport;
+
+/// Guest memory as every perfvmm crate sees it. Its bitmap records each
+/// page the VMM writes (used rings, buffers a device fills): KVM's dirty
+/// log sees only the guest's own writes, and a live migration must send
+/// both again.
+pub type GuestMem = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
+/// One region of [`GuestMem`].
+pub type GuestRegion = vm_memory::GuestRegionMmap<vm_memory::bitmap::AtomicBitmap>;

@@ -1,8 +1,9 @@
 //! A driver-side view of a split virtqueue in guest memory, for tests and
 //! benchmarks: post descriptor chains, read back what the device used.
 
+use crate::GuestMem;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 pub const F_NEXT: u16 = 1;
 pub const F_WRITE: u16 = 2;
@@ -45,7 +46,7 @@ pub struct DriverRing {
 
 impl DriverRing {
     /// Lays out a ring of `size` entries at `base` and zeroes its indices.
-    pub fn new(mem: &GuestMemoryMmap<()>, base: u64, size: u16) -> Self {
+    pub fn new(mem: &GuestMem, base: u64, size: u16) -> Self {
         let desc = base;
         let avail = desc + 16 * u64::from(size);
         let used = (avail + 6 + 2 * u64::from(size) + 3) & !3;
@@ -76,7 +77,7 @@ impl DriverRing {
     }
 
     /// Writes a raw descriptor at table index `i`.
-    pub fn write_desc(&self, mem: &GuestMemoryMmap<()>, i: u16, d: Desc, next: u16) {
+    pub fn write_desc(&self, mem: &GuestMem, i: u16, d: Desc, next: u16) {
         let a = self.desc + 16 * u64::from(i);
         mem.write_obj(d.addr, GuestAddress(a)).expect("desc");
         mem.write_obj(d.len, GuestAddress(a + 8)).expect("desc");
@@ -85,7 +86,7 @@ impl DriverRing {
     }
 
     /// Makes the chain starting at table index `head` available.
-    pub fn publish(&mut self, mem: &GuestMemoryMmap<()>, head: u16) {
+    pub fn publish(&mut self, mem: &GuestMem, head: u16) {
         let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % self.size);
         mem.write_obj(head, GuestAddress(slot)).expect("avail");
         self.avail_idx = self.avail_idx.wrapping_add(1);
@@ -94,7 +95,7 @@ impl DriverRing {
     }
 
     /// Writes `descs` as one chain in the next free table slots and publishes it.
-    pub fn add(&mut self, mem: &GuestMemoryMmap<()>, descs: &[Desc]) -> u16 {
+    pub fn add(&mut self, mem: &GuestMem, descs: &[Desc]) -> u16 {
         let head = self.next_desc;
         for (i, d) in descs.iter().enumerate() {
             let idx = (head + i as u16) % self.size;
@@ -111,12 +112,12 @@ impl DriverRing {
         head
     }
 
-    pub fn used_idx(&self, mem: &GuestMemoryMmap<()>) -> u16 {
+    pub fn used_idx(&self, mem: &GuestMem) -> u16 {
         mem.read_obj(GuestAddress(self.used + 2)).expect("used")
     }
 
     /// Used elements (id, len) not yet returned by an earlier call.
-    pub fn take_used(&mut self, mem: &GuestMemoryMmap<()>) -> Vec<(u32, u32)> {
+    pub fn take_used(&mut self, mem: &GuestMem) -> Vec<(u32, u32)> {
         let end = self.used_idx(mem);
         let mut out = Vec::new();
         while self.used_seen != end {

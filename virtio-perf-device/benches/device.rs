@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use guest_hints::wire::{self, Hint, MessageWriter, Outcome, Parallelism};
 use virtio_mmio::testing::{Desc, DriverRing};
+use virtio_mmio::GuestMem;
 use virtio_mmio::VirtioDevice;
 use virtio_perf_device::{features, HintSink, PerfHintDevice, HINTQ, QUEUE_SIZE};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 struct Count(u64);
 impl HintSink for Count {
@@ -42,8 +43,7 @@ fn message(records: u32) -> Vec<u8> {
 /// Runs for about `budget`, posting `chains_per_notify` chains of one
 /// `records`-record message each before every notification. Returns hints/s.
 fn run(records: u32, chains_per_notify: u16, budget: Duration) -> f64 {
-    let mem =
-        Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).expect("mem"));
+    let mem = Arc::new(GuestMem::from_ranges(&[(GuestAddress(0), 16 << 20)]).expect("mem"));
     let mut ring = DriverRing::new(&mem, 0, QUEUE_SIZE);
     let event = DriverRing::new(&mem, 0x10_0000, QUEUE_SIZE);
     let mut dev = PerfHintDevice::new(Count(0));

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use guest_hints::wire::{self, Hint, Outcome, MAX_MESSAGE_LEN, OUTCOME_LEN};
 use serde::{Deserialize, Serialize};
+use virtio_mmio::GuestMem;
 use virtio_mmio::{
     read_chain, ChainError, ChainLimits, LogLimit, Mem, RestoreError, VirtioDevice, WorkLeft,
     WritableBuffers,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::counters::{Counters, DropReason, COUNTER_VALUES};
 use crate::{features, EVENTQ, HINTQ, PERFHINT_DEVICE_ID, QUEUE_SIZE};
@@ -149,8 +150,8 @@ impl<S: HintSink> PerfHintDevice<S> {
     /// Reads a chain's bytes into `self.buf`, enforcing every limit.
     fn gather(
         &mut self,
-        mem: &GuestMemoryMmap<()>,
-        chain: DescriptorChain<&GuestMemoryMmap<()>>,
+        mem: &GuestMem,
+        chain: DescriptorChain<&GuestMem>,
     ) -> Result<(), (DropReason, String)> {
         read_chain(mem, chain, HINTQ_LIMITS, &mut self.buf)
             .map(|_| ())
@@ -249,7 +250,7 @@ impl<S: HintSink> PerfHintDevice<S> {
 
     /// Fills `buffers` with pending outcomes, whole entries only; returns
     /// the bytes written.
-    fn write_outcomes(&mut self, mem: &GuestMemoryMmap<()>, buffers: &WritableBuffers) -> u32 {
+    fn write_outcomes(&mut self, mem: &GuestMem, buffers: &WritableBuffers) -> u32 {
         let mut written = 0u32;
         for (addr, len) in buffers.iter() {
             let mut off = 0u64;

@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use guest_hints::client::{hint, Client, SendError, Transport};
 use guest_hints::mmio::{Dma, MmioTransport as Driver, Registers, DMA_LEN, SLOTS};
 use guest_hints::wire::{Hint, IoClass, Outcome};
+use virtio_mmio::GuestMem;
 use virtio_mmio::Interrupt;
 use virtio_mmio::MmioTransport;
 use virtio_perf_device::{HintSink, PerfHintDevice};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 #[derive(Clone, Default)]
 struct Log(Arc<Mutex<Vec<(u32, Hint)>>>);
@@ -49,7 +50,7 @@ impl Registers for Regs {
 }
 
 struct GuestDma {
-    mem: Arc<GuestMemoryMmap<()>>,
+    mem: Arc<GuestMem>,
     base: u64,
     len: usize,
 }
@@ -73,7 +74,7 @@ impl Dma for GuestDma {
 }
 
 fn setup(deferred: bool, dma_len: usize) -> (Client<Driver<Regs, GuestDma>>, Device, Log) {
-    let mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+    let mem = Arc::new(GuestMem::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
     let log = Log::default();
     let dev: Device = Arc::new(Mutex::new(MmioTransport::new(
         PerfHintDevice::new(log.clone()),

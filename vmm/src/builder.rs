@@ -29,9 +29,10 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
+use virtio_mmio::GuestMem;
 use virtio_mmio::{MmioTransport, RestoreError, VirtioDevice};
 use virtio_perf_device::{Counters, PerfHintDevice, PERFHINT_VENDOR_ID};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{self, AcpiConfig};
@@ -292,7 +293,7 @@ pub fn within_policy(cfg: &VmConfig, policy: &Policy) -> VmConfig {
 
 /// What the user gave, loaded and checked before KVM is touched.
 pub struct Inputs {
-    mem: Arc<GuestMemoryMmap>,
+    mem: Arc<GuestMem>,
     /// The virtio-mem region (start, size), when `--memory` has a `max`.
     hotplug: Option<(u64, u64)>,
     /// Host address and length of each guest memory region.
@@ -305,7 +306,7 @@ pub struct Inputs {
 
 impl Inputs {
     /// Guest memory as `cfg` sizes it, reserved, not touched.
-    pub fn create_memory(cfg: &VmConfig) -> Result<GuestMemoryMmap, VmError> {
+    pub fn create_memory(cfg: &VmConfig) -> Result<GuestMem, VmError> {
         let hotplug = memory::hotplug_region(cfg.memory.boot, cfg.memory.max);
         memory::create_guest_memory(cfg.memory.boot, hotplug).map_err(|source| VmError::Memory {
             size: cfg.memory.max >> 20,
@@ -319,7 +320,7 @@ impl Inputs {
     pub fn load(
         cfg: &VmConfig,
         policy: Policy,
-        mem: GuestMemoryMmap,
+        mem: GuestMem,
         start: Instant,
     ) -> Result<Self, VmError> {
         let hotplug = memory::hotplug_region(cfg.memory.boot, cfg.memory.max);
@@ -435,11 +436,7 @@ fn check_caps(kvm: &Kvm) -> Result<(), VmError> {
 /// Registers guest RAM with KVM, one memory slot per region, but not the
 /// virtio-mem region (`hotplug`): its slots are registered as the guest
 /// plugs memory there ([`KvmSlots`]).
-fn register_memory(
-    vm: &VmFd,
-    mem: &GuestMemoryMmap,
-    hotplug: Option<(u64, u64)>,
-) -> Result<(), VmError> {
+fn register_memory(vm: &VmFd, mem: &GuestMem, hotplug: Option<(u64, u64)>) -> Result<(), VmError> {
     let ram = mem
         .iter()
         .filter(|r| hotplug.is_none_or(|(start, _)| r.start_addr().raw_value() != start));
@@ -464,7 +461,7 @@ fn register_memory(
 /// in-kernel irqchip and PIT and with guest memory registered.
 pub fn create_kvm_vm(
     cfg: &VmConfig,
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     hotplug: Option<(u64, u64)>,
 ) -> Result<(Kvm, VmFd), VmError> {
     let kvm = open_kvm()?;
@@ -559,7 +556,7 @@ type Attached<D> = (Arc<Mutex<MmioTransport<D>>>, EventFd);
 pub struct VmBuilder<'a> {
     cfg: &'a VmConfig,
     start: Instant,
-    mem: Arc<GuestMemoryMmap>,
+    mem: Arc<GuestMem>,
     hotplug: Option<(u64, u64)>,
     host_regions: Vec<(usize, usize)>,
     policy: Policy,
@@ -986,7 +983,7 @@ impl KvmSlots {
     /// `None` unless `gpa` starts the last region of `mem`: the other
     /// regions hold KVM slots 0.., one each in address order, so the
     /// hotplug region's slots are numbered after them.
-    fn new(vm: Arc<VmFd>, mem: &GuestMemoryMmap, gpa: u64) -> Option<Self> {
+    fn new(vm: Arc<VmFd>, mem: &GuestMem, gpa: u64) -> Option<Self> {
         let region = mem.iter().last()?;
         (region.start_addr().raw_value() == gpa).then(|| KvmSlots {
             vm,

@@ -1,10 +1,10 @@
 //! Guest RAM: how much goes where, creating the mapping, and the e820 map
 //! the guest is told about.
 
+use virtio_mmio::{GuestMem, GuestRegion};
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::{FromRangesError, MmapRegion, MmapRegionError};
-use vm_memory::{
-    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
-};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::layout::{ACPI_END, ACPI_START, EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START};
 
@@ -56,7 +56,7 @@ pub fn low_ram_end(size: u64) -> u64 {
 pub fn create_guest_memory(
     size: u64,
     hotplug: Option<(u64, u64)>,
-) -> Result<GuestMemoryMmap, FromRangesError> {
+) -> Result<GuestMem, FromRangesError> {
     let mut ranges = ram_ranges(size);
     if let Some((start, len)) = hotplug {
         ranges.push((GuestAddress(start), len as usize));
@@ -65,10 +65,10 @@ pub fn create_guest_memory(
         .iter()
         .map(|&(base, len)| {
             let region = huge_aligned_region(len)?;
-            GuestRegionMmap::new(region, base).ok_or(FromRangesError::InvalidGuestRegion)
+            GuestRegion::new(region, base).ok_or(FromRangesError::InvalidGuestRegion)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(GuestMemoryMmap::from_regions(regions)?)
+    Ok(GuestMem::from_regions(regions)?)
 }
 
 /// Alignment of guest memory in the VMM's address space.
@@ -78,7 +78,7 @@ pub const HUGE_PAGE: usize = 2 << 20;
 /// [`HUGE_PAGE`] boundary, with transparent huge pages asked for (hosts
 /// whose THP setting is `madvise` use them too). It stays mapped for the
 /// process's life, as guest memory does.
-fn huge_aligned_region(len: usize) -> Result<MmapRegion, MmapRegionError> {
+fn huge_aligned_region(len: usize) -> Result<MmapRegion<AtomicBitmap>, MmapRegionError> {
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
     let total = len
@@ -129,7 +129,7 @@ pub enum DiscardError {
 /// Gives the host pages behind guest range `[addr, addr + len)` back to the
 /// host; they read as zero when touched again. Used when the balloon
 /// inflates and when virtio-mem unplugs blocks.
-pub fn discard(mem: &GuestMemoryMmap, addr: GuestAddress, len: u64) -> Result<(), DiscardError> {
+pub fn discard(mem: &GuestMem, addr: GuestAddress, len: u64) -> Result<(), DiscardError> {
     let raw = addr.0;
     if !raw.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) || len == 0 {
         return Err(DiscardError::Unaligned { addr: raw, len });

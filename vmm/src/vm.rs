@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::VmFd;
+use virtio_mmio::GuestMem;
 use virtio_perf_device::Counters;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::terminal::Terminal;
 
 use crate::control::{Controller, HintLog};
@@ -42,7 +42,7 @@ pub struct VmParts {
     /// Whether the final counters are logged at `info` even with no hints.
     pub log_counters: bool,
     pub kvm_vm: Arc<VmFd>,
-    pub mem: Arc<GuestMemoryMmap>,
+    pub mem: Arc<GuestMem>,
     /// Whether the main thread confines itself before its event loop.
     pub seccomp: bool,
     /// Whether it writes snapshots (its filter then lets it create files).

@@ -9,7 +9,8 @@ use libfuzzer_sys::fuzz_target;
 use virtio_mmio::testing::{Desc, DriverRing};
 use virtio_mmio::VirtioDevice;
 use virtio_perf_device::{HintSink, PerfHintDevice, HINTQ};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use virtio_mmio::{GuestMem};
 
 struct Sink;
 impl HintSink for Sink {
@@ -25,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
     }
-    let mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).unwrap());
+    let mem = Arc::new(GuestMem::from_ranges(&[(GuestAddress(0), MEM)]).unwrap());
     let mut ring = DriverRing::new(&mem, 0, QSIZE);
     let event = DriverRing::new(&mem, 0x1000, QSIZE);
     let mut dev = PerfHintDevice::new(Sink);

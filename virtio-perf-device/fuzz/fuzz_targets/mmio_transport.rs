@@ -13,7 +13,8 @@ use virtio_mmio::device::status;
 use virtio_mmio::transport::MmioTransport;
 use virtio_mmio::Interrupt;
 use virtio_perf_device::{HintSink, PerfHintDevice};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use virtio_mmio::{GuestMem};
 
 const MEM: usize = 1 << 20;
 
@@ -32,7 +33,7 @@ impl Interrupt for NoIrq {
 fuzz_target!(|data: &[u8]| {
     // The first 4 KiB of input become the start of guest memory (rings).
     let (image, ops) = data.split_at(data.len().min(4096));
-    let mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).unwrap());
+    let mem = Arc::new(GuestMem::from_ranges(&[(GuestAddress(0), MEM)]).unwrap());
     let _ = mem.write_slice(image, GuestAddress(0));
     let mut t = MmioTransport::new(PerfHintDevice::new(Accept), mem, Arc::new(NoIrq), 0x1af4);
     // Each operation: opcode, offset (2 bytes), value (4 bytes).

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use guest_hints::wire::{self, Hint, MessageWriter, Outcome, Parallelism};
+use virtio_mmio::GuestMem;
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::MAX_CHAIN_DESCRIPTORS;
@@ -50,7 +51,7 @@ impl HintSink for Recorder {
 }
 
 pub struct Fixture {
-    pub mem: Arc<GuestMemoryMmap<()>>,
+    pub mem: Arc<GuestMem>,
     pub dev: PerfHintDevice<Recorder>,
     pub rec: Recorder,
     hintq: DriverRing,
@@ -63,8 +64,7 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(eventq: bool) -> Self {
-        let mem =
-            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
+        let mem = Arc::new(GuestMem::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
         let rec = Recorder::default();
         let mut dev = PerfHintDevice::new(rec.clone());
         let hintq = DriverRing::new(&mem, HINTQ_ADDR, QUEUE_SIZE);
@@ -467,18 +467,17 @@ mod transport {
 
     fn transport() -> (
         MmioTransport<PerfHintDevice<Recorder>>,
-        Arc<GuestMemoryMmap<()>>,
+        Arc<GuestMem>,
         Arc<IrqCount>,
     ) {
-        let mem =
-            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
+        let mem = Arc::new(GuestMem::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
         let (t, irq) = transport_on(&mem);
         (t, mem, irq)
     }
 
     /// A new device and transport over `mem` (a restored one, say).
     fn transport_on(
-        mem: &Arc<GuestMemoryMmap<()>>,
+        mem: &Arc<GuestMem>,
     ) -> (MmioTransport<PerfHintDevice<Recorder>>, Arc<IrqCount>) {
         let irq = Arc::new(IrqCount::default());
         let t = MmioTransport::new(
@@ -493,7 +492,7 @@ mod transport {
     /// Negotiates features and sets up both queues as a Linux driver would.
     fn bring_up(
         t: &mut MmioTransport<PerfHintDevice<Recorder>>,
-        mem: &GuestMemoryMmap<()>,
+        mem: &GuestMem,
         driver_features_hi: u32,
     ) {
         if configure(t, mem, driver_features_hi) {
@@ -508,7 +507,7 @@ mod transport {
     /// Everything of `bring_up` but DRIVER_OK; false if features were refused.
     fn configure(
         t: &mut MmioTransport<PerfHintDevice<Recorder>>,
-        mem: &GuestMemoryMmap<()>,
+        mem: &GuestMem,
         driver_features_hi: u32,
     ) -> bool {
         w(t, reg::STATUS, ACKNOWLEDGE);

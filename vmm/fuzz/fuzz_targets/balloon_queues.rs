@@ -10,7 +10,8 @@ use libfuzzer_sys::fuzz_target;
 use perfvmm::devices::virtio::balloon::{parse_stats, Balloon, QUEUE_SIZE};
 use virtio_mmio::testing::{Desc, DriverRing};
 use virtio_mmio::VirtioDevice;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use virtio_mmio::{GuestMem};
 
 const MEM: usize = 4 << 20;
 const DATA: u64 = 0x10_0000;
@@ -26,11 +27,11 @@ fuzz_target!(|data: &[u8]| {
     // cost more than the device's work). Rings are laid out afresh by
     // `DriverRing::new`; the device writes nothing else (a discarded page
     // reads as zeros), so only the previous input's payload is cleared.
-    static MEMORY: OnceLock<Arc<GuestMemoryMmap<()>>> = OnceLock::new();
+    static MEMORY: OnceLock<Arc<GuestMem>> = OnceLock::new();
     static LAST: AtomicUsize = AtomicUsize::new(0);
     static ZEROS: [u8; WINDOW] = [0; WINDOW];
     let mem = MEMORY
-        .get_or_init(|| Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap()))
+        .get_or_init(|| Arc::new(GuestMem::from_ranges(&[(GuestAddress(0), MEM)]).unwrap()))
         .clone();
     let last = LAST.load(Ordering::Relaxed);
     mem.write_slice(&ZEROS[..last], GuestAddress(DATA)).unwrap();

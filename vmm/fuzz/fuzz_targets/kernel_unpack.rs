@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use perfvmm::boot::unpack::{unpack_payload, LZ4_LEGACY_MAGIC};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress};
+use virtio_mmio::{GuestMem};
 
 const MEM: u64 = 16 << 20;
 const HIMEM: u64 = 1 << 20;
@@ -23,9 +24,9 @@ fn framed(image: &[u8]) -> Vec<u8> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    static MEMORY: OnceLock<GuestMemoryMmap<()>> = OnceLock::new();
+    static MEMORY: OnceLock<GuestMem> = OnceLock::new();
     let mem = MEMORY
-        .get_or_init(|| GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap());
+        .get_or_init(|| GuestMem::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap());
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };

@@ -13,7 +13,8 @@ use perfvmm::devices::virtio::mem::{
 };
 use virtio_mmio::testing::{Desc, DriverRing};
 use virtio_mmio::VirtioDevice;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use virtio_mmio::{GuestMem};
 
 const REGION: u64 = 1 << 30;
 const SIZE: u64 = 2 * SLOT_SIZE;
@@ -45,11 +46,11 @@ fuzz_target!(|data: &[u8]| {
     // One guest memory for every input (fresh mappings per input cost more
     // than the device's work); the ring and request area an input can have
     // written is cleared first.
-    static MEMORY: OnceLock<Arc<GuestMemoryMmap<()>>> = OnceLock::new();
+    static MEMORY: OnceLock<Arc<GuestMem>> = OnceLock::new();
     let mem = MEMORY
         .get_or_init(|| {
             Arc::new(
-                GuestMemoryMmap::from_ranges(&[
+                GuestMem::from_ranges(&[
                     (GuestAddress(0), 1 << 20),
                     (GuestAddress(REGION), SIZE as usize),
                 ])

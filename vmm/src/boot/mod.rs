@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::{boot_params, setup_header};
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
-use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use virtio_mmio::GuestMem;
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_START, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START,
@@ -100,7 +101,7 @@ pub fn detect_format<R: Read + Seek>(image: &mut R) -> std::io::Result<Option<Ke
 
 /// Loads a bzImage or ELF vmlinux into guest memory.
 pub fn load_kernel(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     path: &Path,
     unpacker: Unpacker,
 ) -> Result<LoadedKernel, BootError> {
@@ -156,7 +157,7 @@ pub fn load_kernel(
 /// Unpacks a bzImage's LZ4 payload into guest memory; `None` when the
 /// payload is in another format (the guest's decompressor then runs).
 fn unpack_bzimage(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     path: &Path,
     file: &mut File,
 ) -> Result<Option<LoadedKernel>, BootError> {
@@ -211,7 +212,7 @@ pub struct LoadedInitrd {
 
 /// Places the initrd as high as the kernel allows in low memory, page aligned.
 pub fn load_initrd(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     path: &Path,
     kernel: &LoadedKernel,
 ) -> Result<LoadedInitrd, BootError> {
@@ -277,7 +278,7 @@ const LOADFLAG_CAN_USE_HEAP: u8 = 0x80;
 
 /// Writes the command line and the zero page.
 pub fn write_boot_params(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     kernel: &LoadedKernel,
     initrd: Option<LoadedInitrd>,
     cmdline: &Cmdline,
@@ -331,7 +332,7 @@ pub fn reset_vector_stub() -> [u8; 7] {
 }
 
 /// Writes [`reset_vector_stub`] at the reset vector.
-pub fn write_reset_vector(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+pub fn write_reset_vector(mem: &GuestMem) -> Result<(), BootError> {
     mem.write_slice(&reset_vector_stub(), GuestAddress(RESET_VECTOR))?;
     Ok(())
 }

@@ -19,7 +19,8 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use virtio_mmio::GuestMem;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 /// The magic of the LZ4 legacy frame (`lz4 -l`), which the kernel's build uses.
 pub const LZ4_LEGACY_MAGIC: u32 = 0x184c_2102;
@@ -84,7 +85,7 @@ pub fn is_lz4<R: Read + Seek>(image: &mut R, payload_start: u64) -> std::io::Res
 /// about 80 ms in the nested harness but left 6 MiB in the allocator's
 /// thread arenas for the VM's life: not worth it.)
 pub fn unpack_lz4<R: Read + Seek>(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     image: &mut R,
     start: u64,
     len: u64,
@@ -104,11 +105,7 @@ pub fn unpack_lz4<R: Read + Seek>(
 
 /// Unpacks an LZ4 legacy frame (`payload`) into guest memory; see
 /// [`unpack_lz4`].
-pub fn unpack_payload(
-    mem: &GuestMemoryMmap,
-    payload: &[u8],
-    himem: u64,
-) -> Result<Unpacked, UnpackError> {
+pub fn unpack_payload(mem: &GuestMem, payload: &[u8], himem: u64) -> Result<Unpacked, UnpackError> {
     let blocks = split_blocks(payload)?;
     let first = blocks
         .first()
@@ -142,7 +139,7 @@ pub fn unpack_payload(
 /// Unpacks blocks 1.. into their segments; the last block's index and
 /// unpacked length.
 fn unpack_rest(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     segments: &[Segment],
     blocks: &[&[u8]],
     out: &mut [u8],
@@ -231,7 +228,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// and checks every loadable segment against guest memory.
 fn parse_elf(
     first: &[u8],
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     himem: u64,
 ) -> Result<(Unpacked, Vec<Segment>), UnpackError> {
     if first.len() < EHDR_LEN || first[..4] != *b"\x7fELF" {
@@ -289,7 +286,7 @@ fn parse_elf(
 /// Writes the part of each segment that `chunk` (unpacked bytes from file
 /// offset `at`) holds to its guest-physical place.
 fn copy_chunk(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMem,
     segments: &[Segment],
     at: u64,
     chunk: &[u8],
@@ -358,11 +355,11 @@ mod tests {
         (0..len as u32).map(|i| (i ^ (i >> 11)) as u8).collect()
     }
 
-    fn memory() -> GuestMemoryMmap {
+    fn memory() -> GuestMem {
         crate::memory::create_guest_memory(32 << 20, None).unwrap()
     }
 
-    fn unpack(mem: &GuestMemoryMmap, payload: &[u8]) -> Result<Unpacked, UnpackError> {
+    fn unpack(mem: &GuestMem, payload: &[u8]) -> Result<Unpacked, UnpackError> {
         let mut c = Cursor::new(payload.to_vec());
         unpack_lz4(mem, &mut c, 0, payload.len() as u64, MIB)
     }

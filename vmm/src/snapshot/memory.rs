@@ -11,11 +11,10 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use virtio_mmio::{GuestMem, GuestRegion};
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegion;
-use vm_memory::{
-    Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
-    GuestMemoryRegion, GuestRegionMmap,
-};
+use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::{io_err, Shape, SnapshotError};
 use crate::memory::PAGE_SIZE;
@@ -34,7 +33,7 @@ pub struct Written {
 }
 
 /// Writes `mem`'s regions into a new file at `path`.
-pub fn write(path: &Path, mem: &GuestMemoryMmap) -> Result<Written, SnapshotError> {
+pub fn write(path: &Path, mem: &GuestMem) -> Result<Written, SnapshotError> {
     let file = File::create_new(path).map_err(io_err(path))?;
     let mut out = Written::default();
     let mut buf = vec![0u8; CHUNK];
@@ -101,7 +100,7 @@ enum Backing {
 }
 
 impl Backing {
-    fn of(region: &GuestRegionMmap) -> Self {
+    fn of(region: &GuestRegion) -> Self {
         if region.file_offset().is_some() {
             Backing::File
         } else {
@@ -110,7 +109,7 @@ impl Backing {
     }
 
     /// Per page of `[off, off + n)` of `region`: whether it may hold data.
-    fn resident(&self, region: &GuestRegionMmap, off: usize, n: usize) -> Vec<bool> {
+    fn resident(&self, region: &GuestRegion, off: usize, n: usize) -> Vec<bool> {
         let pages = n.div_ceil(PAGE);
         if let Backing::File = self {
             return vec![true; pages];
@@ -132,7 +131,7 @@ impl Backing {
 
 /// Maps the memory file at `path` as the guest memory of `shape`: each
 /// region a private mapping of its part of the file.
-pub fn map(path: &Path, shape: &Shape) -> Result<GuestMemoryMmap, SnapshotError> {
+pub fn map(path: &Path, shape: &Shape) -> Result<GuestMem, SnapshotError> {
     let file = File::open(path).map_err(io_err(path))?;
     let len = file.metadata().map_err(io_err(path))?.len();
     let expected = shape.memory_len();
@@ -151,12 +150,17 @@ pub fn map(path: &Path, shape: &Shape) -> Result<GuestMemoryMmap, SnapshotError>
         let f = file.try_clone().map_err(io_err(path))?;
         let size_usize = usize::try_from(size)
             .map_err(|_| io_err(path)(std::io::Error::from_raw_os_error(libc::EFBIG)))?;
-        let mapped = MmapRegion::build(Some(FileOffset::new(f, at)), size_usize, prot, flags)
-            .map_err(|e| io_err(path)(std::io::Error::other(e)))?;
-        let region = GuestRegionMmap::new(mapped, GuestAddress(gpa))
+        let mapped = MmapRegion::<AtomicBitmap>::build(
+            Some(FileOffset::new(f, at)),
+            size_usize,
+            prot,
+            flags,
+        )
+        .map_err(|e| io_err(path)(std::io::Error::other(e)))?;
+        let region = GuestRegion::new(mapped, GuestAddress(gpa))
             .ok_or_else(|| io_err(path)(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
         regions.push(region);
         at += size;
     }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| io_err(path)(std::io::Error::other(e)))
+    GuestMem::from_regions(regions).map_err(|e| io_err(path)(std::io::Error::other(e)))
 }

@@ -14,8 +14,8 @@ use kvm_bindings::{
     kvm_irqchip, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
 };
 use kvm_ioctls::VmFd;
+use virtio_mmio::GuestMem;
 use virtio_mmio::{MmioTransport, VirtioDevice};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
 use super::{memory, Shape, SnapshotError, Virtio, VmState, MEMORY_FILE};
@@ -36,7 +36,7 @@ const VCPU_STOP_WAIT: Duration = Duration::from_secs(5);
 pub struct Machine {
     pub shape: Shape,
     pub vm: Arc<VmFd>,
-    pub mem: Arc<GuestMemoryMmap>,
+    pub mem: Arc<GuestMem>,
     pub vcpus: Arc<VcpuSet>,
     pub cpu_slots: Arc<Mutex<CpuStates>>,
     pub console: Console,

@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
+use virtio_mmio::GuestMem;
 use virtio_mmio::{
     read_chain, ChainError, ChainLimits, LogLimit, Mem, RestoreError, VirtioDevice, WorkLeft,
     VIRTIO_F_VERSION_1,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 use crate::memory::{self, PAGE_SIZE};
 
@@ -237,8 +238,8 @@ impl Balloon {
     /// Reads a chain's readable bytes into `self.buf`, at most `limit` bytes.
     fn gather(
         &mut self,
-        mem: &GuestMemoryMmap<()>,
-        chain: DescriptorChain<&GuestMemoryMmap<()>>,
+        mem: &GuestMem,
+        chain: DescriptorChain<&GuestMem>,
         limit: usize,
     ) -> Result<(), ChainError> {
         read_chain(mem, chain, ChainLimits::read_only(limit), &mut self.buf).map(|_| ())
@@ -288,13 +289,13 @@ impl Balloon {
 
     /// Discards the pages listed in `self.buf`, one call per run of
     /// adjacent pages (see [`page_runs`]).
-    fn inflate(&mut self, mem: &GuestMemoryMmap<()>) {
+    fn inflate(&mut self, mem: &GuestMem) {
         for (first, n) in page_runs(&self.buf) {
             self.discard_run(mem, first, n);
         }
     }
 
-    fn discard_run(&mut self, mem: &GuestMemoryMmap<()>, first: u64, n: u64) {
+    fn discard_run(&mut self, mem: &GuestMem, first: u64, n: u64) {
         let addr = GuestAddress(first << PFN_SHIFT);
         match memory::discard(mem, addr, n * PAGE_SIZE) {
             Ok(()) => self.counters.inflated_pages += n,
@@ -492,7 +493,7 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        let mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).unwrap());
+        let mem = Arc::new(GuestMem::from_ranges(&[(GuestAddress(0), MEM)]).unwrap());
         let rings: Vec<DriverRing> = Q
             .iter()
             .map(|&a| DriverRing::new(&mem, a, QUEUE_SIZE))

@@ -19,12 +19,13 @@
 
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_ids::VIRTIO_ID_MEM;
+use virtio_mmio::GuestMem;
 use virtio_mmio::{
     read_chain, ChainLimits, LogLimit, Mem, RestoreError, VirtioDevice, WorkLeft,
     VIRTIO_F_VERSION_1,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::memory;
 
@@ -185,7 +186,7 @@ impl VirtioMem {
     }
 
     /// Handles one request; returns the response type and, for STATE, the state.
-    fn handle(&mut self, mem: &GuestMemoryMmap<()>, r: &[u8; REQ_LEN]) -> (u16, u16) {
+    fn handle(&mut self, mem: &GuestMem, r: &[u8; REQ_LEN]) -> (u16, u16) {
         let kind = u16::from_le_bytes([r[0], r[1]]);
         let mut a = [0u8; 8];
         a.copy_from_slice(&r[8..16]);
@@ -295,7 +296,7 @@ impl VirtioMem {
     /// Unmaps the slots of `blocks` that no longer hold a plugged block, and
     /// discards their memory (blocks the guest wrote while unplugged
     /// included).
-    fn unmap_empty_slots(&mut self, mem: &GuestMemoryMmap<()>, blocks: std::ops::Range<usize>) {
+    fn unmap_empty_slots(&mut self, mem: &GuestMem, blocks: std::ops::Range<usize>) {
         for s in Self::slots_of(blocks) {
             let first = s * BLOCKS_PER_SLOT;
             let end = (first + BLOCKS_PER_SLOT).min(self.plugged.len());
@@ -317,7 +318,7 @@ impl VirtioMem {
         }
     }
 
-    fn unplug_block(&mut self, mem: &GuestMemoryMmap<()>, i: usize) {
+    fn unplug_block(&mut self, mem: &GuestMem, i: usize) {
         self.plugged[i] = false;
         self.plugged_size -= BLOCK_SIZE;
         let addr = GuestAddress(self.addr + i as u64 * BLOCK_SIZE);
@@ -328,8 +329,8 @@ impl VirtioMem {
 
     /// Reads the request and finds the response buffer of one chain.
     fn parse_chain(
-        mem: &GuestMemoryMmap<()>,
-        chain: DescriptorChain<&GuestMemoryMmap<()>>,
+        mem: &GuestMem,
+        chain: DescriptorChain<&GuestMem>,
         buf: &mut Vec<u8>,
     ) -> Option<([u8; REQ_LEN], GuestAddress)> {
         let writable = read_chain(mem, chain, REQUEST_LIMITS, buf).ok()?;
@@ -520,7 +521,7 @@ mod tests {
 
     fn fixture_with(slots: Slots) -> (Mem, VirtioMem, DriverRing) {
         let mem = Arc::new(
-            GuestMemoryMmap::<()>::from_ranges(&[
+            GuestMem::from_ranges(&[
                 (GuestAddress(0), 1 << 20),
                 (GuestAddress(REGION), REGION_SIZE as usize),
             ])
