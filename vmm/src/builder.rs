@@ -25,9 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use event_manager::MutEventSubscriber;
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use virtio_mmio::GuestMem;
 use virtio_mmio::{MmioTransport, RestoreError, VirtioDevice};
@@ -59,6 +57,8 @@ use crate::layout::{
     BOOT_TIMER_SIZE, COM1_IRQ, COM1_PORT, CPU_HOTPLUG_ADDR, GED_IRQ, KVM_TSS_ADDR, PERF_HINT_SLOT,
     VIRTIO_MEM_SLOT,
 };
+use crate::memory::slots::{KvmMemory, Slot};
+use crate::migration::receive::Limits;
 use crate::policy::{Decision, Engine, Policy, PolicyError, VmLimits};
 use crate::seccomp::{self, ThreadKind};
 use crate::snapshot::take::{Machine, SnapshotHandler};
@@ -92,11 +92,15 @@ pub struct VmConfig {
     pub policy_dir: Option<PathBuf>,
     /// Where `perfvmm ctl snapshot NAME` writes (off without it).
     pub snapshot_dir: Option<PathBuf>,
+    /// `perfvmm ctl migrate` may send the VM away.
+    pub allow_migrate: bool,
 }
 
 /// Why a VM could not be built (exit status 1, one line on standard error).
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    #[error("migration: {0}")]
+    Migration(#[from] crate::migration::MigrationError),
     #[error("/dev/kvm does not exist: this host has no KVM (load kvm_intel or kvm_amd)")]
     NoKvm,
     #[error("no permission to open /dev/kvm (run as root or join the 'kvm' group)")]
@@ -159,8 +163,8 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vm, VmError> {
     let mem = Inputs::create_memory(cfg)?;
     let inputs = Inputs::load(cfg, policy, mem, start)?;
     let entry = load_guest(cfg, &inputs)?;
-    let (kvm, vm) = create_kvm_vm(cfg, &inputs.mem, inputs.hotplug)?;
-    let b = VmBuilder::new(cfg, start, inputs, vm, None)?;
+    let (kvm, vm, slots) = create_kvm_vm(cfg, &inputs.mem, inputs.hotplug)?;
+    let b = VmBuilder::new(cfg, start, inputs, (vm, slots), None)?;
     b.attach_all(&kvm, Boot::Fresh(entry))
 }
 
@@ -176,8 +180,41 @@ fn load_policy(cfg: &VmConfig) -> Result<Policy, VmError> {
 /// device's state put back, and its vCPUs started where they stopped.
 /// `cfg` gives what is not the machine's: the policy, logs, API socket.
 pub fn restore(cfg: &VmConfig, dir: &Path, start: Instant) -> Result<Vm, VmError> {
+    let state = snapshot::read_state(dir)?;
+    let path = dir.join(snapshot::MEMORY_FILE);
+    resume(cfg, state, start, |shape| {
+        Ok(snapshot::memory::map(&path, shape)?)
+    })
+}
+
+/// Builds the VM a migration brought (`perfvmm --incoming`): as a
+/// snapshot's, but with the memory the stream filled.
+pub fn restore_migrated(
+    cfg: &VmConfig,
+    state: VmState,
+    mem: GuestMem,
+    start: Instant,
+) -> Result<Vm, VmError> {
+    resume(cfg, state, start, |_| Ok(mem))
+}
+
+/// What this host's policy lets a VM that migrates here have.
+pub fn incoming_limits(cfg: &VmConfig) -> Result<Limits, VmError> {
+    let policy = load_policy(cfg)?;
+    Ok(Limits {
+        vcpus: policy.vcpus.max,
+        memory: policy.memory.max.0,
+    })
+}
+
+/// Builds the VM `state` describes over `memory` for its shape.
+fn resume(
+    cfg: &VmConfig,
+    mut state: VmState,
+    start: Instant,
+    memory: impl FnOnce(&Shape) -> Result<GuestMem, VmError>,
+) -> Result<Vm, VmError> {
     let ms = || start.elapsed().as_secs_f64() * 1e3;
-    let mut state = snapshot::read_state(dir)?;
     let state_ms = ms();
     let vcpus = std::mem::take(&mut state.vcpus);
     let cfg = &restored_config(cfg, &state);
@@ -188,13 +225,13 @@ pub fn restore(cfg: &VmConfig, dir: &Path, start: Instant) -> Result<Vm, VmError
         });
     }
     let policy = load_policy(cfg)?;
-    let mem = snapshot::memory::map(&dir.join(snapshot::MEMORY_FILE), &state.shape)?;
+    let mem = memory(&state.shape)?;
     let inputs = Inputs::load(cfg, policy, mem, start)?;
     let memory_ms = ms();
-    let (kvm, vm) = create_kvm_vm(cfg, &inputs.mem, inputs.hotplug)?;
+    let (kvm, vm, slots) = create_kvm_vm(cfg, &inputs.mem, inputs.hotplug)?;
     restore_kvm_state(&vm, &state)?;
     let kvm_ms = ms();
-    let b = VmBuilder::new(cfg, start, inputs, vm, Some(state))?;
+    let b = VmBuilder::new(cfg, start, inputs, (vm, slots), Some(state))?;
     let vm = b.attach_all(&kvm, Boot::Restore(vcpus))?;
     if cfg.boot_timer {
         // Times since perfvmm started; the guest runs from `ready_ms` on.
@@ -436,22 +473,25 @@ fn check_caps(kvm: &Kvm) -> Result<(), VmError> {
 /// Registers guest RAM with KVM, one memory slot per region, but not the
 /// virtio-mem region (`hotplug`): its slots are registered as the guest
 /// plugs memory there ([`KvmSlots`]).
-fn register_memory(vm: &VmFd, mem: &GuestMem, hotplug: Option<(u64, u64)>) -> Result<(), VmError> {
+fn register_memory(
+    vm: &VmFd,
+    slots: &KvmMemory,
+    mem: &GuestMem,
+    hotplug: Option<(u64, u64)>,
+) -> Result<(), VmError> {
     let ram = mem
         .iter()
         .filter(|r| hotplug.is_none_or(|(start, _)| r.start_addr().raw_value() != start));
-    for (slot, region) in ram.enumerate() {
-        let region_desc = kvm_userspace_memory_region {
-            slot: slot as u32,
-            guest_phys_addr: region.start_addr().raw_value(),
-            memory_size: region.len(),
-            userspace_addr: region.as_ptr() as u64,
-            flags: 0,
+    for (index, region) in ram.enumerate() {
+        let slot = Slot {
+            gpa: region.start_addr().raw_value(),
+            len: region.len(),
+            host: region.as_ptr() as u64,
         };
         // SAFETY: the region is a live mapping owned by `mem`, which outlives
         // the VM: both are kept until the process exits.
         kvm_err("KVM_SET_USER_MEMORY_REGION", unsafe {
-            vm.set_user_memory_region(region_desc)
+            slots.set(vm, index as u32, slot)
         })?;
     }
     Ok(())
@@ -463,7 +503,7 @@ pub fn create_kvm_vm(
     cfg: &VmConfig,
     mem: &GuestMem,
     hotplug: Option<(u64, u64)>,
-) -> Result<(Kvm, VmFd), VmError> {
+) -> Result<(Kvm, VmFd, Arc<KvmMemory>), VmError> {
     let kvm = open_kvm()?;
     check_caps(&kvm)?;
     let limit = kvm.get_max_vcpus();
@@ -492,8 +532,9 @@ pub fn create_kvm_vm(
             return Err(VmError::TooManyMemorySlots { needed, limit });
         }
     }
-    register_memory(&vm, mem, hotplug)?;
-    Ok((kvm, vm))
+    let slots = Arc::new(KvmMemory::default());
+    register_memory(&vm, &slots, mem, hotplug)?;
+    Ok((kvm, vm, slots))
 }
 
 /// Gives the guest no performance counters (the CPU template hides the PMU
@@ -564,6 +605,7 @@ pub struct VmBuilder<'a> {
     hint_log: Arc<Mutex<HintLog>>,
     api_listener: Option<UnixListener>,
     vm: Arc<VmFd>,
+    slots: Arc<KvmMemory>,
     exit: ExitNotifier,
     times: Arc<BootTimes>,
     pio: Bus,
@@ -598,7 +640,7 @@ impl<'a> VmBuilder<'a> {
         cfg: &'a VmConfig,
         start: Instant,
         inputs: Inputs,
-        vm: VmFd,
+        (vm, slots): (VmFd, Arc<KvmMemory>),
         restoring: Option<VmState>,
     ) -> Result<Self, VmError> {
         Ok(VmBuilder {
@@ -612,6 +654,7 @@ impl<'a> VmBuilder<'a> {
             hint_log: Arc::new(Mutex::new(inputs.hint_log)),
             api_listener: inputs.api_listener,
             vm: Arc::new(vm),
+            slots,
             exit: ExitNotifier::new()?,
             times: BootTimes::new(start),
             pio: Bus::new(),
@@ -761,7 +804,7 @@ impl<'a> VmBuilder<'a> {
             .push(Box::new(QueueHandler::new(notify, balloon.clone())));
         let virtio_mem = match self.hotplug {
             Some((start, size)) => {
-                let slots = KvmSlots::new(self.vm.clone(), &self.mem, start)
+                let slots = KvmSlots::new(self.vm.clone(), self.slots.clone(), &self.mem, start)
                     .ok_or(VmError::HotplugRegion(start))?;
                 let dev = VirtioMem::new(start, size, Box::new(slots));
                 let (t, notify) = self.attach_virtio(virtio_slot(VIRTIO_MEM_SLOT), dev)?;
@@ -855,7 +898,8 @@ impl<'a> VmBuilder<'a> {
             },
             clock,
         )));
-        let (requests, jobs) = control::snapshot::channel(self.cfg.snapshot_dir.clone())?;
+        let (requests, jobs) =
+            control::snapshot::channel(self.cfg.snapshot_dir.clone(), self.cfg.allow_migrate)?;
         let mut api_connections = None;
         if let Some(listener) = self.api_listener {
             let state = api::ApiState {
@@ -877,6 +921,7 @@ impl<'a> VmBuilder<'a> {
             shape: shape(self.cfg, self.hotplug),
             vm: self.vm.clone(),
             mem: self.mem.clone(),
+            slots: self.slots.clone(),
             vcpus: vcpu_set,
             cpu_slots: states,
             console: console.clone(),
@@ -888,7 +933,7 @@ impl<'a> VmBuilder<'a> {
             exit: self.exit.clone(),
         };
         let mut subscribers = self.subscribers;
-        subscribers.push(Box::new(SnapshotHandler::new(jobs, machine)));
+        subscribers.push(Box::new(SnapshotHandler::new(jobs, machine)?));
         subscribers.push(Box::new(HintQueueHandler::new(
             hints.notify,
             hints.transport.clone(),
@@ -914,6 +959,7 @@ impl<'a> VmBuilder<'a> {
             mem: self.mem,
             seccomp: self.cfg.seccomp,
             snapshots: self.cfg.snapshot_dir.is_some(),
+            migrations: self.cfg.allow_migrate,
             api_connections,
         }))
     }
@@ -972,57 +1018,64 @@ fn shape(cfg: &VmConfig, hotplug: Option<(u64, u64)>) -> Shape {
 /// numbered after guest RAM's.
 struct KvmSlots {
     vm: Arc<VmFd>,
+    slots: Arc<KvmMemory>,
     /// KVM's number for the region's slot 0.
     first: u32,
-    /// The region's guest-physical and host addresses.
+    /// The region's guest-physical and host addresses, and its length.
     gpa: u64,
     host: u64,
+    len: u64,
 }
 
 impl KvmSlots {
     /// `None` unless `gpa` starts the last region of `mem`: the other
     /// regions hold KVM slots 0.., one each in address order, so the
     /// hotplug region's slots are numbered after them.
-    fn new(vm: Arc<VmFd>, mem: &GuestMem, gpa: u64) -> Option<Self> {
+    fn new(vm: Arc<VmFd>, slots: Arc<KvmMemory>, mem: &GuestMem, gpa: u64) -> Option<Self> {
         let region = mem.iter().last()?;
         (region.start_addr().raw_value() == gpa).then(|| KvmSlots {
             vm,
+            slots,
             first: (mem.num_regions() - 1) as u32,
             gpa,
             host: region.as_ptr() as u64,
+            len: region.len(),
         })
     }
 
-    /// KVM_SET_USER_MEMORY_REGION for slot `index`; `len` 0 deletes it.
-    fn set(&self, index: usize, gpa: u64, len: u64) -> std::io::Result<()> {
+    /// KVM's slot number for the region's slot `index`, and the offset of
+    /// `[gpa, gpa + len)` in the region, which must hold it.
+    fn locate(&self, index: usize, gpa: u64, len: u64) -> std::io::Result<(u32, u64)> {
         let invalid = || std::io::Error::from_raw_os_error(libc::EINVAL);
         let slot = u32::try_from(index)
             .ok()
             .and_then(|i| self.first.checked_add(i))
             .ok_or_else(invalid)?;
         let off = gpa.checked_sub(self.gpa).ok_or_else(invalid)?;
-        let region = kvm_userspace_memory_region {
-            slot,
-            guest_phys_addr: gpa,
-            memory_size: len,
-            userspace_addr: self.host + off,
-            flags: 0,
-        };
-        // SAFETY: the device passes a slot of its region, which lies inside
-        // the region's host mapping; that mapping is owned by the VM's guest
-        // memory and lives until the process exits.
-        unsafe { self.vm.set_user_memory_region(region) }
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+        match off.checked_add(len) {
+            Some(end) if end <= self.len => Ok((slot, off)),
+            _ => Err(invalid()),
+        }
     }
+}
+
+fn os_err(e: kvm_ioctls::Error) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e.errno())
 }
 
 impl SlotMap for KvmSlots {
     fn map(&mut self, index: usize, gpa: u64, len: u64) -> std::io::Result<()> {
-        self.set(index, gpa, len)
+        let (slot, off) = self.locate(index, gpa, len)?;
+        let host = self.host + off;
+        // SAFETY: `locate` checked that the range lies inside the region's
+        // host mapping, which is owned by the VM's guest memory and lives
+        // until the process exits.
+        unsafe { self.slots.set(&self.vm, slot, Slot { gpa, len, host }) }.map_err(os_err)
     }
 
-    fn unmap(&mut self, index: usize, gpa: u64, _len: u64) -> std::io::Result<()> {
-        self.set(index, gpa, 0)
+    fn unmap(&mut self, index: usize, gpa: u64, len: u64) -> std::io::Result<()> {
+        let (slot, _) = self.locate(index, gpa, len)?;
+        self.slots.remove(&self.vm, slot).map_err(os_err)
     }
 }
 
@@ -1063,6 +1116,7 @@ mod tests {
             api_sock_group: None,
             policy_dir: None,
             snapshot_dir: None,
+            allow_migrate: false,
         }
     }
 

@@ -2,6 +2,7 @@
 //! here touches KVM; semantic limits that depend on the host (such as the
 //! number of vCPUs KVM allows) are checked when the VM is built.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -18,7 +19,8 @@ when standard input is a terminal, keystrokes go to the guest.
 
 Exit status:
   0    the guest powered off or rebooted (a reboot ends the VM too), or
-       the VM stopped after a snapshot (`perfvmm ctl snapshot --stop`)
+       the VM stopped after a snapshot (`perfvmm ctl snapshot --stop`), or
+       it migrated and runs on at its target (`perfvmm ctl migrate`)
   1    perfvmm could not start the VM (bad input, no /dev/kvm, ...)
   2    the command line could not be parsed
   3    the guest crashed: triple fault or a KVM internal error
@@ -83,7 +85,11 @@ pub struct Cli {
     /// unpacks a bzImage whose payload is LZ4 itself, which leaves fewer
     /// guest pages touched than the guest's decompressor does (see
     /// --guest-decompress).
-    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present_any = ["restore", "incoming"]
+    )]
     pub kernel: Option<PathBuf>,
 
     /// Restore the VM a snapshot saved (`perfvmm ctl snapshot`) and run it
@@ -96,6 +102,24 @@ pub struct Cli {
         conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "guest_decompress"]
     )]
     pub restore: Option<PathBuf>,
+
+    /// Wait at unix:PATH or tcp:IP:PORT for a VM another perfvmm sends
+    /// (`perfvmm ctl migrate`) and run it on: as with --restore, the
+    /// machine comes from the source and the policy, logs and API socket
+    /// from this command line. A VM with more vCPUs or memory than this
+    /// policy's maximum is refused, and runs on at its source.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "guest_decompress", "restore"]
+    )]
+    pub incoming: Option<Endpoint>,
+
+    /// Let `perfvmm ctl migrate` send this VM to another perfvmm (off
+    /// without it: the API refuses). The main thread's seccomp filter then
+    /// allows connecting a socket.
+    #[arg(long)]
+    pub allow_migrate: bool,
 
     /// Where `perfvmm ctl snapshot NAME` writes snapshots, one directory
     /// each (NAME is one plain name, never a path); without it the API
@@ -315,6 +339,52 @@ pub enum CtlRequest {
         #[arg(long)]
         stop: bool,
     },
+    /// Move the running VM to a `perfvmm --incoming` waiting at TO (this
+    /// perfvmm needs --allow-migrate): memory is copied while the guest
+    /// runs, then the guest stops for at most about DOWNTIME for the rest.
+    /// This perfvmm exits 0 once the target runs the VM; if anything
+    /// fails, the VM runs on here.
+    Migrate {
+        /// unix:PATH or tcp:IP:PORT.
+        #[arg(long, value_name = "TO")]
+        to: String,
+        /// The pause the guest may notice, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 300)]
+        downtime_ms: u64,
+    },
+}
+
+/// Where a VM migrates to, and where `perfvmm --incoming` waits for one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    /// A numeric address: perfvmm resolves no names.
+    Tcp(SocketAddr),
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        const USAGE: &str = "give unix:PATH or tcp:IP:PORT";
+        match s.split_once(':') {
+            Some(("unix", p)) if !p.is_empty() && !p.contains('\0') => Ok(Endpoint::Unix(p.into())),
+            Some(("tcp", a)) => a
+                .parse()
+                .map(Endpoint::Tcp)
+                .map_err(|_| format!("{a:?} is not IP:PORT; {USAGE}")),
+            _ => Err(format!("{s:?}: {USAGE}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
 }
 
 /// `--cpus N[,max=M]`.
@@ -435,6 +505,26 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_are_unix_paths_or_numeric_tcp_addresses() {
+        assert_eq!(
+            "unix:/run/m.sock".parse::<Endpoint>(),
+            Ok(Endpoint::Unix("/run/m.sock".into()))
+        );
+        let tcp: Endpoint = "tcp:127.0.0.1:4444".parse().unwrap();
+        assert_eq!(tcp.to_string(), "tcp:127.0.0.1:4444");
+        for bad in [
+            "",
+            "unix:",
+            "tcp:host:1",
+            "tcp:1.2.3.4",
+            "udp:1.2.3.4:5",
+            "/path",
+        ] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn memory_sizes() {

@@ -22,13 +22,18 @@ pub enum ExitReason {
     Signal(i32),
     /// A snapshot was taken with `stop`: the VM ends there.
     Snapshotted,
+    /// The VM runs on at its migration target.
+    Migrated,
 }
 
 impl ExitReason {
     /// The process exit status `perfvmm --help` documents.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitReason::PowerOff | ExitReason::Reset | ExitReason::Snapshotted => 0,
+            ExitReason::PowerOff
+            | ExitReason::Reset
+            | ExitReason::Snapshotted
+            | ExitReason::Migrated => 0,
             ExitReason::TripleFault | ExitReason::InternalError(_) => 3,
             ExitReason::Signal(sig) => 128 + sig,
         }
@@ -43,6 +48,7 @@ impl ExitReason {
             ExitReason::InternalError(what) => format!("guest crashed: KVM internal error: {what}"),
             ExitReason::Signal(sig) => format!("stopped by signal {sig}"),
             ExitReason::Snapshotted => "VM stopped after its snapshot".into(),
+            ExitReason::Migrated => "VM migrated: it runs on at its target".into(),
         }
     }
 }

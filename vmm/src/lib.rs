@@ -29,6 +29,7 @@ pub mod exit;
 pub mod layout;
 pub mod memory;
 pub mod memstat;
+pub mod migration;
 pub mod predict;
 pub mod seccomp;
 pub mod snapshot;

@@ -5,8 +5,10 @@ use std::time::Instant;
 use clap::Parser;
 
 use perfvmm::boot;
-use perfvmm::builder::{self, VmConfig};
+use perfvmm::builder::{self, VmConfig, VmError};
 use perfvmm::cli::{Cli, Command, CtlRequest};
+use perfvmm::control::snapshot::Endpoint;
+use perfvmm::migration::{self, receive::Received};
 use perfvmm::policy::Policy;
 use perfvmm::predict::read_text;
 
@@ -74,11 +76,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    let (kernel, restore) = match (cli.kernel, cli.restore) {
-        (Some(k), None) => (k, None),
-        (None, Some(dir)) => (std::path::PathBuf::new(), Some(dir)),
+    let (kernel, restore) = match (cli.kernel, cli.restore, &cli.incoming) {
+        (Some(k), None, None) => (k, None),
+        (None, Some(dir), None) => (std::path::PathBuf::new(), Some(dir)),
+        (None, None, Some(_)) => (std::path::PathBuf::new(), None),
         _ => {
-            eprintln!("perfvmm: give --kernel, or --restore DIR");
+            eprintln!("perfvmm: give --kernel, --restore DIR or --incoming ADDR");
             return ExitCode::from(2);
         }
     };
@@ -103,10 +106,12 @@ fn main() -> ExitCode {
         api_sock_group: cli.api_sock_group,
         policy_dir: cli.policy_dir,
         snapshot_dir: cli.snapshot_dir,
+        allow_migrate: cli.allow_migrate,
     };
-    let vm = match &restore {
-        Some(dir) => builder::restore(&cfg, dir, start),
-        None => builder::build(&cfg, start),
+    let vm = match (&restore, &cli.incoming) {
+        (Some(dir), _) => builder::restore(&cfg, dir, start),
+        (None, Some(at)) => incoming(&cfg, at),
+        (None, None) => builder::build(&cfg, start),
     };
     let run = vm.and_then(|vm| Ok(vm.run()?));
     match run {
@@ -123,6 +128,27 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("perfvmm: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Waits at `at` for a migrating VM and builds it; the source hears
+/// whether it runs here, and the VM runs only if the source heard.
+fn incoming(cfg: &VmConfig, at: &Endpoint) -> Result<perfvmm::vm::Vm, VmError> {
+    let limits = builder::incoming_limits(cfg)?;
+    let Received {
+        state,
+        mem,
+        mut source,
+    } = migration::receive::listen(at, limits)?;
+    match builder::restore_migrated(cfg, state, mem, Instant::now()) {
+        Ok(vm) => {
+            source.answer(Ok(()))?;
+            Ok(vm)
+        }
+        Err(e) => {
+            let _ = source.answer(Err(&e.to_string()));
+            Err(e)
         }
     }
 }
@@ -165,6 +191,11 @@ fn ctl_command(sock: &std::path::Path, request: CtlRequest) -> ExitCode {
             };
             ("PUT", "/resize", Some(body))
         }
+        CtlRequest::Migrate { to, downtime_ms } => (
+            "PUT",
+            "/migrate",
+            Some(json!({ "to": to, "downtime_ms": downtime_ms })),
+        ),
         CtlRequest::Snapshot { name, stop } => (
             "PUT",
             "/snapshot",

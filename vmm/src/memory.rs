@@ -1,6 +1,8 @@
 //! Guest RAM: how much goes where, creating the mapping, and the e820 map
 //! the guest is told about.
 
+pub mod slots;
+
 use virtio_mmio::{GuestMem, GuestRegion};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::{FromRangesError, MmapRegion, MmapRegionError};

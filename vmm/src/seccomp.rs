@@ -154,11 +154,28 @@ const SNAPSHOT_WRITER: &[i64] = &[
     libc::SYS_getdents64,
 ];
 
+/// What the main thread adds when it may migrate the VM
+/// (`--allow-migrate`): its migration thread, which inherits the filter,
+/// connects to the target (a Unix socket or a numeric TCP address: no name
+/// is resolved) and talks to it.
+const MIGRATION_SENDER: &[i64] = &[
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_shutdown,
+    libc::SYS_fcntl,
+];
+
 /// What a thread's filter allows beyond its kind's list.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Allow {
     /// The main thread writes snapshots.
     pub snapshots: bool,
+    /// The main thread (its migration thread) sends the VM away.
+    pub migration: bool,
 }
 
 /// What a vCPU thread adds to [`COMMON`]: KVM's ioctls (through
@@ -245,10 +262,16 @@ fn rules(
     } else {
         &[]
     };
+    let migration_calls = if kind == ThreadKind::Main && allow.migration {
+        MIGRATION_SENDER
+    } else {
+        &[]
+    };
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = COMMON
         .iter()
         .chain(extra)
         .chain(snapshot_calls)
+        .chain(migration_calls)
         .map(|&nr| (nr, Vec::new()))
         .collect();
     map.insert(libc::SYS_ioctl, ioctl_rule(kind == ThreadKind::Main)?);
@@ -366,8 +389,15 @@ mod tests {
     #[test]
     fn every_kind_compiles() {
         for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Api] {
-            for snapshots in [false, true] {
-                let prog = filter(kind, Allow { snapshots }).unwrap();
+            for (snapshots, migration) in [(false, false), (true, false), (true, true)] {
+                let prog = filter(
+                    kind,
+                    Allow {
+                        snapshots,
+                        migration,
+                    },
+                )
+                .unwrap();
                 assert!(!prog.is_empty(), "{kind:?}");
             }
         }
@@ -375,7 +405,10 @@ mod tests {
 
     #[test]
     fn only_a_main_thread_that_writes_snapshots_may_create_files() {
-        let on = Allow { snapshots: true };
+        let on = Allow {
+            snapshots: true,
+            ..Allow::default()
+        };
         let writer = rules(ThreadKind::Main, on).unwrap();
         assert!(writer[&libc::SYS_openat].is_empty(), "any open");
         assert!(writer.contains_key(&libc::SYS_mkdirat));
@@ -405,7 +438,14 @@ mod tests {
     #[test]
     fn no_kind_allows_sockets_exec_or_ptrace() {
         for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Api] {
-            let r = rules(kind, Allow { snapshots: true }).unwrap();
+            let r = rules(
+                kind,
+                Allow {
+                    snapshots: true,
+                    ..Allow::default()
+                },
+            )
+            .unwrap();
             for nr in [
                 libc::SYS_socket,
                 libc::SYS_connect,
@@ -415,6 +455,20 @@ mod tests {
             ] {
                 assert!(!r.contains_key(&nr), "{kind:?} allows {nr}");
             }
+        }
+    }
+    #[test]
+    fn only_a_main_thread_that_migrates_may_connect() {
+        let migrating = Allow {
+            migration: true,
+            ..Allow::default()
+        };
+        let main = rules(ThreadKind::Main, migrating).unwrap();
+        assert!(main.contains_key(&libc::SYS_connect));
+        assert!(!main.contains_key(&libc::SYS_execve));
+        for kind in [ThreadKind::Vcpu, ThreadKind::Api] {
+            let r = rules(kind, migrating).unwrap();
+            assert!(!r.contains_key(&libc::SYS_connect), "{kind:?}");
         }
     }
 }

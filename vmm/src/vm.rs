@@ -47,6 +47,8 @@ pub struct VmParts {
     pub seccomp: bool,
     /// Whether it writes snapshots (its filter then lets it create files).
     pub snapshots: bool,
+    /// Whether it may migrate the VM (its filter then lets it connect).
+    pub migrations: bool,
     /// Connections the control API is serving.
     pub api_connections: Option<Arc<AtomicUsize>>,
 }
@@ -103,6 +105,7 @@ impl Vm {
         if parts.seccomp {
             let allow = crate::seccomp::Allow {
                 snapshots: parts.snapshots,
+                migration: parts.migrations,
             };
             crate::seccomp::install_with(ThreadKind::Main, allow).map_err(io::Error::other)?;
         }

@@ -14,7 +14,7 @@ fn layer(module: &str) -> Option<u8> {
         "devices" | "exit" | "vcpu" | "event_loop" | "boot" | "acpi" => 1,
         "actuators" => 2,
         "control" => 3,
-        "builder" | "vm" | "snapshot" => 4,
+        "builder" | "vm" | "snapshot" | "migration" => 4,
         _ => return None,
     })
 }

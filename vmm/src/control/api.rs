@@ -10,6 +10,7 @@
 //! | PUT    | /resize          | `{"vcpus": 3}` or `{"memory": "768M"}` |
 //! | PUT    | /policy/reload   | `{}` or `{"path": "new.toml"}`         |
 //! | PUT    | /snapshot        | `{"name": "s1"}`, `"stop": true` ends the VM after |
+//! | PUT    | /migrate         | `{"to": "unix:PATH"}` or `"tcp:IP:PORT"`, `"downtime_ms": 300` |
 //!
 //! The socket, its access rules and the connection threads are in
 //! [`super::api_server`]; this module answers requests.
@@ -21,7 +22,7 @@ use serde_json::Value;
 use virtio_perf_device::Counters;
 
 use super::http::{Request, Response};
-use super::snapshot::{RequestError, SnapshotRequests};
+use super::snapshot::{Endpoint, RequestError, SnapshotRequests};
 use super::{metrics, Controller, ReloadError};
 use crate::devices::bus::lock;
 use crate::policy::{Policy, Resource};
@@ -106,6 +107,37 @@ fn snapshot(state: &ApiState, req: &Request) -> Response {
     }
 }
 
+/// `PUT /migrate`: carried out by the main thread; this thread waits for
+/// its end.
+fn migrate(state: &ApiState, req: &Request) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        to: String,
+        #[serde(default = "default_downtime")]
+        downtime_ms: u64,
+    }
+    fn default_downtime() -> u64 {
+        300
+    }
+    let body: Body = match serde_json::from_slice(&req.body) {
+        Ok(b) => b,
+        Err(e) => return Response::error(400, format!("body: {e}")),
+    };
+    let to: Endpoint = match body.to.parse() {
+        Ok(t) => t,
+        Err(e) => return Response::error(400, format!("to: {e}")),
+    };
+    let downtime = std::time::Duration::from_millis(body.downtime_ms);
+    match state.snapshots.migrate(to, downtime) {
+        Ok(report) => Response::json(200, &serde_json::to_value(report).unwrap_or_default()),
+        Err(e @ (RequestError::MigrationDisabled | RequestError::BadDowntime)) => {
+            Response::error(400, e)
+        }
+        Err(e) => Response::error(500, e),
+    }
+}
+
 /// Answers one request.
 pub fn route(state: &ApiState, req: &Request) -> Response {
     match (req.method.as_str(), req.path.as_str()) {
@@ -130,9 +162,12 @@ pub fn route(state: &ApiState, req: &Request) -> Response {
         },
         ("PUT", "/policy/reload") => reload(state, req),
         ("PUT", "/snapshot") => snapshot(state, req),
-        (_, "/status" | "/decisions" | "/metrics" | "/resize" | "/policy/reload" | "/snapshot") => {
-            Response::error(405, format!("{} is not allowed here", req.method))
-        }
+        ("PUT", "/migrate") => migrate(state, req),
+        (
+            _,
+            "/status" | "/decisions" | "/metrics" | "/resize" | "/policy/reload" | "/snapshot"
+            | "/migrate",
+        ) => Response::error(405, format!("{} is not allowed here", req.method)),
         _ => Response::error(404, format!("no such endpoint: {}", req.path)),
     }
 }

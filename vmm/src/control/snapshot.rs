@@ -1,17 +1,20 @@
-//! Snapshot requests from the control API to the main thread, which alone
-//! may pause the VM and read its devices (`snapshot::take`, a layer
-//! above).
+//! Snapshot and migration requests from the control API to the main
+//! thread, which alone may pause the VM and read its devices
+//! (`snapshot::take` and `migration`, a layer above).
 //!
 //! The API names a snapshot; it never gives a path. Snapshots go into the
 //! directory the operator gave perfvmm (`--snapshot-dir`), one new
 //! directory each, so a client of the socket cannot write anywhere else or
-//! over anything.
+//! over anything. A migration sends guest memory to where the client says,
+//! so it too needs the operator's consent (`--allow-migrate`).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::time::Duration;
 
 use serde::Serialize;
+
+pub use crate::cli::Endpoint;
 use vmm_sys_util::eventfd::EventFd;
 
 /// The longest snapshot name.
@@ -41,11 +44,46 @@ pub struct SnapshotJob {
     pub reply: SyncSender<Result<SnapshotReport, String>>,
 }
 
+/// The longest downtime a migration may be given.
+pub const MAX_DOWNTIME: Duration = Duration::from_secs(60);
+
+/// What a live migration took, as the API reports it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MigrateReport {
+    pub to: String,
+    /// Pre-copy rounds, the first (all of memory) included.
+    pub rounds: u32,
+    /// Bytes of guest memory sent, all rounds.
+    pub sent_bytes: u64,
+    /// Bytes sent with the vCPUs stopped.
+    pub final_bytes: u64,
+    /// How long the vCPUs were stopped.
+    pub downtime_ms: f64,
+    pub total_ms: f64,
+}
+
+/// One live migration for the main thread to carry out.
+pub struct MigrateJob {
+    pub to: Endpoint,
+    pub downtime: Duration,
+    pub reply: SyncSender<Result<MigrateReport, String>>,
+}
+
+/// What the API asks of the main thread.
+pub enum Job {
+    Snapshot(SnapshotJob),
+    Migrate(MigrateJob),
+}
+
 /// Why a snapshot request was not carried out.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RequestError {
     #[error("snapshots are off: perfvmm was started without --snapshot-dir")]
     Disabled,
+    #[error("migration is off: perfvmm was started without --allow-migrate")]
+    MigrationDisabled,
+    #[error("downtime_ms: 1 to {} ms", MAX_DOWNTIME.as_millis())]
+    BadDowntime,
     #[error(
         "name: 1 to {MAX_NAME_LEN} of the letters, digits, '-', '_' and '.', not starting with '.'"
     )]
@@ -61,22 +99,28 @@ pub enum RequestError {
 /// The API's end: sends jobs and wakes the main thread.
 pub struct SnapshotRequests {
     root: Option<PathBuf>,
-    jobs: Sender<SnapshotJob>,
+    migrate: bool,
+    jobs: Sender<Job>,
     wake: EventFd,
 }
 
 /// The main thread's end.
 pub struct SnapshotJobs {
-    pub jobs: Receiver<SnapshotJob>,
+    pub jobs: Receiver<Job>,
     pub wake: EventFd,
 }
 
-/// A channel for snapshots into `root` (`None`: snapshots are off).
-pub fn channel(root: Option<PathBuf>) -> std::io::Result<(SnapshotRequests, SnapshotJobs)> {
+/// A channel for snapshots into `root` (`None`: snapshots are off) and,
+/// when `migrate`, live migrations.
+pub fn channel(
+    root: Option<PathBuf>,
+    migrate: bool,
+) -> std::io::Result<(SnapshotRequests, SnapshotJobs)> {
     let (tx, rx) = mpsc::channel();
     let wake = EventFd::new(libc::EFD_NONBLOCK)?;
     let requests = SnapshotRequests {
         root,
+        migrate,
         jobs: tx,
         wake: wake.try_clone()?,
     };
@@ -105,18 +149,43 @@ impl SnapshotRequests {
             return Err(RequestError::BadName);
         }
         let (reply, answer) = mpsc::sync_channel(1);
-        let job = SnapshotJob {
+        self.send(Job::Snapshot(SnapshotJob {
             dir: root.join(name),
             stop,
             reply,
-        };
-        self.jobs.send(job).map_err(|_| RequestError::Gone)?;
-        self.wake.write(1).map_err(|_| RequestError::Gone)?;
-        match answer.recv_timeout(REPLY_TIMEOUT) {
-            Ok(r) => r.map_err(RequestError::Failed),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(RequestError::Timeout(REPLY_TIMEOUT)),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(RequestError::Gone),
+        }))?;
+        wait(answer)
+    }
+
+    /// Asks for a live migration to `to` and waits until it ends: the VM
+    /// then runs there, or here still if it failed.
+    pub fn migrate(&self, to: Endpoint, downtime: Duration) -> Result<MigrateReport, RequestError> {
+        if !self.migrate {
+            return Err(RequestError::MigrationDisabled);
         }
+        if downtime.is_zero() || downtime > MAX_DOWNTIME {
+            return Err(RequestError::BadDowntime);
+        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Job::Migrate(MigrateJob {
+            to,
+            downtime,
+            reply,
+        }))?;
+        wait(answer)
+    }
+
+    fn send(&self, job: Job) -> Result<(), RequestError> {
+        self.jobs.send(job).map_err(|_| RequestError::Gone)?;
+        self.wake.write(1).map_err(|_| RequestError::Gone)
+    }
+}
+
+fn wait<T>(answer: Receiver<Result<T, String>>) -> Result<T, RequestError> {
+    match answer.recv_timeout(REPLY_TIMEOUT) {
+        Ok(r) => r.map_err(RequestError::Failed),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(RequestError::Timeout(REPLY_TIMEOUT)),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(RequestError::Gone),
     }
 }
 
@@ -148,9 +217,9 @@ mod tests {
 
     #[test]
     fn requests_without_a_root_or_with_a_bad_name_never_reach_the_vm() {
-        let (off, jobs) = channel(None).unwrap();
+        let (off, jobs) = channel(None, false).unwrap();
         assert_eq!(off.request("a", false).unwrap_err(), RequestError::Disabled);
-        let (on, _jobs2) = channel(Some("/tmp".into())).unwrap();
+        let (on, _jobs2) = channel(Some("/tmp".into()), false).unwrap();
         assert_eq!(
             on.request("../a", false).unwrap_err(),
             RequestError::BadName
@@ -160,9 +229,11 @@ mod tests {
 
     #[test]
     fn the_main_threads_answer_comes_back() {
-        let (req, jobs) = channel(Some("/snaps".into())).unwrap();
+        let (req, jobs) = channel(Some("/snaps".into()), false).unwrap();
         let vm = std::thread::spawn(move || {
-            let job = jobs.jobs.recv().unwrap();
+            let Job::Snapshot(job) = jobs.jobs.recv().unwrap() else {
+                panic!("not a snapshot")
+            };
             assert_eq!(job.dir, Path::new("/snaps/s1"));
             assert!(job.stop);
             job.reply.send(Err("disk full".into())).unwrap();
@@ -172,5 +243,24 @@ mod tests {
             RequestError::Failed("disk full".into())
         );
         vm.join().unwrap();
+    }
+
+    #[test]
+    fn migrations_need_consent_and_a_sane_downtime() {
+        let to = || Endpoint::Unix("/m".into());
+        let (off, jobs) = channel(None, false).unwrap();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            off.migrate(to(), ms(300)).unwrap_err(),
+            RequestError::MigrationDisabled
+        );
+        let (on, jobs2) = channel(None, true).unwrap();
+        for bad in [ms(0), MAX_DOWNTIME + ms(1)] {
+            assert_eq!(
+                on.migrate(to(), bad).unwrap_err(),
+                RequestError::BadDowntime
+            );
+        }
+        assert!(jobs.jobs.try_recv().is_err() && jobs2.jobs.try_recv().is_err());
     }
 }

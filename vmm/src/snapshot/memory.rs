@@ -89,6 +89,12 @@ fn flush(file: &File, at: u64, chunk: &[u8], first: usize, end: usize) -> std::i
     Ok(bytes.len() as u64)
 }
 
+/// Per page of `[off, off + n)` of `region`: whether it may hold data
+/// (a page of anonymous memory the host never backed does not).
+pub fn may_hold_data(region: &GuestRegion, off: usize, n: usize) -> Vec<bool> {
+    Backing::of(region).resident(region, off, n)
+}
+
 /// How a region is backed, which says whether `mincore` can tell which
 /// pages hold data.
 enum Backing {

@@ -5,6 +5,7 @@
 //! no resize happens half-way; the other handlers of the event loop wait,
 //! as they run on this thread too.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,11 +22,13 @@ use vmm_sys_util::epoll::EventSet;
 use super::{memory, Shape, SnapshotError, Virtio, VmState, MEMORY_FILE};
 use crate::actuators::memory::{BalloonTransport, VirtioMemTransport};
 use crate::actuators::vcpus::VcpuSet;
-use crate::control::snapshot::{SnapshotJob, SnapshotJobs, SnapshotReport};
+use crate::control::snapshot::{Job, SnapshotJob, SnapshotJobs, SnapshotReport};
 use crate::control::{Controller, PerfHintTransport};
 use crate::devices::bus::lock;
 use crate::devices::cpu_hotplug::CpuStates;
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::memory::slots::KvmMemory;
+use crate::migration::send::Migrations;
 use crate::policy::Engine;
 use crate::vm::Console;
 
@@ -37,6 +40,7 @@ pub struct Machine {
     pub shape: Shape,
     pub vm: Arc<VmFd>,
     pub mem: Arc<GuestMem>,
+    pub slots: Arc<KvmMemory>,
     pub vcpus: Arc<VcpuSet>,
     pub cpu_slots: Arc<Mutex<CpuStates>>,
     pub console: Console,
@@ -107,7 +111,7 @@ impl Machine {
     }
 
     /// Everything but memory, read with the vCPUs stopped.
-    fn state(
+    pub fn state(
         &self,
         vcpus: Vec<crate::vcpu::VcpuState>,
         uptime: Duration,
@@ -154,15 +158,21 @@ fn saved<D: VirtioDevice, S>(
     }
 }
 
-/// The main thread's handler of snapshot requests from the API.
+/// The main thread's handler of snapshot and migration requests from the
+/// API.
 pub struct SnapshotHandler {
     jobs: SnapshotJobs,
     machine: Machine,
+    migrations: Migrations,
 }
 
 impl SnapshotHandler {
-    pub fn new(jobs: SnapshotJobs, machine: Machine) -> Self {
-        SnapshotHandler { jobs, machine }
+    pub fn new(jobs: SnapshotJobs, machine: Machine) -> std::io::Result<Self> {
+        Ok(SnapshotHandler {
+            jobs,
+            machine,
+            migrations: Migrations::new()?,
+        })
     }
 
     fn run(&self, job: SnapshotJob) {
@@ -184,16 +194,25 @@ impl SnapshotHandler {
 }
 
 impl MutEventSubscriber for SnapshotHandler {
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.migrations.wake.as_raw_fd() {
+            self.migrations.finish_ready(&self.machine);
+            return;
+        }
         let _ = self.jobs.wake.read();
         while let Ok(job) = self.jobs.jobs.try_recv() {
-            self.run(job);
+            match job {
+                Job::Snapshot(job) => self.run(job),
+                Job::Migrate(job) => self.migrations.start(&self.machine, job),
+            }
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.jobs.wake, EventSet::IN)) {
-            log::error!("cannot watch for snapshot requests: {e:?}");
+        for fd in [&self.jobs.wake, &self.migrations.wake] {
+            if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
+                log::error!("cannot watch for snapshot and migration requests: {e:?}");
+            }
         }
     }
 }

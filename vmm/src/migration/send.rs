@@ -1,0 +1,356 @@
+//! The source's side: pre-copy on a thread of its own while the guest
+//! runs ([`Precopy`]), then the stop-and-copy on the main thread
+//! ([`finish`]), which alone may stop the vCPUs and read the devices.
+
+use std::io::{BufWriter, Write};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::VmFd;
+use virtio_mmio::GuestMem;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::dirty::DirtyPages;
+use super::wire::{self, Hello};
+use super::{MigrationError, Stream};
+use crate::control::snapshot::{Endpoint, MigrateJob, MigrateReport};
+use crate::devices::bus::lock;
+use crate::exit::ExitReason;
+use crate::memory::slots::KvmMemory;
+use crate::memory::PAGE_SIZE;
+use crate::snapshot::take::Machine;
+
+/// Pre-copy gives up waiting for the dirty set to shrink after this many
+/// rounds, and stops the VM for what is left.
+pub const MAX_ROUNDS: u32 = 30;
+/// How long the stopped source waits for the target to say it runs the VM.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(60);
+/// How long a vCPU may take to stop.
+const VCPU_STOP_WAIT: Duration = Duration::from_secs(5);
+/// Guest memory is read this much at a time.
+const CHUNK: usize = 2 << 20;
+const PAGE: usize = PAGE_SIZE as usize;
+
+/// What the pre-copy thread needs: guest memory and its dirty logs.
+pub struct Precopy {
+    pub mem: Arc<GuestMem>,
+    pub vm: Arc<VmFd>,
+    pub slots: Arc<KvmMemory>,
+    pub hello: Hello,
+    pub downtime: Duration,
+}
+
+/// Where pre-copy left off: the stream, the pages still to send.
+pub struct Copied {
+    stream: BufWriter<Stream>,
+    pending: DirtyPages,
+    report: MigrateReport,
+    started: Instant,
+}
+
+fn kvm<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, MigrationError> {
+    r.map_err(|source| MigrationError::Kvm { what, source })
+}
+
+/// Adds what KVM and the VMM logged since the last call to `dirty`.
+fn collect(
+    vm: &VmFd,
+    slots: &KvmMemory,
+    mem: &GuestMem,
+    dirty: &mut DirtyPages,
+) -> Result<(), MigrationError> {
+    kvm(
+        "KVM_GET_DIRTY_LOG",
+        slots.take_dirty(vm, |gpa, bits| dirty.mark_bitmap(gpa, bits)),
+    )?;
+    dirty.take_vmm_writes(mem);
+    Ok(())
+}
+
+/// Sends the pages of `runs`; returns the bytes sent.
+fn send_runs(
+    w: &mut impl Write,
+    mem: &GuestMem,
+    runs: &[(u64, u64)],
+) -> Result<u64, MigrationError> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut sent = 0;
+    for &(gpa, len) in runs {
+        for off in (0..len).step_by(CHUNK) {
+            let n = (CHUNK as u64).min(len - off) as usize;
+            let at = gpa + off;
+            mem.read_slice(&mut buf[..n], GuestAddress(at))
+                .map_err(|e| MigrationError::Io(std::io::Error::other(e)))?;
+            wire::write_pages(w, at, &buf[..n])?;
+            sent += n as u64;
+        }
+    }
+    Ok(sent)
+}
+
+/// All of guest memory that may hold data: pages the host backed
+/// (`mincore`) that are not zero; the target's memory starts zeroed.
+fn send_all(w: &mut impl Write, mem: &GuestMem) -> Result<u64, MigrationError> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut sent = 0;
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        for off in (0..len).step_by(CHUNK) {
+            let n = CHUNK.min(len - off);
+            let resident = crate::snapshot::memory::may_hold_data(region, off, n);
+            if resident.iter().all(|r| !r) {
+                continue;
+            }
+            let gpa = region.start_addr().0 + off as u64;
+            mem.read_slice(&mut buf[..n], GuestAddress(gpa))
+                .map_err(|e| MigrationError::Io(std::io::Error::other(e)))?;
+            for (first, end) in data_runs(&buf[..n], &resident) {
+                let bytes = &buf[first * PAGE..(end * PAGE).min(n)];
+                wire::write_pages(w, gpa + (first * PAGE) as u64, bytes)?;
+                sent += bytes.len() as u64;
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// Runs `[first, end)` of pages of `chunk` that `resident` marks and that
+/// are not all zeros.
+fn data_runs(chunk: &[u8], resident: &[bool]) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut run = None;
+    let pages = chunk
+        .chunks(PAGE)
+        .zip(resident.iter().chain(std::iter::repeat(&false)));
+    let mut count = 0;
+    for (i, (page, &r)) in pages.enumerate() {
+        count = i + 1;
+        let keep = r && page.iter().any(|&b| b != 0);
+        match (keep, run) {
+            (true, None) => run = Some(i),
+            (false, Some(first)) => {
+                runs.push((first, i));
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(first) = run {
+        runs.push((first, count));
+    }
+    runs
+}
+
+impl Precopy {
+    /// Connects to `to`, has the target accept the VM, and copies memory
+    /// until what is left fits the downtime. KVM's dirty log stays on for
+    /// [`finish`]; on failure it is off again.
+    pub fn run(self, to: &Endpoint) -> Result<Copied, MigrationError> {
+        let started = Instant::now();
+        let mut stream = Stream::connect(to)?;
+        wire::write_hello(&mut stream, &self.hello)?;
+        wire::read_answer(&mut stream)?;
+        kvm("dirty logging", self.slots.set_logging(&self.vm, true))?;
+        let copied = self.rounds(stream, to, started);
+        if copied.is_err() {
+            let _ = self.slots.set_logging(&self.vm, false);
+        }
+        copied
+    }
+
+    fn rounds(
+        &self,
+        stream: Stream,
+        to: &Endpoint,
+        started: Instant,
+    ) -> Result<Copied, MigrationError> {
+        let mut w = BufWriter::with_capacity(1 << 20, stream);
+        let mut dirty = DirtyPages::new(&self.hello.shape.regions);
+        // Round 0 sends everything: what the VMM wrote before does not count.
+        dirty.take_vmm_writes(&self.mem);
+        dirty.clear();
+        let copying = Instant::now();
+        let mut sent = send_all(&mut w, &self.mem)?;
+        w.flush()?;
+        let mut rounds = 1;
+        loop {
+            collect(&self.vm, &self.slots, &self.mem, &mut dirty)?;
+            // Bytes per second so far, at least 1 MiB/s.
+            let rate = (sent as f64 / copying.elapsed().as_secs_f64().max(1e-3)).max(1e6);
+            let fits = dirty.bytes() as f64 <= rate * self.downtime.as_secs_f64();
+            if fits || rounds >= MAX_ROUNDS {
+                break;
+            }
+            sent += send_runs(&mut w, &self.mem, &dirty.runs())?;
+            w.flush()?;
+            dirty.clear();
+            rounds += 1;
+        }
+        log::info!(
+            "migration to {to}: {rounds} rounds, {} MiB sent; {} KiB left for the stop",
+            sent >> 20,
+            dirty.bytes() >> 10
+        );
+        Ok(Copied {
+            stream: w,
+            pending: dirty,
+            report: MigrateReport {
+                to: to.to_string(),
+                rounds,
+                sent_bytes: sent,
+                ..Default::default()
+            },
+            started,
+        })
+    }
+}
+
+/// The stop-and-copy, on the main thread: stops the vCPUs, sends the last
+/// pages and the state, and waits for the target to run the VM; then this
+/// VM ends. On any failure the vCPUs run on here.
+pub fn finish(machine: &Machine, copied: Copied) -> Result<MigrateReport, MigrationError> {
+    let Copied {
+        mut stream,
+        mut pending,
+        mut report,
+        started,
+    } = copied;
+    let controller = lock(&machine.controller);
+    let uptime = controller.uptime();
+    let paused = Instant::now();
+    let stop = || {
+        let _ = machine.slots.set_logging(&machine.vm, false);
+    };
+    let vcpus = machine
+        .vcpus
+        .pause_and_save(VCPU_STOP_WAIT)
+        .inspect_err(|_| stop())
+        .map_err(crate::snapshot::SnapshotError::from)?;
+    let stopped: Vec<(u32, bool)> = vcpus.iter().map(|v| (v.index, v.parked)).collect();
+    let handed = (|| {
+        collect(&machine.vm, &machine.slots, &machine.mem, &mut pending)?;
+        let last = send_runs(&mut stream, &machine.mem, &pending.runs())?;
+        let state = crate::snapshot::encode(&machine.state(vcpus, uptime)?)?;
+        wire::write_state(&mut stream, &state)?;
+        let mut s = stream.into_inner().map_err(|e| e.into_error())?;
+        s.set_timeouts(TAKEOVER_WAIT)?;
+        wire::read_answer(&mut s)?;
+        Ok::<u64, MigrationError>(last)
+    })();
+    match handed {
+        Ok(last) => {
+            report.final_bytes = last;
+            report.sent_bytes += last;
+            report.downtime_ms = paused.elapsed().as_secs_f64() * 1e3;
+            report.total_ms = started.elapsed().as_secs_f64() * 1e3;
+            machine.exit.notify(ExitReason::Migrated);
+            Ok(report)
+        }
+        Err(e) => {
+            stop();
+            machine.vcpus.resume(&stopped);
+            Err(e)
+        }
+    }
+}
+
+/// The main thread's end of migrations: starts the pre-copy thread and
+/// finishes what it copied. One migration at a time.
+pub struct Migrations {
+    /// The thread's result, with the API's reply channel.
+    done: Receiver<Finished>,
+    done_tx: Sender<Finished>,
+    pub wake: EventFd,
+    busy: bool,
+}
+
+type Reply = std::sync::mpsc::SyncSender<Result<MigrateReport, String>>;
+type Finished = (Result<Copied, MigrationError>, Reply);
+
+impl Migrations {
+    pub fn new() -> std::io::Result<Self> {
+        let (done_tx, done) = mpsc::channel();
+        Ok(Migrations {
+            done,
+            done_tx,
+            wake: EventFd::new(libc::EFD_NONBLOCK)?,
+            busy: false,
+        })
+    }
+
+    /// Starts `job`'s pre-copy beside the running guest.
+    pub fn start(&mut self, machine: &Machine, job: MigrateJob) {
+        if self.busy {
+            let _ = job.reply.send(Err(MigrationError::Busy.to_string()));
+            return;
+        }
+        let hello = Hello {
+            shape: machine.shape.clone(),
+            vcpus: lock(&machine.cpu_slots).enabled_count(),
+            memory_bytes: lock(&machine.controller).memory_status().guest_bytes,
+        };
+        let precopy = Precopy {
+            mem: machine.mem.clone(),
+            vm: machine.vm.clone(),
+            slots: machine.slots.clone(),
+            hello,
+            downtime: job.downtime,
+        };
+        let (tx, wake) = (self.done_tx.clone(), self.wake.try_clone());
+        let Ok(wake) = wake else {
+            let _ = job.reply.send(Err("cannot start the migration".into()));
+            return;
+        };
+        let to = job.to;
+        let reply = job.reply;
+        let spawned = std::thread::Builder::new()
+            .name("migration".into())
+            .spawn(move || {
+                let _ = tx.send((precopy.run(&to), reply));
+                let _ = wake.write(1);
+            });
+        match spawned {
+            Ok(_) => self.busy = true,
+            Err(e) => log::warn!("cannot start the migration thread: {e}"),
+        }
+    }
+
+    /// Finishes a pre-copy that ended: the stop-and-copy, or its error.
+    pub fn finish_ready(&mut self, machine: &Machine) {
+        let _ = self.wake.read();
+        while let Ok((copied, reply)) = self.done.try_recv() {
+            self.busy = false;
+            let r = copied.and_then(|c| finish(machine, c));
+            match &r {
+                Ok(rep) => log::info!(
+                    "migrated to {}: {} rounds, {} MiB sent, downtime {:.0} ms",
+                    rep.to,
+                    rep.rounds,
+                    rep.sent_bytes >> 20,
+                    rep.downtime_ms
+                ),
+                Err(e) => log::warn!("migration failed, the VM runs on here: {e}"),
+            }
+            let _ = reply.send(r.map_err(|e| e.to_string()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_resident_pages_with_data_are_sent_first() {
+        let mut chunk = vec![0u8; 6 * PAGE];
+        chunk[PAGE] = 1; // page 1
+        chunk[2 * PAGE + 9] = 1; // page 2
+        chunk[5 * PAGE] = 1; // page 5, not resident
+        let resident = [true, true, true, true, true, false];
+        assert_eq!(data_runs(&chunk, &resident), vec![(1, 3)]);
+        chunk[5 * PAGE - 1] = 1; // page 4
+        assert_eq!(data_runs(&chunk, &resident), vec![(1, 3), (4, 5)]);
+    }
+}
