@@ -259,6 +259,8 @@ build_derived() {
 # After build_openmp.
 build_workloads() {
   static_c "$here/workloads/hashjoin.c" "$out/workloads"
+  # The live-migration test's memory writer.
+  static_c "$here/workloads/memwrite.c" "$out/workloads"
   # The guest-side sampler of demand and allocation (images/sampler).
   static_c "$here/sampler/sampler.c" "$out/workloads"
   cp -L /usr/bin/xz "$gdir/extra/xz"

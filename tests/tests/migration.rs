@@ -1,0 +1,170 @@
+//! Live migration (issue 15), two perfvmm processes in one host: a guest
+//! that writes memory hard inside a phase is moved while it runs. Before
+//! that, a target whose policy is too small refuses it, and a target that
+//! dies half-way leaves it running at its source. The moved guest
+//! finishes with the right result, with its vCPUs, its open phase and
+//! the perf-hint device's counters, and hints flow to the new process.
+
+use perfvmm_tests::{GuestRun, RunOutput};
+use serde_json::Value;
+use std::time::Duration;
+
+const SCRIPT: &str = r#"
+F=@FILES@
+wait_for() {
+  i=0
+  while ! grep -q "$2" "$1" 2>/dev/null; do
+    i=$((i + 1))
+    [ $i -gt $(($3 * 10)) ] && { echo "test: no '$2' in $1 after $3 s"; return 1; }
+    sleep 0.1
+  done
+}
+wait_sock() {
+  i=0
+  while [ ! -S "$1" ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
+}
+printf '[memory]\nmax = "128M"\n' >$F/small.toml
+@PERFVMM@ --kernel @KERNEL@ --initrd @INITRD@ \
+  --cmdline "quiet pvrun=migrate pvmib=48 pvsecs=40" \
+  --cpus 1,max=2 --memory 256M --api-sock $F/api --allow-migrate \
+  --hint-log $F/hints1.log </dev/null >$F/source.log 2>&1 &
+src=$!
+wait_for $F/source.log "memwrite: t=2 " 300
+# A target whose policy gives at most 128 MiB refuses the VM.
+@PERFVMM@ --incoming unix:$F/small.sock --policy $F/small.toml >$F/small.log 2>&1 &
+small=$!
+wait_sock $F/small.sock
+@PERFVMM@ ctl --api-sock $F/api migrate --to unix:$F/small.sock >$F/refused.out 2>&1
+echo "test: refused exit $? $(tr -d '\n' <$F/refused.out)"
+wait $small
+echo "test: small target exit $? $(tr -d '\n' <$F/small.log)"
+# A target killed half-way: the source runs on.
+@PERFVMM@ --incoming unix:$F/dying.sock >$F/dying.log 2>&1 &
+dying=$!
+wait_sock $F/dying.sock
+@PERFVMM@ ctl --api-sock $F/api migrate --to unix:$F/dying.sock >$F/died.out 2>&1 &
+ctl=$!
+sleep 1
+kill -9 $dying
+wait $ctl
+echo "test: died exit $? $(tr -d '\n' <$F/died.out)"
+n=$(grep -c "memwrite: t=" $F/source.log)
+sleep 2
+echo "test: progress after the failed migration $(( $(grep -c "memwrite: t=" $F/source.log) - n ))"
+# The real move.
+@PERFVMM@ --incoming unix:$F/mig.sock --api-sock $F/api2 --hint-log $F/hints2.log \
+  </dev/null >$F/target.log 2>&1 &
+tgt=$!
+wait_sock $F/mig.sock
+@PERFVMM@ ctl --api-sock $F/api status >$F/status1.json
+@PERFVMM@ ctl --api-sock $F/api migrate --to unix:$F/mig.sock --downtime-ms 300 >$F/report.json
+echo "test: migrate exit $?"
+wait $src
+echo "test: source exit $?"
+wait_for $F/target.log "memwrite: t=" 120 &&
+  @PERFVMM@ ctl --api-sock $F/api2 status >$F/status2.json
+wait $tgt
+echo "test: target exit $?"
+sed 's/^/source: /' $F/source.log
+sed 's/^/target: /' $F/target.log
+echo "test: report $(tr -d '\n' <$F/report.json)"
+echo "test: status1 $(tr -d '\n' <$F/status1.json)"
+echo "test: status2 $(tr -d '\n' <$F/status2.json)"
+echo "test: hints at the target $(grep -c '"kind"' $F/hints2.log)"
+"#;
+
+fn json_after(out: &RunOutput, tag: &str) -> Value {
+    let line = out
+        .console
+        .lines()
+        .find_map(|l| l.strip_prefix(tag))
+        .unwrap_or_else(|| panic!("no {tag:?} line:\n{}", out.tail(80)));
+    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{tag}{line}: {e}"))
+}
+
+fn line_after<'a>(out: &'a RunOutput, tag: &str) -> &'a str {
+    out.console
+        .lines()
+        .find_map(|l| l.strip_prefix(tag))
+        .unwrap_or_else(|| panic!("no {tag:?} line:\n{}", out.tail(80)))
+}
+
+#[test]
+fn a_guest_writing_memory_moves_live_and_finishes_right() {
+    let out = GuestRun::script(SCRIPT)
+        .timeout(Duration::from_secs(900))
+        .l1_cpus(2)
+        .run();
+    let c = &out.console;
+    let tail = || out.tail(100);
+    if let Ok(path) = std::env::var("PERFVMM_MIGRATION_CONSOLE") {
+        let _ = std::fs::write(path, c);
+    }
+
+    // Refused by a small target, which exits 1 with the reason.
+    let refused = line_after(&out, "test: refused exit ");
+    assert!(
+        refused.starts_with('1') && refused.contains("this host's policy allows at most 128 MiB"),
+        "{refused}"
+    );
+    assert!(
+        line_after(&out, "test: small target exit ").starts_with('1'),
+        "{}",
+        tail()
+    );
+    // The target died half-way: an error, and the guest ran on.
+    let died = line_after(&out, "test: died exit ");
+    assert!(died.starts_with('1'), "{died}\n{}", tail());
+    let progress: u32 = line_after(&out, "test: progress after the failed migration ")
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(progress >= 1, "the source ran on: {progress}\n{}", tail());
+
+    for line in [
+        "test: migrate exit 0",
+        "test: source exit 0",
+        "test: target exit 0",
+        "target: scenario: migrate exit=0 nproc=2",
+        "target: scenario: migrate hints sent",
+        "target: perfvmm-guest: powering off",
+    ] {
+        assert!(c.contains(line), "{line:?} missing:\n{}", tail());
+    }
+    let done = c
+        .lines()
+        .find_map(|l| l.strip_prefix("target: memwrite: done "))
+        .expect("memwrite done at the target");
+    assert!(done.contains("check=ok"), "the result is right: {done}");
+    assert!(
+        !c.contains("source: memwrite: done"),
+        "the guest finished at the source: it never moved\n{}",
+        tail()
+    );
+
+    let report = json_after(&out, "test: report ");
+    eprintln!("migration: {report}; guest saw {done}");
+    assert!(report["rounds"].as_u64() >= Some(2), "{report}");
+    assert!(report["downtime_ms"].as_f64().is_some(), "{report}");
+
+    let s1 = json_after(&out, "test: status1 ");
+    let s2 = json_after(&out, "test: status2 ");
+    let phases = &s1["open_phases"];
+    assert!(
+        phases.as_array().is_some_and(|p| !p.is_empty()),
+        "the writing phase is open: {s1}"
+    );
+    assert_eq!(&s2["open_phases"], phases, "the phase stays open");
+    let msgs = |s: &Value| s["hint_counters"]["messages"].as_u64().unwrap_or(0);
+    assert!(
+        msgs(&s1) > 0 && msgs(&s2) >= msgs(&s1),
+        "counters carried over: {} then {}",
+        msgs(&s1),
+        msgs(&s2)
+    );
+    let hints: u32 = line_after(&out, "test: hints at the target ")
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(hints >= 3, "hints reach the target: {hints}");
+}
