@@ -20,6 +20,15 @@
 //! its API requires), peak RSS, and the memory file on disk.
 //!
 //!   cargo run --release -p perfvmm-tests --bin snapshot-bench -- [RUNS] --firecracker PATH
+//!
+//! With `--migrate`, for each size, a guest is moved live from one perfvmm
+//! to another in the same host (a Unix socket), idle and busy (2 vCPUs,
+//! one writing a quarter of its memory hard, `images/workloads/memwrite.c`),
+//! with a 300 ms downtime budget: pre-copy rounds, bytes sent, bytes sent
+//! in the stop, the downtime by the source (vCPUs stopped → target
+//! running), the longest pause the busy guest's clock saw, and the total.
+//!
+//!   cargo run --release -p perfvmm-tests --bin snapshot-bench -- [RUNS] [SIZES] --migrate
 
 use std::path::{Path, PathBuf};
 
@@ -74,6 +83,8 @@ fn main() {
         side_by_side(runs, &fc);
         return;
     }
+    let migrate = args.iter().any(|a| a == "--migrate");
+    args.retain(|a| a != "--migrate");
     let runs: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(3);
     let sizes: Vec<u32> = args
         .get(1)
@@ -82,6 +93,10 @@ fn main() {
     if sizes.is_empty() {
         eprintln!("snapshot-bench: SIZES is a comma-separated list of MiB");
         std::process::exit(2);
+    }
+    if migrate {
+        migration(runs, &sizes);
+        return;
     }
     let mut script = format!("F=@FILES@\n{}", bench::SH_WAIT_FOR);
     for r in 0..runs {
@@ -154,6 +169,109 @@ fn main() {
             failures.join("\n")
         );
         std::process::exit(1);
+    }
+}
+
+/// One live migration of a `size` MiB guest, idle or `busy`.
+fn migration_round(size: u32, busy: bool) -> String {
+    let (kind, cmdline, ready) = if busy {
+        let mib = size / 4;
+        (
+            "busy",
+            format!("quiet pvrun=migrate pvmib={mib} pvsecs=40"),
+            "memwrite: t=2 ",
+        )
+    } else {
+        ("idle", "quiet pvrun=idle".to_string(), "boot-timer:")
+    };
+    format!(
+        r#"
+rm -f $F/mig.sock
+@PERFVMM@ --kernel @KERNEL@ --initrd @INITRD@ --cmdline "{cmdline}" --cpus 1,max=2   --memory {size}M --api-sock $F/api --allow-migrate --boot-timer </dev/null >$F/src.log 2>&1 &
+src=$!
+@PERFVMM@ --incoming unix:$F/mig.sock </dev/null >$F/dst.log 2>&1 &
+dst=$!
+wait_for $F/src.log "{ready}" 300 && sleep 1
+@PERFVMM@ ctl --api-sock $F/api migrate --to unix:$F/mig.sock --downtime-ms 300 >$F/rep.json 2>&1
+wait $src
+echo "bench: size={size} {kind} migrate $(tr -d '
+ ' <$F/rep.json)"
+if [ {kind} = busy ]; then
+  wait_for $F/dst.log "memwrite: done" 120
+  grep -o "maxgap_ms=[0-9]*" $F/dst.log | sed "s/^/bench: size={size} {kind} guest /"
+fi
+kill -TERM $dst 2>/dev/null; wait $dst
+"#
+    )
+}
+
+/// Live migrations, idle and busy, per size: see the module's comment.
+fn migration(runs: usize, sizes: &[u32]) {
+    let mut script = format!("F=@FILES@\n{}", bench::SH_WAIT_FOR);
+    for r in 0..runs {
+        for &size in sizes {
+            for busy in [false, true] {
+                script.push_str(&format!(
+                    "echo 'snapshot-bench: migration round {} size {size} MiB {}'\n",
+                    r + 1,
+                    if busy { "busy" } else { "idle" }
+                ));
+                script.push_str(&migration_round(size, busy));
+            }
+        }
+    }
+    println!(
+        "snapshot-bench: mode {:?}, {runs} rounds of live migration, sizes {sizes:?} MiB, budget 300 ms",
+        perfvmm_tests::mode()
+    );
+    let mut run = GuestRun::script(&script)
+        .timeout(std::time::Duration::from_secs(
+            120 + 240 * (runs * sizes.len()) as u64,
+        ))
+        .l1_cpus(2)
+        .streaming_lines(|l| l.starts_with("snapshot-bench:"));
+    run.l1_memory_mib = 2 * sizes.iter().max().copied().unwrap_or(256) + 1536;
+    let out = match run.try_run() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("snapshot-bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("\n| guest MiB | guest | rounds | sent MiB | sent in the stop MiB | downtime ms (source) | longest pause the guest saw ms | total ms |");
+    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for &size in sizes {
+        for kind in ["idle", "busy"] {
+            let tag = format!("bench: size={size} {kind} ");
+            let lines: Vec<&str> = out
+                .console
+                .lines()
+                .filter_map(|l| l.split_once(&tag).map(|(_, r)| r))
+                .collect();
+            let pick = |what: &str, key: &str| {
+                median(
+                    lines
+                        .iter()
+                        .filter(|l| l.starts_with(what))
+                        .filter_map(|l| field(l, key))
+                        .collect(),
+                )
+            };
+            let mib = |v: f64| v / (1 << 20) as f64;
+            println!(
+                "| {size} | {kind} | {:.0} | {:.0} | {:.1} | {:.0} | {} | {:.0} |",
+                pick("migrate", "rounds"),
+                mib(pick("migrate", "sent_bytes")),
+                mib(pick("migrate", "final_bytes")),
+                pick("migrate", "downtime_ms"),
+                if kind == "busy" {
+                    format!("{:.0}", pick("guest", "maxgap_ms"))
+                } else {
+                    "–".into()
+                },
+                pick("migrate", "total_ms"),
+            );
+        }
     }
 }
 

@@ -126,8 +126,9 @@ fn regions(mem: &GuestMem) -> Vec<(u64, u64)> {
     mem.iter().map(|r| (r.start_addr().0, r.len())).collect()
 }
 
-/// Writes pages frames into `mem` until the state frame, which it decodes.
-fn fill(r: &mut impl Read, mem: &GuestMem) -> Result<VmState, MigrationError> {
+/// Writes pages frames into `mem` until the state frame, which it decodes:
+/// what follows the accepted hello.
+pub fn fill(r: &mut impl Read, mem: &GuestMem) -> Result<VmState, MigrationError> {
     let mut buf = vec![0u8; wire::MAX_PAGES_LEN as usize];
     loop {
         match wire::read_frame(r, &mut buf)? {
