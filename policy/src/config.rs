@@ -250,6 +250,33 @@ pub struct Policy {
     pub hints: HintPolicy,
     pub placement: PlacementPolicy,
     pub reactive: ReactivePolicy,
+    pub migration: MigrationPolicy,
+}
+
+/// When the guest's declared needs outgrow this host's bounds: where the
+/// VM moves (docs/policy.md, docs/migration.md).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MigrationPolicy {
+    /// A `perfvmm --incoming` waiting for this VM ("unix:PATH" or
+    /// "tcp:IP:PORT"); empty: the decision log says the need outgrew this
+    /// host, and the VM stays.
+    pub target: String,
+    /// How long the declared need must stay above this host's bounds
+    /// before the VM moves.
+    pub after_ms: u64,
+    /// The pause the guest may notice.
+    pub downtime_ms: u64,
+}
+
+impl Default for MigrationPolicy {
+    fn default() -> Self {
+        MigrationPolicy {
+            target: String::new(),
+            after_ms: 2_000,
+            downtime_ms: 300,
+        }
+    }
 }
 
 /// The largest policy file [`Policy::load`] reads.
@@ -357,6 +384,20 @@ impl Policy {
         }
         parse_cpu_list(&self.placement.host_cpus)
             .map_err(|e| format!("placement.host_cpus: {e}"))?;
+        let m = &self.migration;
+        let target_ok = m.target.is_empty()
+            || m.target
+                .strip_prefix("unix:")
+                .is_some_and(|p| !p.is_empty())
+            || m.target
+                .strip_prefix("tcp:")
+                .is_some_and(|a| a.parse::<std::net::SocketAddr>().is_ok());
+        if !target_ok {
+            return Err("migration.target: \"unix:PATH\" or \"tcp:IP:PORT\"".into());
+        }
+        if m.downtime_ms == 0 || m.downtime_ms > 60_000 {
+            return Err("migration.downtime_ms: 1 to 60000".into());
+        }
         Ok(())
     }
 

@@ -186,6 +186,37 @@ pub struct EngineState {
     latencies: [Latencies; 2],
     /// Observed usage per resource (reactive mode): (when, value).
     usage: [VecDeque<(Duration, f64)>; 2],
+    /// What the guest said of moving its work (a placement hint, or its
+    /// manifest's).
+    mobility: Mobility,
+}
+
+/// What the guest declared of moving its work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mobility {
+    /// The work may move between hosts (true until the guest says not).
+    pub relocatable: bool,
+    /// The work cannot be split across machines.
+    pub monolithic: bool,
+}
+
+impl Default for Mobility {
+    fn default() -> Self {
+        Mobility {
+            relocatable: true,
+            monolithic: false,
+        }
+    }
+}
+
+/// The declared need of one resource above this host's policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outgrown {
+    pub resource: Resource,
+    /// The demand in force, before bounds.
+    pub wanted: u64,
+    /// The policy's maximum on this host.
+    pub max: u64,
 }
 
 /// The policy engine: the policy and the VM's limits, and what it has
@@ -342,6 +373,7 @@ impl Engine {
                 schedule_needs: Vec::new(),
                 latencies: [Latencies::new(), Latencies::new()],
                 usage: [VecDeque::new(), VecDeque::new()],
+                mobility: Mobility::default(),
             },
             policy,
             vm,
@@ -524,6 +556,30 @@ impl Engine {
                 }
             })
             .collect()
+    }
+
+    /// What the guest declared of moving its work.
+    pub fn mobility(&self) -> Mobility {
+        self.learnt.mobility
+    }
+
+    /// The first resource whose demand in force is above this host's
+    /// policy maximum: a bigger host could give it, where this one may not
+    /// (the machine's own maximum, `--cpus max=` / `--memory max=`, moves
+    /// with the VM and is never outgrown by moving).
+    pub fn outgrown(&self) -> Option<Outgrown> {
+        Resource::ALL.iter().find_map(|&r| {
+            let wanted = self.wanted(r)?.0;
+            let max = match r {
+                Resource::Vcpus => u64::from(self.policy.vcpus.max),
+                Resource::Memory => self.policy.memory.max.0,
+            };
+            (wanted > max).then_some(Outgrown {
+                resource: r,
+                wanted,
+                max,
+            })
+        })
     }
 
     /// Ids of the phases the guest has open, outermost first.
@@ -855,8 +911,20 @@ impl Engine {
                         self.track_mut(Resource::Memory).manifest = Some((w, seq));
                     }
                 }
+                if let Some(p) = &m.placement {
+                    self.learnt.mobility = Mobility {
+                        relocatable: p.relocatable,
+                        monolithic: p.monolithic,
+                    };
+                }
             }
             Hint::PhaseNeeds(n) => self.add_to_schedule(now, seq, ScheduledNeeds::from_wire(n)),
+            Hint::Placement(p) => {
+                self.learnt.mobility = Mobility {
+                    relocatable: p.relocatable,
+                    monolithic: p.monolithic,
+                }
+            }
             Hint::PhaseBegin(p) if !p.declared_only => {
                 if let Some(s) = &mut self.learnt.schedule {
                     s.phase_began(p.id, now);
@@ -1052,6 +1120,7 @@ mod tests {
     use super::*;
     use crate::config::ReactivePolicy;
     use guest_hints::client::hint;
+    use guest_hints::wire::Locality;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -1076,6 +1145,37 @@ mod tests {
     fn one(ds: Vec<Decision>) -> Decision {
         assert_eq!(ds.len(), 1, "{ds:?}");
         ds.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn a_need_above_this_hosts_policy_is_outgrown_and_the_guest_may_forbid_moving() {
+        let mut policy = Policy::default();
+        policy.vcpus.max = 2;
+        let mut e = Engine::new(policy, limits(1, 8));
+        e.on_hint(ms(0), 1, &hint::parallelism(2, 2, 0.0));
+        assert_eq!(e.outgrown(), None, "2 vCPUs fit this host");
+        e.on_hint(ms(10), 2, &hint::parallelism(6, 6, 0.0));
+        assert_eq!(
+            e.outgrown(),
+            Some(Outgrown {
+                resource: Resource::Vcpus,
+                wanted: 6,
+                max: 2
+            })
+        );
+        assert_eq!(
+            e.allocation(Resource::Vcpus),
+            2,
+            "never above this host's bound"
+        );
+        assert_eq!(e.mobility(), Mobility::default(), "movable until told not");
+        e.on_hint(ms(20), 3, &hint::placement(false, false, Locality::Any));
+        assert!(!e.mobility().relocatable);
+        // The guest's own word travels with its state.
+        let restored = Engine::restore(e.policy().clone(), limits(1, 8), e.save()).unwrap();
+        assert!(!restored.mobility().relocatable);
+        e.on_hint(ms(30), 4, &hint::parallelism(1, 1, 0.0));
+        assert_eq!(e.outgrown(), None);
     }
 
     #[test]

@@ -16,4 +16,6 @@ pub mod schedule;
 pub mod simulate;
 
 pub use config::{Policy, PolicyError};
-pub use engine::{Decision, Engine, EngineState, Resource, ScheduledNeeds, VmLimits};
+pub use engine::{
+    Decision, Engine, EngineState, Mobility, Outgrown, Resource, ScheduledNeeds, VmLimits,
+};

@@ -900,6 +900,7 @@ impl<'a> VmBuilder<'a> {
         )));
         let (requests, jobs) =
             control::snapshot::channel(self.cfg.snapshot_dir.clone(), self.cfg.allow_migrate)?;
+        lock(&controller).set_mover(requests.try_clone()?);
         let mut api_connections = None;
         if let Some(listener) = self.api_listener {
             let state = api::ApiState {

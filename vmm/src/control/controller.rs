@@ -6,13 +6,14 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use super::jsonl::JsonLines;
+use super::snapshot::{MigrateReport, SnapshotRequests};
 use crate::actuators::{ActuatorError, MemoryActuator, MemoryStatus, VcpuActuator};
 use crate::devices::bus::lock;
 use crate::policy::{Decision, Engine, Policy, PolicyError, Resource};
@@ -99,6 +100,21 @@ pub struct Controller {
     last_run_time: Option<(Duration, Duration)>,
     /// A vCPU shrink the guest has not completed: (target, when applied).
     removal: Option<(u64, Duration)>,
+    /// Starts the migrations the policy decides (`None` in tests).
+    mover: Option<SnapshotRequests>,
+    moving: Moving,
+}
+
+/// Where the controller is with moving the VM to a bigger host.
+enum Moving {
+    /// The declared needs fit this host.
+    Idle,
+    /// They have not, since then.
+    Since(Duration),
+    /// Decided (moved, stayed, or failed): not again until they fit.
+    Decided,
+    /// A migration runs; its answer comes here.
+    Started(Receiver<Result<MigrateReport, String>>),
 }
 
 /// A grow the guest has not taken after this long is no longer timed.
@@ -131,7 +147,15 @@ impl Controller {
             pending: [None, None],
             last_run_time: None,
             removal: None,
+            mover: None,
+            moving: Moving::Idle,
         }
+    }
+
+    /// Lets the policy start migrations (`[migration] target`) through
+    /// the API's channel to the main thread.
+    pub fn set_mover(&mut self, mover: SnapshotRequests) {
+        self.mover = Some(mover);
     }
 
     /// The VM's time: since it booted (a restored VM's goes on from its
@@ -316,6 +340,82 @@ impl Controller {
         if !ejected.is_empty() {
             self.restore_vcpus();
         }
+        self.consider_moving(now);
+    }
+
+    /// When the guest's declared need has stayed above this host's policy
+    /// for `[migration] after_ms`: moves the VM to the policy's target,
+    /// unless the guest declared its work not relocatable or monolithic,
+    /// and says so in the decision log either way. Once per episode: not
+    /// again until the need has fitted this host.
+    fn consider_moving(&mut self, now: Duration) {
+        if let Moving::Started(rx) = &self.moving {
+            match rx.try_recv() {
+                Err(TryRecvError::Empty) | Ok(Ok(_)) => return,
+                Ok(Err(why)) => self.write(json!({
+                    "t_ms": now.as_millis() as u64,
+                    "event": "migration_failed",
+                    "reason": why,
+                })),
+                Err(TryRecvError::Disconnected) => {}
+            }
+            self.moving = Moving::Decided;
+            return;
+        }
+        let (outgrown, mobility, m) = {
+            let e = lock(&self.engine);
+            (e.outgrown(), e.mobility(), e.policy().migration.clone())
+        };
+        let Some(o) = outgrown else {
+            self.moving = Moving::Idle;
+            return;
+        };
+        let since = match self.moving {
+            Moving::Idle => now,
+            Moving::Since(t) => t,
+            _ => return,
+        };
+        self.moving = Moving::Since(since);
+        if now.saturating_sub(since) < Duration::from_millis(m.after_ms) {
+            return;
+        }
+        let r = o.resource;
+        let need = format!(
+            "the guest declares {} {}, above this host's maximum {}",
+            r.show(o.wanted),
+            r.as_str(),
+            r.show(o.max)
+        );
+        let stay = |why: &str| (format!("{need}; {why}"), None);
+        let downtime = Duration::from_millis(m.downtime_ms);
+        let (reason, started) = if !mobility.relocatable {
+            stay("the guest declared its work not relocatable: it stays")
+        } else if mobility.monolithic {
+            stay("the guest declared its work monolithic: it stays")
+        } else if m.target.is_empty() {
+            stay("no [migration] target: it stays")
+        } else {
+            match self
+                .mover
+                .as_ref()
+                .map(|mv| mv.start_migration(&m.target, downtime))
+            {
+                Some(Ok(rx)) => (format!("{need}; moving to {}", m.target), Some(rx)),
+                Some(Err(e)) => stay(&format!("cannot move: {e}")),
+                None => stay("cannot move: no migration channel"),
+            }
+        };
+        log::info!("policy: {reason}");
+        self.write(json!({
+            "t_ms": now.as_millis() as u64,
+            "event": "migration",
+            "action": if started.is_some() { "move" } else { "stay" },
+            "resource": r.as_str(),
+            "wanted": o.wanted,
+            "max": o.max,
+            "reason": reason,
+        }));
+        self.moving = started.map_or(Moving::Decided, Moving::Started);
     }
 
     /// A removal perfvmm withdrew can still complete: the guest may have
@@ -437,6 +537,7 @@ mod tests {
     use std::sync::mpsc::channel;
 
     use guest_hints::client::hint;
+    use guest_hints::wire::Locality;
     use virtio_perf_device::HintSink;
 
     use super::*;
@@ -701,5 +802,101 @@ mod tests {
             f.controller.manual_resize(Resource::Vcpus, 1 + (i % 2) * 2);
         }
         assert_eq!(f.controller.recent_decisions().len(), RECENT_DECISIONS);
+    }
+
+    /// The decision log's migration events.
+    fn migration_events(f: &Fixture) -> Vec<Value> {
+        f.log_lines()
+            .into_iter()
+            .filter(|v| {
+                v["event"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("migration"))
+            })
+            .collect()
+    }
+
+    fn small_host(f: &mut Fixture, target: &str) {
+        let mut policy = Policy::default();
+        policy.vcpus.max = 2;
+        policy.migration.target = target.into();
+        policy.migration.after_ms = 0;
+        f.controller.put_policy("small.toml".into(), policy);
+    }
+
+    #[test]
+    fn a_need_above_this_host_moves_the_vm_to_the_policys_target_once() {
+        let mut f = Fixture::new("move");
+        let (requests, jobs) = crate::control::snapshot::channel(None, true).unwrap();
+        f.controller.set_mover(requests);
+        small_host(&mut f, "unix:/run/big-host.sock");
+        f.sink.hint(0, 1, &hint::parallelism(2, 2, 0.0));
+        f.controller.drain();
+        f.controller.tick();
+        assert!(migration_events(&f).is_empty(), "2 vCPUs fit this host");
+        f.sink.hint(0, 2, &hint::parallelism(4, 4, 0.0));
+        f.controller.drain();
+        f.controller.tick();
+        let ev = migration_events(&f);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0]["action"], "move", "{}", ev[0]);
+        assert_eq!(
+            (ev[0]["wanted"].as_u64(), ev[0]["max"].as_u64()),
+            (Some(4), Some(2))
+        );
+        let Ok(crate::control::snapshot::Job::Migrate(job)) = jobs.jobs.try_recv() else {
+            panic!("no migration started")
+        };
+        assert_eq!(job.to.to_string(), "unix:/run/big-host.sock");
+        assert_eq!(job.downtime, Duration::from_millis(300));
+        // It failed: said once, and not tried again while the need lasts.
+        job.reply
+            .send(Err("the target refused the VM".into()))
+            .unwrap();
+        f.controller.tick();
+        f.controller.tick();
+        let ev = migration_events(&f);
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert_eq!(ev[1]["event"], "migration_failed");
+        assert!(jobs.jobs.try_recv().is_err(), "one attempt per episode");
+    }
+
+    #[test]
+    fn a_guest_that_declares_its_work_not_relocatable_stays_and_the_log_says_why() {
+        for (placement, why) in [
+            (
+                hint::placement(false, false, Locality::Any),
+                "not relocatable",
+            ),
+            (hint::placement(true, true, Locality::Any), "monolithic"),
+        ] {
+            let mut f = Fixture::new("stay");
+            let (requests, jobs) = crate::control::snapshot::channel(None, true).unwrap();
+            f.controller.set_mover(requests);
+            small_host(&mut f, "unix:/run/big-host.sock");
+            f.sink.hint(0, 1, &placement);
+            f.sink.hint(0, 2, &hint::parallelism(4, 4, 0.0));
+            f.controller.drain();
+            f.controller.tick();
+            let ev = migration_events(&f);
+            assert_eq!(ev.len(), 1, "{ev:?}");
+            assert_eq!(ev[0]["action"], "stay");
+            assert!(ev[0]["reason"].as_str().unwrap().contains(why), "{}", ev[0]);
+            assert!(jobs.jobs.try_recv().is_err(), "nothing moves");
+        }
+        // No target: the log says the need outgrew this host.
+        let mut f = Fixture::new("notarget");
+        small_host(&mut f, "");
+        f.sink.hint(0, 1, &hint::parallelism(4, 4, 0.0));
+        f.controller.drain();
+        f.controller.tick();
+        let ev = migration_events(&f);
+        assert!(
+            ev[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no [migration] target"),
+            "{ev:?}"
+        );
     }
 }

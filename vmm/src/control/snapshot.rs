@@ -175,6 +175,36 @@ impl SnapshotRequests {
         wait(answer)
     }
 
+    /// Starts a migration to `to` without waiting: its answer comes on
+    /// the receiver (the policy's own moves, `[migration]`).
+    pub fn start_migration(
+        &self,
+        to: &str,
+        downtime: Duration,
+    ) -> Result<Receiver<Result<MigrateReport, String>>, RequestError> {
+        if !self.migrate {
+            return Err(RequestError::MigrationDisabled);
+        }
+        let to: Endpoint = to.parse().map_err(RequestError::Failed)?;
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Job::Migrate(MigrateJob {
+            to,
+            downtime: downtime.clamp(Duration::from_millis(1), MAX_DOWNTIME),
+            reply,
+        }))?;
+        Ok(answer)
+    }
+
+    /// Another end for the same main thread.
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(SnapshotRequests {
+            root: self.root.clone(),
+            migrate: self.migrate,
+            jobs: self.jobs.clone(),
+            wake: self.wake.try_clone()?,
+        })
+    }
+
     fn send(&self, job: Job) -> Result<(), RequestError> {
         self.jobs.send(job).map_err(|_| RequestError::Gone)?;
         self.wake.write(1).map_err(|_| RequestError::Gone)
