@@ -168,3 +168,59 @@ fn a_guest_writing_memory_moves_live_and_finishes_right() {
         .unwrap_or(0);
     assert!(hints >= 3, "hints reach the target: {hints}");
 }
+
+/// The policy moves the VM when the guest's declared need outgrows this
+/// host, unless the guest declared its work not relocatable.
+const OUTGROW: &str = r#"
+F=@FILES@
+printf '[vcpus]\nmax = 2\n[migration]\ntarget = "unix:%s/big.sock"\nafter_ms = 500\n' $F >$F/small.toml
+@PERFVMM@ --incoming unix:$F/big.sock --hint-log $F/hints2.log </dev/null >$F/target.log 2>&1 &
+tgt=$!
+@PERFVMM@ --kernel @KERNEL@ --initrd @INITRD@ --cmdline "quiet pvrun=outgrow" \
+  --cpus 1,max=4 --memory 256M --policy $F/small.toml --allow-migrate \
+  --decision-log $F/decisions.jsonl </dev/null >$F/source.log 2>&1
+echo "test: source exit $?"
+wait $tgt
+echo "test: target exit $?"
+sed 's/^/source: /' $F/source.log
+sed 's/^/target: /' $F/target.log
+grep '"event":"migration' $F/decisions.jsonl | sed 's/^/decision: /'
+"#;
+
+#[test]
+fn the_policy_moves_a_vm_whose_declared_need_outgrows_its_host() {
+    let out = GuestRun::script(OUTGROW)
+        .timeout(Duration::from_secs(600))
+        .l1_cpus(2)
+        .run();
+    let c = &out.console;
+    let tail = || out.tail(80);
+    for line in [
+        "test: source exit 0",
+        "test: target exit 0",
+        "source: scenario: outgrow pinned",
+        "source: scenario: outgrow relocatable",
+        "target: scenario: outgrow done nproc=4",
+    ] {
+        assert!(c.contains(line), "{line:?} missing:\n{}", tail());
+    }
+    let decisions: Vec<Value> = c
+        .lines()
+        .filter_map(|l| l.strip_prefix("decision: "))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let actions: Vec<&str> = decisions
+        .iter()
+        .filter_map(|d| d["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["stay", "move"], "{decisions:?}");
+    let stay = decisions[0]["reason"].as_str().unwrap_or("");
+    assert!(stay.contains("not relocatable"), "{stay}");
+    assert_eq!(
+        (
+            decisions[1]["wanted"].as_u64(),
+            decisions[1]["max"].as_u64()
+        ),
+        (Some(4), Some(2))
+    );
+}
