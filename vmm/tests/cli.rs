@@ -293,3 +293,33 @@ fn a_snapshot_dir_that_is_not_a_directory_is_refused() {
         "--snapshot-dir /nonexistent/snaps: not a directory",
     );
 }
+
+#[test]
+fn a_bad_incoming_address_or_a_machine_option_beside_it_is_refused() {
+    for bad in ["/run/x.sock", "tcp:localhost:1", "udp:1.2.3.4:5", "unix:"] {
+        expect_error(&["--incoming", bad], 2, "unix:PATH or tcp:IP:PORT");
+    }
+    expect_error(
+        &["--incoming", "unix:/tmp/x.sock", "--cpus", "2"],
+        2,
+        "cannot be used with",
+    );
+    // The policy is read before anything listens.
+    let policy = scratch("incoming-bad.toml", b"[vcpus]\nmax = 0\n");
+    expect_error(
+        &[
+            "--incoming",
+            "unix:/tmp/perfvmm-never.sock",
+            "--policy",
+            policy.to_str().unwrap(),
+        ],
+        1,
+        "vcpus.max",
+    );
+    assert!(!std::path::Path::new("/tmp/perfvmm-never.sock").exists());
+}
+
+#[test]
+fn migrate_needs_a_target() {
+    expect_error(&["ctl", "--api-sock", "/nonexistent", "migrate"], 2, "--to");
+}
