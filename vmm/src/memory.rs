@@ -4,7 +4,7 @@
 pub mod slots;
 
 use virtio_mmio::{GuestMem, GuestRegion};
-use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::bitmap::{AtomicBitmap, Bitmap};
 use vm_memory::mmap::{FromRangesError, MmapRegion, MmapRegionError};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
@@ -150,6 +150,9 @@ pub fn discard(mem: &GuestMem, addr: GuestAddress, len: u64) -> Result<(), Disca
     if rc != 0 {
         return Err(DiscardError::Madvise(std::io::Error::last_os_error()));
     }
+    // The pages changed (to zeros) behind KVM's dirty log: a migration
+    // must send them again.
+    region.bitmap().mark_dirty(offset.0 as usize, len as usize);
     Ok(())
 }
 
@@ -225,8 +228,14 @@ mod tests {
         let mem = create_guest_memory(32 << 20, None).unwrap();
         mem.write_obj(0xdead_beef_u32, GuestAddress(0x20_0000))
             .unwrap();
+        let region = mem.iter().next().unwrap();
+        let whole: &MmapRegion<AtomicBitmap> = region;
+        whole.bitmap().reset();
         discard(&mem, GuestAddress(0x20_0000), PAGE_SIZE).unwrap();
         assert_eq!(mem.read_obj::<u32>(GuestAddress(0x20_0000)).unwrap(), 0);
+        // Marked for a migration to send again (KVM's log does not see it).
+        assert!(region.bitmap().dirty_at(0x20_0000));
+        assert!(!region.bitmap().dirty_at(0x20_1000));
         assert!(matches!(
             discard(&mem, GuestAddress(0x20_0001), PAGE_SIZE),
             Err(DiscardError::Unaligned { .. })

@@ -66,22 +66,51 @@ pub fn listen(at: &Endpoint, limits: Limits) -> Result<Received, MigrationError>
     })
 }
 
-/// Why this host will not take the VM `hello` describes, if it will not.
+/// Why this host will not take the VM `hello` describes, if it will not:
+/// a machine perfvmm does not build, or more than this host's policy
+/// allows. Checked before any memory is mapped for it.
 pub fn refusal(hello: &Hello, limits: Limits) -> Option<String> {
+    let s = &hello.shape;
+    if let Err(why) = crate::snapshot::check_shape(s) {
+        return Some(format!("not a machine perfvmm builds: {why}"));
+    }
+    let mut layout: Vec<(u64, u64)> = crate::memory::ram_ranges(s.boot_memory)
+        .into_iter()
+        .map(|(a, len)| (a.0, len as u64))
+        .collect();
+    let hotplug = crate::memory::hotplug_region(s.boot_memory, s.max_memory);
+    layout.extend(hotplug);
+    if layout != s.regions || hotplug != s.hotplug {
+        return Some("its memory regions are not where this perfvmm puts them".into());
+    }
     if hello.vcpus > limits.vcpus {
         return Some(format!(
             "the VM has {} vCPUs; this host's policy allows at most {}",
             hello.vcpus, limits.vcpus
         ));
     }
-    if hello.memory_bytes > limits.memory {
+    let memory = hello.memory_bytes.max(s.max_memory);
+    if memory > limits.memory {
         return Some(format!(
-            "the VM has {} MiB of memory; this host's policy allows at most {} MiB",
-            hello.memory_bytes >> 20,
+            "the VM may have {} MiB of memory; this host's policy allows at most {} MiB",
+            memory >> 20,
             limits.memory >> 20
         ));
     }
     None
+}
+
+/// Why this host will not run the VM `state` describes, now that it
+/// arrived: what it had at the stop, which may be more than it said at the
+/// hello (a vCPU hot-added meanwhile).
+fn state_refusal(state: &VmState, limits: Limits) -> Option<String> {
+    let vcpus = state.cpu_slots.enabled_count();
+    (vcpus > limits.vcpus).then(|| {
+        format!(
+            "the VM has {vcpus} vCPUs; this host's policy allows at most {}",
+            limits.vcpus
+        )
+    })
 }
 
 /// Receives a VM from `stream`, its memory made by `memory` for the shape
@@ -109,6 +138,9 @@ pub fn receive(
         return Err(MigrationError::Protocol(
             "the state's machine is not the one announced".into(),
         ));
+    }
+    if let Some(why) = state_refusal(&state, limits) {
+        return refuse(r.into_inner(), &why);
     }
     Ok(Received {
         state,
@@ -202,6 +234,37 @@ mod tests {
                 assert!(e.contains("this host's policy allows at most"), "{e}");
             });
             assert!(matches!(r, Err(MigrationError::Refused(_))));
+        }
+    }
+
+    #[test]
+    fn a_machine_perfvmm_does_not_build_is_refused_before_memory_is_mapped() {
+        let mut huge = hello(1, MIB);
+        huge.shape.boot_memory = 1 << 40;
+        huge.shape.max_memory = 1 << 40;
+        huge.shape.regions = crate::memory::ram_ranges(1 << 40)
+            .into_iter()
+            .map(|(a, len)| (a.0, len as u64))
+            .collect();
+        let mut odd = hello(1, MIB);
+        odd.shape.regions = vec![(4096, 2 * MIB)];
+        let mut empty = hello(1, MIB);
+        empty.shape.boot_memory = 0;
+        empty.shape.regions = vec![];
+        for (h, why) in [
+            (huge, "this host's policy allows at most 2 MiB"),
+            (odd, "not where this perfvmm puts them"),
+            (empty, "not a machine perfvmm builds"),
+        ] {
+            let (a, mut b) = UnixStream::pair().unwrap();
+            let t = std::thread::spawn(move || {
+                wire::write_hello(&mut b, &h).unwrap();
+                wire::read_answer(&mut b).unwrap_err().to_string()
+            });
+            let r = receive(Stream::Unix(a), LIMITS, |_| panic!("memory mapped"));
+            assert!(matches!(r, Err(MigrationError::Refused(_))));
+            let said = t.join().unwrap();
+            assert!(said.contains(why), "{said}");
         }
     }
 

@@ -90,16 +90,17 @@ fn send_runs(
     Ok(sent)
 }
 
-/// All of guest memory that may hold data: pages the host backed
-/// (`mincore`) that are not zero; the target's memory starts zeroed.
+/// All of guest memory that may hold data: pages the host backed (in RAM
+/// or swapped out) that are not zero; the target's memory starts zeroed.
 fn send_all(w: &mut impl Write, mem: &GuestMem) -> Result<u64, MigrationError> {
     let mut buf = vec![0u8; CHUNK];
     let mut sent = 0;
+    let residency = crate::snapshot::memory::Residency::open();
     for region in mem.iter() {
         let len = region.len() as usize;
         for off in (0..len).step_by(CHUNK) {
             let n = CHUNK.min(len - off);
-            let resident = crate::snapshot::memory::may_hold_data(region, off, n);
+            let resident = residency.may_hold_data(region, off, n);
             if resident.iter().all(|r| !r) {
                 continue;
             }

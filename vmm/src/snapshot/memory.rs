@@ -2,8 +2,9 @@
 //!
 //! The memory file holds each guest memory region in turn. Only pages that
 //! hold something are written: pages of a region perfvmm mapped itself
-//! that the host never backed (`mincore`) are skipped unread, and pages of
-//! zeros are left as holes. On restore the file is mapped private: pages
+//! that the host never backed (neither in RAM nor swapped out, by
+//! `/proc/self/pagemap`) are skipped unread, and pages of zeros are left
+//! as holes. On restore the file is mapped private: pages
 //! come in from it as the guest touches them, so a restore does not read
 //! all of memory first, and the guest's writes never reach the file.
 
@@ -37,12 +38,12 @@ pub fn write(path: &Path, mem: &GuestMem) -> Result<Written, SnapshotError> {
     let file = File::create_new(path).map_err(io_err(path))?;
     let mut out = Written::default();
     let mut buf = vec![0u8; CHUNK];
+    let residency = Residency::open();
     for region in mem.iter() {
         let len = region.len() as usize;
-        let backed = Backing::of(region);
         for off in (0..len).step_by(CHUNK) {
             let n = CHUNK.min(len - off);
-            let resident = backed.resident(region, off, n);
+            let resident = residency.may_hold_data(region, off, n);
             let gpa = region.start_addr().raw_value() + off as u64;
             if resident.iter().all(|r| !r) {
                 continue;
@@ -89,49 +90,42 @@ fn flush(file: &File, at: u64, chunk: &[u8], first: usize, end: usize) -> std::i
     Ok(bytes.len() as u64)
 }
 
-/// Per page of `[off, off + n)` of `region`: whether it may hold data
-/// (a page of anonymous memory the host never backed does not).
-pub fn may_hold_data(region: &GuestRegion, off: usize, n: usize) -> Vec<bool> {
-    Backing::of(region).resident(region, off, n)
-}
+/// Which pages of guest memory may hold data. A page of perfvmm's own
+/// anonymous memory that is neither in RAM nor swapped out
+/// (`/proc/self/pagemap`, bits 63 and 62) was never backed and reads as
+/// zeros; `mincore` would not do here, as it counts a swapped-out page,
+/// whose data is not zero, as absent. A file-backed region (a restored VM)
+/// and any page whose entry cannot be read may hold data.
+pub struct Residency(Option<File>);
 
-/// How a region is backed, which says whether `mincore` can tell which
-/// pages hold data.
-enum Backing {
-    /// perfvmm's anonymous mapping: a page the host never backed is zero.
-    Anonymous,
-    /// A file (a restored VM): a page out of the page cache still holds
-    /// data, so every page is read.
-    File,
-}
-
-impl Backing {
-    fn of(region: &GuestRegion) -> Self {
-        if region.file_offset().is_some() {
-            Backing::File
-        } else {
-            Backing::Anonymous
-        }
+impl Residency {
+    pub fn open() -> Self {
+        Residency(File::open("/proc/self/pagemap").ok())
     }
 
     /// Per page of `[off, off + n)` of `region`: whether it may hold data.
-    fn resident(&self, region: &GuestRegion, off: usize, n: usize) -> Vec<bool> {
+    pub fn may_hold_data(&self, region: &GuestRegion, off: usize, n: usize) -> Vec<bool> {
         let pages = n.div_ceil(PAGE);
-        if let Backing::File = self {
+        let Some(pagemap) = self.0.as_ref().filter(|_| region.file_offset().is_none()) else {
+            return vec![true; pages];
+        };
+        let first_page = (region.as_ptr() as usize + off) / PAGE;
+        let mut entries = vec![0u8; pages * 8];
+        if pagemap
+            .read_exact_at(&mut entries, (first_page * 8) as u64)
+            .is_err()
+        {
             return vec![true; pages];
         }
-        let mut vec = vec![0u8; pages];
-        // SAFETY: `[off, off + n)` lies inside the region's live mapping
-        // (off < len, n <= len - off) and its start is page-aligned (the
-        // mapping is, and `off` is a multiple of CHUNK); `vec` has one byte
-        // per page of the range, as mincore(2) writes.
-        let rc =
-            unsafe { libc::mincore(region.as_ptr().add(off).cast(), n, vec.as_mut_ptr().cast()) };
-        if rc != 0 {
-            // Cannot tell: read every page.
-            return vec![true; pages];
-        }
-        vec.iter().map(|b| b & 1 != 0).collect()
+        const PRESENT_OR_SWAPPED: u64 = 3 << 62;
+        entries
+            .chunks_exact(8)
+            .map(|e| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(e);
+                u64::from_le_bytes(b) & PRESENT_OR_SWAPPED != 0
+            })
+            .collect()
     }
 }
 

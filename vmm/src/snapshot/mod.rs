@@ -184,7 +184,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<VmState, SnapshotError> {
 }
 
 /// What any state must satisfy before a VM is built from it.
-fn check_shape(s: &Shape) -> Result<(), String> {
+pub fn check_shape(s: &Shape) -> Result<(), String> {
     if s.regions.is_empty() || s.max_vcpus == 0 {
         return Err("no memory or no vCPU".into());
     }
