@@ -182,20 +182,21 @@ fn load_policy(cfg: &VmConfig) -> Result<Policy, VmError> {
 pub fn restore(cfg: &VmConfig, dir: &Path, start: Instant) -> Result<Vm, VmError> {
     let state = snapshot::read_state(dir)?;
     let path = dir.join(snapshot::MEMORY_FILE);
-    resume(cfg, state, start, |shape| {
+    resume(cfg, state, start, false, |shape| {
         Ok(snapshot::memory::map(&path, shape)?)
     })
 }
 
 /// Builds the VM a migration brought (`perfvmm --incoming`): as a
-/// snapshot's, but with the memory the stream filled.
+/// snapshot's, but with the memory the stream filled, and its vCPUs held
+/// until [`Vm::release`] (once the source has handed the VM over).
 pub fn restore_migrated(
     cfg: &VmConfig,
     state: VmState,
     mem: GuestMem,
     start: Instant,
 ) -> Result<Vm, VmError> {
-    resume(cfg, state, start, |_| Ok(mem))
+    resume(cfg, state, start, true, |_| Ok(mem))
 }
 
 /// What this host's policy lets a VM that migrates here have.
@@ -212,6 +213,7 @@ fn resume(
     cfg: &VmConfig,
     mut state: VmState,
     start: Instant,
+    held: bool,
     memory: impl FnOnce(&Shape) -> Result<GuestMem, VmError>,
 ) -> Result<Vm, VmError> {
     let ms = || start.elapsed().as_secs_f64() * 1e3;
@@ -232,7 +234,7 @@ fn resume(
     restore_kvm_state(&vm, &state)?;
     let kvm_ms = ms();
     let b = VmBuilder::new(cfg, start, inputs, (vm, slots), Some(state))?;
-    let vm = b.attach_all(&kvm, Boot::Restore(vcpus))?;
+    let vm = b.attach_all(&kvm, Boot::Restore { vcpus, held })?;
     if cfg.boot_timer {
         // Times since perfvmm started; the guest runs from `ready_ms` on.
         eprintln!(
@@ -294,7 +296,12 @@ fn restore_kvm_state(vm: &VmFd, state: &VmState) -> Result<(), VmError> {
 /// How the vCPUs start: at the kernel's entry, or where a snapshot left them.
 pub enum Boot {
     Fresh(GuestAddress),
-    Restore(Vec<VcpuState>),
+    /// A snapshot's or a migration's vCPUs; `held` ones wait at their
+    /// gates until [`Vm::release`].
+    Restore {
+        vcpus: Vec<VcpuState>,
+        held: bool,
+    },
 }
 
 /// The command line's boot sizes brought within the policy's bounds: the
@@ -871,11 +878,21 @@ impl<'a> VmBuilder<'a> {
     ) -> Result<Vm, VmError> {
         let CpuHotplug { states, ged } = cpus;
         let clock = self.vm_clock();
+        let mut held_vcpus = None;
         let mut vcpus = self.vcpu_manager(kvm, states.clone(), ged)?;
         let vcpu_set = vcpus.set();
         let first = match boot {
             Boot::Fresh(entry) => vcpus.create_boot(self.cfg.cpus.boot, entry)?,
-            Boot::Restore(saved) => vcpus.restore(&saved)?,
+            Boot::Restore { vcpus: saved, held } => {
+                let restored = vcpus.restore(&saved)?;
+                if held {
+                    let gates: Vec<(u32, bool)> =
+                        saved.iter().map(|v| (v.index, v.parked)).collect();
+                    vcpu_set.hold(&gates);
+                    held_vcpus = Some((vcpu_set.clone(), gates));
+                }
+                restored
+            }
         };
         // Signals are blocked before any vCPU thread exists, so they inherit
         // the mask and SIGINT/SIGTERM reach only the event loop's signalfd.
@@ -962,6 +979,7 @@ impl<'a> VmBuilder<'a> {
             snapshots: self.cfg.snapshot_dir.is_some(),
             migrations: self.cfg.allow_migrate,
             api_connections,
+            held: held_vcpus,
         }))
     }
 

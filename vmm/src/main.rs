@@ -132,8 +132,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Waits at `at` for a migrating VM and builds it; the source hears
-/// whether it runs here, and the VM runs only if the source heard.
+/// Waits at `at` for a migrating VM and builds it with its vCPUs held;
+/// tells the source it is ready, and lets the vCPUs run only once the
+/// source has handed the VM over (until then the source may run it).
 fn incoming(cfg: &VmConfig, at: &Endpoint) -> Result<perfvmm::vm::Vm, VmError> {
     let limits = builder::incoming_limits(cfg)?;
     let Received {
@@ -142,8 +143,10 @@ fn incoming(cfg: &VmConfig, at: &Endpoint) -> Result<perfvmm::vm::Vm, VmError> {
         mut source,
     } = migration::receive::listen(at, limits)?;
     match builder::restore_migrated(cfg, state, mem, Instant::now()) {
-        Ok(vm) => {
+        Ok(mut vm) => {
             source.answer(Ok(()))?;
+            source.await_commit()?;
+            vm.release();
             Ok(vm)
         }
         Err(e) => {

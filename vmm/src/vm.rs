@@ -15,6 +15,7 @@ use virtio_mmio::GuestMem;
 use virtio_perf_device::Counters;
 use vmm_sys_util::terminal::Terminal;
 
+use crate::actuators::vcpus::VcpuSet;
 use crate::control::{Controller, HintLog};
 use crate::devices::bus::lock;
 use crate::devices::serial::{ConsoleOut, SerialDevice};
@@ -24,6 +25,9 @@ use crate::seccomp::ThreadKind;
 
 /// The guest's serial console.
 pub type Console = Arc<Mutex<SerialDevice<ConsoleOut>>>;
+
+/// vCPUs waiting at their gates, `(index, parked)`.
+pub type HeldVcpus = (Arc<VcpuSet>, Vec<(u32, bool)>);
 
 /// What the builder hands over once the vCPUs run.
 pub struct VmParts {
@@ -51,6 +55,9 @@ pub struct VmParts {
     pub migrations: bool,
     /// Connections the control API is serving.
     pub api_connections: Option<Arc<AtomicUsize>>,
+    /// vCPUs built but held at their gates (a migrated VM until its source
+    /// hands it over): `(index, parked)`, released by [`Vm::release`].
+    pub held: Option<HeldVcpus>,
 }
 
 /// How long perfvmm waits at exit for the API's answers to go out.
@@ -91,6 +98,13 @@ impl Drop for RawTerminal {
 impl Vm {
     pub fn new(parts: VmParts) -> Self {
         Vm { parts }
+    }
+
+    /// Lets held vCPUs run (a parked one stays parked).
+    pub fn release(&mut self) {
+        if let Some((set, held)) = self.parts.held.take() {
+            set.resume(&held);
+        }
     }
 
     /// Runs the event loop until the guest ends, shuts down, and returns why.

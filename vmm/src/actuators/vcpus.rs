@@ -165,6 +165,16 @@ impl VcpuSet {
             }
         }
     }
+
+    /// Closes the gates of vCPUs not yet running, `(index, parked)`: they
+    /// wait there until [`VcpuSet::resume`].
+    pub fn hold(&self, vcpus: &[(u32, bool)]) {
+        for &(index, _) in vcpus {
+            if let Some(g) = self.gates.get(index as usize) {
+                g.close();
+            }
+        }
+    }
 }
 
 /// A vCPU thread's kernel id, and its run time as it first entered KVM_RUN.

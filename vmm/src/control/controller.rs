@@ -343,6 +343,15 @@ impl Controller {
         self.consider_moving(now);
     }
 
+    fn migration_failed(&mut self, now: Duration, why: &str) {
+        log::warn!("policy: the migration failed, the VM runs on here: {why}");
+        self.write(json!({
+            "t_ms": now.as_millis() as u64,
+            "event": "migration_failed",
+            "reason": why,
+        }));
+    }
+
     /// When the guest's declared need has stayed above this host's policy
     /// for `[migration] after_ms`: moves the VM to the policy's target,
     /// unless the guest declared its work not relocatable or monolithic,
@@ -352,12 +361,10 @@ impl Controller {
         if let Moving::Started(rx) = &self.moving {
             match rx.try_recv() {
                 Err(TryRecvError::Empty) | Ok(Ok(_)) => return,
-                Ok(Err(why)) => self.write(json!({
-                    "t_ms": now.as_millis() as u64,
-                    "event": "migration_failed",
-                    "reason": why,
-                })),
-                Err(TryRecvError::Disconnected) => {}
+                Ok(Err(why)) => self.migration_failed(now, &why),
+                Err(TryRecvError::Disconnected) => {
+                    self.migration_failed(now, "the migration ended without an answer")
+                }
             }
             self.moving = Moving::Decided;
             return;

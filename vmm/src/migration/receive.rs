@@ -34,10 +34,17 @@ pub struct Received {
 pub struct Source(Stream);
 
 impl Source {
-    /// Tells the source whether the VM runs here. An error means the
-    /// source may not have heard: the VM must not run here then.
+    /// Tells the source whether the VM is ready here (built, its vCPUs
+    /// held) or why not.
     pub fn answer(&mut self, r: Result<(), &str>) -> Result<(), MigrationError> {
         wire::write_answer(&mut self.0, r)
+    }
+
+    /// Waits for the source to hand the VM over. Without it the VM must
+    /// not run here: the source may run it still.
+    pub fn await_commit(&mut self) -> Result<(), MigrationError> {
+        self.0.set_timeouts(super::send::TAKEOVER_WAIT)?;
+        wire::read_commit(&mut self.0)
     }
 }
 

@@ -25,8 +25,8 @@ use crate::snapshot::take::Machine;
 /// Pre-copy gives up waiting for the dirty set to shrink after this many
 /// rounds, and stops the VM for what is left.
 pub const MAX_ROUNDS: u32 = 30;
-/// How long the stopped source waits for the target to say it runs the VM.
-const TAKEOVER_WAIT: Duration = Duration::from_secs(60);
+/// How long either side waits for the other at the handover.
+pub const TAKEOVER_WAIT: Duration = Duration::from_secs(60);
 /// How long a vCPU may take to stop.
 const VCPU_STOP_WAIT: Duration = Duration::from_secs(5);
 /// Guest memory is read this much at a time.
@@ -209,8 +209,9 @@ impl Precopy {
 }
 
 /// The stop-and-copy, on the main thread: stops the vCPUs, sends the last
-/// pages and the state, and waits for the target to run the VM; then this
-/// VM ends. On any failure the vCPUs run on here.
+/// pages and the state, waits for the target to have built the VM, and
+/// hands it over (the commit); then this VM ends. On any failure before
+/// the commit the vCPUs run on here; after it, never again.
 pub fn finish(machine: &Machine, copied: Copied) -> Result<MigrateReport, MigrationError> {
     let Copied {
         mut stream,
@@ -238,6 +239,7 @@ pub fn finish(machine: &Machine, copied: Copied) -> Result<MigrateReport, Migrat
         let mut s = stream.into_inner().map_err(|e| e.into_error())?;
         s.set_timeouts(TAKEOVER_WAIT)?;
         wire::read_answer(&mut s)?;
+        wire::write_commit(&mut s)?;
         Ok::<u64, MigrationError>(last)
     })();
     match handed {

@@ -5,8 +5,14 @@
 //! target → source   answer  status u8 (0 accepted, 1 refused), length u16, reason
 //! source → target   frames  1 pages: address u64, length u32, bytes
 //!                           2 state: length u64, a snapshot's state file
-//! target → source   answer  once the VM runs there (or why it does not)
+//! target → source   answer  once the VM is built there, its vCPUs held
+//!                           (or why it is not)
+//! source → target   commit  "GO": the source has stopped for good; the
+//!                           target lets the vCPUs run
 //! ```
+//!
+//! Only one side ever runs the VM: the source gives it up when it sends
+//! the commit, and the target runs it only once the commit arrived.
 //!
 //! Everything read is checked here or by its receiver: lengths against
 //! fixed limits, page addresses against the guest's memory, the state by
@@ -30,6 +36,7 @@ pub const MAX_PAGES_LEN: u32 = 1 << 20;
 const MAX_REASON_LEN: usize = 1024;
 const PAGES: u8 = 1;
 const STATE: u8 = 2;
+const COMMIT: [u8; 2] = *b"GO";
 
 /// What the source says first: the machine, and what it uses now, which
 /// the target checks against what it may give.
@@ -121,6 +128,20 @@ pub fn read_answer(r: &mut impl Read) -> Result<(), MigrationError> {
     }
 }
 
+/// The source hands the VM over: from here on it never runs it again.
+pub fn write_commit(w: &mut impl Write) -> Result<(), MigrationError> {
+    w.write_all(&COMMIT)?;
+    Ok(w.flush()?)
+}
+
+/// Waits for the source to hand the VM over.
+pub fn read_commit(r: &mut impl Read) -> Result<(), MigrationError> {
+    if read_array::<2>(r)? != COMMIT {
+        return Err(protocol("the source did not commit"));
+    }
+    Ok(())
+}
+
 /// Writes guest memory `data` from `gpa` as pages frames.
 pub fn write_pages(w: &mut impl Write, gpa: u64, data: &[u8]) -> Result<(), MigrationError> {
     for (i, chunk) in data.chunks(MAX_PAGES_LEN as usize).enumerate() {
@@ -197,6 +218,7 @@ mod tests {
         write_pages(&mut out, 0x1000, &vec![7u8; MAX_PAGES_LEN as usize + 4096]).unwrap();
         write_state(&mut out, b"state").unwrap();
         write_answer(&mut out, Err("too big")).unwrap();
+        write_commit(&mut out).unwrap();
         let mut r = &out[..];
         assert_eq!(read_hello(&mut r).unwrap(), hello());
         let mut buf = vec![0u8; MAX_PAGES_LEN as usize];
@@ -222,6 +244,9 @@ mod tests {
         );
         let refused = read_answer(&mut r).unwrap_err();
         assert_eq!(refused.to_string(), "the target refused the VM: too big");
+        read_commit(&mut r).unwrap();
+        assert!(read_commit(&mut &b"NO"[..]).is_err());
+        assert!(read_commit(&mut &b""[..]).is_err());
     }
 
     #[test]
