@@ -3,6 +3,7 @@
 //! ([`finish`]), which alone may stop the vCPUs and read the devices.
 
 use std::io::{BufWriter, Write};
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -308,10 +309,19 @@ impl Migrations {
         };
         let to = job.to;
         let reply = job.reply;
+        let (slots, vm) = (machine.slots.clone(), machine.vm.clone());
         let spawned = std::thread::Builder::new()
             .name("migration".into())
             .spawn(move || {
-                let _ = tx.send((precopy.run(&to), reply));
+                let copied = std::panic::catch_unwind(AssertUnwindSafe(|| precopy.run(&to)))
+                    .unwrap_or_else(|_| {
+                        // Whatever failed, the VM runs on here, unlogged.
+                        let _ = slots.set_logging(&vm, false);
+                        Err(MigrationError::Io(std::io::Error::other(
+                            "the migration thread failed",
+                        )))
+                    });
+                let _ = tx.send((copied, reply));
                 let _ = wake.write(1);
             });
         match spawned {
