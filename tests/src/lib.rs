@@ -815,6 +815,21 @@ impl RunOutput {
             .collect()
     }
 
+    /// The rest of the first console line that starts with `tag` (a
+    /// script's `echo "tag ..."`); panics with the console tail without one.
+    pub fn line_after(&self, tag: &str) -> &str {
+        self.console
+            .lines()
+            .find_map(|l| l.strip_prefix(tag))
+            .unwrap_or_else(|| panic!("no {tag:?} line:\n{}", self.tail(80)))
+    }
+
+    /// [`Self::line_after`] parsed as JSON.
+    pub fn json_after(&self, tag: &str) -> serde_json::Value {
+        let line = self.line_after(tag);
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{tag}{line}: {e}"))
+    }
+
     /// The number right after `prefix` on the last console line that has it.
     pub fn guest_line_value(&self, prefix: &str) -> Option<u64> {
         self.console.lines().rev().find_map(|l| {

@@ -5,7 +5,7 @@
 //! finishes with the right result, with its vCPUs, its open phase and
 //! the perf-hint device's counters, and hints flow to the new process.
 
-use perfvmm_tests::{GuestRun, RunOutput};
+use perfvmm_tests::GuestRun;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -81,22 +81,6 @@ echo "test: hints at the target $(grep -c '"kind"' $F/hints2.log)"
 exit $crash
 "#;
 
-fn json_after(out: &RunOutput, tag: &str) -> Value {
-    let line = out
-        .console
-        .lines()
-        .find_map(|l| l.strip_prefix(tag))
-        .unwrap_or_else(|| panic!("no {tag:?} line:\n{}", out.tail(80)));
-    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{tag}{line}: {e}"))
-}
-
-fn line_after<'a>(out: &'a RunOutput, tag: &str) -> &'a str {
-    out.console
-        .lines()
-        .find_map(|l| l.strip_prefix(tag))
-        .unwrap_or_else(|| panic!("no {tag:?} line:\n{}", out.tail(80)))
-}
-
 #[test]
 fn a_guest_writing_memory_moves_live_and_finishes_right() {
     let out = GuestRun::script(SCRIPT)
@@ -110,20 +94,21 @@ fn a_guest_writing_memory_moves_live_and_finishes_right() {
     }
 
     // Refused by a small target, which exits 1 with the reason.
-    let refused = line_after(&out, "test: refused exit ");
+    let refused = out.line_after("test: refused exit ");
     assert!(
         refused.starts_with('1') && refused.contains("this host's policy allows at most 128 MiB"),
         "{refused}"
     );
     assert!(
-        line_after(&out, "test: small target exit ").starts_with('1'),
+        out.line_after("test: small target exit ").starts_with('1'),
         "{}",
         tail()
     );
     // The target died half-way: an error, and the guest ran on.
-    let died = line_after(&out, "test: died exit ");
+    let died = out.line_after("test: died exit ");
     assert!(died.starts_with('1'), "{died}\n{}", tail());
-    let progress: u32 = line_after(&out, "test: progress after the failed migration ")
+    let progress: u32 = out
+        .line_after("test: progress after the failed migration ")
         .trim()
         .parse()
         .unwrap_or(0);
@@ -150,13 +135,13 @@ fn a_guest_writing_memory_moves_live_and_finishes_right() {
         tail()
     );
 
-    let report = json_after(&out, "test: report ");
+    let report = out.json_after("test: report ");
     eprintln!("migration: {report}; guest saw {done}");
     assert!(report["rounds"].as_u64() >= Some(2), "{report}");
     assert!(report["downtime_ms"].as_f64().is_some(), "{report}");
 
-    let s1 = json_after(&out, "test: status1 ");
-    let s2 = json_after(&out, "test: status2 ");
+    let s1 = out.json_after("test: status1 ");
+    let s2 = out.json_after("test: status2 ");
     let phases = &s1["open_phases"];
     assert!(
         phases.as_array().is_some_and(|p| !p.is_empty()),
@@ -170,7 +155,8 @@ fn a_guest_writing_memory_moves_live_and_finishes_right() {
         msgs(&s1),
         msgs(&s2)
     );
-    let hints: u32 = line_after(&out, "test: hints at the target ")
+    let hints: u32 = out
+        .line_after("test: hints at the target ")
         .trim()
         .parse()
         .unwrap_or(0);

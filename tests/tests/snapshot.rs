@@ -5,7 +5,7 @@
 //! perf-hint device's counters and the policy engine's open phase intact,
 //! and hints still flowing.
 
-use perfvmm_tests::{GuestRun, RunOutput};
+use perfvmm_tests::GuestRun;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -66,15 +66,6 @@ fn counts(console: &str, prefix: &str) -> Vec<(u32, f64)> {
             Some((n.parse().ok()?, up.trim().parse().ok()?))
         })
         .collect()
-}
-
-fn json_after(out: &RunOutput, tag: &str) -> Value {
-    let line = out
-        .console
-        .lines()
-        .find_map(|l| l.strip_prefix(tag))
-        .unwrap_or_else(|| panic!("no {tag:?} line:\n{}", out.tail(60)));
-    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{tag}{line}: {e}"))
 }
 
 #[test]
@@ -138,14 +129,14 @@ fn a_counting_guest_restored_from_its_snapshot_counts_on_with_its_resources() {
         .expect("memtotal");
     assert!(mem > 400, "plugged memory still there: {done}");
 
-    let snap = json_after(&out, "test: report ");
+    let snap = out.json_after("test: report ");
     assert_eq!(snap["vcpus"], 2, "{snap}");
     assert!(
         snap["written_bytes"].as_u64() < snap["memory_bytes"].as_u64(),
         "memory written sparse: {snap}"
     );
-    let s1 = json_after(&out, "test: status1 ");
-    let s2 = json_after(&out, "test: status2 ");
+    let s1 = out.json_after("test: status1 ");
+    let s2 = out.json_after("test: status2 ");
     let phases = &s1["open_phases"];
     assert!(
         phases.as_array().is_some_and(|p| !p.is_empty()),

@@ -266,12 +266,7 @@ fn restored_config(cfg: &VmConfig, state: &VmState) -> VmConfig {
 /// Guest memory regions `(address, length)` of a VM `cfg` sizes: RAM,
 /// then the virtio-mem region.
 fn memory_layout(cfg: &VmConfig) -> Vec<(u64, u64)> {
-    let mut regions: Vec<(u64, u64)> = memory::ram_ranges(cfg.memory.boot)
-        .into_iter()
-        .map(|(a, len)| (a.raw_value(), len as u64))
-        .collect();
-    regions.extend(memory::hotplug_region(cfg.memory.boot, cfg.memory.max));
-    regions
+    memory::layout(cfg.memory.boot, cfg.memory.max)
 }
 
 /// KVM's VM-wide state: the PICs and IOAPIC, the PIT, the clock.

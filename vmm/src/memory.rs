@@ -42,6 +42,17 @@ pub fn hotplug_region(boot: u64, max: u64) -> Option<(u64, u64)> {
     Some((start, (max - boot).next_multiple_of(HOTPLUG_BLOCK)))
 }
 
+/// Guest memory regions `(address, length)` of a guest of `boot` bytes
+/// that may grow to `max`: RAM, then the virtio-mem region.
+pub fn layout(boot: u64, max: u64) -> Vec<(u64, u64)> {
+    let mut regions: Vec<(u64, u64)> = ram_ranges(boot)
+        .into_iter()
+        .map(|(a, len)| (a.0, len as u64))
+        .collect();
+    regions.extend(hotplug_region(boot, max));
+    regions
+}
+
 /// The first byte past RAM below the MMIO gap.
 pub fn low_ram_end(size: u64) -> u64 {
     size.min(MMIO_GAP_START)

@@ -81,12 +81,8 @@ pub fn refusal(hello: &Hello, limits: Limits) -> Option<String> {
     if let Err(why) = crate::snapshot::check_shape(s) {
         return Some(format!("not a machine perfvmm builds: {why}"));
     }
-    let mut layout: Vec<(u64, u64)> = crate::memory::ram_ranges(s.boot_memory)
-        .into_iter()
-        .map(|(a, len)| (a.0, len as u64))
-        .collect();
+    let layout = crate::memory::layout(s.boot_memory, s.max_memory);
     let hotplug = crate::memory::hotplug_region(s.boot_memory, s.max_memory);
-    layout.extend(hotplug);
     if layout != s.regions || hotplug != s.hotplug {
         return Some("its memory regions are not where this perfvmm puts them".into());
     }

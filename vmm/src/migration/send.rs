@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::VmFd;
 use virtio_mmio::GuestMem;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::dirty::DirtyPages;
@@ -20,19 +20,15 @@ use crate::control::snapshot::{Endpoint, MigrateJob, MigrateReport};
 use crate::devices::bus::lock;
 use crate::exit::ExitReason;
 use crate::memory::slots::KvmMemory;
-use crate::memory::PAGE_SIZE;
-use crate::snapshot::take::Machine;
+use crate::snapshot::take::{Machine, VCPU_STOP_WAIT};
 
 /// Pre-copy gives up waiting for the dirty set to shrink after this many
 /// rounds, and stops the VM for what is left.
 pub const MAX_ROUNDS: u32 = 30;
 /// How long either side waits for the other at the handover.
 pub const TAKEOVER_WAIT: Duration = Duration::from_secs(60);
-/// How long a vCPU may take to stop.
-const VCPU_STOP_WAIT: Duration = Duration::from_secs(5);
 /// Guest memory is read this much at a time.
 const CHUNK: usize = 2 << 20;
-const PAGE: usize = PAGE_SIZE as usize;
 
 /// What the pre-copy thread needs: guest memory and its dirty logs.
 pub struct Precopy {
@@ -91,58 +87,16 @@ fn send_runs(
     Ok(sent)
 }
 
-/// All of guest memory that may hold data: pages the host backed (in RAM
-/// or swapped out) that are not zero; the target's memory starts zeroed.
+/// All of guest memory that may hold data and is not zero (the target's
+/// memory starts zeroed), as a snapshot writes it.
 fn send_all(w: &mut impl Write, mem: &GuestMem) -> Result<u64, MigrationError> {
-    let mut buf = vec![0u8; CHUNK];
     let mut sent = 0;
-    let residency = crate::snapshot::memory::Residency::open();
-    for region in mem.iter() {
-        let len = region.len() as usize;
-        for off in (0..len).step_by(CHUNK) {
-            let n = CHUNK.min(len - off);
-            let resident = residency.may_hold_data(region, off, n);
-            if resident.iter().all(|r| !r) {
-                continue;
-            }
-            let gpa = region.start_addr().0 + off as u64;
-            mem.read_slice(&mut buf[..n], GuestAddress(gpa))
-                .map_err(|e| MigrationError::Io(std::io::Error::other(e)))?;
-            for (first, end) in data_runs(&buf[..n], &resident) {
-                let bytes = &buf[first * PAGE..(end * PAGE).min(n)];
-                wire::write_pages(w, gpa + (first * PAGE) as u64, bytes)?;
-                sent += bytes.len() as u64;
-            }
-        }
-    }
+    crate::snapshot::memory::for_each_data_run(mem, |gpa, _, bytes| {
+        wire::write_pages(w, gpa, bytes)?;
+        sent += bytes.len() as u64;
+        Ok::<(), MigrationError>(())
+    })?;
     Ok(sent)
-}
-
-/// Runs `[first, end)` of pages of `chunk` that `resident` marks and that
-/// are not all zeros.
-fn data_runs(chunk: &[u8], resident: &[bool]) -> Vec<(usize, usize)> {
-    let mut runs = Vec::new();
-    let mut run = None;
-    let pages = chunk
-        .chunks(PAGE)
-        .zip(resident.iter().chain(std::iter::repeat(&false)));
-    let mut count = 0;
-    for (i, (page, &r)) in pages.enumerate() {
-        count = i + 1;
-        let keep = r && page.iter().any(|&b| b != 0);
-        match (keep, run) {
-            (true, None) => run = Some(i),
-            (false, Some(first)) => {
-                runs.push((first, i));
-                run = None;
-            }
-            _ => {}
-        }
-    }
-    if let Some(first) = run {
-        runs.push((first, count));
-    }
-    runs
 }
 
 impl Precopy {
@@ -348,22 +302,5 @@ impl Migrations {
             }
             let _ = reply.send(r.map_err(|e| e.to_string()));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_resident_pages_with_data_are_sent_first() {
-        let mut chunk = vec![0u8; 6 * PAGE];
-        chunk[PAGE] = 1; // page 1
-        chunk[2 * PAGE + 9] = 1; // page 2
-        chunk[5 * PAGE] = 1; // page 5, not resident
-        let resident = [true, true, true, true, true, false];
-        assert_eq!(data_runs(&chunk, &resident), vec![(1, 3)]);
-        chunk[5 * PAGE - 1] = 1; // page 4
-        assert_eq!(data_runs(&chunk, &resident), vec![(1, 3), (4, 5)]);
     }
 }

@@ -36,58 +36,76 @@ pub struct Written {
 /// Writes `mem`'s regions into a new file at `path`.
 pub fn write(path: &Path, mem: &GuestMem) -> Result<Written, SnapshotError> {
     let file = File::create_new(path).map_err(io_err(path))?;
-    let mut out = Written::default();
+    let mut data = 0;
+    let memory = for_each_data_run(mem, |_, at, bytes| {
+        file.write_all_at(bytes, at)?;
+        data += bytes.len() as u64;
+        Ok::<(), std::io::Error>(())
+    })
+    .map_err(io_err(path))?;
+    file.set_len(memory).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))?;
+    Ok(Written { memory, data })
+}
+
+/// Calls `f` with each run of guest memory that may hold data and is not
+/// all zeros (pages the host never backed are skipped unread, see
+/// [`Residency`]): its guest address, its offset in `mem`'s regions laid
+/// end to end (a memory file's layout), and its bytes. Returns the length
+/// of all regions. Snapshots write these runs; a migration's first round
+/// sends them.
+pub fn for_each_data_run<E: From<std::io::Error>>(
+    mem: &GuestMem,
+    mut f: impl FnMut(u64, u64, &[u8]) -> Result<(), E>,
+) -> Result<u64, E> {
     let mut buf = vec![0u8; CHUNK];
     let residency = Residency::open();
+    let mut region_at = 0u64;
     for region in mem.iter() {
         let len = region.len() as usize;
         for off in (0..len).step_by(CHUNK) {
             let n = CHUNK.min(len - off);
             let resident = residency.may_hold_data(region, off, n);
-            let gpa = region.start_addr().raw_value() + off as u64;
             if resident.iter().all(|r| !r) {
                 continue;
             }
+            let gpa = region.start_addr().raw_value() + off as u64;
             let chunk = &mut buf[..n];
             mem.read_slice(chunk, GuestAddress(gpa))
-                .map_err(|e| io_err(path)(std::io::Error::other(e)))?;
-            out.data += write_pages(&file, out.memory + off as u64, chunk, &resident)
-                .map_err(io_err(path))?;
+                .map_err(std::io::Error::other)?;
+            for (first, end) in data_runs(chunk, &resident) {
+                let start = first * PAGE;
+                let bytes = &chunk[start..(end * PAGE).min(n)];
+                let at = (off + start) as u64;
+                f(gpa + start as u64, region_at + at, bytes)?;
+            }
         }
-        out.memory += len as u64;
+        region_at += len as u64;
     }
-    file.set_len(out.memory).map_err(io_err(path))?;
-    file.sync_all().map_err(io_err(path))?;
-    Ok(out)
+    Ok(region_at)
 }
 
-/// Writes the non-zero pages of `chunk` that `resident` marks, in runs, at
-/// `at` onward; returns the bytes written.
-fn write_pages(file: &File, at: u64, chunk: &[u8], resident: &[bool]) -> std::io::Result<u64> {
-    let mut written = 0;
-    let mut run: Option<usize> = None;
+/// Runs `[first, end)` of pages of `chunk` that `resident` marks and that
+/// are not all zeros.
+fn data_runs(chunk: &[u8], resident: &[bool]) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut run = None;
     let pages = chunk.chunks(PAGE).zip(resident);
     for (i, (page, &r)) in pages.enumerate() {
         let keep = r && page.iter().any(|&b| b != 0);
         match (keep, run) {
             (true, None) => run = Some(i),
             (false, Some(first)) => {
-                written += flush(file, at, chunk, first, i)?;
+                runs.push((first, i));
                 run = None;
             }
             _ => {}
         }
     }
     if let Some(first) = run {
-        written += flush(file, at, chunk, first, chunk.len().div_ceil(PAGE))?;
+        runs.push((first, chunk.len().div_ceil(PAGE)));
     }
-    Ok(written)
-}
-
-fn flush(file: &File, at: u64, chunk: &[u8], first: usize, end: usize) -> std::io::Result<u64> {
-    let bytes = &chunk[first * PAGE..(end * PAGE).min(chunk.len())];
-    file.write_all_at(bytes, at + (first * PAGE) as u64)?;
-    Ok(bytes.len() as u64)
+    runs
 }
 
 /// Which pages of guest memory may hold data. A page of perfvmm's own
@@ -163,4 +181,26 @@ pub fn map(path: &Path, shape: &Shape) -> Result<GuestMem, SnapshotError> {
         at += size;
     }
     GuestMem::from_regions(regions).map_err(|e| io_err(path)(std::io::Error::other(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_resident_pages_with_data_make_runs() {
+        let mut chunk = vec![0u8; 6 * PAGE];
+        chunk[PAGE] = 1; // page 1
+        chunk[2 * PAGE + 9] = 1; // page 2
+        chunk[5 * PAGE] = 1; // page 5, not resident
+        let resident = [true, true, true, true, true, false];
+        assert_eq!(data_runs(&chunk, &resident), vec![(1, 3)]);
+        chunk[5 * PAGE - 1] = 1; // page 4
+        assert_eq!(data_runs(&chunk, &resident), vec![(1, 3), (4, 5)]);
+        chunk[5 * PAGE] = 0;
+        let all = [true; 6];
+        assert_eq!(data_runs(&chunk, &all), vec![(1, 3), (4, 5)]);
+        chunk[5 * PAGE + 1] = 1;
+        assert_eq!(data_runs(&chunk, &all), vec![(1, 3), (4, 6)]);
+    }
 }

@@ -32,8 +32,8 @@ use crate::migration::send::Migrations;
 use crate::policy::Engine;
 use crate::vm::Console;
 
-/// How long a vCPU may take to stop.
-const VCPU_STOP_WAIT: Duration = Duration::from_secs(5);
+/// How long a vCPU may take to stop (for a snapshot or a migration).
+pub const VCPU_STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// What a snapshot reads from.
 pub struct Machine {
