@@ -49,6 +49,31 @@ fn field(line: &str, key: &str) -> Option<f64> {
         })
 }
 
+/// The rest of each console line holding a tag: one run's results.
+struct Results<'a>(Vec<&'a str>);
+
+impl<'a> Results<'a> {
+    fn tagged(console: &'a str, tag: &str) -> Self {
+        Results(
+            console
+                .lines()
+                .filter_map(|l| l.split_once(tag).map(|(_, r)| r))
+                .collect(),
+        )
+    }
+
+    /// The median of `key` over the results that start with `kind`.
+    fn median(&self, kind: &str, key: &str) -> f64 {
+        median(
+            self.0
+                .iter()
+                .filter(|l| l.starts_with(kind))
+                .filter_map(|l| field(l, key))
+                .collect(),
+        )
+    }
+}
+
 /// One round for one size, run where perfvmm runs.
 fn round(size: u32) -> String {
     format!(
@@ -132,21 +157,8 @@ fn main() {
     );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for &size in &sizes {
-        let tag = format!("bench: size={size} ");
-        let lines: Vec<&str> = out
-            .console
-            .lines()
-            .filter_map(|l| l.split_once(&tag).map(|(_, r)| r))
-            .collect();
-        let pick = |kind: &str, key: &str| {
-            median(
-                lines
-                    .iter()
-                    .filter(|l| l.starts_with(kind))
-                    .filter_map(|l| field(l, key))
-                    .collect(),
-            )
-        };
+        let results = Results::tagged(&out.console, &format!("bench: size={size} "));
+        let pick = |kind: &str, key: &str| results.median(kind, key);
         println!(
             "| {size} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
             pick("snapshot", "pause_ms"),
@@ -245,21 +257,8 @@ fn migration(runs: usize, sizes: &[u32]) {
     println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for &size in sizes {
         for kind in ["idle", "busy"] {
-            let tag = format!("bench: size={size} {kind} ");
-            let lines: Vec<&str> = out
-                .console
-                .lines()
-                .filter_map(|l| l.split_once(&tag).map(|(_, r)| r))
-                .collect();
-            let pick = |what: &str, key: &str| {
-                median(
-                    lines
-                        .iter()
-                        .filter(|l| l.starts_with(what))
-                        .filter_map(|l| field(l, key))
-                        .collect(),
-                )
-            };
+            let results = Results::tagged(&out.console, &format!("bench: size={size} {kind} "));
+            let pick = |what: &str, key: &str| results.median(what, key);
             let mib = |v: f64| v / (1 << 20) as f64;
             println!(
                 "| {size} | {kind} | {:.0} | {:.0} | {:.1} | {:.0} | {} | {:.0} |",
