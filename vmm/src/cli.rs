@@ -106,8 +106,9 @@ pub struct Cli {
     /// Wait at unix:PATH or tcp:IP:PORT for a VM another perfvmm sends
     /// (`perfvmm ctl migrate`) and run it on: as with --restore, the
     /// machine comes from the source and the policy, logs and API socket
-    /// from this command line. A VM with more vCPUs or memory than this
-    /// policy's maximum is refused, and runs on at its source.
+    /// from this command line. A VM with more vCPUs than this policy's
+    /// maximum, or that may have more memory, is refused, and runs on at
+    /// its source.
     #[arg(
         long,
         value_name = "ADDR",
@@ -342,8 +343,8 @@ pub enum CtlRequest {
     /// Move the running VM to a `perfvmm --incoming` waiting at TO (this
     /// perfvmm needs --allow-migrate): memory is copied while the guest
     /// runs, then the guest stops for at most about DOWNTIME for the rest.
-    /// This perfvmm exits 0 once the target runs the VM; if anything
-    /// fails, the VM runs on here.
+    /// This perfvmm exits 0 once it has handed the VM over to the target,
+    /// which then runs it; if anything fails before, the VM runs on here.
     Migrate {
         /// unix:PATH or tcp:IP:PORT.
         #[arg(long, value_name = "TO")]
