@@ -117,7 +117,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// is activated again with the saved queues. Nothing is changed when the
     /// state is refused. The caller restores the device's own state next,
     /// then calls [`MmioTransport::notify_all`] for work the driver posted
-    /// before the snapshot.
+    /// before the snapshot, and [`MmioTransport::raise_pending`] once the
+    /// vCPUs' state is back.
     pub fn restore(&mut self, state: &TransportState) -> Result<(), RestoreError> {
         let queues = self.checked_queues(state)?;
         if state.acked_features & !self.device.features() != 0 {

@@ -147,6 +147,18 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
+    /// Raises the interrupt again if `InterruptStatus` shows one the driver
+    /// has not acknowledged: for a restored VM, once its vCPUs' interrupt
+    /// controllers hold their saved state (an interrupt raised before that,
+    /// or one still in KVM's irqfd work queue when the source saved them,
+    /// is lost, and a driver never told would wait forever). A spare one is
+    /// harmless: the driver reads `InterruptStatus` and finds nothing new.
+    pub fn raise_pending(&self) {
+        if self.interrupt_status != 0 {
+            self.interrupt.trigger();
+        }
+    }
+
     fn raise(&mut self, bit: u32) {
         self.interrupt_status |= bit;
         self.interrupt.trigger();

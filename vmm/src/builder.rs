@@ -34,6 +34,7 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{self, AcpiConfig};
+use crate::actuators::memory::{BalloonTransport, VirtioMemTransport};
 use crate::actuators::placement;
 use crate::actuators::{MemoryManager, VcpuManager};
 use crate::boot::{self, BootError};
@@ -286,6 +287,24 @@ fn restore_kvm_state(vm: &VmFd, state: &VmState) -> Result<(), VmError> {
         ..Default::default()
     };
     kvm_err("KVM_SET_CLOCK", vm.set_clock(&clock))
+}
+
+/// Raises again every interrupt a restored device shows pending, once the
+/// vCPUs hold their saved state and before they run: raised earlier, KVM
+/// delivers it to no one (or the vCPUs' restored state overwrites it).
+fn raise_pending(
+    console: &Console,
+    perf_hint: &Mutex<PerfHintTransport>,
+    balloon: &Mutex<BalloonTransport>,
+    virtio_mem: Option<&Arc<Mutex<VirtioMemTransport>>>,
+) -> Result<(), VmError> {
+    lock(console).raise_pending()?;
+    lock(perf_hint).raise_pending();
+    lock(balloon).raise_pending();
+    if let Some(t) = virtio_mem {
+        lock(t).raise_pending();
+    }
+    Ok(())
 }
 
 /// How the vCPUs start: at the kernel's entry, or where a snapshot left them.
@@ -889,13 +908,16 @@ impl<'a> VmBuilder<'a> {
                 restored
             }
         };
+        let (balloon, virtio_mem) = memory.transports();
+        if self.restoring.is_some() {
+            raise_pending(&console, &hints.transport, &balloon, virtio_mem.as_ref())?;
+        }
         // Signals are blocked before any vCPU thread exists, so they inherit
         // the mask and SIGINT/SIGTERM reach only the event loop's signalfd.
         let signals = event_loop::block_stop_signals()?;
         for vcpu in first {
             vcpus.spawn(vcpu)?;
         }
-        let (balloon, virtio_mem) = memory.transports();
         let controller = Arc::new(Mutex::new(Controller::new(
             hints.engine.clone(),
             hints.decisions,

@@ -650,8 +650,15 @@ mod transport {
         assert_eq!(saved.0.queues[0].next_avail, 1);
         assert_eq!(saved.1.pending.len(), 1, "the outcome waits for a batch");
 
-        let (mut t2, _) = transport_on(&mem);
+        let (mut t2, irq2) = transport_on(&mem);
         t2.restore(&saved.0).unwrap();
+        assert_eq!(saved.0.interrupt_status, virtio_mmio::device::INT_USED_RING);
+        t2.raise_pending();
+        assert_eq!(
+            irq2.0.load(Ordering::SeqCst),
+            1,
+            "the unacknowledged used-ring interrupt is raised again"
+        );
         t2.device_mut().restore(&saved.1).unwrap();
         assert_eq!(t2.status(), t.status());
         assert_eq!(
