@@ -181,6 +181,16 @@ pub mod hint {
         Hint::PhaseEnd { id }
     }
 
+    /// The data set the work reads most, by a name the operator also uses;
+    /// `None` when `name` is empty or longer than
+    /// [`crate::wire::MAX_NAME_LEN`] bytes (a cut name would name another).
+    pub fn data_set(name: &str) -> Option<Hint> {
+        Name::new(name)
+            .ok()
+            .filter(|n| !n.is_empty())
+            .map(Hint::DataSet)
+    }
+
     /// Whether the work may move, whether it can be split, and its locality.
     pub fn placement(relocatable: bool, monolithic: bool, locality: Locality) -> Hint {
         Hint::Placement(Placement {

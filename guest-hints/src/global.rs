@@ -97,6 +97,20 @@ pub fn placement(relocatable: bool, monolithic: bool, locality: Locality) {
     send(&[hint::placement(relocatable, monolithic, locality)]);
 }
 
+/// The data set the work reads most, by a name the operator also uses
+/// (at most [`crate::wire::MAX_NAME_LEN`] bytes, not empty): the hypervisor
+/// may run the work where that data is. Returns false, sending nothing,
+/// for a name it cannot carry.
+pub fn data_set(name: &str) -> bool {
+    match hint::data_set(name) {
+        Some(h) => {
+            send(&[h]);
+            true
+        }
+        None => false,
+    }
+}
+
 fn next_phase_id() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(1);

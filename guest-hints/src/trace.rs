@@ -112,6 +112,10 @@ pub fn hint_line(t_ns: u64, pid: u32, hint: &Hint) -> String {
                 p.locality.as_str()
             );
         }
+        Hint::DataSet(name) => {
+            s.push_str(",\"name\":");
+            json_str(&mut s, name.as_str());
+        }
         Hint::Manifest(m) => {
             s.push_str(",\"app\":");
             json_str(&mut s, m.app.as_str());

@@ -57,6 +57,8 @@ pub mod kind {
     pub const MANIFEST: u16 = 7;
     /// [`super::Hint::PhaseNeeds`].
     pub const PHASE_NEEDS: u16 = 8;
+    /// [`super::Hint::DataSet`].
+    pub const DATA_SET: u16 = 9;
 }
 
 /// Minimum body lengths of the version-1 kinds.
@@ -67,6 +69,7 @@ const PHASE_BEGIN_FIXED: usize = 12;
 const PHASE_END_LEN: usize = 4;
 const PLACEMENT_LEN: usize = 4;
 const MANIFEST_FIXED: usize = 4;
+const DATA_SET_FIXED: usize = 4;
 /// Body length of a `phase_needs` record.
 const PHASE_NEEDS_LEN: usize = 52;
 
@@ -246,6 +249,11 @@ impl Name {
             bytes,
             len: b.len() as u8,
         })
+    }
+
+    /// Whether the name has no bytes.
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// The name as text.
@@ -538,6 +546,9 @@ pub enum Hint {
     Manifest(Manifest),
     /// What one phase needs and when (usually inside a manifest's schedule).
     PhaseNeeds(PhaseNeeds),
+    /// The data set the work reads most, by a name the operator also uses
+    /// (never empty): a hypervisor may run the work where that data is.
+    DataSet(Name),
 }
 
 impl Hint {
@@ -552,6 +563,7 @@ impl Hint {
             Hint::Placement(_) => kind::PLACEMENT,
             Hint::Manifest(_) => kind::MANIFEST,
             Hint::PhaseNeeds(_) => kind::PHASE_NEEDS,
+            Hint::DataSet(_) => kind::DATA_SET,
         }
     }
 
@@ -566,6 +578,7 @@ impl Hint {
             Hint::Placement(_) => "placement",
             Hint::Manifest(_) => "manifest",
             Hint::PhaseNeeds(_) => "phase_needs",
+            Hint::DataSet(_) => "data_set",
         }
     }
 }
@@ -757,6 +770,19 @@ fn decode_placement(b: &[u8]) -> Result<Placement, DecodeError> {
     })
 }
 
+fn decode_data_set(b: &[u8]) -> Result<Name, DecodeError> {
+    need(b, DATA_SET_FIXED)?;
+    let len = u16_at(b, 0) as usize;
+    let name = b
+        .get(DATA_SET_FIXED..DATA_SET_FIXED + len)
+        .ok_or(DecodeError::ShortBody)
+        .and_then(decode_name)?;
+    if name.is_empty() {
+        return Err(DecodeError::BadValue);
+    }
+    Ok(name)
+}
+
 fn decode_phase_needs(b: &[u8]) -> Result<PhaseNeeds, DecodeError> {
     need(b, PHASE_NEEDS_LEN)?;
     // Bytes 41..44 are reserved: written as 0, ignored when read.
@@ -836,6 +862,7 @@ pub fn decode_record(rec: RawRecord<'_>) -> Result<Option<Hint>, DecodeError> {
         kind::PLACEMENT => Hint::Placement(decode_placement(b)?),
         kind::MANIFEST => Hint::Manifest(decode_manifest(b)?),
         kind::PHASE_NEEDS => Hint::PhaseNeeds(decode_phase_needs(b)?),
+        kind::DATA_SET => Hint::DataSet(decode_data_set(b)?),
         _ => return Ok(None),
     }))
 }
@@ -961,6 +988,11 @@ pub const fn write_record<const N: usize>(out: &mut Buf<N>, hint: &Hint) {
         Hint::PhaseEnd { id } => out.put_u32(*id),
         Hint::Placement(p) => {
             out.put_slice(&[p.relocatable as u8, p.monolithic as u8, p.locality as u8, 0]);
+        }
+        Hint::DataSet(name) => {
+            out.put_u16(name.len as u16);
+            out.put_slice(&[0, 0]);
+            out.put_slice(name_bytes(name));
         }
         Hint::Manifest(m) => {
             out.put_u16(m.app.len as u16);

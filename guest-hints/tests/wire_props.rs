@@ -2,6 +2,7 @@
 //! batches keep their order, no byte string makes the decoder panic, and
 //! manifests without a schedule are what version-1 writers wrote.
 
+use guest_hints::client::hint;
 use guest_hints::wire::*;
 use proptest::prelude::*;
 
@@ -117,6 +118,7 @@ fn hint() -> impl Strategy<Value = Hint> {
         placement().prop_map(Hint::Placement),
         manifest().prop_map(Hint::Manifest),
         phase_needs().prop_map(Hint::PhaseNeeds),
+        "[a-z0-9_.-]{1,48}".prop_map(|s| Hint::DataSet(Name::new(&s).unwrap())),
     ]
 }
 
@@ -374,6 +376,42 @@ fn malformed_messages_are_named() {
         decode_header(&vec![0u8; MAX_MESSAGE_LEN + 1]),
         Err(DecodeError::BadLength)
     );
+}
+
+/// Kind 9 as docs/wire-format.md lays it out: a name of 1 to 48 bytes of
+/// UTF-8, whole; anything else is malformed.
+#[test]
+fn a_data_set_is_a_whole_nonempty_name() {
+    let raw = |len: u16, name: &[u8]| {
+        let mut b = len.to_le_bytes().to_vec();
+        b.extend_from_slice(&[0, 0]);
+        b.extend_from_slice(name);
+        decode_record(RawRecord {
+            kind: kind::DATA_SET,
+            body: &b,
+        })
+    };
+    let genome = Hint::DataSet(Name::new("genome-2026").unwrap());
+    assert_eq!(raw(11, b"genome-2026"), Ok(Some(genome)));
+    assert_eq!(raw(11, b"genome-2026 and more"), Ok(Some(genome)));
+    assert_eq!(raw(0, b""), Err(DecodeError::BadValue), "empty");
+    assert_eq!(raw(12, b"genome-2026"), Err(DecodeError::ShortBody));
+    assert_eq!(
+        raw(2, &[0xc3, 0x28]),
+        Err(DecodeError::BadValue),
+        "not UTF-8"
+    );
+    assert_eq!(raw(49, &[b'a'; 49]), Err(DecodeError::BadValue), "too long");
+    assert_eq!(
+        decode_record(RawRecord {
+            kind: kind::DATA_SET,
+            body: &[1, 0],
+        }),
+        Err(DecodeError::ShortBody)
+    );
+    assert!(hint::data_set("").is_none());
+    assert!(hint::data_set(&"a".repeat(49)).is_none());
+    assert_eq!(hint::data_set("genome-2026"), Some(genome));
 }
 
 #[test]

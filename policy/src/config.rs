@@ -2,6 +2,8 @@
 //! Reference: `docs/policy.md`. Every key has a default; unknown keys are
 //! errors, reported with their line.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// What to do with a hint that asks for more than the policy allows.
@@ -267,6 +269,11 @@ pub struct MigrationPolicy {
     pub after_ms: u64,
     /// The pause the guest may notice.
     pub downtime_ms: u64,
+    /// Data sets this host holds: a guest reading one of them stays.
+    pub local_data: Vec<String>,
+    /// Which `perfvmm --incoming` holds which data set (name → endpoint):
+    /// a relocatable guest reading one of them moves there.
+    pub data: BTreeMap<String, String>,
 }
 
 impl Default for MigrationPolicy {
@@ -275,7 +282,57 @@ impl Default for MigrationPolicy {
             target: String::new(),
             after_ms: 2_000,
             downtime_ms: 300,
+            local_data: Vec::new(),
+            data: BTreeMap::new(),
         }
+    }
+}
+
+/// The most data sets `[migration]` may name (`local_data` and `data` each).
+pub const MAX_DATA_SETS: usize = 1024;
+
+/// Whether `s` is an endpoint perfvmm can migrate to.
+fn is_endpoint(s: &str) -> bool {
+    s.strip_prefix("unix:").is_some_and(|p| !p.is_empty())
+        || s.strip_prefix("tcp:")
+            .is_some_and(|a| a.parse::<std::net::SocketAddr>().is_ok())
+}
+
+/// Whether `s` can name a data set: what a guest's hint can carry.
+fn is_data_set(s: &str) -> bool {
+    !s.is_empty() && s.len() <= guest_hints::wire::MAX_NAME_LEN
+}
+
+impl MigrationPolicy {
+    fn check(&self) -> Result<(), String> {
+        const ENDPOINT: &str = "\"unix:PATH\" or \"tcp:IP:PORT\"";
+        if !self.target.is_empty() && !is_endpoint(&self.target) {
+            return Err(format!("migration.target: {ENDPOINT}"));
+        }
+        if self.downtime_ms == 0 || self.downtime_ms > 60_000 {
+            return Err("migration.downtime_ms: 1 to 60000".into());
+        }
+        if self.local_data.len() > MAX_DATA_SETS || self.data.len() > MAX_DATA_SETS {
+            return Err(format!(
+                "migration: at most {MAX_DATA_SETS} data sets in local_data and in data"
+            ));
+        }
+        let names = self.local_data.iter().chain(self.data.keys());
+        if let Some(bad) = names.into_iter().find(|n| !is_data_set(n)) {
+            return Err(format!(
+                "migration: data set {bad:?}: a name of 1 to {} bytes",
+                guest_hints::wire::MAX_NAME_LEN
+            ));
+        }
+        if let Some((name, to)) = self.data.iter().find(|(_, to)| !is_endpoint(to)) {
+            return Err(format!("migration.data.{name}: {to:?} is not {ENDPOINT}"));
+        }
+        if let Some(both) = self.local_data.iter().find(|n| self.data.contains_key(*n)) {
+            return Err(format!(
+                "migration: data set {both:?} is both in local_data and in data"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -384,21 +441,7 @@ impl Policy {
         }
         parse_cpu_list(&self.placement.host_cpus)
             .map_err(|e| format!("placement.host_cpus: {e}"))?;
-        let m = &self.migration;
-        let target_ok = m.target.is_empty()
-            || m.target
-                .strip_prefix("unix:")
-                .is_some_and(|p| !p.is_empty())
-            || m.target
-                .strip_prefix("tcp:")
-                .is_some_and(|a| a.parse::<std::net::SocketAddr>().is_ok());
-        if !target_ok {
-            return Err("migration.target: \"unix:PATH\" or \"tcp:IP:PORT\"".into());
-        }
-        if m.downtime_ms == 0 || m.downtime_ms > 60_000 {
-            return Err("migration.downtime_ms: 1 to 60000".into());
-        }
-        Ok(())
+        self.migration.check()
     }
 
     /// The built-in policy, as TOML.
@@ -502,6 +545,34 @@ mod tests {
             .to_string();
         assert!(e.contains("host_cpus"), "{e}");
         assert!(Policy::from_toml("p.toml", "[hints]\nuntrusted = \"maybe\"\n").is_err());
+    }
+
+    #[test]
+    fn data_sets_name_what_a_hint_can_carry_and_hosts_perfvmm_can_reach() {
+        let good = "[migration]\nlocal_data = [\"census\"]\n\
+                    [migration.data]\ngenome = \"tcp:10.0.0.7:4000\"\n";
+        let p = Policy::from_toml("p.toml", good).unwrap();
+        assert_eq!(p.migration.data["genome"], "tcp:10.0.0.7:4000");
+        assert_eq!(p.migration.local_data, ["census"]);
+        let long = "x".repeat(49);
+        for (bad, says) in [
+            (
+                "[migration.data]\ngenome = \"10.0.0.7:4000\"\n",
+                "migration.data.genome",
+            ),
+            ("[migration]\nlocal_data = [\"\"]\n", "1 to 48 bytes"),
+            (
+                &format!("[migration.data]\n{long} = \"unix:/x\"\n"),
+                "1 to 48 bytes",
+            ),
+            (
+                "[migration]\nlocal_data = [\"g\"]\n[migration.data]\ng = \"unix:/x\"\n",
+                "both",
+            ),
+        ] {
+            let e = Policy::from_toml("p.toml", bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -192,12 +192,18 @@ pub struct EngineState {
 }
 
 /// What the guest declared of moving its work.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mobility {
     /// The work may move between hosts (true until the guest says not).
     pub relocatable: bool,
     /// The work cannot be split across machines.
     pub monolithic: bool,
+    /// The data set the work reads most (its latest `data_set` hint), by a
+    /// name the operator's `[migration.data]` may know.
+    pub data_set: Option<String>,
+    /// The working set its latest memory hint (or manifest) declared, in
+    /// bytes; 0 when none did. A migration copies these pages last.
+    pub working_set: u64,
 }
 
 impl Default for Mobility {
@@ -205,7 +211,17 @@ impl Default for Mobility {
         Mobility {
             relocatable: true,
             monolithic: false,
+            data_set: None,
+            working_set: 0,
         }
+    }
+}
+
+impl Mobility {
+    /// Takes what a placement hint says (the data set stays).
+    fn declare(&mut self, p: &guest_hints::wire::Placement) {
+        self.relocatable = p.relocatable;
+        self.monolithic = p.monolithic;
     }
 }
 
@@ -559,8 +575,8 @@ impl Engine {
     }
 
     /// What the guest declared of moving its work.
-    pub fn mobility(&self) -> Mobility {
-        self.learnt.mobility
+    pub fn mobility(&self) -> &Mobility {
+        &self.learnt.mobility
     }
 
     /// The first resource whose demand in force is above this host's
@@ -884,6 +900,7 @@ impl Engine {
                 }
             }
             Hint::Memory(m) => {
+                self.learnt.mobility.working_set = m.working_set_bytes;
                 let w = self.memory_wanted(m);
                 if let Some(w) = self.admit(Resource::Memory, w, &mut outcome) {
                     self.set_demand(stream, Resource::Memory, (w, seq));
@@ -906,25 +923,19 @@ impl Engine {
                     }
                 }
                 if let Some(mem) = &m.memory {
+                    self.learnt.mobility.working_set = mem.working_set_bytes;
                     let w = self.memory_wanted(mem);
                     if let Some(w) = self.admit(Resource::Memory, w, &mut outcome) {
                         self.track_mut(Resource::Memory).manifest = Some((w, seq));
                     }
                 }
                 if let Some(p) = &m.placement {
-                    self.learnt.mobility = Mobility {
-                        relocatable: p.relocatable,
-                        monolithic: p.monolithic,
-                    };
+                    self.learnt.mobility.declare(p);
                 }
             }
             Hint::PhaseNeeds(n) => self.add_to_schedule(now, seq, ScheduledNeeds::from_wire(n)),
-            Hint::Placement(p) => {
-                self.learnt.mobility = Mobility {
-                    relocatable: p.relocatable,
-                    monolithic: p.monolithic,
-                }
-            }
+            Hint::Placement(p) => self.learnt.mobility.declare(p),
+            Hint::DataSet(name) => self.learnt.mobility.data_set = Some(name.as_str().to_string()),
             Hint::PhaseBegin(p) if !p.declared_only => {
                 if let Some(s) = &mut self.learnt.schedule {
                     s.phase_began(p.id, now);
@@ -1168,12 +1179,20 @@ mod tests {
             2,
             "never above this host's bound"
         );
-        assert_eq!(e.mobility(), Mobility::default(), "movable until told not");
+        assert_eq!(e.mobility(), &Mobility::default(), "movable until told not");
+        e.on_hint(ms(15), 3, &hint::data_set("genome-2026").unwrap());
         e.on_hint(ms(20), 3, &hint::placement(false, false, Locality::Any));
         assert!(!e.mobility().relocatable);
+        assert_eq!(
+            e.mobility().data_set.as_deref(),
+            Some("genome-2026"),
+            "a placement hint leaves the data set"
+        );
+        e.on_hint(ms(25), 3, &hint::memory(64 << 20, 96 << 20, 0));
+        assert_eq!(e.mobility().working_set, 64 << 20);
         // The guest's own word travels with its state.
         let restored = Engine::restore(e.policy().clone(), limits(1, 8), e.save()).unwrap();
-        assert!(!restored.mobility().relocatable);
+        assert_eq!(restored.mobility(), e.mobility());
         e.on_hint(ms(30), 4, &hint::parallelism(1, 1, 0.0));
         assert_eq!(e.outgrown(), None);
     }

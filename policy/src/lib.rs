@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod moving;
 pub mod schedule;
 pub mod simulate;
 
@@ -19,3 +20,4 @@ pub use config::{Policy, PolicyError};
 pub use engine::{
     Decision, Engine, EngineState, Mobility, Outgrown, Resource, ScheduledNeeds, VmLimits,
 };
+pub use moving::{Move, Trigger};

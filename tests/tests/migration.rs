@@ -164,7 +164,8 @@ fn a_guest_writing_memory_moves_live_and_finishes_right() {
 }
 
 /// The policy moves the VM when the guest's declared need outgrows this
-/// host, unless the guest declared its work not relocatable.
+/// host, unless the guest declared its work not relocatable; then, on the
+/// bigger host, to the host that holds the data set the guest names.
 const OUTGROW: &str = r#"
 F=@FILES@
 # A guest that crashed (exit 3) ends the script with 3, as a lone
@@ -173,7 +174,13 @@ F=@FILES@
 crash=0
 crashed() { [ "$1" = 3 ] && crash=3; return 0; }
 printf '[vcpus]\nmax = 2\n[migration]\ntarget = "unix:%s/big.sock"\nafter_ms = 500\n' $F >$F/small.toml
-@PERFVMM@ --incoming unix:$F/big.sock --hint-log $F/hints2.log </dev/null >$F/target.log 2>&1 &
+printf '[migration]\nafter_ms = 500\n[migration.data]\ngenome = "unix:%s/data.sock"\n' $F >$F/big.toml
+printf '[migration]\nlocal_data = ["genome"]\n' >$F/data.toml
+@PERFVMM@ --incoming unix:$F/data.sock --policy $F/data.toml \
+  --decision-log $F/decisions3.jsonl </dev/null >$F/data.log 2>&1 &
+dat=$!
+@PERFVMM@ --incoming unix:$F/big.sock --policy $F/big.toml --allow-migrate \
+  --decision-log $F/decisions2.jsonl --hint-log $F/hints2.log </dev/null >$F/target.log 2>&1 &
 tgt=$!
 @PERFVMM@ --kernel @KERNEL@ --initrd @INITRD@ --cmdline "quiet pvrun=outgrow" \
   --cpus 1,max=4 --memory 256M --policy $F/small.toml --allow-migrate \
@@ -183,9 +190,14 @@ echo "test: source exit $rc"
 wait $tgt
 rc=$?; crashed $rc
 echo "test: target exit $rc"
+wait $dat
+rc=$?; crashed $rc
+echo "test: data host exit $rc"
 sed 's/^/source: /' $F/source.log
 sed 's/^/target: /' $F/target.log
-grep '"event":"migration' $F/decisions.jsonl | sed 's/^/decision: /'
+sed 's/^/data: /' $F/data.log
+grep -h '"event":"migration' $F/decisions.jsonl $F/decisions2.jsonl $F/decisions3.jsonl |
+  sed 's/^/decision: /'
 exit $crash
 "#;
 
@@ -200,9 +212,12 @@ fn the_policy_moves_a_vm_whose_declared_need_outgrows_its_host() {
     for line in [
         "test: source exit 0",
         "test: target exit 0",
+        "test: data host exit 0",
         "source: scenario: outgrow pinned",
         "source: scenario: outgrow relocatable",
         "target: scenario: outgrow done nproc=4",
+        "target: scenario: outgrow data set named",
+        "data: scenario: outgrow data done nproc=4",
     ] {
         assert!(c.contains(line), "{line:?} missing:\n{}", tail());
     }
@@ -215,7 +230,7 @@ fn the_policy_moves_a_vm_whose_declared_need_outgrows_its_host() {
         .iter()
         .filter_map(|d| d["action"].as_str())
         .collect();
-    assert_eq!(actions, ["stay", "move"], "{decisions:?}");
+    assert_eq!(actions, ["stay", "move", "move"], "{decisions:?}");
     let stay = decisions[0]["reason"].as_str().unwrap_or("");
     assert!(stay.contains("not relocatable"), "{stay}");
     assert_eq!(
@@ -224,5 +239,13 @@ fn the_policy_moves_a_vm_whose_declared_need_outgrows_its_host() {
             decisions[1]["max"].as_u64()
         ),
         (Some(4), Some(2))
+    );
+    // The data set moved the compute to the host that holds it, which
+    // keeps it (its policy names the data set local).
+    assert_eq!(
+        (&decisions[2]["trigger"], &decisions[2]["data_set"]),
+        (&serde_json::json!("data"), &serde_json::json!("genome")),
+        "{}",
+        decisions[2]
     );
 }

@@ -269,9 +269,9 @@ fn a_snapshot_that_is_missing_foreign_damaged_or_newer_is_refused() {
     expect_error(
         &["--restore", newer.to_str().unwrap()],
         1,
-        "snapshot format version 99; this perfvmm reads version 2 only",
+        "snapshot format version 99; this perfvmm reads version 3 only",
     );
-    let mut bytes = header(2, 3, 0);
+    let mut bytes = header(3, 3, 0);
     bytes.extend_from_slice(b"abc");
     let damaged = snapshot_dir("snap-damaged", &bytes);
     expect_error(

@@ -42,6 +42,10 @@ int perfhint_parallelism(uint32_t tasks, uint32_t max_useful, double serial_frac
 int perfhint_memory(uint64_t working_set, uint64_t peak, uint64_t growth_per_sec);
 int perfhint_io(int io_class, uint64_t bytes_per_sec);
 int perfhint_placement(int relocatable, int monolithic, int locality);
+/* The data set the work reads most, by a name the operator also uses (1 to
+ * 48 bytes of UTF-8): the hypervisor may run the work where that data is.
+ * PERFHINT_EINVAL for a NULL, empty, non-UTF-8 or longer name. */
+int perfhint_data_set(const char *name);
 uint32_t perfhint_phase_begin(const char *name, uint32_t expected_ms);
 /* Begins a phase wanting `parallelism` CPUs and `working_set` bytes (0: not
  * asked for), then waits until the guest has them online (online CPUs,

@@ -93,6 +93,26 @@ pub extern "C" fn perfhint_placement(
     )]))
 }
 
+/// The data set the work reads most, by a name the operator also uses:
+/// the hypervisor may run the work where that data is.
+/// `PERFHINT_EINVAL` when `name` is NULL, empty, not UTF-8 or longer than 48
+/// bytes.
+///
+/// # Safety
+/// `name` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn perfhint_data_set(name: *const c_char) -> c_int {
+    if name.is_null() {
+        return PERFHINT_EINVAL;
+    }
+    // SAFETY: the caller passes a NUL-terminated string (checked non-null above).
+    let name = unsafe { CStr::from_ptr(name) }.to_str().ok();
+    match name.and_then(hint::data_set) {
+        Some(h) => code(guest_hints::try_send(&[h])),
+        None => PERFHINT_EINVAL,
+    }
+}
+
 /// Begins a phase; returns its id (> 0), or 0 when `name` is NULL or not UTF-8.
 /// The id is returned even with no device, so begin/end pairs stay balanced.
 ///

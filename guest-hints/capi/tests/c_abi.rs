@@ -47,6 +47,11 @@ int main(void) {
     perfhint_phase_end(wid);
     if (perfhint_phase_begin_wait(NULL, 0, 0, 0, 0, &wid) != PERFHINT_EINVAL) return 18;
     if (perfhint_phase_begin_wait("x", 0, 0, 0, 0, NULL) != PERFHINT_EINVAL) return 19;
+    if (perfhint_data_set("genome") != PERFHINT_ENODEV) return 20;
+    if (perfhint_data_set("") != PERFHINT_EINVAL) return 21;
+    if (perfhint_data_set(NULL) != PERFHINT_EINVAL) return 22;
+    if (perfhint_data_set("0123456789012345678901234567890123456789012345678") != PERFHINT_EINVAL)
+      return 23;
     puts("ok");
     return 0;
 }
@@ -96,9 +101,11 @@ int main(void) {
             "phase_begin",
             "parallelism",
             "phase_end",
+            "data_set",
         ],
         "{trace}"
     );
+    assert!(trace.contains("\"name\":\"genome\""), "{trace}");
     assert!(trace.contains("\"name\":\"c-phase\""), "{trace}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

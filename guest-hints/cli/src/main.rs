@@ -65,6 +65,11 @@ enum Cmd {
         /// Data locality: any, shared_cache, same_node.
         #[arg(long, value_name = "L", value_parser = locality)]
         locality: Option<Locality>,
+        /// The data set the work reads most, by a name the operator also
+        /// uses (1 to 48 bytes): the hypervisor may run the work where that
+        /// data is.
+        #[arg(long, value_name = "NAME", value_parser = data_set)]
+        data_set: Option<String>,
     },
     /// Run CMD inside a named phase: begin, run, end; exit with CMD's status.
     Phase {
@@ -155,6 +160,15 @@ fn locality(s: &str) -> Result<Locality, String> {
         .ok_or_else(|| format!("'{s}' is not a locality (any, shared_cache, same_node)"))
 }
 
+fn data_set(s: &str) -> Result<String, String> {
+    hint::data_set(s).map(|_| s.to_string()).ok_or_else(|| {
+        format!(
+            "'{s}' cannot name a data set: give 1 to {} bytes",
+            guest_hints::wire::MAX_NAME_LEN
+        )
+    })
+}
+
 impl HintArgs {
     fn hints(&self) -> Vec<Hint> {
         let mut v = Vec::new();
@@ -200,7 +214,8 @@ fn main() -> ExitCode {
             relocatable,
             monolithic,
             locality,
-        } => cmd_send(&hints, relocatable, monolithic, locality),
+            data_set,
+        } => cmd_send(&hints, relocatable, monolithic, locality, data_set),
         Cmd::Phase {
             name,
             expected_ms,
@@ -231,8 +246,10 @@ fn cmd_send(
     relocatable: bool,
     monolithic: bool,
     locality: Option<Locality>,
+    data_set: Option<String>,
 ) -> ExitCode {
     let mut v = hints.hints();
+    v.extend(data_set.as_deref().and_then(hint::data_set));
     if relocatable || monolithic || locality.is_some() {
         v.push(hint::placement(
             relocatable,

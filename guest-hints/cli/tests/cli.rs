@@ -115,6 +115,20 @@ fn send_and_phase_without_a_device() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
+    let out = perfhint()
+        .args(["send", "--data-set", "genome"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "a data set alone is a hint");
+    let long = "g".repeat(49);
+    for bad in ["", long.as_str()] {
+        let out = perfhint()
+            .args(["send", "--data-set", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("1 to 48 bytes"));
+    }
 }
 
 #[test]

@@ -44,8 +44,10 @@ fn check_allocations(engine: &Engine) {
 /// A valid policy from four bytes: its mode, bounds (beyond the VM's too)
 /// and shrink window.
 fn policy(b: &[u8]) -> Policy {
-    let mut p = Policy::default();
-    p.mode = [Mode::Static, Mode::Reactive, Mode::Hints, Mode::Schedule][usize::from(b[0] % 4)];
+    let mut p = Policy {
+        mode: [Mode::Static, Mode::Reactive, Mode::Hints, Mode::Schedule][usize::from(b[0] % 4)],
+        ..Policy::default()
+    };
     p.vcpus.min = u32::from(b[1] % 12).max(1);
     p.vcpus.max = p.vcpus.min + u32::from(b[2] % 12);
     p.memory.min = Size(u64::from(b[3] % 8) << 28);

@@ -400,6 +400,13 @@ fn decode_fields(text: &str, f: &str, kind: &str) -> Result<Option<Hint>, String
         "placement" => Hint::Placement(read::<logged::Placement>(text, f)?.into()),
         "manifest" => Hint::Manifest(read::<logged::Manifest>(text, f)?.try_into()?),
         "phase_needs" => Hint::PhaseNeeds(read::<logged::PhaseNeeds>(text, f)?.try_into()?),
+        "data_set" => {
+            let name = read::<logged::DataSet>(text, f)?.name;
+            match guest_hints::wire::Name::new(&name) {
+                Ok(n) if !n.is_empty() => Hint::DataSet(n),
+                _ => return Err(format!("data set {name:?}: a name of 1 to 48 bytes")),
+            }
+        }
         _ => return Ok(None),
     };
     Ok(Some(hint))
@@ -520,6 +527,12 @@ mod logged {
     #[serde(expecting = "a phase end {\"id\":..}")]
     pub struct PhaseEnd {
         pub id: u32,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(expecting = "a data set {\"name\":..}")]
+    pub struct DataSet {
+        pub name: String,
     }
 
     #[derive(Deserialize)]
@@ -703,6 +716,18 @@ mod tests {
             panic!("{:?}", t.records[2])
         };
         assert!(!p.relocatable && p.locality == guest_hints::wire::Locality::Any);
+        // A data set, as perfvmm's hint log writes it; an empty name is refused.
+        let ds = |name: &str| {
+            Trace::parse(&format!(
+                "{HEADER}\n{{\"t_ms\":0,\"demand\":{{\"running\":1,\"mem_used_kib\":1}}}}\n{{\"t_ms\":0,\"hint\":{{\"seq\":1,\"kind\":\"data_set\",\"fields\":{{\"name\":\"{name}\"}}}}}}"
+            ))
+        };
+        let t2 = ds("genome").unwrap();
+        let Record::Hint(h) = &t2.records[1].record else {
+            panic!("{:?}", t2.records[1])
+        };
+        assert_eq!(h.hint.map(|h| h.kind_name()), Some("data_set"));
+        assert!(ds("").unwrap_err().to_string().contains("1 to 48 bytes"));
         // Objects written as arrays, and a column counted from the line's start.
         for (body, needle) in [
             ("[0, {}]", "line 2: expected an object, got an array"),

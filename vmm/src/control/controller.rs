@@ -16,6 +16,7 @@ use super::jsonl::JsonLines;
 use super::snapshot::{MigrateReport, SnapshotRequests};
 use crate::actuators::{ActuatorError, MemoryActuator, MemoryStatus, VcpuActuator};
 use crate::devices::bus::lock;
+use crate::policy::moving::{self, Trigger};
 use crate::policy::{Decision, Engine, Policy, PolicyError, Resource};
 
 /// Decisions the control API can list.
@@ -352,11 +353,12 @@ impl Controller {
         }));
     }
 
-    /// When the guest's declared need has stayed above this host's policy
-    /// for `[migration] after_ms`: moves the VM to the policy's target,
-    /// unless the guest declared its work not relocatable or monolithic,
-    /// and says so in the decision log either way. Once per episode: not
-    /// again until the need has fitted this host.
+    /// When a reason to run elsewhere (the guest's declared need above this
+    /// host's policy, or a data set another host holds: see
+    /// [`perfvmm_policy::moving::decide`]) has held for `[migration]
+    /// after_ms`: moves the VM, unless the guest declared its work not
+    /// relocatable or monolithic, and says so in the decision log either
+    /// way. Once per episode: not again until the reason is gone.
     fn consider_moving(&mut self, now: Duration) {
         if let Moving::Started(rx) = &self.moving {
             match rx.try_recv() {
@@ -369,11 +371,12 @@ impl Controller {
             self.moving = Moving::Decided;
             return;
         }
-        let (outgrown, mobility, m) = {
+        let (decided, m) = {
             let e = lock(&self.engine);
-            (e.outgrown(), e.mobility(), e.policy().migration.clone())
+            let m = e.policy().migration.clone();
+            (moving::decide(e.outgrown(), e.mobility(), &m), m)
         };
-        let Some(o) = outgrown else {
+        let Some(decided) = decided else {
             self.moving = Moving::Idle;
             return;
         };
@@ -386,42 +389,39 @@ impl Controller {
         if now.saturating_sub(since) < Duration::from_millis(m.after_ms) {
             return;
         }
-        let r = o.resource;
-        let need = format!(
-            "the guest declares {} {}, above this host's maximum {}",
-            r.show(o.wanted),
-            r.as_str(),
-            r.show(o.max)
-        );
-        let stay = |why: &str| (format!("{need}; {why}"), None);
         let downtime = Duration::from_millis(m.downtime_ms);
-        let (reason, started) = if !mobility.relocatable {
-            stay("the guest declared its work not relocatable: it stays")
-        } else if mobility.monolithic {
-            stay("the guest declared its work monolithic: it stays")
-        } else if m.target.is_empty() {
-            stay("no [migration] target: it stays")
-        } else {
-            match self
+        let (reason, started) = match &decided.to {
+            Err(_) => (decided.reason.clone(), None),
+            Ok(to) => match self
                 .mover
                 .as_ref()
-                .map(|mv| mv.start_migration(&m.target, downtime))
+                .map(|mv| mv.start_migration(to, downtime))
             {
-                Some(Ok(rx)) => (format!("{need}; moving to {}", m.target), Some(rx)),
-                Some(Err(e)) => stay(&format!("cannot move: {e}")),
-                None => stay("cannot move: no migration channel"),
-            }
+                Some(Ok(rx)) => (decided.reason.clone(), Some(rx)),
+                Some(Err(e)) => (format!("{}; cannot move: {e}", decided.reason), None),
+                None => (
+                    format!("{}; cannot move: no migration channel", decided.reason),
+                    None,
+                ),
+            },
         };
         log::info!("policy: {reason}");
-        self.write(json!({
+        let mut event = json!({
             "t_ms": now.as_millis() as u64,
             "event": "migration",
             "action": if started.is_some() { "move" } else { "stay" },
-            "resource": r.as_str(),
-            "wanted": o.wanted,
-            "max": o.max,
+            "trigger": decided.trigger.as_str(),
             "reason": reason,
-        }));
+        });
+        match &decided.trigger {
+            Trigger::Outgrown(o) => {
+                event["resource"] = json!(o.resource.as_str());
+                event["wanted"] = json!(o.wanted);
+                event["max"] = json!(o.max);
+            }
+            Trigger::Data { data_set, .. } => event["data_set"] = json!(data_set),
+        }
+        self.write(event);
         self.moving = started.map_or(Moving::Decided, Moving::Started);
     }
 
@@ -905,5 +905,42 @@ mod tests {
                 .contains("no [migration] target"),
             "{ev:?}"
         );
+    }
+
+    /// A guest that names a data set another host holds moves there,
+    /// though its needs fit this host; one that names a data set this host
+    /// holds stays, and nothing is logged.
+    #[test]
+    fn the_compute_moves_to_the_host_that_holds_its_data() {
+        let mut f = Fixture::new("data");
+        let (requests, jobs) = crate::control::snapshot::channel(None, true).unwrap();
+        f.controller.set_mover(requests);
+        let mut policy = Policy::default();
+        policy.migration.after_ms = 0;
+        policy.migration.local_data = vec!["census".into()];
+        policy
+            .migration
+            .data
+            .insert("genome".into(), "unix:/run/genome-host.sock".into());
+        f.controller.put_policy("data.toml".into(), policy);
+        f.sink.hint(0, 1, &hint::data_set("census").unwrap());
+        f.controller.drain();
+        f.controller.tick();
+        assert!(migration_events(&f).is_empty(), "its data is here");
+        f.sink.hint(0, 2, &hint::data_set("genome").unwrap());
+        f.controller.drain();
+        f.controller.tick();
+        let ev = migration_events(&f);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(
+            (&ev[0]["action"], &ev[0]["trigger"], &ev[0]["data_set"]),
+            (&json!("move"), &json!("data"), &json!("genome")),
+            "{}",
+            ev[0]
+        );
+        let Ok(crate::control::snapshot::Job::Migrate(job)) = jobs.jobs.try_recv() else {
+            panic!("no migration started")
+        };
+        assert_eq!(job.to.to_string(), "unix:/run/genome-host.sock");
     }
 }

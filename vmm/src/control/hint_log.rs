@@ -22,6 +22,7 @@ pub fn hint_fields(h: &Hint) -> Value {
         Hint::Placement(p) => serde_json::to_value(p),
         Hint::Manifest(m) => serde_json::to_value(m),
         Hint::PhaseNeeds(p) => serde_json::to_value(p),
+        Hint::DataSet(name) => Ok(json!({ "name": name })),
     };
     v.unwrap_or(Value::Null)
 }

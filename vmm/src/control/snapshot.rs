@@ -57,6 +57,10 @@ pub struct MigrateReport {
     pub sent_bytes: u64,
     /// Bytes sent with the vCPUs stopped.
     pub final_bytes: u64,
+    /// The working set the guest declared (0: none), and the bytes of the
+    /// pages it was seen writing that the first round left for later.
+    pub working_set_bytes: u64,
+    pub deferred_bytes: u64,
     /// How long the vCPUs were stopped.
     pub downtime_ms: f64,
     pub total_ms: f64,

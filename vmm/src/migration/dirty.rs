@@ -113,6 +113,38 @@ impl DirtyPages {
         out
     }
 
+    /// Whether the page at `gpa` is in the set.
+    pub fn contains(&self, gpa: u64) -> bool {
+        self.regions.iter().any(|r| {
+            let page = gpa.wrapping_sub(r.start) / PAGE_SIZE;
+            gpa >= r.start
+                && page < r.pages
+                && r.bits[(page / 64) as usize] & (1 << (page % 64)) != 0
+        })
+    }
+
+    /// The byte ranges `[start, end)` of the `len` bytes from `gpa` on
+    /// whose pages are not in the set, as offsets from `gpa` (`gpa` on a
+    /// page boundary; the last page may be partial).
+    pub fn gaps(&self, gpa: u64, len: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut gap: Option<u64> = None;
+        for off in (0..len).step_by(PAGE_SIZE as usize) {
+            match (self.contains(gpa + off), gap) {
+                (false, None) => gap = Some(off),
+                (true, Some(start)) => {
+                    out.push((start, off));
+                    gap = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(start) = gap {
+            out.push((start, len));
+        }
+        out
+    }
+
     pub fn clear(&mut self) {
         for r in &mut self.regions {
             r.bits.fill(0);
@@ -157,5 +189,29 @@ mod tests {
         assert_eq!(again.bytes(), 6 * P);
         again.clear();
         assert!(again.runs().is_empty());
+    }
+
+    /// The first round sends what is not hot: the gaps between hot pages.
+    #[test]
+    fn gaps_are_the_ranges_whose_pages_are_not_in_the_set() {
+        let hi = 1u64 << 32;
+        let mut hot = DirtyPages::new(&[(0, 64 * P), (hi, 8 * P)]);
+        hot.mark(2 * P);
+        hot.mark(3 * P);
+        hot.mark(6 * P);
+        hot.mark(hi);
+        assert!(hot.contains(3 * P + 100) && !hot.contains(4 * P) && hot.contains(hi));
+        assert!(!hot.contains(hi + 8 * P), "past the region");
+        assert_eq!(
+            hot.gaps(0, 8 * P),
+            vec![(0, 2 * P), (4 * P, 6 * P), (7 * P, 8 * P)]
+        );
+        // A run that starts inside the set and ends on a partial page.
+        assert_eq!(hot.gaps(2 * P, 3 * P + 10), vec![(2 * P, 3 * P + 10)]);
+        assert_eq!(hot.gaps(hi, 2 * P), vec![(P, 2 * P)]);
+        assert_eq!(
+            DirtyPages::new(&[(0, 8 * P)]).gaps(0, 8 * P),
+            vec![(0, 8 * P)]
+        );
     }
 }

@@ -29,6 +29,11 @@ pub const MAX_ROUNDS: u32 = 30;
 pub const TAKEOVER_WAIT: Duration = Duration::from_secs(60);
 /// Guest memory is read this much at a time.
 const CHUNK: usize = 2 << 20;
+/// With a declared working set, pre-copy first watches the guest's writes
+/// this long at most (less once it has seen the working set written), and
+/// leaves the pages written for after the first round.
+pub const WATCH_MAX: Duration = Duration::from_millis(500);
+const WATCH_STEP: Duration = Duration::from_millis(50);
 
 /// What the pre-copy thread needs: guest memory and its dirty logs.
 pub struct Precopy {
@@ -37,6 +42,8 @@ pub struct Precopy {
     pub slots: Arc<KvmMemory>,
     pub hello: Hello,
     pub downtime: Duration,
+    /// The working set the guest declared, in bytes (0: none).
+    pub working_set: u64,
 }
 
 /// Where pre-copy left off: the stream, the pages still to send.
@@ -88,18 +95,41 @@ fn send_runs(
 }
 
 /// All of guest memory that may hold data and is not zero (the target's
-/// memory starts zeroed), as a snapshot writes it.
-fn send_all(w: &mut impl Write, mem: &GuestMem) -> Result<u64, MigrationError> {
+/// memory starts zeroed), as a snapshot writes it, but for the `hot`
+/// pages, which a later round sends.
+fn send_all_but(
+    w: &mut impl Write,
+    mem: &GuestMem,
+    hot: &DirtyPages,
+) -> Result<u64, MigrationError> {
     let mut sent = 0;
     crate::snapshot::memory::for_each_data_run(mem, |gpa, _, bytes| {
-        wire::write_pages(w, gpa, bytes)?;
-        sent += bytes.len() as u64;
+        for (start, end) in hot.gaps(gpa, bytes.len() as u64) {
+            wire::write_pages(w, gpa + start, &bytes[start as usize..end as usize])?;
+            sent += end - start;
+        }
         Ok::<(), MigrationError>(())
     })?;
     Ok(sent)
 }
 
 impl Precopy {
+    /// With a declared working set: the pages the guest writes while
+    /// watched for up to [`WATCH_MAX`], until they add up to the working
+    /// set. Without one, none (the first round sends in address order).
+    fn hot_pages(&self) -> Result<DirtyPages, MigrationError> {
+        let mut hot = DirtyPages::new(&self.hello.shape.regions);
+        if self.working_set == 0 {
+            return Ok(hot);
+        }
+        let until = Instant::now() + WATCH_MAX;
+        while hot.bytes() < self.working_set && Instant::now() < until {
+            std::thread::sleep(WATCH_STEP);
+            collect(&self.vm, &self.slots, &self.mem, &mut hot)?;
+        }
+        Ok(hot)
+    }
+
     /// Connects to `to`, has the target accept the VM, and copies memory
     /// until what is left fits the downtime. KVM's dirty log stays on for
     /// [`finish`]; on failure it is off again.
@@ -127,9 +157,13 @@ impl Precopy {
         // Round 0 sends everything: what the VMM wrote before does not count.
         dirty.take_vmm_writes(&self.mem);
         dirty.clear();
+        // ... but the pages the guest is busy writing, which it would only
+        // send again: they go with the next round.
+        let hot = self.hot_pages()?;
         let copying = Instant::now();
-        let mut sent = send_all(&mut w, &self.mem)?;
+        let mut sent = send_all_but(&mut w, &self.mem, &hot)?;
         w.flush()?;
+        dirty.add(&hot);
         let mut rounds = 1;
         loop {
             collect(&self.vm, &self.slots, &self.mem, &mut dirty)?;
@@ -156,6 +190,8 @@ impl Precopy {
                 to: to.to_string(),
                 rounds,
                 sent_bytes: sent,
+                working_set_bytes: self.working_set,
+                deferred_bytes: hot.bytes(),
                 ..Default::default()
             },
             started,
@@ -255,6 +291,7 @@ impl Migrations {
             slots: machine.slots.clone(),
             hello,
             downtime: job.downtime,
+            working_set: lock(&machine.engine).mobility().working_set,
         };
         let (tx, wake) = (self.done_tx.clone(), self.wake.try_clone());
         let Ok(wake) = wake else {

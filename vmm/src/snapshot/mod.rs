@@ -37,7 +37,7 @@ use crate::vcpu::VcpuState;
 pub const MAGIC: [u8; 8] = *b"PVMMSNAP";
 /// The state's format version: bumped on any change to [`VmState`]'s
 /// encoding. A snapshot of another version is refused.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Magic, version, payload length and CRC-32.
 const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 /// A state larger than this is not one perfvmm wrote (the largest VM's
