@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod cpio;
 pub mod fit;
+pub mod host_restore;
 pub mod predict;
 pub mod report;
 pub mod timeline;

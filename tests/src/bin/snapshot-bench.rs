@@ -30,6 +30,13 @@
 //! running), the longest pause the busy guest's clock saw, and the total.
 //!
 //!   cargo run --release -p perfvmm-tests --bin snapshot-bench -- [RUNS] [SIZES] --migrate
+//!
+//! With `--on-host`, restores are timed on this machine's own `/dev/kvm`
+//! instead, outside the nested harness's emulation (see
+//! `perfvmm_tests::host_restore`): one snapshot of a guest booting there,
+//! restored RUNS times per size.
+//!
+//!   cargo run --release -p perfvmm-tests --bin snapshot-bench -- [RUNS] [SIZES] --on-host
 
 use std::path::{Path, PathBuf};
 
@@ -110,7 +117,8 @@ fn main() {
         return;
     }
     let migrate = args.iter().any(|a| a == "--migrate");
-    args.retain(|a| a != "--migrate");
+    let on_host = args.iter().any(|a| a == "--on-host");
+    args.retain(|a| a != "--migrate" && a != "--on-host");
     let runs: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(3);
     let sizes: Vec<u32> = args
         .get(1)
@@ -122,6 +130,10 @@ fn main() {
     }
     if migrate {
         migration(runs, &sizes);
+        return;
+    }
+    if on_host {
+        restore_on_host(runs, &sizes);
         return;
     }
     let mut script = format!("F=@FILES@\n{}", bench::SH_WAIT_FOR);
@@ -189,6 +201,38 @@ fn main() {
 /// memory hard); busy, its phase declaring what it writes as its working
 /// set (pre-copy then leaves those pages for after the first round).
 const MIGRATION_KINDS: [&str; 3] = ["idle", "busy", "busy-ws"];
+
+/// Restores timed on this machine's own KVM: medians and ranges per size.
+fn restore_on_host(runs: usize, sizes: &[u32]) {
+    println!(
+        "snapshot-bench: restores on this machine's /dev/kvm, {runs} per size, sizes {sizes:?} MiB"
+    );
+    println!("\n| guest MiB | restore: exec → state read ms | → memory mapped | → KVM set up | → running ms (median) | → running ms (range) |");
+    println!("| ---: | ---: | ---: | ---: | ---: | --- |");
+    for &size in sizes {
+        let times = match perfvmm_tests::host_restore::measure(size, runs) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("snapshot-bench: {size} MiB: {e}");
+                std::process::exit(1);
+            }
+        };
+        let of = |f: fn(&perfvmm_tests::host_restore::RestoreTimes) -> f64| {
+            median(times.iter().map(f).collect())
+        };
+        let ready: Vec<f64> = times.iter().map(|t| t.ready_ms).collect();
+        let (lo, hi) = ready
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        println!(
+            "| {size} | {:.1} | {:.1} | {:.1} | {:.1} | {lo:.1}–{hi:.1} |",
+            of(|t| t.state_ms),
+            of(|t| t.memory_ms),
+            of(|t| t.kvm_ms),
+            of(|t| t.ready_ms),
+        );
+    }
+}
 
 /// One live migration of a `size` MiB guest of `kind` (see
 /// [`MIGRATION_KINDS`]).
