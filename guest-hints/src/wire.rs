@@ -821,6 +821,11 @@ fn decode_manifest(b: &[u8]) -> Result<Manifest, DecodeError> {
     };
     for rec in records {
         let rec = rec?;
+        if rec.kind == kind::DATA_SET {
+            // Not a manifest's record: skipped unread, as a reader that
+            // predates it skips it, so it cannot spoil the manifest.
+            continue;
+        }
         match decode_record(rec)? {
             Some(Hint::Parallelism(p)) => m.parallelism = Some(p),
             Some(Hint::Memory(x)) => m.memory = Some(x),

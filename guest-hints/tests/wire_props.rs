@@ -409,6 +409,25 @@ fn a_data_set_is_a_whole_nonempty_name() {
         }),
         Err(DecodeError::ShortBody)
     );
+    // Inside a manifest it is skipped unread, even malformed.
+    let mut m = Manifest::empty(Name::new("app").unwrap());
+    m.memory = Some(Memory {
+        working_set_bytes: 1,
+        peak_bytes: 2,
+        growth_bytes_per_sec: 0,
+    });
+    let mut body = v1_manifest_record(&m)[4..].to_vec();
+    body[2] += 1; // one more record
+    body.extend_from_slice(&kind::DATA_SET.to_le_bytes());
+    body.extend_from_slice(&4u16.to_le_bytes());
+    body.extend_from_slice(&[0, 0, 0, 0]); // an empty name
+    assert_eq!(
+        decode_record(RawRecord {
+            kind: kind::MANIFEST,
+            body: &body,
+        }),
+        Ok(Some(Hint::Manifest(m)))
+    );
     assert!(hint::data_set("").is_none());
     assert!(hint::data_set(&"a".repeat(49)).is_none());
     assert_eq!(hint::data_set("genome-2026"), Some(genome));

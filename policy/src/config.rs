@@ -274,6 +274,10 @@ pub struct MigrationPolicy {
     /// Which `perfvmm --incoming` holds which data set (name → endpoint):
     /// a relocatable guest reading one of them moves there.
     pub data: BTreeMap<String, String>,
+    /// Send the pages a guest that declared a working set is seen writing
+    /// after the first round (docs/migration.md: measured, it did not pay
+    /// in the nested harness, so it is off unless asked for).
+    pub order_by_working_set: bool,
 }
 
 impl Default for MigrationPolicy {
@@ -284,6 +288,7 @@ impl Default for MigrationPolicy {
             downtime_ms: 300,
             local_data: Vec::new(),
             data: BTreeMap::new(),
+            order_by_working_set: false,
         }
     }
 }

@@ -25,7 +25,7 @@ use super::schedule::{Latencies, PlannedPhase, Schedule};
 pub const MEMORY_STEP: u64 = 2 << 20;
 
 /// What a decision resizes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Resource {
     Vcpus,
@@ -201,9 +201,15 @@ pub struct Mobility {
     /// The data set the work reads most (its latest `data_set` hint), by a
     /// name the operator's `[migration.data]` may know.
     pub data_set: Option<String>,
-    /// The working set its latest memory hint (or manifest) declared, in
-    /// bytes; 0 when none did. A migration copies these pages last.
+    /// The working set its latest admitted memory hint (or manifest)
+    /// declared, in bytes; 0 when none did. A migration watches for that
+    /// much being written before its first round, and sends the pages it
+    /// saw written after the others.
     pub working_set: u64,
+    /// The need that made the VM leave a smaller host, and that host's
+    /// maximum: while the need is still above it, the VM is not moved
+    /// back for its data (which may be on that very host).
+    pub outgrew: Option<Outgrown>,
 }
 
 impl Default for Mobility {
@@ -213,6 +219,7 @@ impl Default for Mobility {
             monolithic: false,
             data_set: None,
             working_set: 0,
+            outgrew: None,
         }
     }
 }
@@ -226,7 +233,7 @@ impl Mobility {
 }
 
 /// The declared need of one resource above this host's policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outgrown {
     pub resource: Resource,
     /// The demand in force, before bounds.
@@ -579,6 +586,27 @@ impl Engine {
         &self.learnt.mobility
     }
 
+    /// The VM leaves this host because its need outgrew it: remembered
+    /// with the VM (see [`Mobility::outgrew`]).
+    pub fn leaving_outgrown(&mut self, o: Outgrown) {
+        self.learnt.mobility.outgrew = Some(o);
+    }
+
+    /// Puts back what [`Engine::leaving_outgrown`] replaced (the VM did
+    /// not leave after all).
+    pub fn set_outgrew(&mut self, o: Option<Outgrown>) {
+        self.learnt.mobility.outgrew = o;
+    }
+
+    /// Whether the need that made the VM leave a smaller host is still
+    /// above that host's maximum.
+    pub fn still_outgrows_previous_host(&self) -> bool {
+        self.learnt
+            .mobility
+            .outgrew
+            .is_some_and(|o| self.wanted(o.resource).is_some_and(|w| w.0 > o.max))
+    }
+
     /// The first resource whose demand in force is above this host's
     /// policy maximum: a bigger host could give it, where this one may not
     /// (the machine's own maximum, `--cpus max=` / `--memory max=`, moves
@@ -900,9 +928,9 @@ impl Engine {
                 }
             }
             Hint::Memory(m) => {
-                self.learnt.mobility.working_set = m.working_set_bytes;
                 let w = self.memory_wanted(m);
                 if let Some(w) = self.admit(Resource::Memory, w, &mut outcome) {
+                    self.learnt.mobility.working_set = m.working_set_bytes;
                     self.set_demand(stream, Resource::Memory, (w, seq));
                 }
             }
@@ -923,9 +951,9 @@ impl Engine {
                     }
                 }
                 if let Some(mem) = &m.memory {
-                    self.learnt.mobility.working_set = mem.working_set_bytes;
                     let w = self.memory_wanted(mem);
                     if let Some(w) = self.admit(Resource::Memory, w, &mut outcome) {
+                        self.learnt.mobility.working_set = mem.working_set_bytes;
                         self.track_mut(Resource::Memory).manifest = Some((w, seq));
                     }
                 }
@@ -1190,11 +1218,17 @@ mod tests {
         );
         e.on_hint(ms(25), 3, &hint::memory(64 << 20, 96 << 20, 0));
         assert_eq!(e.mobility().working_set, 64 << 20);
+        // Leaving for a need of 6 vCPUs where 2 were allowed: held back
+        // from moving for its data until the need is 2 or less.
+        assert!(!e.still_outgrows_previous_host());
+        e.leaving_outgrown(e.outgrown().unwrap());
+        assert!(e.still_outgrows_previous_host());
         // The guest's own word travels with its state.
         let restored = Engine::restore(e.policy().clone(), limits(1, 8), e.save()).unwrap();
         assert_eq!(restored.mobility(), e.mobility());
         e.on_hint(ms(30), 4, &hint::parallelism(1, 1, 0.0));
         assert_eq!(e.outgrown(), None);
+        assert!(!e.still_outgrows_previous_host());
     }
 
     #[test]

@@ -35,6 +35,14 @@ pub struct Move {
     pub reason: String,
 }
 
+impl Move {
+    /// What makes two decisions the same one: their trigger's kind and
+    /// where they lead (a move is decided once while its key holds).
+    pub fn key(&self) -> String {
+        format!("{}:{:?}", self.trigger.as_str(), self.to)
+    }
+}
+
 /// Whether the VM should move, and where: `None` when nothing calls for it.
 ///
 /// A need above this host's bounds comes first; it moves the VM to the
@@ -43,15 +51,21 @@ pub struct Move {
 /// one, `local_data`) moves the compute to the data. Work the guest
 /// declared not relocatable, or monolithic, never moves. The guest learns
 /// nothing of where it went.
+///
+/// `held_back`: the VM came here because its need outgrew a smaller host,
+/// and still does ([`crate::Engine::still_outgrows_previous_host`]); its
+/// data is then no reason to move, nor a place to go (the data may be on
+/// that smaller host, which would only send the VM back here).
 pub fn decide(
     outgrown: Option<Outgrown>,
     mobility: &Mobility,
     m: &MigrationPolicy,
+    held_back: bool,
 ) -> Option<Move> {
     let data_set = mobility.data_set.as_deref();
     let here = data_set.is_some_and(|d| m.local_data.iter().any(|l| l == d));
     let holder = data_set
-        .filter(|_| !here)
+        .filter(|_| !here && !held_back)
         .and_then(|d| Some((d, m.data.get(d)?)));
     let trigger = match (outgrown, holder) {
         (Some(o), _) => Trigger::Outgrown(o),
@@ -131,14 +145,14 @@ mod tests {
     fn nothing_moves_a_vm_that_fits_and_reads_local_or_unknown_data() {
         let m = policy("unix:/run/big.sock");
         for d in [None, Some("census"), Some("unknown")] {
-            assert_eq!(decide(None, &reading(d), &m), None, "{d:?}");
+            assert_eq!(decide(None, &reading(d), &m, false), None, "{d:?}");
         }
     }
 
     #[test]
     fn an_outgrown_vm_goes_to_its_data_if_known_else_to_the_target() {
         let m = policy("unix:/run/big.sock");
-        let to_target = decide(Some(OUTGROWN), &reading(Some("census")), &m).unwrap();
+        let to_target = decide(Some(OUTGROWN), &reading(Some("census")), &m, false).unwrap();
         assert_eq!(to_target.trigger, Trigger::Outgrown(OUTGROWN));
         assert_eq!(to_target.to.as_deref(), Ok("unix:/run/big.sock"));
         assert_eq!(
@@ -146,16 +160,16 @@ mod tests {
             "the guest declares 4 vCPU(s), above this host's maximum 2 vCPU(s); \
              moving to unix:/run/big.sock"
         );
-        let to_data = decide(Some(OUTGROWN), &reading(Some("genome")), &m).unwrap();
+        let to_data = decide(Some(OUTGROWN), &reading(Some("genome")), &m, false).unwrap();
         assert_eq!(to_data.to.as_deref(), Ok("tcp:10.0.0.7:4000"));
         assert!(to_data.reason.ends_with("which holds data set \"genome\""));
-        let nowhere = decide(Some(OUTGROWN), &reading(None), &policy("")).unwrap();
+        let nowhere = decide(Some(OUTGROWN), &reading(None), &policy(""), false).unwrap();
         assert_eq!(nowhere.to, Err("no [migration] target: it stays".into()));
     }
 
     #[test]
     fn the_compute_moves_to_the_data() {
-        let d = decide(None, &reading(Some("genome")), &policy("")).unwrap();
+        let d = decide(None, &reading(Some("genome")), &policy(""), false).unwrap();
         assert_eq!(
             d.trigger,
             Trigger::Data {
@@ -172,6 +186,16 @@ mod tests {
         );
     }
 
+    /// A VM that outgrew the host holding its data, and came here for its
+    /// need, is not sent back there while the need lasts: no ping-pong.
+    #[test]
+    fn a_vm_that_left_its_data_for_its_need_is_not_sent_back() {
+        let m = policy("unix:/run/big.sock");
+        assert_eq!(decide(None, &reading(Some("genome")), &m, true), None);
+        let d = decide(Some(OUTGROWN), &reading(Some("genome")), &m, true).unwrap();
+        assert_eq!(d.to.as_deref(), Ok("unix:/run/big.sock"), "not to the data");
+    }
+
     #[test]
     fn work_declared_not_relocatable_or_monolithic_stays() {
         let m = policy("unix:/run/big.sock");
@@ -185,7 +209,7 @@ mod tests {
         };
         for (mobility, why) in [(pinned, "not relocatable"), (whole, "monolithic")] {
             for outgrown in [None, Some(OUTGROWN)] {
-                let d = decide(outgrown, &mobility, &m).unwrap();
+                let d = decide(outgrown, &mobility, &m, false).unwrap();
                 assert!(d.to.as_ref().is_err_and(|e| e.contains(why)), "{d:?}");
                 assert!(d.reason.ends_with("it stays"), "{d:?}");
             }

@@ -16,12 +16,14 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::{guest_image, static_perfvmm};
 
 /// How long the guest boots before its snapshot.
 const BOOT_FOR: Duration = Duration::from_secs(5);
+/// How long a restore may take to print its line.
+const RESTORE_WAIT: Duration = Duration::from_secs(30);
 
 /// One restore's `restore-timer` line: milliseconds since exec.
 #[derive(Clone, Copy, Debug, Default)]
@@ -109,14 +111,19 @@ fn restore(perfvmm: &Path, snap: &Path) -> Result<RestoreTimes, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start perfvmm: {e}"))?;
-    let found = child.stderr.take().and_then(|err| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        BufReader::new(err)
-            .lines()
-            .map_while(Result::ok)
-            .take_while(|_| Instant::now() < deadline)
-            .find_map(|l| RestoreTimes::parse(&l))
-    });
+    // Read on a thread of its own, so that a perfvmm that hangs silent
+    // cannot hold the bench past the deadline.
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Some(err) = child.stderr.take() {
+        std::thread::spawn(move || {
+            let found = BufReader::new(err)
+                .lines()
+                .map_while(Result::ok)
+                .find_map(|l| RestoreTimes::parse(&l));
+            let _ = tx.send(found);
+        });
+    }
+    let found = rx.recv_timeout(RESTORE_WAIT).ok().flatten();
     kill(child);
     found.ok_or_else(|| "the restore printed no restore-timer line".into())
 }

@@ -297,12 +297,18 @@ fn raise_pending(
     perf_hint: &Mutex<PerfHintTransport>,
     balloon: &Mutex<BalloonTransport>,
     virtio_mem: Option<&Arc<Mutex<VirtioMemTransport>>>,
+    (cpu_states, ged): (&Mutex<CpuStates>, &EventFd),
 ) -> Result<(), VmError> {
     lock(console).raise_pending()?;
     lock(perf_hint).raise_pending();
     lock(balloon).raise_pending();
     if let Some(t) = virtio_mem {
         lock(t).raise_pending();
+    }
+    // A vCPU perfvmm asked the guest to add or remove, and whose request
+    // the guest's CSCN has not yet read: the GED interrupt again.
+    if lock(cpu_states).has_requests() {
+        ged.write(1)?;
     }
     Ok(())
 }
@@ -893,6 +899,7 @@ impl<'a> VmBuilder<'a> {
         let CpuHotplug { states, ged } = cpus;
         let clock = self.vm_clock();
         let mut held_vcpus = None;
+        let ged_again = ged.try_clone()?;
         let mut vcpus = self.vcpu_manager(kvm, states.clone(), ged)?;
         let vcpu_set = vcpus.set();
         let first = match boot {
@@ -910,7 +917,14 @@ impl<'a> VmBuilder<'a> {
         };
         let (balloon, virtio_mem) = memory.transports();
         if self.restoring.is_some() {
-            raise_pending(&console, &hints.transport, &balloon, virtio_mem.as_ref())?;
+            let cpus = (states.as_ref(), &ged_again);
+            raise_pending(
+                &console,
+                &hints.transport,
+                &balloon,
+                virtio_mem.as_ref(),
+                cpus,
+            )?;
         }
         // Signals are blocked before any vCPU thread exists, so they inherit
         // the mask and SIGINT/SIGTERM reach only the event loop's signalfd.

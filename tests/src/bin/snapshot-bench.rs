@@ -29,7 +29,7 @@
 //! sent, bytes the first round left for later, bytes sent in the stop, the downtime by the source (vCPUs stopped → target
 //! running), the longest pause the busy guest's clock saw, and the total.
 //!
-//!   cargo run --release -p perfvmm-tests --bin snapshot-bench -- [RUNS] [SIZES] --migrate
+//!   cargo run --release -p perfvmm-tests --bin snapshot-bench -- [RUNS] [SIZES] --migrate [--kinds idle,busy,busy-ws]
 //!
 //! With `--on-host`, restores are timed on this machine's own `/dev/kvm`
 //! instead, outside the nested harness's emulation (see
@@ -116,10 +116,37 @@ fn main() {
         side_by_side(runs, &fc);
         return;
     }
+    let mut kinds: Vec<&'static str> = MIGRATION_KINDS.to_vec();
+    if let Some(i) = args.iter().position(|a| a == "--kinds") {
+        let asked = args.get(i + 1).cloned().unwrap_or_default();
+        kinds = MIGRATION_KINDS
+            .into_iter()
+            .filter(|k| asked.split(',').any(|a| a == *k))
+            .collect();
+        if kinds.is_empty() || asked.split(',').count() != kinds.len() {
+            eprintln!(
+                "snapshot-bench: --kinds takes some of {}",
+                MIGRATION_KINDS.join(",")
+            );
+            std::process::exit(2);
+        }
+        args.drain(i..(i + 2).min(args.len()));
+    }
     let migrate = args.iter().any(|a| a == "--migrate");
     let on_host = args.iter().any(|a| a == "--on-host");
+    if (migrate && on_host) || (!migrate && kinds.len() != MIGRATION_KINDS.len()) {
+        eprintln!("snapshot-bench: --migrate [--kinds ...] and --on-host are separate benchmarks");
+        std::process::exit(2);
+    }
     args.retain(|a| a != "--migrate" && a != "--on-host");
-    let runs: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(3);
+    let runs: usize = match args.first().map(|a| a.parse()) {
+        None => 3,
+        Some(Ok(n)) if n >= 1 => n,
+        Some(_) => {
+            eprintln!("snapshot-bench: RUNS is a number of runs, at least 1");
+            std::process::exit(2);
+        }
+    };
     let sizes: Vec<u32> = args
         .get(1)
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
@@ -129,7 +156,7 @@ fn main() {
         std::process::exit(2);
     }
     if migrate {
-        migration(runs, &sizes);
+        migration(runs, &sizes, &kinds);
         return;
     }
     if on_host {
@@ -255,7 +282,7 @@ fn migration_round(size: u32, kind: &str) -> String {
 rm -f $F/mig.sock
 # Memory stays at its size whatever the guest declares: the kinds differ in
 # how the copy is ordered only.
-printf '[memory]\nmin = "{size}M"\n' >$F/fixed-memory.toml
+printf '[memory]\nmin = "{size}M"\n[migration]\norder_by_working_set = true\n' >$F/fixed-memory.toml
 @PERFVMM@ --kernel @KERNEL@ --initrd @INITRD@ --cmdline "{cmdline}" --cpus 1,max=2   --memory {size}M --policy $F/fixed-memory.toml --api-sock $F/api --allow-migrate --boot-timer </dev/null >$F/src.log 2>&1 &
 src=$!
 @PERFVMM@ --incoming unix:$F/mig.sock </dev/null >$F/dst.log 2>&1 &
@@ -275,11 +302,11 @@ kill -TERM $dst 2>/dev/null; wait $dst
 }
 
 /// Live migrations, idle and busy, per size: see the module's comment.
-fn migration(runs: usize, sizes: &[u32]) {
+fn migration(runs: usize, sizes: &[u32], kinds: &[&str]) {
     let mut script = format!("F=@FILES@\n{}", bench::SH_WAIT_FOR);
     for r in 0..runs {
         for &size in sizes {
-            for kind in MIGRATION_KINDS {
+            for &kind in kinds {
                 script.push_str(&format!(
                     "echo 'snapshot-bench: migration round {} size {size} MiB {kind}'\n",
                     r + 1,
@@ -294,10 +321,10 @@ fn migration(runs: usize, sizes: &[u32]) {
     );
     let mut run = GuestRun::script(&script)
         .timeout(std::time::Duration::from_secs(
-            120 + 240 * (runs * sizes.len()) as u64,
+            120 + 120 * (runs * sizes.len() * kinds.len()) as u64,
         ))
         .l1_cpus(2)
-        .streaming_lines(|l| l.starts_with("snapshot-bench:"));
+        .streaming_lines(|l| l.starts_with("snapshot-bench:") || l.starts_with("bench: "));
     run.l1_memory_mib = 2 * sizes.iter().max().copied().unwrap_or(256) + 1536;
     let out = match run.try_run() {
         Ok(o) => o,
@@ -309,7 +336,7 @@ fn migration(runs: usize, sizes: &[u32]) {
     println!("\n| guest MiB | guest | rounds | sent MiB | left for round 1 MiB | sent in the stop MiB | downtime ms (source) | longest pause the guest saw ms | total ms |");
     println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for &size in sizes {
-        for kind in MIGRATION_KINDS {
+        for &kind in kinds {
             let results = Results::tagged(&out.console, &format!("bench: size={size} {kind} "));
             let pick = |what: &str, key: &str| results.median(what, key);
             let mib = |v: f64| v / (1 << 20) as f64;

@@ -16,8 +16,8 @@ use super::jsonl::JsonLines;
 use super::snapshot::{MigrateReport, SnapshotRequests};
 use crate::actuators::{ActuatorError, MemoryActuator, MemoryStatus, VcpuActuator};
 use crate::devices::bus::lock;
-use crate::policy::moving::{self, Trigger};
-use crate::policy::{Decision, Engine, Policy, PolicyError, Resource};
+use crate::policy::moving::{self, Move, Trigger};
+use crate::policy::{Decision, Engine, Outgrown, Policy, PolicyError, Resource};
 
 /// Decisions the control API can list.
 pub const RECENT_DECISIONS: usize = 128;
@@ -108,14 +108,21 @@ pub struct Controller {
 
 /// Where the controller is with moving the VM to a bigger host.
 enum Moving {
-    /// The declared needs fit this host.
+    /// Nothing calls for a move.
     Idle,
-    /// They have not, since then.
-    Since(Duration),
-    /// Decided (moved, stayed, or failed): not again until they fit.
-    Decided,
-    /// A migration runs; its answer comes here.
-    Started(Receiver<Result<MigrateReport, String>>),
+    /// A reason to move (its [`Move::key`]) has held since then.
+    Since(Duration, String),
+    /// Decided (moved, stayed, or failed): not again while the same reason
+    /// holds.
+    Decided(String),
+    /// A migration runs; its answer comes here. If it fails, the reason is
+    /// decided and the VM did not leave: what the engine remembers of
+    /// leaving for a need goes back to what it was.
+    Started {
+        key: String,
+        answer: Receiver<Result<MigrateReport, String>>,
+        outgrew_before: Option<Outgrown>,
+    },
 }
 
 /// A grow the guest has not taken after this long is no longer timed.
@@ -358,39 +365,35 @@ impl Controller {
     /// [`perfvmm_policy::moving::decide`]) has held for `[migration]
     /// after_ms`: moves the VM, unless the guest declared its work not
     /// relocatable or monolithic, and says so in the decision log either
-    /// way. Once per episode: not again until the reason is gone.
+    /// way. Once per reason and destination: a decision is not taken again
+    /// while the same one holds, and a new one (another data set's host,
+    /// work that became relocatable) waits `after_ms` of its own.
     fn consider_moving(&mut self, now: Duration) {
-        if let Moving::Started(rx) = &self.moving {
-            match rx.try_recv() {
-                Err(TryRecvError::Empty) | Ok(Ok(_)) => return,
-                Ok(Err(why)) => self.migration_failed(now, &why),
-                Err(TryRecvError::Disconnected) => {
-                    self.migration_failed(now, "the migration ended without an answer")
-                }
-            }
-            self.moving = Moving::Decided;
+        if self.migration_running(now) {
             return;
         }
         let (decided, m) = {
             let e = lock(&self.engine);
             let m = e.policy().migration.clone();
-            (moving::decide(e.outgrown(), e.mobility(), &m), m)
+            let held_back = e.still_outgrows_previous_host();
+            (moving::decide(e.outgrown(), e.mobility(), &m, held_back), m)
         };
         let Some(decided) = decided else {
             self.moving = Moving::Idle;
             return;
         };
-        let since = match self.moving {
-            Moving::Idle => now,
-            Moving::Since(t) => t,
-            _ => return,
+        let key = decided.key();
+        let since = match &self.moving {
+            Moving::Since(t, k) if *k == key => *t,
+            Moving::Decided(k) if *k == key => return,
+            _ => now,
         };
-        self.moving = Moving::Since(since);
+        self.moving = Moving::Since(since, key.clone());
         if now.saturating_sub(since) < Duration::from_millis(m.after_ms) {
             return;
         }
         let downtime = Duration::from_millis(m.downtime_ms);
-        let (reason, started) = match &decided.to {
+        let (reason, answer) = match &decided.to {
             Err(_) => (decided.reason.clone(), None),
             Ok(to) => match self
                 .mover
@@ -406,23 +409,46 @@ impl Controller {
             },
         };
         log::info!("policy: {reason}");
-        let mut event = json!({
-            "t_ms": now.as_millis() as u64,
-            "event": "migration",
-            "action": if started.is_some() { "move" } else { "stay" },
-            "trigger": decided.trigger.as_str(),
-            "reason": reason,
-        });
-        match &decided.trigger {
-            Trigger::Outgrown(o) => {
-                event["resource"] = json!(o.resource.as_str());
-                event["wanted"] = json!(o.wanted);
-                event["max"] = json!(o.max);
+        self.write(migration_event(now, &decided, &reason, answer.is_some()));
+        self.moving = match answer {
+            None => Moving::Decided(key),
+            Some(answer) => {
+                let mut e = lock(&self.engine);
+                let outgrew_before = e.mobility().outgrew;
+                if let Trigger::Outgrown(o) = decided.trigger {
+                    e.leaving_outgrown(o);
+                }
+                Moving::Started {
+                    key,
+                    answer,
+                    outgrew_before,
+                }
             }
-            Trigger::Data { data_set, .. } => event["data_set"] = json!(data_set),
+        };
+    }
+
+    /// Whether a migration is still running; one that ended in failure is
+    /// logged and its reason decided.
+    fn migration_running(&mut self, now: Duration) -> bool {
+        let Moving::Started { answer, .. } = &self.moving else {
+            return false;
+        };
+        let why = match answer.try_recv() {
+            Err(TryRecvError::Empty) | Ok(Ok(_)) => return true,
+            Ok(Err(why)) => why,
+            Err(TryRecvError::Disconnected) => "the migration ended without an answer".into(),
+        };
+        self.migration_failed(now, &why);
+        if let Moving::Started {
+            key,
+            outgrew_before,
+            ..
+        } = std::mem::replace(&mut self.moving, Moving::Idle)
+        {
+            lock(&self.engine).set_outgrew(outgrew_before);
+            self.moving = Moving::Decided(key);
         }
-        self.write(event);
-        self.moving = started.map_or(Moving::Decided, Moving::Started);
+        true
     }
 
     /// A removal perfvmm withdrew can still complete: the guest may have
@@ -537,6 +563,26 @@ impl Controller {
     pub fn engine(&self) -> &Arc<Mutex<Engine>> {
         &self.engine
     }
+}
+
+/// The decision log's `migration` event for `decided`.
+fn migration_event(now: Duration, decided: &Move, reason: &str, moving: bool) -> Value {
+    let mut event = json!({
+        "t_ms": now.as_millis() as u64,
+        "event": "migration",
+        "action": if moving { "move" } else { "stay" },
+        "trigger": decided.trigger.as_str(),
+        "reason": reason,
+    });
+    match &decided.trigger {
+        Trigger::Outgrown(o) => {
+            event["resource"] = json!(o.resource.as_str());
+            event["wanted"] = json!(o.wanted);
+            event["max"] = json!(o.max);
+        }
+        Trigger::Data { data_set, .. } => event["data_set"] = json!(data_set),
+    }
+    event
 }
 
 #[cfg(test)]
@@ -942,5 +988,36 @@ mod tests {
             panic!("no migration started")
         };
         assert_eq!(job.to.to_string(), "unix:/run/genome-host.sock");
+    }
+
+    /// A decision holds while its reason and destination do: work that
+    /// becomes relocatable after a "stay" is moved, once.
+    #[test]
+    fn a_new_reason_is_decided_again() {
+        let mut f = Fixture::new("redecide");
+        let (requests, jobs) = crate::control::snapshot::channel(None, true).unwrap();
+        f.controller.set_mover(requests);
+        small_host(&mut f, "unix:/run/big-host.sock");
+        f.sink
+            .hint(0, 1, &hint::placement(false, false, Locality::Any));
+        f.sink.hint(0, 2, &hint::parallelism(4, 4, 0.0));
+        f.controller.drain();
+        f.controller.tick();
+        f.controller.tick();
+        assert_eq!(migration_events(&f).len(), 1, "stay, said once");
+        f.sink
+            .hint(0, 3, &hint::placement(true, false, Locality::Any));
+        f.controller.drain();
+        f.controller.tick();
+        f.controller.tick();
+        let ev = migration_events(&f);
+        let actions: Vec<&str> = ev.iter().filter_map(|e| e["action"].as_str()).collect();
+        assert_eq!(actions, ["stay", "move"], "{ev:?}");
+        assert!(jobs.jobs.try_recv().is_ok(), "the move started");
+        assert_eq!(
+            lock(&f.controller.engine).mobility().outgrew.map(|o| o.max),
+            Some(2),
+            "the VM carries why it left"
+        );
     }
 }

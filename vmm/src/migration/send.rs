@@ -250,6 +250,17 @@ pub fn finish(machine: &Machine, copied: Copied) -> Result<MigrateReport, Migrat
     }
 }
 
+/// The working set pre-copy orders its first round by: the guest's
+/// declared one when the policy asks for the ordering, else none.
+fn ordered_by_working_set(machine: &Machine) -> u64 {
+    let e = lock(&machine.engine);
+    if e.policy().migration.order_by_working_set {
+        e.mobility().working_set
+    } else {
+        0
+    }
+}
+
 /// The main thread's end of migrations: starts the pre-copy thread and
 /// finishes what it copied. One migration at a time.
 pub struct Migrations {
@@ -291,7 +302,7 @@ impl Migrations {
             slots: machine.slots.clone(),
             hello,
             downtime: job.downtime,
-            working_set: lock(&machine.engine).mobility().working_set,
+            working_set: ordered_by_working_set(machine),
         };
         let (tx, wake) = (self.done_tx.clone(), self.wake.try_clone());
         let Ok(wake) = wake else {

@@ -60,6 +60,12 @@ pub struct CpuStates {
 }
 
 impl CpuStates {
+    /// Whether perfvmm has asked the guest to add or remove a vCPU and the
+    /// guest has not acknowledged it yet.
+    pub fn has_requests(&self) -> bool {
+        self.slots.iter().any(|s| s.inserting || s.removing)
+    }
+
     pub fn new(boot: u32, max: u32) -> Arc<Mutex<Self>> {
         let slots = (0..max)
             .map(|i| CpuSlot {
@@ -178,10 +184,12 @@ mod tests {
                 ..Default::default()
             };
         }
+        assert!(states.lock().unwrap().has_requests());
         c.write(CSEL, &2u32.to_le_bytes());
         assert_eq!(rd(&mut c, CSTS), STS_ENABLED | STS_INSERTING);
         c.write(CSTS, &STS_INSERTING.to_le_bytes());
         assert_eq!(rd(&mut c, CSTS), STS_ENABLED);
+        assert!(!states.lock().unwrap().has_requests(), "acknowledged");
         // An eject perfvmm did not ask for is refused.
         c.write(CSTS, &STS_EJECT.to_le_bytes());
         assert_eq!(rd(&mut c, CSTS), STS_ENABLED);
