@@ -206,10 +206,18 @@ pub struct Mobility {
     /// much being written before its first round, and sends the pages it
     /// saw written after the others.
     pub working_set: u64,
-    /// The need that made the VM leave a smaller host, and that host's
-    /// maximum: while the need is still above it, the VM is not moved
-    /// back for its data (which may be on that very host).
-    pub outgrew: Option<Outgrown>,
+    /// The VM left a host that holds its data set because its need
+    /// outgrew that host: while the need is still above that host's
+    /// maximum, the data set is no reason to move (it would only be sent
+    /// back to the host it left).
+    pub left: Option<LeftForNeed>,
+}
+
+/// A VM left the host holding `data_set` because its need outgrew it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftForNeed {
+    pub need: Outgrown,
+    pub data_set: String,
 }
 
 impl Default for Mobility {
@@ -219,7 +227,7 @@ impl Default for Mobility {
             monolithic: false,
             data_set: None,
             working_set: 0,
-            outgrew: None,
+            left: None,
         }
     }
 }
@@ -586,25 +594,36 @@ impl Engine {
         &self.learnt.mobility
     }
 
-    /// The VM leaves this host because its need outgrew it: remembered
-    /// with the VM (see [`Mobility::outgrew`]).
-    pub fn leaving_outgrown(&mut self, o: Outgrown) {
-        self.learnt.mobility.outgrew = Some(o);
+    /// The VM leaves this host because its need `o` outgrew it; this host
+    /// holds its data set when `data_set_here`. Remembered with the VM
+    /// (see [`Mobility::left`]); returns what it replaces.
+    pub fn leaving_for_need(&mut self, o: Outgrown, data_set_here: bool) -> Option<LeftForNeed> {
+        let m = &mut self.learnt.mobility;
+        let left = m
+            .data_set
+            .clone()
+            .filter(|_| data_set_here)
+            .map(|data_set| LeftForNeed { need: o, data_set });
+        std::mem::replace(&mut m.left, left)
     }
 
-    /// Puts back what [`Engine::leaving_outgrown`] replaced (the VM did
+    /// Puts back what [`Engine::leaving_for_need`] replaced (the VM did
     /// not leave after all).
-    pub fn set_outgrew(&mut self, o: Option<Outgrown>) {
-        self.learnt.mobility.outgrew = o;
+    pub fn set_left(&mut self, left: Option<LeftForNeed>) {
+        self.learnt.mobility.left = left;
     }
 
-    /// Whether the need that made the VM leave a smaller host is still
-    /// above that host's maximum.
-    pub fn still_outgrows_previous_host(&self) -> bool {
-        self.learnt
-            .mobility
-            .outgrew
-            .is_some_and(|o| self.wanted(o.resource).is_some_and(|w| w.0 > o.max))
+    /// Whether the VM's data set is no reason to move: it left the host
+    /// holding it because its need outgrew that host, and the need still
+    /// does.
+    pub fn data_held_back(&self) -> bool {
+        let m = &self.learnt.mobility;
+        m.left.as_ref().is_some_and(|l| {
+            m.data_set.as_deref() == Some(l.data_set.as_str())
+                && self
+                    .wanted(l.need.resource)
+                    .is_some_and(|w| w.0 > l.need.max)
+        })
     }
 
     /// The first resource whose demand in force is above this host's
@@ -1218,17 +1237,20 @@ mod tests {
         );
         e.on_hint(ms(25), 3, &hint::memory(64 << 20, 96 << 20, 0));
         assert_eq!(e.mobility().working_set, 64 << 20);
-        // Leaving for a need of 6 vCPUs where 2 were allowed: held back
-        // from moving for its data until the need is 2 or less.
-        assert!(!e.still_outgrows_previous_host());
-        e.leaving_outgrown(e.outgrown().unwrap());
-        assert!(e.still_outgrows_previous_host());
+        // Leaving a host that holds its data for a need of 6 vCPUs where 2
+        // were allowed: held back from moving for that data until the need
+        // is 2 or less. Leaving a host that does not hold it: never.
+        let o = e.outgrown().unwrap();
+        e.leaving_for_need(o, false);
+        assert!(!e.data_held_back());
+        e.leaving_for_need(o, true);
+        assert!(e.data_held_back());
         // The guest's own word travels with its state.
         let restored = Engine::restore(e.policy().clone(), limits(1, 8), e.save()).unwrap();
         assert_eq!(restored.mobility(), e.mobility());
         e.on_hint(ms(30), 4, &hint::parallelism(1, 1, 0.0));
         assert_eq!(e.outgrown(), None);
-        assert!(!e.still_outgrows_previous_host());
+        assert!(!e.data_held_back());
     }
 
     #[test]

@@ -52,10 +52,10 @@ impl Move {
 /// declared not relocatable, or monolithic, never moves. The guest learns
 /// nothing of where it went.
 ///
-/// `held_back`: the VM came here because its need outgrew a smaller host,
-/// and still does ([`crate::Engine::still_outgrows_previous_host`]); its
-/// data is then no reason to move, nor a place to go (the data may be on
-/// that smaller host, which would only send the VM back here).
+/// `held_back`: the VM came here because its need outgrew the host that
+/// holds its data, and still does ([`crate::Engine::data_held_back`]); its
+/// data is then no reason to move, nor a place to go (that host would
+/// only send the VM back here).
 pub fn decide(
     outgrown: Option<Outgrown>,
     mobility: &Mobility,

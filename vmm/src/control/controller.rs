@@ -16,8 +16,9 @@ use super::jsonl::JsonLines;
 use super::snapshot::{MigrateReport, SnapshotRequests};
 use crate::actuators::{ActuatorError, MemoryActuator, MemoryStatus, VcpuActuator};
 use crate::devices::bus::lock;
+use crate::policy::engine::LeftForNeed;
 use crate::policy::moving::{self, Move, Trigger};
-use crate::policy::{Decision, Engine, Outgrown, Policy, PolicyError, Resource};
+use crate::policy::{Decision, Engine, Policy, PolicyError, Resource};
 
 /// Decisions the control API can list.
 pub const RECENT_DECISIONS: usize = 128;
@@ -121,7 +122,7 @@ enum Moving {
     Started {
         key: String,
         answer: Receiver<Result<MigrateReport, String>>,
-        outgrew_before: Option<Outgrown>,
+        left_before: Option<LeftForNeed>,
     },
 }
 
@@ -375,7 +376,7 @@ impl Controller {
         let (decided, m) = {
             let e = lock(&self.engine);
             let m = e.policy().migration.clone();
-            let held_back = e.still_outgrows_previous_host();
+            let held_back = e.data_held_back();
             (moving::decide(e.outgrown(), e.mobility(), &m, held_back), m)
         };
         let Some(decided) = decided else {
@@ -414,14 +415,16 @@ impl Controller {
             None => Moving::Decided(key),
             Some(answer) => {
                 let mut e = lock(&self.engine);
-                let outgrew_before = e.mobility().outgrew;
-                if let Trigger::Outgrown(o) = decided.trigger {
-                    e.leaving_outgrown(o);
-                }
+                let here = |d: &String| m.local_data.contains(d);
+                let data_here = e.mobility().data_set.as_ref().is_some_and(here);
+                let left_before = match decided.trigger {
+                    Trigger::Outgrown(o) => e.leaving_for_need(o, data_here),
+                    Trigger::Data { .. } => e.mobility().left.clone(),
+                };
                 Moving::Started {
                     key,
                     answer,
-                    outgrew_before,
+                    left_before,
                 }
             }
         };
@@ -440,12 +443,10 @@ impl Controller {
         };
         self.migration_failed(now, &why);
         if let Moving::Started {
-            key,
-            outgrew_before,
-            ..
+            key, left_before, ..
         } = std::mem::replace(&mut self.moving, Moving::Idle)
         {
-            lock(&self.engine).set_outgrew(outgrew_before);
+            lock(&self.engine).set_left(left_before);
             self.moving = Moving::Decided(key);
         }
         true
@@ -990,6 +991,34 @@ mod tests {
         assert_eq!(job.to.to_string(), "unix:/run/genome-host.sock");
     }
 
+    /// A VM that leaves the host holding its data for its need carries
+    /// that, so that the next host does not send it back for its data;
+    /// if the move fails, it did not leave.
+    #[test]
+    fn leaving_its_data_for_its_need_is_remembered_until_the_move_fails() {
+        let mut f = Fixture::new("left");
+        let (requests, jobs) = crate::control::snapshot::channel(None, true).unwrap();
+        f.controller.set_mover(requests);
+        let mut policy = Policy::default();
+        policy.vcpus.max = 2;
+        policy.migration.target = "unix:/run/big-host.sock".into();
+        policy.migration.after_ms = 0;
+        policy.migration.local_data = vec!["genome".into()];
+        f.controller.put_policy("a.toml".into(), policy);
+        f.sink.hint(0, 1, &hint::data_set("genome").unwrap());
+        f.sink.hint(0, 2, &hint::parallelism(4, 4, 0.0));
+        f.controller.drain();
+        f.controller.tick();
+        let Ok(crate::control::snapshot::Job::Migrate(job)) = jobs.jobs.try_recv() else {
+            panic!("no migration started")
+        };
+        assert!(lock(&f.controller.engine).data_held_back());
+        job.reply.send(Err("refused".into())).unwrap();
+        f.controller.tick();
+        assert!(!lock(&f.controller.engine).data_held_back());
+        assert_eq!(lock(&f.controller.engine).mobility().left, None);
+    }
+
     /// A decision holds while its reason and destination do: work that
     /// becomes relocatable after a "stay" is moved, once.
     #[test]
@@ -1015,9 +1044,9 @@ mod tests {
         assert_eq!(actions, ["stay", "move"], "{ev:?}");
         assert!(jobs.jobs.try_recv().is_ok(), "the move started");
         assert_eq!(
-            lock(&f.controller.engine).mobility().outgrew.map(|o| o.max),
-            Some(2),
-            "the VM carries why it left"
+            lock(&f.controller.engine).mobility().left,
+            None,
+            "no data set here: nothing held back wherever it goes"
         );
     }
 }
