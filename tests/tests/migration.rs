@@ -190,8 +190,14 @@ echo "test: source exit $rc"
 wait $tgt
 rc=$?; crashed $rc
 echo "test: target exit $rc"
+# The VM reaches the data host within seconds, if at all: a data host
+# still waiting two minutes after the big host let the VM go is stopped,
+# so that a move that never happens fails the test instead of hanging it.
+( sleep 120; kill $dat 2>/dev/null ) &
+watchdog=$!
 wait $dat
 rc=$?; crashed $rc
+kill $watchdog 2>/dev/null
 echo "test: data host exit $rc"
 sed 's/^/source: /' $F/source.log
 sed 's/^/target: /' $F/target.log
