@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::endpoint::Endpoint;
+
 /// What to do with a hint that asks for more than the policy allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -296,19 +298,23 @@ impl Default for MigrationPolicy {
 /// The most data sets `[migration]` may name (`local_data` and `data` each).
 pub const MAX_DATA_SETS: usize = 1024;
 
-/// Whether `s` is an endpoint perfvmm can migrate to.
+/// Whether `s` is an endpoint perfvmm can migrate to: what `ctl migrate`
+/// and `--incoming` accept.
 fn is_endpoint(s: &str) -> bool {
-    s.strip_prefix("unix:").is_some_and(|p| !p.is_empty())
-        || s.strip_prefix("tcp:")
-            .is_some_and(|a| a.parse::<std::net::SocketAddr>().is_ok())
+    s.parse::<Endpoint>().is_ok()
 }
 
 /// Whether `s` can name a data set: what a guest's hint can carry.
 fn is_data_set(s: &str) -> bool {
-    !s.is_empty() && s.len() <= guest_hints::wire::MAX_NAME_LEN
+    guest_hints::client::hint::data_set(s).is_some()
 }
 
 impl MigrationPolicy {
+    /// Whether this host holds `data_set` (`local_data`).
+    pub fn holds(&self, data_set: &str) -> bool {
+        self.local_data.iter().any(|l| l == data_set)
+    }
+
     fn check(&self) -> Result<(), String> {
         const ENDPOINT: &str = "\"unix:PATH\" or \"tcp:IP:PORT\"";
         if !self.target.is_empty() && !is_endpoint(&self.target) {

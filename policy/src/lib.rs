@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod endpoint;
 pub mod engine;
 pub mod moving;
 pub mod schedule;

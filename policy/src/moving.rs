@@ -63,7 +63,7 @@ pub fn decide(
     held_back: bool,
 ) -> Option<Move> {
     let data_set = mobility.data_set.as_deref();
-    let here = data_set.is_some_and(|d| m.local_data.iter().any(|l| l == d));
+    let here = data_set.is_some_and(|d| m.holds(d));
     let holder = data_set
         .filter(|_| !here && !held_back)
         .and_then(|d| Some((d, m.data.get(d)?)));

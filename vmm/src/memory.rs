@@ -128,6 +128,27 @@ fn huge_aligned_region(len: usize) -> Result<MmapRegion<AtomicBitmap>, MmapRegio
 /// Host page size assumed for discarding guest memory.
 pub const PAGE_SIZE: u64 = 4096;
 
+/// The runs `[first, end)` of indices below `n` for which `keep` holds, in
+/// order: the pages of a range to send or write.
+pub fn runs_where(n: usize, keep: impl Fn(usize) -> bool) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut run = None;
+    for i in 0..n {
+        match (keep(i), run) {
+            (true, None) => run = Some(i),
+            (false, Some(first)) => {
+                runs.push((first, i));
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(first) = run {
+        runs.push((first, n));
+    }
+    runs
+}
+
 /// Why guest memory could not be discarded.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscardError {
@@ -212,6 +233,15 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn runs_where_gives_each_run_once_up_to_the_end() {
+        let set = [1, 2, 5, 7, 8];
+        let runs = super::runs_where(9, |i| set.contains(&i));
+        assert_eq!(runs, vec![(1, 3), (5, 6), (7, 9)]);
+        assert!(super::runs_where(0, |_| true).is_empty());
+        assert_eq!(super::runs_where(3, |_| true), vec![(0, 3)]);
+    }
+
     #[test]
     fn guest_regions_start_on_huge_page_boundaries() {
         let mem = create_guest_memory(64 << 20, hotplug_region(64 << 20, 256 << 20)).unwrap();

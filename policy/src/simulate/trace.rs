@@ -402,10 +402,12 @@ fn decode_fields(text: &str, f: &str, kind: &str) -> Result<Option<Hint>, String
         "phase_needs" => Hint::PhaseNeeds(read::<logged::PhaseNeeds>(text, f)?.try_into()?),
         "data_set" => {
             let name = read::<logged::DataSet>(text, f)?.name;
-            match guest_hints::wire::Name::new(&name) {
-                Ok(n) if !n.is_empty() => Hint::DataSet(n),
-                _ => return Err(format!("data set {name:?}: a name of 1 to 48 bytes")),
-            }
+            guest_hints::client::hint::data_set(&name).ok_or_else(|| {
+                format!(
+                    "data set {name:?}: a name of 1 to {} bytes",
+                    guest_hints::wire::MAX_NAME_LEN
+                )
+            })?
         }
         _ => return Ok(None),
     };

@@ -415,8 +415,7 @@ impl Controller {
             None => Moving::Decided(key),
             Some(answer) => {
                 let mut e = lock(&self.engine);
-                let here = |d: &String| m.local_data.contains(d);
-                let data_here = e.mobility().data_set.as_ref().is_some_and(here);
+                let data_here = e.mobility().data_set.as_deref().is_some_and(|d| m.holds(d));
                 let left_before = match decided.trigger {
                     Trigger::Outgrown(o) => e.leaving_for_need(o, data_here),
                     Trigger::Data { .. } => e.mobility().left.clone(),
@@ -870,6 +869,24 @@ mod tests {
             .collect()
     }
 
+    /// A controller whose migrations go to the returned jobs' channel.
+    fn with_mover(name: &str) -> (Fixture, crate::control::snapshot::SnapshotJobs) {
+        let mut f = Fixture::new(name);
+        let (requests, jobs) = crate::control::snapshot::channel(None, true).unwrap();
+        f.controller.set_mover(requests);
+        (f, jobs)
+    }
+
+    /// The migration the controller started.
+    fn started(
+        jobs: &crate::control::snapshot::SnapshotJobs,
+    ) -> crate::control::snapshot::MigrateJob {
+        match jobs.jobs.try_recv() {
+            Ok(crate::control::snapshot::Job::Migrate(job)) => job,
+            _ => panic!("no migration started"),
+        }
+    }
+
     fn small_host(f: &mut Fixture, target: &str) {
         let mut policy = Policy::default();
         policy.vcpus.max = 2;
@@ -880,9 +897,7 @@ mod tests {
 
     #[test]
     fn a_need_above_this_host_moves_the_vm_to_the_policys_target_once() {
-        let mut f = Fixture::new("move");
-        let (requests, jobs) = crate::control::snapshot::channel(None, true).unwrap();
-        f.controller.set_mover(requests);
+        let (mut f, jobs) = with_mover("move");
         small_host(&mut f, "unix:/run/big-host.sock");
         f.sink.hint(0, 1, &hint::parallelism(2, 2, 0.0));
         f.controller.drain();
@@ -898,9 +913,7 @@ mod tests {
             (ev[0]["wanted"].as_u64(), ev[0]["max"].as_u64()),
             (Some(4), Some(2))
         );
-        let Ok(crate::control::snapshot::Job::Migrate(job)) = jobs.jobs.try_recv() else {
-            panic!("no migration started")
-        };
+        let job = started(&jobs);
         assert_eq!(job.to.to_string(), "unix:/run/big-host.sock");
         assert_eq!(job.downtime, Duration::from_millis(300));
         // It failed: said once, and not tried again while the need lasts.
@@ -924,9 +937,7 @@ mod tests {
             ),
             (hint::placement(true, true, Locality::Any), "monolithic"),
         ] {
-            let mut f = Fixture::new("stay");
-            let (requests, jobs) = crate::control::snapshot::channel(None, true).unwrap();
-            f.controller.set_mover(requests);
+            let (mut f, jobs) = with_mover("stay");
             small_host(&mut f, "unix:/run/big-host.sock");
             f.sink.hint(0, 1, &placement);
             f.sink.hint(0, 2, &hint::parallelism(4, 4, 0.0));
@@ -959,9 +970,7 @@ mod tests {
     /// holds stays, and nothing is logged.
     #[test]
     fn the_compute_moves_to_the_host_that_holds_its_data() {
-        let mut f = Fixture::new("data");
-        let (requests, jobs) = crate::control::snapshot::channel(None, true).unwrap();
-        f.controller.set_mover(requests);
+        let (mut f, jobs) = with_mover("data");
         let mut policy = Policy::default();
         policy.migration.after_ms = 0;
         policy.migration.local_data = vec!["census".into()];
@@ -985,9 +994,7 @@ mod tests {
             "{}",
             ev[0]
         );
-        let Ok(crate::control::snapshot::Job::Migrate(job)) = jobs.jobs.try_recv() else {
-            panic!("no migration started")
-        };
+        let job = started(&jobs);
         assert_eq!(job.to.to_string(), "unix:/run/genome-host.sock");
     }
 
@@ -996,9 +1003,7 @@ mod tests {
     /// if the move fails, it did not leave.
     #[test]
     fn leaving_its_data_for_its_need_is_remembered_until_the_move_fails() {
-        let mut f = Fixture::new("left");
-        let (requests, jobs) = crate::control::snapshot::channel(None, true).unwrap();
-        f.controller.set_mover(requests);
+        let (mut f, jobs) = with_mover("left");
         let mut policy = Policy::default();
         policy.vcpus.max = 2;
         policy.migration.target = "unix:/run/big-host.sock".into();
@@ -1009,9 +1014,7 @@ mod tests {
         f.sink.hint(0, 2, &hint::parallelism(4, 4, 0.0));
         f.controller.drain();
         f.controller.tick();
-        let Ok(crate::control::snapshot::Job::Migrate(job)) = jobs.jobs.try_recv() else {
-            panic!("no migration started")
-        };
+        let job = started(&jobs);
         assert!(lock(&f.controller.engine).data_held_back());
         job.reply.send(Err("refused".into())).unwrap();
         f.controller.tick();
@@ -1023,9 +1026,7 @@ mod tests {
     /// becomes relocatable after a "stay" is moved, once.
     #[test]
     fn a_new_reason_is_decided_again() {
-        let mut f = Fixture::new("redecide");
-        let (requests, jobs) = crate::control::snapshot::channel(None, true).unwrap();
-        f.controller.set_mover(requests);
+        let (mut f, jobs) = with_mover("redecide");
         small_host(&mut f, "unix:/run/big-host.sock");
         f.sink
             .hint(0, 1, &hint::placement(false, false, Locality::Any));

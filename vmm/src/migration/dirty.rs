@@ -8,7 +8,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use virtio_mmio::GuestMem;
 
-use crate::memory::PAGE_SIZE;
+use crate::memory::{runs_where, PAGE_SIZE};
 
 struct Region {
     start: u64,
@@ -39,17 +39,20 @@ impl DirtyPages {
         }
     }
 
+    /// The region holding `gpa`, and the page's bit there: its word and
+    /// its mask.
+    fn locate(&self, gpa: u64) -> Option<(usize, usize, u64)> {
+        self.regions.iter().enumerate().find_map(|(i, r)| {
+            let page = gpa.checked_sub(r.start)? / PAGE_SIZE;
+            (page < r.pages).then(|| (i, (page / 64) as usize, 1 << (page % 64)))
+        })
+    }
+
     /// Marks the page at `gpa`; one outside every region is ignored.
     pub fn mark(&mut self, gpa: u64) {
-        let Some(r) = self
-            .regions
-            .iter_mut()
-            .find(|r| gpa >= r.start && (gpa - r.start) / PAGE_SIZE < r.pages)
-        else {
-            return;
-        };
-        let page = (gpa - r.start) / PAGE_SIZE;
-        r.bits[(page / 64) as usize] |= 1 << (page % 64);
+        if let Some((r, word, bit)) = self.locate(gpa) {
+            self.regions[r].bits[word] |= bit;
+        }
     }
 
     /// Marks every page a bitmap of pages from `gpa` on has set (KVM's
@@ -97,17 +100,10 @@ impl DirtyPages {
     pub fn runs(&self) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         for r in &self.regions {
-            let mut run: Option<u64> = None;
-            for page in 0..=r.pages {
-                let set = page < r.pages && r.bits[(page / 64) as usize] & (1 << (page % 64)) != 0;
-                match (set, run) {
-                    (true, None) => run = Some(page),
-                    (false, Some(first)) => {
-                        out.push((r.start + first * PAGE_SIZE, (page - first) * PAGE_SIZE));
-                        run = None;
-                    }
-                    _ => {}
-                }
+            let set = |p: usize| r.bits[p / 64] & (1 << (p % 64)) != 0;
+            for (first, end) in runs_where(r.pages as usize, set) {
+                let (first, end) = (first as u64, end as u64);
+                out.push((r.start + first * PAGE_SIZE, (end - first) * PAGE_SIZE));
             }
         }
         out
@@ -115,34 +111,19 @@ impl DirtyPages {
 
     /// Whether the page at `gpa` is in the set.
     pub fn contains(&self, gpa: u64) -> bool {
-        self.regions.iter().any(|r| {
-            let page = gpa.wrapping_sub(r.start) / PAGE_SIZE;
-            gpa >= r.start
-                && page < r.pages
-                && r.bits[(page / 64) as usize] & (1 << (page % 64)) != 0
-        })
+        self.locate(gpa)
+            .is_some_and(|(r, word, bit)| self.regions[r].bits[word] & bit != 0)
     }
 
     /// The byte ranges `[start, end)` of the `len` bytes from `gpa` on
     /// whose pages are not in the set, as offsets from `gpa` (`gpa` on a
     /// page boundary; the last page may be partial).
     pub fn gaps(&self, gpa: u64, len: u64) -> Vec<(u64, u64)> {
-        let mut out = Vec::new();
-        let mut gap: Option<u64> = None;
-        for off in (0..len).step_by(PAGE_SIZE as usize) {
-            match (self.contains(gpa + off), gap) {
-                (false, None) => gap = Some(off),
-                (true, Some(start)) => {
-                    out.push((start, off));
-                    gap = None;
-                }
-                _ => {}
-            }
-        }
-        if let Some(start) = gap {
-            out.push((start, len));
-        }
-        out
+        let pages = len.div_ceil(PAGE_SIZE) as usize;
+        runs_where(pages, |i| !self.contains(gpa + i as u64 * PAGE_SIZE))
+            .into_iter()
+            .map(|(first, end)| (first as u64 * PAGE_SIZE, (end as u64 * PAGE_SIZE).min(len)))
+            .collect()
     }
 
     pub fn clear(&mut self) {

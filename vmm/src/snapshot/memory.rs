@@ -88,24 +88,9 @@ pub fn for_each_data_run<E: From<std::io::Error>>(
 /// Runs `[first, end)` of pages of `chunk` that `resident` marks and that
 /// are not all zeros.
 fn data_runs(chunk: &[u8], resident: &[bool]) -> Vec<(usize, usize)> {
-    let mut runs = Vec::new();
-    let mut run = None;
-    let pages = chunk.chunks(PAGE).zip(resident);
-    for (i, (page, &r)) in pages.enumerate() {
-        let keep = r && page.iter().any(|&b| b != 0);
-        match (keep, run) {
-            (true, None) => run = Some(i),
-            (false, Some(first)) => {
-                runs.push((first, i));
-                run = None;
-            }
-            _ => {}
-        }
-    }
-    if let Some(first) = run {
-        runs.push((first, chunk.len().div_ceil(PAGE)));
-    }
-    runs
+    let pages: Vec<&[u8]> = chunk.chunks(PAGE).collect();
+    let n = pages.len().min(resident.len());
+    crate::memory::runs_where(n, |i| resident[i] && pages[i].iter().any(|&b| b != 0))
 }
 
 /// Which pages of guest memory may hold data. A page of perfvmm's own
