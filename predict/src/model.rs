@@ -279,25 +279,25 @@ fn fit_phase(name: String, points: &[(u32, &ProfilePhase)], notes: &mut Vec<Stri
         .max()
         .unwrap_or(1)
         .max(1);
-    // Observations by effective CPUs k, averaged where several share one.
-    let mut obs: Vec<(f64, f64, f64)> = Vec::new(); // (k, duration, cpu)
-    let mut counts: Vec<f64> = Vec::new();
+    // Observations by effective CPUs k; where several share one, the
+    // median run stands for them (a run slowed by the host's other work
+    // must not pull the fit, as a mean lets it).
+    let mut by_k: Vec<(f64, Vec<(f64, f64)>)> = Vec::new();
     for &(cpus, p) in points {
         let k = f64::from(cpus.min(threads).max(1));
-        let (d, c) = (p.duration_ms as f64, cpu_of(p));
-        match obs.iter().position(|o| o.0 == k) {
-            Some(i) => {
-                counts[i] += 1.0;
-                let n = counts[i];
-                obs[i].1 += (d - obs[i].1) / n;
-                obs[i].2 += (c - obs[i].2) / n;
-            }
-            None => {
-                obs.push((k, d, c));
-                counts.push(1.0);
-            }
+        let run = (p.duration_ms as f64, cpu_of(p));
+        match by_k.iter_mut().find(|(kk, _)| *kk == k) {
+            Some((_, runs)) => runs.push(run),
+            None => by_k.push((k, vec![run])),
         }
     }
+    let mut obs: Vec<(f64, f64, f64)> = by_k
+        .into_iter()
+        .map(|(k, runs)| {
+            let (d, c) = median_run(runs);
+            (k, d, c)
+        })
+        .collect();
     obs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (wait, serial, parallel, contention) = match obs.len() {
         0 => (0.0, 0.0, 0.0, 0.0),
@@ -332,6 +332,21 @@ fn fit_phase(name: String, points: &[(u32, &ProfilePhase)], notes: &mut Vec<Stri
         functions: base.map(|p| p.functions.clone()).unwrap_or_default(),
         fitted_from: points.iter().map(|(c, _)| *c).collect(),
         observed_ms: points.iter().map(|(_, p)| p.duration_ms as f64).collect(),
+    }
+}
+
+/// The run of median duration among `runs` (duration, CPU time); of an
+/// even number, the mean of the middle two.
+fn median_run(mut runs: Vec<(f64, f64)>) -> (f64, f64) {
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let n = runs.len();
+    match n {
+        0 => (0.0, 0.0),
+        _ if n % 2 == 1 => runs[n / 2],
+        _ => {
+            let (a, b) = (runs[n / 2 - 1], runs[n / 2]);
+            ((a.0 + b.0) / 2.0, (a.1 + b.1) / 2.0)
+        }
     }
 }
 
@@ -561,6 +576,27 @@ mod tests {
         let m = ProgramModel::fit(&[a, b]).unwrap();
         let names: Vec<&str> = m.phases.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["x", "(unnamed)"]);
+    }
+
+    #[test]
+    fn repeated_runs_are_stood_for_by_their_median_not_pulled_by_a_slow_one() {
+        // Three runs of a serial 2 s program; the host slowed one to 6 s.
+        let runs: Vec<Profile> = [2000, 6000, 2100]
+            .iter()
+            .map(|&d| profile(1, &[(Some("x"), d, d as f64, 1)]))
+            .collect();
+        let m = ProgramModel::fit(&runs).unwrap();
+        assert!(close(m.time_ms(1, 1.0), 2100.0), "{}", m.time_ms(1, 1.0));
+        // Of two, the mean of both.
+        let m = ProgramModel::fit(
+            &runs[..1]
+                .iter()
+                .chain(&runs[2..])
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert!(close(m.time_ms(1, 1.0), 2050.0), "{}", m.time_ms(1, 1.0));
     }
 
     #[test]
