@@ -1136,6 +1136,14 @@ impl Engine {
             && self
                 .scheduled_within(r, now, shrink_after)
                 .is_some_and(|(w, ..)| w <= target);
+        // Nor does memory shrink while a schedule runs: inflating the
+        // balloon takes the guest's CPU time, which the profile behind the
+        // schedule did not pay, and the schedule's clock runs on (seen: a
+        // shrink made sort's serial phase 4.4 s longer, and its parallel
+        // phase began after the schedule had taken its vCPUs back).
+        let scheduled_run = r == Resource::Memory
+            && self.policy.mode == Mode::Schedule
+            && self.learnt.schedule.is_some();
         let t = self.track_mut(r);
         if t.refused == Some(target) {
             return None;
@@ -1143,6 +1151,8 @@ impl Engine {
         t.refused = None;
         let reason = if target > t.alloc {
             grow_reason(r, target, source, lead, target == t.max, target == t.floor)
+        } else if target < t.alloc && scheduled_run {
+            return None;
         } else if target < t.alloc {
             let since = *t.lower_since.get_or_insert(now);
             let held = now.saturating_sub(since) >= shrink_after;
@@ -1586,6 +1596,33 @@ mod tests {
         let d = one(d);
         assert_eq!((d.from, d.to), (4, 1));
         assert!(d.reason.contains("schedule's next phases"), "{}", d.reason);
+    }
+
+    #[test]
+    fn memory_does_not_shrink_while_a_schedule_runs() {
+        // Two phases of 6 s needing 20 MiB over the reserve, on a 512 MiB
+        // VM: the balloon would cost the guest CPU time the profile did
+        // not pay. vCPUs still follow the schedule.
+        let mut e = engine(1, 4);
+        let small = Some(Memory {
+            working_set_bytes: 20 * MIB,
+            peak_bytes: 20 * MIB,
+            growth_bytes_per_sec: 0,
+        });
+        let mut phases = [needs(1, 0, 6_000, 1), needs(2, 6_000, 6_000, 4)];
+        for p in &mut phases {
+            p.memory = small;
+        }
+        e.set_schedule(ms(0), 5, &phases);
+        let mut grown = false;
+        for t in (0..12_000).step_by(100) {
+            for d in e.tick(ms(t)) {
+                assert_eq!(d.resource, Resource::Vcpus, "at {t} ms: {d:?}");
+                grown |= d.to == 4;
+            }
+        }
+        assert!(grown, "phase 2's vCPUs came");
+        assert_eq!(e.allocation(Resource::Memory), 512 * MIB);
     }
 
     #[test]
