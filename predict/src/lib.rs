@@ -17,7 +17,7 @@ use guest_hints::profile::Profile;
 use serde::Serialize;
 
 pub use hosts::{HostFit, HostTable};
-pub use model::{PhaseModel, ProgramModel};
+pub use model::{HostCpus, PhaseModel, ProgramModel};
 pub use whatif::Change;
 
 /// A further vCPU "stops paying" once the next count saves less than this.
@@ -46,6 +46,8 @@ pub enum PredictError {
     Hosts(String, String),
     #[error("--vcpus: {0}")]
     Vcpus(String),
+    #[error("calibration: {0}")]
+    Calibration(String),
 }
 
 /// What to predict.
@@ -62,6 +64,9 @@ pub struct Request {
     /// Physical cores of the machine the VMs (profiled and predicted) run
     /// on: vCPUs beyond them run no faster. `None`: as many as vCPUs.
     pub host_cores: Option<u32>,
+    /// What vCPUs are worth on that machine, measured ([`calibrate`]):
+    /// `(vCPUs, effective CPUs)`. Empty: each vCPU a CPU (up to the cores).
+    pub host_scaling: Vec<(u32, f64)>,
 }
 
 /// One row of the scaling table.
@@ -101,7 +106,8 @@ pub struct Report {
     pub model: ProgramModel,
     pub hosts: Option<HostsReport>,
     pub deadline_ms: Option<f64>,
-    pub host_cores: Option<u32>,
+    /// The machine the VMs run on, as the prediction took it.
+    pub host: HostCpus,
 }
 
 /// Parses `1,2,4,8` into ascending, distinct counts (each 1..=1024).
@@ -123,8 +129,12 @@ pub fn parse_vcpus(s: &str) -> Result<Vec<u32>, PredictError> {
 
 /// Fits the profiles and answers `req`.
 pub fn predict(profiles: &[Profile], req: &Request) -> Result<Report, PredictError> {
-    let model = ProgramModel::fit_on(profiles, req.host_cores)?;
-    let eff = |n: u32| req.host_cores.map_or(n, |h| n.min(h.max(1)));
+    let host = HostCpus {
+        cores: req.host_cores,
+        measured: req.host_scaling.clone(),
+    };
+    let model = ProgramModel::fit_on(profiles, &host)?;
+    let eff = |n: u32| host.effective(n);
     let (after, speed) = whatif::apply(&model, &req.changes)?;
     let changed = !req.changes.is_empty();
     let scaling: Vec<ScalePoint> = req
@@ -132,13 +142,13 @@ pub fn predict(profiles: &[Profile], req: &Request) -> Result<Report, PredictErr
         .iter()
         .map(|&n| ScalePoint {
             vcpus: n,
-            time_ms: model.time_ms(eff(n), 1.0),
+            time_ms: model.time_at(eff(n), 1.0),
             phases_ms: model
                 .phases
                 .iter()
-                .map(|p| p.time_ms(eff(n), 1.0))
+                .map(|p| p.time_at(eff(n), 1.0))
                 .collect(),
-            time_after_ms: changed.then(|| after.time_ms(eff(n), speed)),
+            time_after_ms: changed.then(|| after.time_at(eff(n), speed)),
         })
         .collect();
     let stops_paying_at = scaling
@@ -178,6 +188,136 @@ pub fn predict(profiles: &[Profile], req: &Request) -> Result<Report, PredictErr
         model: after,
         hosts,
         deadline_ms: req.deadline_ms,
-        host_cores: req.host_cores,
+        host,
     })
+}
+
+/// What vCPUs are worth on the machine the profiles ran on, from profiles
+/// of one *calibration* program taken on 1 vCPU and on more: for each
+/// other vCPU count `n`, the effective CPUs at which the model fitted on
+/// 1 vCPU takes the median measured time at `n` (between 1 and `n`).
+/// Work on `n` vCPUs is then predicted at those CPUs: on a machine whose
+/// vCPUs share cores, or slow each other down, less than `n`.
+pub fn calibrate(profiles: &[Profile]) -> Result<Vec<(u32, f64)>, PredictError> {
+    let one: Vec<Profile> = profiles.iter().filter(|p| p.cpus == 1).cloned().collect();
+    if one.is_empty() {
+        return Err(PredictError::Calibration(
+            "no profile taken on 1 vCPU".to_string(),
+        ));
+    }
+    let model = ProgramModel::fit(&one)?;
+    let mut counts: Vec<u32> = profiles.iter().map(|p| p.cpus).filter(|&c| c > 1).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    if counts.is_empty() {
+        return Err(PredictError::Calibration(
+            "no profile taken on more than 1 vCPU".to_string(),
+        ));
+    }
+    Ok(counts
+        .into_iter()
+        .map(|n| {
+            let mut walls: Vec<f64> = profiles
+                .iter()
+                .filter(|p| p.cpus == n)
+                .map(|p| p.wall_ms as f64)
+                .collect();
+            walls.sort_by(f64::total_cmp);
+            let measured = walls[walls.len() / 2];
+            (n, effective_for(&model, measured, f64::from(n)))
+        })
+        .collect())
+}
+
+/// The CPUs in `[1, n]` at which `model` takes `measured` ms (bisection:
+/// its time falls as CPUs rise).
+fn effective_for(model: &ProgramModel, measured: f64, n: f64) -> f64 {
+    let (mut lo, mut hi) = (1.0_f64, n);
+    if model.time_at(lo, 1.0) <= measured {
+        return lo;
+    }
+    if model.time_at(hi, 1.0) >= measured {
+        return hi;
+    }
+    for _ in 0..60 {
+        let mid = (lo + hi) / 2.0;
+        if model.time_at(mid, 1.0) > measured {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo + hi) / 2.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guest_hints::profile::ProfilePhase;
+
+    fn run(cpus: u32, wall_ms: u64) -> Profile {
+        let cpu = 4000.0;
+        Profile {
+            format: guest_hints::profile::FORMAT.into(),
+            version: 1,
+            command: vec!["./calib".into()],
+            binary: None,
+            build_id: None,
+            wall_ms,
+            interval_ms: 10,
+            runs: 1,
+            cpu_time_source: "schedstat".into(),
+            working_set_source: "rss".into(),
+            io_source: "chars".into(),
+            cpus,
+            notes: Vec::new(),
+            phases: vec![ProfilePhase {
+                id: 1,
+                name: Some("work".into()),
+                source: "hint".into(),
+                start_ms: 0,
+                duration_ms: wall_ms,
+                parallelism_p50: cpu / wall_ms as f64,
+                parallelism_p95: cpu / wall_ms as f64,
+                max_useful: 4,
+                working_set_bytes: 1 << 20,
+                peak_bytes: 1 << 20,
+                io_bytes_per_sec: 0,
+                io_class: "none".into(),
+                samples: wall_ms / 10,
+                cpu_ms: Some(cpu.min(wall_ms as f64 * f64::from(cpus))),
+                functions: Vec::new(),
+                spread: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn calibration_finds_what_vcpus_are_worth() {
+        // 4 s of parallel work: 4 s on 1 vCPU, 2.5 s on 2 (1.6 CPUs'
+        // worth), 2 s and 2.5 s on 4 (the median, 2.5 s: 1.6).
+        let runs = [
+            run(1, 4000),
+            run(2, 2500),
+            run(4, 2000),
+            run(4, 2500),
+            run(4, 9000),
+        ];
+        let c = calibrate(&runs).unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].0, 2);
+        assert!((c[0].1 - 1.6).abs() < 1e-6, "{c:?}");
+        assert!((c[1].1 - 1.6).abs() < 1e-6, "{c:?}");
+        // Slower than on 1 vCPU: worth 1; faster than linear: worth n.
+        let c = calibrate(&[run(1, 4000), run(2, 5000), run(4, 500)]).unwrap();
+        assert_eq!(c, vec![(2, 1.0), (4, 4.0)]);
+        assert!(matches!(
+            calibrate(&[run(2, 2000)]),
+            Err(PredictError::Calibration(_))
+        ));
+        assert!(matches!(
+            calibrate(&[run(1, 2000)]),
+            Err(PredictError::Calibration(_))
+        ));
+    }
 }

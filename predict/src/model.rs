@@ -21,6 +21,51 @@ use crate::PredictError;
 /// Effective parallelism at or below which CPU time counts as serial.
 const SERIAL_PARALLELISM: f64 = 1.05;
 
+/// What `n` vCPUs are worth, in CPUs of work, on the machine the VMs run
+/// on (profiled and predicted alike).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HostCpus {
+    /// Physical cores: vCPUs beyond them run no faster.
+    pub cores: Option<u32>,
+    /// Measured `(vCPUs, effective CPUs)` points ([`calibrate`]), between
+    /// which it interpolates; past the last, no further gain.
+    pub measured: Vec<(u32, f64)>,
+}
+
+impl HostCpus {
+    /// A machine of `n` physical cores, nothing measured.
+    pub fn cores(n: u32) -> Self {
+        HostCpus {
+            cores: Some(n),
+            measured: Vec::new(),
+        }
+    }
+
+    /// Effective CPUs of `n` vCPUs (at least 1).
+    pub fn effective(&self, n: u32) -> f64 {
+        let n = n.max(1);
+        let mut e = f64::from(n);
+        if !self.measured.is_empty() {
+            let mut pts: Vec<(f64, f64)> = vec![(1.0, 1.0)];
+            pts.extend(self.measured.iter().map(|&(v, c)| (f64::from(v), c)));
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let x = f64::from(n);
+            e = match pts.iter().position(|p| p.0 >= x) {
+                Some(0) => pts[0].1,
+                Some(i) => {
+                    let (a, b) = (pts[i - 1], pts[i]);
+                    a.1 + (b.1 - a.1) * (x - a.0) / (b.0 - a.0).max(1e-9)
+                }
+                None => pts.iter().map(|p| p.1).fold(1.0, f64::max),
+            };
+        }
+        if let Some(c) = self.cores {
+            e = e.min(f64::from(c.max(1)));
+        }
+        e.max(1.0)
+    }
+}
+
 /// One phase's model.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PhaseModel {
@@ -46,13 +91,19 @@ pub struct PhaseModel {
 }
 
 impl PhaseModel {
-    /// Effective CPUs for the phase on `cpus`.
-    fn k(&self, cpus: u32) -> f64 {
-        f64::from(cpus.min(self.threads).max(1))
+    /// Effective CPUs for the phase on `cpus` (possibly fractional: see
+    /// [`HostCpus`]).
+    fn k(&self, cpus: f64) -> f64 {
+        cpus.min(f64::from(self.threads)).max(1.0)
     }
 
     /// Predicted wall time, ms, on `cpus` CPUs at relative speed `speed`.
     pub fn time_ms(&self, cpus: u32, speed: f64) -> f64 {
+        self.time_at(f64::from(cpus), speed)
+    }
+
+    /// As [`Self::time_ms`], on `cpus` effective CPUs.
+    pub fn time_at(&self, cpus: f64, speed: f64) -> f64 {
         let k = self.k(cpus);
         let cpu = self.serial_ms + self.parallel_ms / k + self.contention_ms * (k - 1.0);
         self.wait_ms + cpu / speed.max(1e-9)
@@ -60,7 +111,7 @@ impl PhaseModel {
 
     /// CPU time, ms, the phase uses on `cpus` CPUs.
     pub fn cpu_ms(&self, cpus: u32) -> f64 {
-        let k = self.k(cpus);
+        let k = self.k(f64::from(cpus));
         self.serial_ms + self.parallel_ms + self.contention_ms * (k - 1.0) * k
     }
 
@@ -83,7 +134,12 @@ pub struct ProgramModel {
 impl ProgramModel {
     /// Predicted wall time, ms.
     pub fn time_ms(&self, cpus: u32, speed: f64) -> f64 {
-        self.phases.iter().map(|p| p.time_ms(cpus, speed)).sum()
+        self.time_at(f64::from(cpus), speed)
+    }
+
+    /// Predicted wall time, ms, on `cpus` effective CPUs.
+    pub fn time_at(&self, cpus: f64, speed: f64) -> f64 {
+        self.phases.iter().map(|p| p.time_at(cpus, speed)).sum()
     }
 
     /// Memory the program needs: its largest peak with `margin` (0.1 =
@@ -101,16 +157,12 @@ impl ProgramModel {
     /// Fits a model from profiles of one program, taken at one or more
     /// CPU counts. Phases are matched by name, else by position.
     pub fn fit(profiles: &[Profile]) -> Result<ProgramModel, PredictError> {
-        Self::fit_on(profiles, None)
+        Self::fit_on(profiles, &HostCpus::default())
     }
 
-    /// As [`Self::fit`], for profiles taken in VMs on a machine of
-    /// `host_cores` physical cores: a profile's CPUs count as at most that.
-    pub fn fit_on(
-        profiles: &[Profile],
-        host_cores: Option<u32>,
-    ) -> Result<ProgramModel, PredictError> {
-        let cap = |c: u32| host_cores.map_or(c, |h| c.min(h.max(1)));
+    /// As [`Self::fit`], for profiles taken in VMs on `host`: a profile's
+    /// CPUs count as what they are worth there.
+    pub fn fit_on(profiles: &[Profile], host: &HostCpus) -> Result<ProgramModel, PredictError> {
         let first = profiles.first().ok_or(PredictError::NoProfile)?;
         check_same_program(profiles)?;
         let mut notes = Vec::new();
@@ -134,7 +186,14 @@ impl ProgramModel {
                     .to_string(),
             );
             regrouped = profiles.iter().map(named_and_the_rest).collect();
-            (&regrouped[0], &regrouped[..])
+            // A run whose unnamed phases were all too short to be seen has
+            // one phase fewer: the model takes its phases from a run with
+            // the most (not from whichever came first).
+            let most = regrouped
+                .iter()
+                .max_by_key(|p| p.phases.len())
+                .unwrap_or(&regrouped[0]);
+            (most, &regrouped[..])
         } else {
             notes.push(
                 "the profiles' phases differ from run to run: each run is modelled as one phase"
@@ -155,9 +214,11 @@ impl ProgramModel {
             .enumerate()
             .map(|(i, ph)| {
                 let name = phase_name(ph);
-                let points: Vec<(u32, &ProfilePhase)> = profiles
+                let points: Vec<Point> = profiles
                     .iter()
-                    .filter_map(|p| matching_phase(p, ph, i).map(|m| (cap(p.cpus), m)))
+                    .filter_map(|p| {
+                        matching_phase(p, ph, i).map(|m| (p.cpus, host.effective(p.cpus), m))
+                    })
                     .collect();
                 fit_phase(name, &points, &mut notes)
             })
@@ -271,11 +332,15 @@ fn cpu_of(p: &ProfilePhase) -> f64 {
     p.cpu_ms.unwrap_or(p.parallelism_p50 * p.duration_ms as f64)
 }
 
-/// Fits one phase from its `(cpus, phase)` observations.
-fn fit_phase(name: String, points: &[(u32, &ProfilePhase)], notes: &mut Vec<String>) -> PhaseModel {
+/// One observation of a phase: the profile's vCPUs, what they were worth
+/// on the host, and the phase.
+type Point<'a> = (u32, f64, &'a ProfilePhase);
+
+/// Fits one phase from its observations.
+fn fit_phase(name: String, points: &[Point], notes: &mut Vec<String>) -> PhaseModel {
     let threads = points
         .iter()
-        .map(|(_, p)| p.max_useful)
+        .map(|(_, _, p)| p.max_useful)
         .max()
         .unwrap_or(1)
         .max(1);
@@ -283,8 +348,8 @@ fn fit_phase(name: String, points: &[(u32, &ProfilePhase)], notes: &mut Vec<Stri
     // median run stands for them (a run slowed by the host's other work
     // must not pull the fit, as a mean lets it).
     let mut by_k: Vec<(f64, Vec<(f64, f64)>)> = Vec::new();
-    for &(cpus, p) in points {
-        let k = f64::from(cpus.min(threads).max(1));
+    for &(_, cpus, p) in points {
+        let k = cpus.min(f64::from(threads)).max(1.0);
         let run = (p.duration_ms as f64, cpu_of(p));
         match by_k.iter_mut().find(|(kk, _)| *kk == k) {
             Some((_, runs)) => runs.push(run),
@@ -313,7 +378,7 @@ fn fit_phase(name: String, points: &[(u32, &ProfilePhase)], notes: &mut Vec<Stri
         }
         _ => from_several(&obs),
     };
-    let base = points.iter().min_by_key(|(c, _)| *c).map(|(_, p)| *p);
+    let base = points.iter().min_by_key(|(c, ..)| *c).map(|(.., p)| *p);
     PhaseModel {
         name,
         wait_ms: wait,
@@ -325,13 +390,13 @@ fn fit_phase(name: String, points: &[(u32, &ProfilePhase)], notes: &mut Vec<Stri
         io_bytes_per_sec: base.map_or(0, |p| p.io_bytes_per_sec),
         working_set_bytes: points
             .iter()
-            .map(|(_, p)| p.working_set_bytes)
+            .map(|(.., p)| p.working_set_bytes)
             .max()
             .unwrap_or(0),
-        peak_bytes: points.iter().map(|(_, p)| p.peak_bytes).max().unwrap_or(0),
+        peak_bytes: points.iter().map(|(.., p)| p.peak_bytes).max().unwrap_or(0),
         functions: base.map(|p| p.functions.clone()).unwrap_or_default(),
-        fitted_from: points.iter().map(|(c, _)| *c).collect(),
-        observed_ms: points.iter().map(|(_, p)| p.duration_ms as f64).collect(),
+        fitted_from: points.iter().map(|(c, ..)| *c).collect(),
+        observed_ms: points.iter().map(|(.., p)| p.duration_ms as f64).collect(),
     }
 }
 
@@ -600,11 +665,40 @@ mod tests {
     }
 
     #[test]
+    fn measured_host_scaling_interpolates_and_is_capped() {
+        let h = HostCpus {
+            cores: Some(2),
+            measured: vec![(4, 1.8), (2, 1.5)],
+        };
+        assert!(close(h.effective(1), 1.0) && close(h.effective(2), 1.5));
+        assert!(close(h.effective(3), 1.65), "{}", h.effective(3));
+        assert!(close(h.effective(4), 1.8) && close(h.effective(16), 1.8));
+        assert!(close(HostCpus::cores(2).effective(4), 2.0));
+        assert!(close(HostCpus::default().effective(8), 8.0));
+        // A fitted phase runs at the effective CPUs: 4 s of work on 4
+        // threads, 1.5 CPUs' worth on 2 vCPUs.
+        let p = profile(1, &[(Some("all"), 4000, 4000.0, 4)]);
+        let m = ProgramModel::fit_on(std::slice::from_ref(&p), &h).unwrap();
+        assert!(close(m.time_at(h.effective(2), 1.0), 4000.0 / 1.5));
+    }
+
+    #[test]
+    fn a_phase_seen_in_some_runs_only_is_modelled_whatever_the_order() {
+        // The unnamed start-up phase was caught in one run of two.
+        let a = profile(1, &[(Some("x"), 1000, 1000.0, 1)]);
+        let b = profile(1, &[(None, 100, 100.0, 1), (Some("x"), 1000, 1000.0, 1)]);
+        let one = ProgramModel::fit(&[a.clone(), b.clone()]).unwrap();
+        let other = ProgramModel::fit(&[b, a]).unwrap();
+        assert_eq!(one.phases.len(), 2, "{:?}", one.phases);
+        assert!(close(one.time_ms(1, 1.0), other.time_ms(1, 1.0)));
+    }
+
+    #[test]
     fn on_fewer_cores_than_vcpus_a_profile_counts_the_cores() {
         // 4 vCPUs on 2 cores: 1 s serial and 4 s of work on 4 threads took
         // 1 + 4/2 = 3 s, 5 s of CPU.
         let p = profile(4, &[(Some("all"), 3000, 5000.0, 4)]);
-        let m = ProgramModel::fit_on(std::slice::from_ref(&p), Some(2)).unwrap();
+        let m = ProgramModel::fit_on(std::slice::from_ref(&p), &HostCpus::cores(2)).unwrap();
         assert!(close(m.phases[0].serial_ms, 1000.0) && close(m.phases[0].parallel_ms, 4000.0));
         // Taken as 4 real cores, the same run reads as more serial work.
         let m = ProgramModel::fit(&[p]).unwrap();

@@ -44,11 +44,20 @@ pub fn text(r: &Report) -> String {
         mib(r.memory_need_bytes),
         r.memory_margin * 100.0
     );
-    if let Some(h) = r.host_cores {
+    if let Some(h) = r.host.cores {
         let _ = writeln!(
             o,
             "host: {h} physical cores (vCPUs beyond them run no faster)"
         );
+    }
+    if !r.host.measured.is_empty() {
+        let pts: Vec<String> = r
+            .host
+            .measured
+            .iter()
+            .map(|(n, e)| format!("{n} vCPUs = {e:.2} CPUs"))
+            .collect();
+        let _ = writeln!(o, "host, measured: {}", pts.join(", "));
     }
     for c in &r.changes {
         let _ = writeln!(o, "what-if: {}", describe(c));

@@ -78,7 +78,9 @@ pub fn run_guest(runs: &[String], units: u32) -> RunOutput {
 /// number (`base-1.2` is one of `base-1`'s).
 pub fn profiles(console: &str) -> Result<HashMap<String, Vec<Profile>>, String> {
     let mut out: HashMap<String, Vec<Profile>> = HashMap::new();
-    for (name, p) in profiles_by_run(console)? {
+    let mut runs: Vec<(String, Profile)> = profiles_by_run(console)?.into_iter().collect();
+    runs.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, p) in runs {
         let base = name.split('.').next().unwrap_or(&name).to_string();
         out.entry(base).or_default().push(p);
     }
@@ -109,14 +111,30 @@ pub fn profiles_by_run(console: &str) -> Result<HashMap<String, Profile>, String
         .collect()
 }
 
+/// What vCPUs are worth on the machine, measured by the validation
+/// workload's runs on 1, 2 and 4 vCPUs (`perfvmm predict --calibrate`);
+/// `None` without them.
+pub fn calibration(p: &HashMap<String, Vec<Profile>>) -> Option<Vec<(u32, f64)>> {
+    let runs: Vec<Profile> = ["base-1", "base-2", "base-4"]
+        .iter()
+        .filter_map(|n| p.get(*n))
+        .flatten()
+        .cloned()
+        .collect();
+    perfvmm_predict::calibrate(&runs).ok()
+}
+
 /// Every check the profiles allow (a check whose runs are missing is left
 /// out).
 /// Checks with the VMs on a machine of `host_cores` physical cores (the
-/// nested harness's host: its 4-vCPU L1 runs on them).
+/// nested harness's host: its 4-vCPU L1 runs on them). The held-out
+/// programs are predicted with the machine's [`calibration`] as well (the
+/// validation workload's own checks are not: it measured it).
 pub fn checks(
     p: &HashMap<String, Vec<Profile>>,
     host_cores: Option<u32>,
 ) -> Result<Vec<Check>, String> {
+    let scaling = calibration(p).unwrap_or_default();
     let mut out = Vec::new();
     let mut add = |kind: &'static str,
                    what: &str,
@@ -142,6 +160,11 @@ pub fn checks(
             runs_per_day: 1.0,
             memory_margin: 0.1,
             host_cores,
+            host_scaling: if held_out {
+                scaling.clone()
+            } else {
+                Vec::new()
+            },
         };
         let r = predict(&profiles, &req).map_err(|e| format!("{what}: {e}"))?;
         let s = &r.scaling[0];

@@ -294,6 +294,15 @@ pub struct PredictArgs {
     /// many as vCPUs).
     #[arg(long, value_name = "N")]
     pub host_cores: Option<u32>,
+    /// What vCPUs are worth on that machine, measured: effective CPUs per
+    /// vCPU count, e.g. `2=1.6,4=1.9` (as `--calibrate` prints it).
+    #[arg(long, value_name = "N=CPUS,...")]
+    pub host_scaling: Option<String>,
+    /// The profiles are of a parallel calibration program, on 1 vCPU and
+    /// on more: print what vCPUs are worth on the machine they ran on, as
+    /// a `--host-scaling` value, instead of predicting.
+    #[arg(long)]
+    pub calibrate: bool,
     /// Memory added to the largest peak, in percent.
     #[arg(long, value_name = "PERCENT", default_value_t = 10.0)]
     pub memory_margin: f64,

@@ -30,6 +30,11 @@ pub fn run(a: &Args) -> Result<String, String> {
         .map(|w| Change::parse(w))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
+    if a.calibrate {
+        let pts = perfvmm_predict::calibrate(&profiles).map_err(|e| e.to_string())?;
+        let text: Vec<String> = pts.iter().map(|(n, e)| format!("{n}={e:.2}")).collect();
+        return Ok(format!("{}\n", text.join(",")));
+    }
     if a.host_cores == Some(0) {
         return Err("--host-cores must be 1 or more".into());
     }
@@ -47,6 +52,12 @@ pub fn run(a: &Args) -> Result<String, String> {
         runs_per_day: a.runs_per_day,
         memory_margin: a.memory_margin / 100.0,
         host_cores: a.host_cores,
+        host_scaling: a
+            .host_scaling
+            .as_deref()
+            .map(parse_host_scaling)
+            .transpose()?
+            .unwrap_or_default(),
     };
     let rep = perfvmm_predict::predict(&profiles, &req).map_err(|e| e.to_string())?;
     if let Some(path) = &a.svg {
@@ -60,6 +71,25 @@ pub fn run(a: &Args) -> Result<String, String> {
     } else {
         Ok(report::text(&rep))
     }
+}
+
+/// `2=1.6,4=1.9`: effective CPUs (from 1 to the vCPUs) per vCPU count
+/// (2 to 1024).
+fn parse_host_scaling(s: &str) -> Result<Vec<(u32, f64)>, String> {
+    let bad = |t: &str| {
+        format!("--host-scaling: \"{t}\" is not VCPUS=CPUS, with VCPUS from 2 to 1024 and CPUS from 1 to VCPUS")
+    };
+    s.split(',')
+        .map(|t| {
+            let (n, e) = t.trim().split_once('=').ok_or_else(|| bad(t))?;
+            let n: u32 = n.trim().parse().map_err(|_| bad(t))?;
+            let e: f64 = e.trim().parse().map_err(|_| bad(t))?;
+            if !(2..=1024).contains(&n) || !(e.is_finite() && e >= 1.0 && e <= f64::from(n)) {
+                return Err(bad(t));
+            }
+            Ok((n, e))
+        })
+        .collect()
 }
 
 /// The hosts of `--hosts` and `--prices`, in one table.
@@ -144,6 +174,19 @@ pub fn read_text(what: &str, path: &Path, max: u64) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_scaling() {
+        assert_eq!(
+            parse_host_scaling("2=1.6, 4=1.9"),
+            Ok(vec![(2, 1.6), (4, 1.9)])
+        );
+        for bad in [
+            "", "2", "2=", "1=1", "2=0.5", "2=3", "2=NaN", "x=1", "2=1.5,,",
+        ] {
+            assert!(parse_host_scaling(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations() {

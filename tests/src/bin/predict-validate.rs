@@ -14,7 +14,7 @@
 
 use std::process::ExitCode;
 
-use perfvmm_tests::predict::{checks, markdown, profiles, run_guest, RUNS};
+use perfvmm_tests::predict::{calibration, checks, markdown, profiles, run_guest, RUNS};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -91,6 +91,16 @@ fn main() -> ExitCode {
             match host_cores {
                 Some(h) => println!("Predictions for VMs on {h} physical cores."),
                 None => println!("Predictions taking every vCPU as a core of its own."),
+            }
+            if let Some(c) = calibration(&p) {
+                let pts: Vec<String> = c
+                    .iter()
+                    .map(|(n, e)| format!("{n} vCPUs = {e:.2} CPUs"))
+                    .collect();
+                println!(
+                    "Held-out programs predicted with the machine's measured scaling (from base-1, base-2, base-4): {}.",
+                    pts.join(", ")
+                );
             }
             print!("{}", markdown(&c));
             ExitCode::SUCCESS
