@@ -223,7 +223,12 @@ pub fn calibrate(profiles: &[Profile]) -> Result<Vec<(u32, f64)>, PredictError> 
                 .map(|p| p.wall_ms as f64)
                 .collect();
             walls.sort_by(f64::total_cmp);
-            let measured = walls[walls.len() / 2];
+            let m = walls.len() / 2;
+            let measured = if walls.len() % 2 == 1 {
+                walls[m]
+            } else {
+                (walls[m - 1] + walls[m]) / 2.0
+            };
             (n, effective_for(&model, measured, f64::from(n)))
         })
         .collect())
@@ -295,7 +300,7 @@ mod tests {
     #[test]
     fn calibration_finds_what_vcpus_are_worth() {
         // 4 s of parallel work: 4 s on 1 vCPU, 2.5 s on 2 (1.6 CPUs'
-        // worth), 2 s and 2.5 s on 4 (the median, 2.5 s: 1.6).
+        // worth), 2, 2.5 and 9 s on 4 (the median, 2.5 s: 1.6).
         let runs = [
             run(1, 4000),
             run(2, 2500),

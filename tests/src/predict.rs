@@ -77,18 +77,30 @@ pub fn run_guest(runs: &[String], units: u32) -> RunOutput {
 /// The profiles the scenario printed, by run name without its repetition
 /// number (`base-1.2` is one of `base-1`'s).
 pub fn profiles(console: &str) -> Result<HashMap<String, Vec<Profile>>, String> {
+    match readable_profiles(console) {
+        (p, bad) if bad.is_empty() => Ok(p),
+        (_, bad) => Err(bad.join("; ")),
+    }
+}
+
+/// As [`profiles`], leaving out the runs whose profile does not parse
+/// (the console can interleave a kernel message with a profile's lines):
+/// the profiles, and what was wrong with each left out.
+pub fn readable_profiles(console: &str) -> (HashMap<String, Vec<Profile>>, Vec<String>) {
+    let (by_run, bad) = profiles_by_run(console);
     let mut out: HashMap<String, Vec<Profile>> = HashMap::new();
-    let mut runs: Vec<(String, Profile)> = profiles_by_run(console)?.into_iter().collect();
+    let mut runs: Vec<(String, Profile)> = by_run.into_iter().collect();
     runs.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, p) in runs {
         let base = name.split('.').next().unwrap_or(&name).to_string();
         out.entry(base).or_default().push(p);
     }
-    Ok(out)
+    (out, bad)
 }
 
-/// The profiles the scenario printed, by run name.
-pub fn profiles_by_run(console: &str) -> Result<HashMap<String, Profile>, String> {
+/// The profiles the scenario printed, by run name, and what was wrong with
+/// those that do not parse.
+pub fn profiles_by_run(console: &str) -> (HashMap<String, Profile>, Vec<String>) {
     let mut texts: HashMap<String, String> = HashMap::new();
     for line in console.lines() {
         let Some(rest) = line.split_once("pvprofile ").map(|(_, r)| r) else {
@@ -101,14 +113,18 @@ pub fn profiles_by_run(console: &str) -> Result<HashMap<String, Profile>, String
         t.push_str(json);
         t.push('\n');
     }
-    texts
-        .into_iter()
-        .map(|(n, t)| {
-            Profile::from_json(&t)
-                .map(|p| (n.clone(), p))
-                .map_err(|e| format!("{n}: {e}"))
-        })
-        .collect()
+    let mut good = HashMap::new();
+    let mut bad = Vec::new();
+    for (n, t) in texts {
+        match Profile::from_json(&t) {
+            Ok(p) => {
+                good.insert(n, p);
+            }
+            Err(e) => bad.push(format!("{n}: {e}")),
+        }
+    }
+    bad.sort();
+    (good, bad)
 }
 
 /// What vCPUs are worth on the machine, measured by the validation

@@ -84,7 +84,7 @@ fn parse_host_scaling(s: &str) -> Result<Vec<(u32, f64)>, String> {
             let (n, e) = t.trim().split_once('=').ok_or_else(|| bad(t))?;
             let n: u32 = n.trim().parse().map_err(|_| bad(t))?;
             let e: f64 = e.trim().parse().map_err(|_| bad(t))?;
-            if !(2..=1024).contains(&n) || !(e.is_finite() && e >= 1.0 && e <= f64::from(n)) {
+            if !((2..=1024).contains(&n) && e.is_finite() && (1.0..=f64::from(n)).contains(&e)) {
                 return Err(bad(t));
             }
             Ok((n, e))
