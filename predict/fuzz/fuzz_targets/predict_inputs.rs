@@ -25,7 +25,19 @@ fuzz_target!(|data: &[u8]| {
         runs_per_day: 24.0,
         memory_margin: 0.1,
         host_cores: Some(2),
+        host_scaling: vec![(2, 1.5), (64, 3.0)],
     };
+    // Calibration from the profile as if taken on 1 and on 2 vCPUs: what
+    // 2 vCPUs are worth stays within 1 to 2 CPUs.
+    let (mut one, mut two) = (p.clone(), p.clone());
+    one.cpus = 1;
+    two.cpus = 2;
+    if let Ok(c) = perfvmm_predict::calibrate(&[one, two]) {
+        assert!(
+            c.iter().all(|&(n, e)| n == 2 && (1.0..=2.0).contains(&e)),
+            "{c:?}"
+        );
+    }
     let Ok(r) = predict(&[p.clone(), p], &req) else {
         return;
     };
@@ -38,7 +50,10 @@ fuzz_target!(|data: &[u8]| {
     if let Some(h) = &r.hosts {
         for f in &h.fits {
             assert!(f.time_ms.is_finite() && f.time_ms >= 0.0, "{f:?}");
-            assert!(f.cost_per_run.is_none_or(|c| c.is_finite() && c >= 0.0), "{f:?}");
+            assert!(
+                f.cost_per_run.is_none_or(|c| c.is_finite() && c >= 0.0),
+                "{f:?}"
+            );
         }
     }
     let _ = perfvmm_predict::report::text(&r);
