@@ -17,7 +17,7 @@ use guest_hints::profile::Profile;
 use serde::Serialize;
 
 pub use hosts::{HostFit, HostTable};
-pub use model::{HostCpus, PhaseModel, ProgramModel};
+pub use model::{median, HostCpus, PhaseModel, ProgramModel};
 pub use whatif::Change;
 
 /// A further vCPU "stops paying" once the next count saves less than this.
@@ -217,19 +217,12 @@ pub fn calibrate(profiles: &[Profile]) -> Result<Vec<(u32, f64)>, PredictError> 
     Ok(counts
         .into_iter()
         .map(|n| {
-            let mut walls: Vec<f64> = profiles
+            let walls = profiles
                 .iter()
                 .filter(|p| p.cpus == n)
                 .map(|p| p.wall_ms as f64)
                 .collect();
-            walls.sort_by(f64::total_cmp);
-            let m = walls.len() / 2;
-            let measured = if walls.len() % 2 == 1 {
-                walls[m]
-            } else {
-                (walls[m - 1] + walls[m]) / 2.0
-            };
-            (n, effective_for(&model, measured, f64::from(n)))
+            (n, effective_for(&model, median(walls), f64::from(n)))
         })
         .collect())
 }
@@ -258,43 +251,11 @@ fn effective_for(model: &ProgramModel, measured: f64, n: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use guest_hints::profile::ProfilePhase;
 
+    /// 4 s of CPU work on 4 threads, done in `wall_ms` on `cpus` vCPUs.
     fn run(cpus: u32, wall_ms: u64) -> Profile {
-        let cpu = 4000.0;
-        Profile {
-            format: guest_hints::profile::FORMAT.into(),
-            version: 1,
-            command: vec!["./calib".into()],
-            binary: None,
-            build_id: None,
-            wall_ms,
-            interval_ms: 10,
-            runs: 1,
-            cpu_time_source: "schedstat".into(),
-            working_set_source: "rss".into(),
-            io_source: "chars".into(),
-            cpus,
-            notes: Vec::new(),
-            phases: vec![ProfilePhase {
-                id: 1,
-                name: Some("work".into()),
-                source: "hint".into(),
-                start_ms: 0,
-                duration_ms: wall_ms,
-                parallelism_p50: cpu / wall_ms as f64,
-                parallelism_p95: cpu / wall_ms as f64,
-                max_useful: 4,
-                working_set_bytes: 1 << 20,
-                peak_bytes: 1 << 20,
-                io_bytes_per_sec: 0,
-                io_class: "none".into(),
-                samples: wall_ms / 10,
-                cpu_ms: Some(cpu.min(wall_ms as f64 * f64::from(cpus))),
-                functions: Vec::new(),
-                spread: None,
-            }],
-        }
+        let cpu = 4000.0_f64.min(wall_ms as f64 * f64::from(cpus));
+        crate::model::tests::profile(cpus, &[(Some("work"), wall_ms, cpu, 4)])
     }
 
     #[test]

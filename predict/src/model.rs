@@ -404,14 +404,24 @@ fn fit_phase(name: String, points: &[Point], notes: &mut Vec<String>) -> PhaseMo
 /// even number, the mean of the middle two.
 fn median_run(mut runs: Vec<(f64, f64)>) -> (f64, f64) {
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let n = runs.len();
+    middle(&runs, |a, b| ((a.0 + b.0) / 2.0, (a.1 + b.1) / 2.0)).unwrap_or((0.0, 0.0))
+}
+
+/// The median of `values`; of an even number, the mean of the middle two
+/// (0 of none).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    middle(&values, |a, b| (a + b) / 2.0).unwrap_or(0.0)
+}
+
+/// The middle element of `sorted`; of an even number, `mean` of the middle
+/// two.
+fn middle<T: Copy>(sorted: &[T], mean: impl Fn(T, T) -> T) -> Option<T> {
+    let n = sorted.len();
     match n {
-        0 => (0.0, 0.0),
-        _ if n % 2 == 1 => runs[n / 2],
-        _ => {
-            let (a, b) = (runs[n / 2 - 1], runs[n / 2]);
-            ((a.0 + b.0) / 2.0, (a.1 + b.1) / 2.0)
-        }
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some(mean(sorted[n / 2 - 1], sorted[n / 2])),
     }
 }
 
@@ -527,7 +537,7 @@ fn solve_normal(rows: &[(Vec<f64>, f64)], cols: &[usize]) -> Vec<f64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn close(a: f64, b: f64) -> bool {
@@ -579,7 +589,9 @@ mod tests {
         assert!(w >= 0.0 && s >= 0.0 && p > 0.0);
     }
 
-    fn profile(cpus: u32, phases: &[(Option<&str>, u64, f64, u32)]) -> Profile {
+    /// A profile of `./prog` on `cpus` CPUs: its phases as (name, duration
+    /// ms, CPU ms, threads), one after the other.
+    pub(crate) fn profile(cpus: u32, phases: &[(Option<&str>, u64, f64, u32)]) -> Profile {
         let mut start = 0;
         let phases = phases
             .iter()

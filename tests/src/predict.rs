@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use guest_hints::profile::Profile;
-use perfvmm_predict::{predict, Change, Request};
+use perfvmm_predict::{median, predict, Change, Request};
 
 use crate::{GuestRun, RunOutput};
 
@@ -303,15 +303,6 @@ pub fn checks(
 /// The median of the checks' errors.
 pub fn median_error(checks: &[&Check]) -> f64 {
     median(checks.iter().map(|c| c.error()).collect())
-}
-
-fn median(mut e: Vec<f64>) -> f64 {
-    e.sort_by(f64::total_cmp);
-    match e.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => e[n / 2],
-        n => (e[n / 2 - 1] + e[n / 2]) / 2.0,
-    }
 }
 
 /// The checks as a Markdown table, tuned and held-out apart, with their
