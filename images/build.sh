@@ -284,6 +284,24 @@ build_workloads() {
       -o "$out/workloads/predict-work"
   fi
   cp "$out/workloads/predict-work" "$gdir/extra/"
+  # Its build for Coz (docs/predict.md, "Coz against the model"): dynamic,
+  # for libcoz's LD_PRELOAD, and with DWARF 4 line tables from clang, the
+  # only kind Debian's libcoz (libelfin) reads; the line of each function
+  # alongside, for COZ_FIXED_LINE.
+  local src=$here/workloads/predict-work.c
+  if stale "$out/workloads/predict-work-coz" "$src" "$a" "$here/build.sh"; then
+    clang-14 -O2 -gdwarf-4 -Wall -Werror "$src" "$a" -lpthread -ldl -lm \
+      -o "$out/workloads/predict-work-coz"
+  fi
+  cp "$out/workloads/predict-work-coz" "$gdir/extra/"
+  sed -n 's/^__attribute__((noinline)) static void \([a-z_]*\)(.*/\1/p' "$src" |
+    while read -r f; do
+      echo "$f=$(grep -n "static void $f(" "$src" | cut -d: -f1)"
+    done > "$gdir/extra/predict-work-coz.lines"
+  copy_shared_libs "$out/workloads/predict-work-coz" "$gdir/sysroot"
+  mkdir -p "$gdir/sysroot/usr/lib/coz-profiler"
+  cp /usr/lib/coz-profiler/libcoz.so "$gdir/sysroot/usr/lib/coz-profiler/"
+  copy_shared_libs /usr/lib/coz-profiler/libcoz.so "$gdir/sysroot"
 }
 
 build_guest_initramfs() {

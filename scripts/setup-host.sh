@@ -11,6 +11,9 @@ need_pkgs+=(clang-14 libomp-14-dev libpolly-14-dev)
 # resize-bench's parallel compressor and its `make -j` build (make, tcc),
 # copied into the demo guest.
 need_pkgs+=(xz-utils make tcc)
+# Coz (causal profiling), run in the demo guest to compare its virtual
+# speed-ups with perfvmm predict's what-ifs (issue 13).
+need_pkgs+=(coz-profiler)
 # QEMU 10 from bookworm-backports: it runs the nested-KVM harness (TCG + SVM).
 bpo_pkgs=(qemu-system-x86)
 

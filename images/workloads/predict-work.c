@@ -3,9 +3,9 @@
  * be made faster or slower from the command line, so that "function F
  * 10 % faster" can be made true and run:
  *
- *   predict-work [-u MILLIONS] [-t THREADS] [FUNCTION=FACTOR ...]
+ *   predict-work [-u MILLIONS] [-t THREADS] [-m MIB] [FUNCTION=FACTOR ...]
  *
- *   load   serial:    parse_input
+ *   load   serial:    parse_input (and, with -m, MIB MiB of input written)
  *   solve  parallel:  kernel on each of THREADS (default 4) threads,
  *                     then reduce, serial
  *   write  serial:    checksum
@@ -13,7 +13,10 @@
  * Work is counted in units of MILLIONS (default 20) xorshift steps:
  * parse_input 4 units, kernel 8 units split over the threads, reduce 1,
  * checksum 3. FACTOR scales a function's units (kernel=0.9 is 10 % less
- * kernel work). Phases are announced with libperfhint's phase hints, so
+ * kernel work). With -m, the input stays in memory until the solve phase
+ * ends, so that the program's peak memory is known (perfvmm predict's
+ * memory checks run it in memory cgroups above and below its need). Phases
+ * are announced with libperfhint's phase hints, so
  * that `perfhint profile` names them. Prints "predict-work: done in N ms".
  */
 #include <pthread.h>
@@ -31,7 +34,11 @@ static double units[] = {4, 8, 1, 3};
 static double factor[] = {1, 1, 1, 1};
 static double million = 20;
 static int threads = 4;
+static long input_mib;
 static volatile uint64_t sink;
+/* Where the input is held, out of the compiler's sight (else it could drop
+ * writes to memory that is freed unread). */
+static char *volatile held;
 
 static uint64_t steps(int f) { return (uint64_t)(units[f] * factor[f] * million * 1e6); }
 
@@ -65,7 +72,7 @@ static double now_ms(void) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: predict-work [-u MILLIONS] [-t THREADS] [FUNCTION=FACTOR ...]\n");
+  fprintf(stderr, "usage: predict-work [-u MILLIONS] [-t THREADS] [-m MIB] [FUNCTION=FACTOR ...]\n");
   exit(2);
 }
 
@@ -75,6 +82,8 @@ static void parse_args(int argc, char **argv) {
       million = atof(argv[++i]);
     } else if (!strcmp(argv[i], "-t") && i + 1 < argc) {
       threads = atoi(argv[++i]);
+    } else if (!strcmp(argv[i], "-m") && i + 1 < argc) {
+      input_mib = atol(argv[++i]);
     } else {
       char *eq = strchr(argv[i], '=');
       int found = 0;
@@ -87,7 +96,7 @@ static void parse_args(int argc, char **argv) {
       if (!found) usage();
     }
   }
-  if (million <= 0 || threads < 1 || threads > 64) usage();
+  if (million <= 0 || threads < 1 || threads > 64 || input_mib < 0 || input_mib > (1 << 20)) usage();
   for (int f = 0; f < 4; f++)
     if (factor[f] < 0) usage();
 }
@@ -98,6 +107,16 @@ int main(int argc, char **argv) {
   double start = now_ms();
 
   uint32_t p = perfhint_phase_begin("load", 0);
+  char *input = NULL;
+  if (input_mib) {
+    input = malloc((size_t)input_mib << 20);
+    if (!input) {
+      fprintf(stderr, "predict-work: no memory for %ld MiB of input\n", input_mib);
+      return 1;
+    }
+    held = input;
+    memset(input, 0x5a, (size_t)input_mib << 20);
+  }
   parse_input(steps(0));
   perfhint_phase_end(p);
 
@@ -107,6 +126,7 @@ int main(int argc, char **argv) {
   for (int i = 0; i < threads; i++)
     pthread_join(t[i], NULL);
   reduce(steps(2));
+  free(input);
   perfhint_phase_end(p);
 
   p = perfhint_phase_begin("write", 0);

@@ -2,21 +2,80 @@
 //! scenario `predict` profiles the validation workload and held-out
 //! programs on 1, 2 and 4 CPUs and with changes made for real; each check
 //! predicts a run from profiles taken without its change and compares the
-//! prediction with the run.
+//! prediction with the run. Memory sizes are memory cgroups in the guest
+//! (`pvmem` lines), and Coz's virtual speed-ups of the same functions
+//! (`pvcoz` lines) are set beside the model's.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use guest_hints::profile::Profile;
-use perfvmm_predict::{median, predict, Change, Request};
+use perfvmm_predict::hosts::{Host, HostTable};
+use perfvmm_predict::{median, predict, Change, Report, Request};
 
 use crate::{GuestRun, RunOutput};
 
 /// The runs the scenario makes by default, in order.
 pub const RUNS: &[&str] = &[
-    "base-1", "base-2", "base-4", "kernel-2", "parse-2", "solve-2", "slow-1", "xz-1", "xz-2",
-    "xz-4", "make-1", "make-2", "make-4",
+    "base-1", "base-2", "base-4", "kernel-2", "parse-2", "solve-2", "slow-1", "mem-2", "memfit-2",
+    "memlow-2", "membig-2", "coz0-2", "cozk-2", "cozp-2", "xz-1", "xz-2", "xz-4", "make-1",
+    "make-2", "make-4",
 ];
+
+/// What a check's figures count.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Unit {
+    Ms,
+    Bytes,
+}
+
+/// A memory-size run's cgroup, from its "pvmem NAME: limit=BYTES|max
+/// peak=BYTES oom_kills=N ran=yes|no" line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryRun {
+    /// `memory.max` (`None`: no limit).
+    pub limit: Option<u64>,
+    /// `memory.peak`.
+    pub peak: u64,
+    pub oom_kills: u64,
+    /// Whether the program ran to its end.
+    pub ran: bool,
+}
+
+impl MemoryRun {
+    fn parse(s: &str) -> Option<MemoryRun> {
+        let mut f: HashMap<&str, &str> = HashMap::new();
+        for kv in s.split_whitespace() {
+            let (k, v) = kv.split_once('=')?;
+            f.insert(k, v);
+        }
+        Some(MemoryRun {
+            limit: match *f.get("limit")? {
+                "max" => None,
+                v => Some(v.parse().ok()?),
+            },
+            peak: f.get("peak")?.parse().ok()?,
+            oom_kills: f.get("oom_kills")?.parse().ok()?,
+            ran: *f.get("ran")? == "yes",
+        })
+    }
+
+    /// Ran to its end without the OOM killer.
+    pub fn fitted(&self) -> bool {
+        self.ran && self.oom_kills == 0
+    }
+}
+
+/// What the scenario printed, each by run name without its repetition
+/// number (`base-1.2` is one of `base-1`'s), in repetition order.
+#[derive(Clone, Debug, Default)]
+pub struct Runs {
+    pub profiles: HashMap<String, Vec<Profile>>,
+    /// The memory-size runs' cgroups.
+    pub memory: HashMap<String, Vec<MemoryRun>>,
+    /// Coz's experiments: the run's time less the delays Coz inserted, ms.
+    pub coz: HashMap<String, Vec<f64>>,
+}
 
 /// One prediction checked against a run.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,15 +90,79 @@ pub struct Check {
     pub from: Vec<&'static str>,
     /// The run it is checked against.
     pub against: &'static str,
-    pub predicted_ms: f64,
-    pub measured_ms: f64,
+    pub unit: Unit,
+    pub predicted: f64,
+    pub measured: f64,
 }
 
 impl Check {
     /// |predicted − measured| / measured.
     pub fn error(&self) -> f64 {
-        (self.predicted_ms - self.measured_ms).abs() / self.measured_ms.max(1.0)
+        (self.predicted - self.measured).abs() / self.measured.max(1.0)
     }
+
+    /// A figure of this check, in seconds or MiB.
+    pub fn show(&self, v: f64) -> String {
+        match self.unit {
+            Unit::Ms => format!("{:.1} s", v / 1000.0),
+            Unit::Bytes => format!("{:.0} MiB", v / f64::from(1 << 20)),
+        }
+    }
+}
+
+/// Whether a program fits a memory size, predicted and run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FitCheck {
+    pub what: &'static str,
+    pub against: &'static str,
+    /// The memory size (the median of its runs').
+    pub limit_bytes: u64,
+    pub predicted_fits: bool,
+    pub runs: usize,
+    /// Runs that ended without the OOM killer.
+    pub fitted: usize,
+}
+
+impl FitCheck {
+    /// Every run came out as predicted.
+    pub fn right(&self) -> bool {
+        match self.predicted_fits {
+            _ if self.runs == 0 => false,
+            true => self.fitted == self.runs,
+            false => self.fitted == 0,
+        }
+    }
+}
+
+/// "Function F 10 % faster" by the model and by Coz's virtual speed-up,
+/// against the run with F made faster for real.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CozCheck {
+    pub what: String,
+    pub against: &'static str,
+    pub model_ms: f64,
+    /// `base-2`'s time scaled by Coz's sped-up to baseline experiment
+    /// durations.
+    pub coz_ms: f64,
+    pub measured_ms: f64,
+}
+
+impl CozCheck {
+    pub fn model_error(&self) -> f64 {
+        (self.model_ms - self.measured_ms).abs() / self.measured_ms.max(1.0)
+    }
+
+    pub fn coz_error(&self) -> f64 {
+        (self.coz_ms - self.measured_ms).abs() / self.measured_ms.max(1.0)
+    }
+}
+
+/// Everything a validation run checked.
+#[derive(Clone, Debug, Default)]
+pub struct Validation {
+    pub checks: Vec<Check>,
+    pub fits: Vec<FitCheck>,
+    pub coz: Vec<CozCheck>,
 }
 
 /// `runs` repeated `rounds` times, round after round (`base-1.1`,
@@ -74,41 +197,73 @@ pub fn run_guest(runs: &[String], units: u32) -> RunOutput {
     .run()
 }
 
-/// The profiles the scenario printed, by run name without its repetition
-/// number (`base-1.2` is one of `base-1`'s).
-pub fn profiles(console: &str) -> Result<HashMap<String, Vec<Profile>>, String> {
-    match readable_profiles(console) {
-        (p, bad) if bad.is_empty() => Ok(p),
+/// What the scenario printed (see [`Runs`]); an error names each run
+/// whose profile does not parse.
+pub fn runs(console: &str) -> Result<Runs, String> {
+    match read_runs(console) {
+        (r, bad) if bad.is_empty() => Ok(r),
         (_, bad) => Err(bad.join("; ")),
     }
 }
 
-/// As [`profiles`], leaving out the runs whose profile does not parse
-/// (the console can interleave a kernel message with a profile's lines):
-/// the profiles, and what was wrong with each left out.
-pub fn readable_profiles(console: &str) -> (HashMap<String, Vec<Profile>>, Vec<String>) {
+/// As [`runs`], leaving out the runs whose profile does not parse (the
+/// console can interleave a kernel message with a profile's lines): the
+/// runs, and what was wrong with each left out.
+pub fn read_runs(console: &str) -> (Runs, Vec<String>) {
     let (by_run, bad) = profiles_by_run(console);
-    let mut out: HashMap<String, Vec<Profile>> = HashMap::new();
-    let mut runs: Vec<(String, Profile)> = by_run.into_iter().collect();
-    runs.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, p) in runs {
-        let base = name.split('.').next().unwrap_or(&name).to_string();
-        out.entry(base).or_default().push(p);
+    let mut r = Runs::default();
+    for (name, p) in sorted(by_run) {
+        r.profiles.entry(base_name(&name)).or_default().push(p);
     }
-    (out, bad)
+    let mut memory = HashMap::new();
+    let mut coz = HashMap::new();
+    for (name, rest) in tagged(console, "pvmem ") {
+        if let Some(m) = MemoryRun::parse(rest) {
+            memory.insert(name.to_string(), m);
+        }
+    }
+    for (name, rest) in tagged(console, "pvcoz ") {
+        let ns = rest
+            .strip_prefix("duration=")
+            .and_then(|d| d.trim().parse::<f64>().ok());
+        if let Some(ns) = ns {
+            coz.insert(name.to_string(), ns / 1e6);
+        }
+    }
+    for (name, m) in sorted(memory) {
+        r.memory.entry(base_name(&name)).or_default().push(m);
+    }
+    for (name, d) in sorted(coz) {
+        r.coz.entry(base_name(&name)).or_default().push(d);
+    }
+    (r, bad)
+}
+
+/// `base-1.2` → `base-1`.
+fn base_name(run: &str) -> String {
+    run.split('.').next().unwrap_or(run).to_string()
+}
+
+fn sorted<T>(m: HashMap<String, T>) -> Vec<(String, T)> {
+    let mut v: Vec<(String, T)> = m.into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// The console's "TAG NAME: REST" lines (anywhere in a line) as (NAME,
+/// REST).
+fn tagged<'a>(console: &'a str, tag: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+    console.lines().filter_map(move |line| {
+        let (_, rest) = line.split_once(tag)?;
+        rest.split_once(": ")
+    })
 }
 
 /// The profiles the scenario printed, by run name, and what was wrong with
 /// those that do not parse.
 pub fn profiles_by_run(console: &str) -> (HashMap<String, Profile>, Vec<String>) {
     let mut texts: HashMap<String, String> = HashMap::new();
-    for line in console.lines() {
-        let Some(rest) = line.split_once("pvprofile ").map(|(_, r)| r) else {
-            continue;
-        };
-        let Some((name, json)) = rest.split_once(": ") else {
-            continue;
-        };
+    for (name, json) in tagged(console, "pvprofile ") {
         let t = texts.entry(name.to_string()).or_default();
         t.push_str(json);
         t.push('\n');
@@ -190,8 +345,9 @@ pub fn checks(
             held_out,
             from: from.to_vec(),
             against,
-            predicted_ms: s.time_after_ms.unwrap_or(s.time_ms),
-            measured_ms: median(target.iter().map(|t| t.wall_ms as f64).collect()),
+            unit: Unit::Ms,
+            predicted: s.time_after_ms.unwrap_or(s.time_ms),
+            measured: wall_ms(target),
         });
         Ok(())
     };
@@ -300,32 +456,207 @@ pub fn checks(
     Ok(out)
 }
 
+/// The median wall time of `runs`, ms.
+fn wall_ms(runs: &[Profile]) -> f64 {
+    median(runs.iter().map(|t| t.wall_ms as f64).collect())
+}
+
+/// Every check, fit and Coz comparison the runs allow (see [`checks`]).
+pub fn validate(r: &Runs, host_cores: Option<u32>) -> Result<Validation, String> {
+    let mut checks = checks(&r.profiles, host_cores)?;
+    checks.extend(memory_checks(r)?);
+    let coz = coz_checks(r, &checks);
+    Ok(Validation {
+        checks,
+        fits: fit_checks(r)?,
+        coz,
+    })
+}
+
+/// The memory-size runs: sized from `mem-2`'s profile, each as
+/// (name, what its size is).
+const MEMORY_SIZES: [(&str, &str); 3] = [
+    ("memfit-2", "its need (peak + 10 %)"),
+    ("memlow-2", "90 % of its peak"),
+    ("membig-2", "4 × its peak"),
+];
+
+/// `perfvmm predict` from `mem-2`'s profiles for a 2-CPU host of
+/// `memory` bytes, with `margin` of memory added to the peak.
+fn predict_on(r: &Runs, memory: u64, margin: f64) -> Result<Option<Report>, String> {
+    let Some(profiles) = r.profiles.get("mem-2") else {
+        return Ok(None);
+    };
+    let req = Request {
+        vcpus: vec![2],
+        changes: Vec::new(),
+        hosts: Some(HostTable {
+            source: None,
+            date: None,
+            currency: "USD".into(),
+            hosts: vec![Host {
+                name: format!("{} MiB", memory >> 20),
+                cores: 2,
+                memory_bytes: memory,
+                cpu_speed: 1.0,
+                io_bytes_per_sec: None,
+                price_per_hour: None,
+            }],
+        }),
+        deadline_ms: None,
+        runs_per_day: 1.0,
+        memory_margin: margin,
+        host_cores: None,
+        host_scaling: Vec::new(),
+    };
+    predict(profiles, &req)
+        .map(Some)
+        .map_err(|e| format!("mem-2: {e}"))
+}
+
+/// The median memory size of a memory-size run's repetitions.
+fn limit_of(runs: &[MemoryRun]) -> Option<u64> {
+    let limits: Vec<f64> = runs
+        .iter()
+        .filter_map(|m| m.limit)
+        .map(|l| l as f64)
+        .collect();
+    (!limits.is_empty()).then(|| median(limits) as u64)
+}
+
+/// Memory checks: the program's peak, predicted from `mem-2`'s profile
+/// (its sampled resident memory) against the cgroup's own count in the
+/// runs in other memory sizes that fitted; and its run time in the memory
+/// sizes it fits.
+fn memory_checks(r: &Runs) -> Result<Vec<Check>, String> {
+    let mut out = Vec::new();
+    let peaks: Vec<f64> = ["memfit-2", "membig-2"]
+        .iter()
+        .filter_map(|n| r.memory.get(*n))
+        .flatten()
+        .filter(|m| m.fitted())
+        .map(|m| m.peak as f64)
+        .collect();
+    if let (Some(rep), false) = (predict_on(r, u64::MAX, 0.0)?, peaks.is_empty()) {
+        out.push(Check {
+            kind: "memory",
+            what: "peak memory, 2 vCPUs".into(),
+            held_out: false,
+            from: vec!["mem-2"],
+            against: "memfit-2, membig-2",
+            unit: Unit::Bytes,
+            predicted: rep.memory_need_bytes as f64,
+            measured: median(peaks),
+        });
+    }
+    for (against, size) in MEMORY_SIZES {
+        let (Some(limit), Some(ran)) = (
+            r.memory.get(against).and_then(|m| limit_of(m)),
+            r.profiles.get(against),
+        ) else {
+            continue;
+        };
+        let Some(rep) = predict_on(r, limit, 0.1)? else {
+            continue;
+        };
+        let Some(fit) = rep.hosts.as_ref().and_then(|h| h.fits.first()) else {
+            continue;
+        };
+        if fit.unfit.is_some() {
+            continue;
+        }
+        out.push(Check {
+            kind: "memory size",
+            what: format!("in {size}, {} MiB, 2 vCPUs", limit >> 20),
+            held_out: false,
+            from: vec!["mem-2"],
+            against,
+            unit: Unit::Ms,
+            predicted: fit.time_ms,
+            measured: wall_ms(ran),
+        });
+    }
+    Ok(out)
+}
+
+/// Whether the program fits each memory size, predicted (`perfvmm
+/// predict --hosts` with a host of that memory) and run.
+fn fit_checks(r: &Runs) -> Result<Vec<FitCheck>, String> {
+    let mut out = Vec::new();
+    for (against, what) in MEMORY_SIZES {
+        let Some(runs) = r.memory.get(against) else {
+            continue;
+        };
+        let Some(limit) = limit_of(runs) else {
+            continue;
+        };
+        let Some(rep) = predict_on(r, limit, 0.1)? else {
+            continue;
+        };
+        let fits = rep.hosts.as_ref().and_then(|h| h.fits.first());
+        out.push(FitCheck {
+            what,
+            against,
+            limit_bytes: limit,
+            predicted_fits: fits.is_some_and(|f| f.unfit.is_none()),
+            runs: runs.len(),
+            fitted: runs.iter().filter(|m| m.fitted()).count(),
+        });
+    }
+    Ok(out)
+}
+
+/// Coz's virtual speed-ups beside the model's predictions of the same
+/// changes: Coz predicts `base-2`'s time times the ratio of its sped-up
+/// experiment's duration to its baseline's (`coz0-2`).
+fn coz_checks(r: &Runs, checks: &[Check]) -> Vec<CozCheck> {
+    let (Some(base), Some(zero)) = (r.profiles.get("base-2"), r.coz.get("coz0-2")) else {
+        return Vec::new();
+    };
+    let zero = median(zero.clone());
+    [("cozk-2", "kernel-2"), ("cozp-2", "parse-2")]
+        .into_iter()
+        .filter_map(|(coz, against)| {
+            let sped = median(r.coz.get(coz)?.clone());
+            let model = checks.iter().find(|c| c.against == against)?;
+            Some(CozCheck {
+                what: model.what.clone(),
+                against,
+                model_ms: model.predicted,
+                coz_ms: wall_ms(base) * sped / zero.max(1e-9),
+                measured_ms: model.measured,
+            })
+        })
+        .collect()
+}
+
 /// The median of the checks' errors.
 pub fn median_error(checks: &[&Check]) -> f64 {
     median(checks.iter().map(|c| c.error()).collect())
 }
 
-/// The checks as a Markdown table, tuned and held-out apart, with their
-/// median and largest errors.
-pub fn markdown(checks: &[Check]) -> String {
+/// The validation as Markdown: the checks' tables, tuned and held-out
+/// apart, with their median and largest errors; the memory fits; Coz
+/// beside the model.
+pub fn markdown(v: &Validation) -> String {
     let mut o = String::new();
     for (title, held) in [
         ("Validation workload (predict-work)", false),
         ("Held out (not used to tune the models)", true),
     ] {
-        let rows: Vec<&Check> = checks.iter().filter(|c| c.held_out == held).collect();
+        let rows: Vec<&Check> = v.checks.iter().filter(|c| c.held_out == held).collect();
         if rows.is_empty() {
             continue;
         }
         o.push_str(&format!("\n{title}:\n\n| prediction | kind | from | predicted | measured | error |\n| --- | --- | --- | --- | --- | --- |\n"));
         for c in &rows {
             o.push_str(&format!(
-                "| {} | {} | {} | {:.1} s | {:.1} s | {:.1} % |\n",
+                "| {} | {} | {} | {} | {} | {:.1} % |\n",
                 c.what,
                 c.kind,
                 c.from.join(", "),
-                c.predicted_ms / 1000.0,
-                c.measured_ms / 1000.0,
+                c.show(c.predicted),
+                c.show(c.measured),
                 c.error() * 100.0
             ));
         }
@@ -337,5 +668,213 @@ pub fn markdown(checks: &[Check]) -> String {
             rows.len()
         ));
     }
+    o.push_str(&fits_markdown(&v.fits));
+    o.push_str(&coz_markdown(&v.coz));
     o
+}
+
+fn fits_markdown(fits: &[FitCheck]) -> String {
+    if fits.is_empty() {
+        return String::new();
+    }
+    let mut o = String::from(
+        "\nMemory sizes (predict-work -m 128, from mem-2):\n\n| memory size | predicted | runs that fitted | right |\n| --- | --- | --- | --- |\n",
+    );
+    for f in fits {
+        o.push_str(&format!(
+            "| {}, {} MiB | {} | {} of {} | {} |\n",
+            f.what,
+            f.limit_bytes >> 20,
+            if f.predicted_fits {
+                "fits"
+            } else {
+                "does not fit"
+            },
+            f.fitted,
+            f.runs,
+            if f.right() { "yes" } else { "no" }
+        ));
+    }
+    o
+}
+
+fn coz_markdown(coz: &[CozCheck]) -> String {
+    if coz.is_empty() {
+        return String::new();
+    }
+    let mut o = String::from(
+        "\nCoz's virtual speed-up beside the model (base-2's time × Coz's sped-up / baseline duration):\n\n| prediction | model | Coz | measured | model error | Coz error |\n| --- | --- | --- | --- | --- | --- |\n",
+    );
+    for c in coz {
+        o.push_str(&format!(
+            "| {} | {:.1} s | {:.1} s | {:.1} s | {:.1} % | {:.1} % |\n",
+            c.what,
+            c.model_ms / 1000.0,
+            c.coz_ms / 1000.0,
+            c.measured_ms / 1000.0,
+            c.model_error() * 100.0,
+            c.coz_error() * 100.0
+        ));
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_lines_parse_and_bad_ones_are_left_out() {
+        let m = MemoryRun::parse("limit=148897792 peak=136314880 oom_kills=0 ran=yes");
+        assert_eq!(
+            m,
+            Some(MemoryRun {
+                limit: Some(148897792),
+                peak: 136314880,
+                oom_kills: 0,
+                ran: true
+            })
+        );
+        let max = MemoryRun::parse("limit=max peak=1 oom_kills=2 ran=no").expect("parses");
+        assert_eq!(max.limit, None);
+        assert!(!max.fitted());
+        assert_eq!(
+            MemoryRun::parse("limit=12 peak=x oom_kills=0 ran=yes"),
+            None
+        );
+        assert_eq!(MemoryRun::parse("limit=12 peak=1 ran=yes"), None);
+        assert_eq!(MemoryRun::parse("garbage"), None);
+    }
+
+    #[test]
+    fn runs_gather_memory_and_coz_lines_by_run_in_repetition_order() {
+        let console = "\
+[  1.0] pvmem memlow-2.2: limit=900 peak=899 oom_kills=1 ran=no
+pvmem memlow-2.1: limit=800 peak=799 oom_kills=1 ran=no
+pvmem memfit-2.1: limit=oops
+pvcoz cozk-2.2: duration=2000000000
+pvcoz cozk-2.1: duration=1000000000
+pvcoz coz0-2.1: duration=soon
+";
+        let (r, bad) = read_runs(console);
+        assert!(bad.is_empty());
+        let low = &r.memory["memlow-2"];
+        assert_eq!(
+            low.iter().map(|m| m.limit).collect::<Vec<_>>(),
+            [Some(800), Some(900)]
+        );
+        assert!(!r.memory.contains_key("memfit-2"), "a bad line is left out");
+        assert_eq!(r.coz["cozk-2"], [1000.0, 2000.0]);
+        assert!(!r.coz.contains_key("coz0-2"));
+    }
+
+    #[test]
+    fn a_fit_check_is_right_only_when_every_run_came_out_as_predicted() {
+        let f = |predicted_fits, runs, fitted| FitCheck {
+            what: "x",
+            against: "memfit-2",
+            limit_bytes: 1,
+            predicted_fits,
+            runs,
+            fitted,
+        };
+        assert!(f(true, 3, 3).right());
+        assert!(!f(true, 3, 2).right());
+        assert!(f(false, 3, 0).right());
+        assert!(!f(false, 3, 1).right());
+        assert!(!f(true, 0, 0).right(), "no runs prove nothing");
+    }
+
+    fn profile(name: &str, wall_ms: u64, peak: u64) -> Profile {
+        let json = format!(
+            r#"{{"format":"{}","version":1,"command":["{name}"],"wall_ms":{wall_ms},"interval_ms":10,"runs":1,
+            "cpu_time_source":"schedstat","working_set_source":"rss","io_source":"chars","cpus":2,
+            "phases":[{{"id":1,"name":"work","source":"hint","start_ms":0,"duration_ms":{wall_ms},
+            "parallelism_p50":1.0,"parallelism_p95":1.0,"max_useful":1,"working_set_bytes":{peak},
+            "peak_bytes":{peak},"io_bytes_per_sec":0,"io_class":"none","samples":10,"cpu_ms":{wall_ms}}}]}}"#,
+            guest_hints::profile::FORMAT
+        );
+        Profile::from_json(&json).expect("a test profile")
+    }
+
+    fn mem(limit: u64, peak: u64, fitted: bool) -> MemoryRun {
+        MemoryRun {
+            limit: Some(limit),
+            peak,
+            oom_kills: u64::from(!fitted),
+            ran: fitted,
+        }
+    }
+
+    #[test]
+    fn memory_sizes_are_predicted_through_a_host_of_that_memory() {
+        let mib = 1 << 20;
+        let mut r = Runs::default();
+        r.profiles
+            .insert("mem-2".into(), vec![profile("w", 4000, 100 * mib)]);
+        r.profiles
+            .insert("memfit-2".into(), vec![profile("w", 5000, 100 * mib)]);
+        r.memory.insert(
+            "memfit-2".into(),
+            vec![mem(110 * mib + 4096, 104 * mib, true)],
+        );
+        r.memory
+            .insert("memlow-2".into(), vec![mem(90 * mib, 90 * mib, false)]);
+        let v = validate(&r, None).expect("validates");
+        let peak = v.checks.iter().find(|c| c.kind == "memory").expect("peak");
+        assert_eq!(
+            (peak.predicted, peak.measured),
+            ((100 * mib) as f64, (104 * mib) as f64)
+        );
+        assert_eq!(peak.show(peak.measured), "104 MiB");
+        let size = v
+            .checks
+            .iter()
+            .find(|c| c.kind == "memory size")
+            .expect("size");
+        assert_eq!(size.against, "memfit-2");
+        assert!((size.predicted - 4000.0).abs() < 1.0, "{size:?}");
+        assert!((size.error() - 0.2).abs() < 1e-3);
+        let fits: Vec<(bool, bool)> = v
+            .fits
+            .iter()
+            .map(|f| (f.predicted_fits, f.right()))
+            .collect();
+        assert_eq!(fits, [(true, true), (false, true)]);
+        let md = markdown(&v);
+        assert!(
+            md.contains("| its need (peak + 10 %), 110 MiB | fits | 1 of 1 | yes |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 90 % of its peak, 90 MiB | does not fit | 0 of 1 | yes |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn coz_predicts_base_2_scaled_by_its_experiments() {
+        let checks = vec![Check {
+            kind: "function",
+            what: "kernel −10 %, 2 vCPUs".into(),
+            held_out: false,
+            from: vec!["base-2"],
+            against: "kernel-2",
+            unit: Unit::Ms,
+            predicted: 3600.0,
+            measured: 3500.0,
+        }];
+        let mut r = Runs::default();
+        r.profiles
+            .insert("base-2".into(), vec![profile("w", 4000, 1)]);
+        r.coz.insert("coz0-2".into(), vec![5000.0, 5200.0, 9000.0]);
+        r.coz.insert("cozk-2".into(), vec![4680.0]);
+        let c = coz_checks(&r, &checks);
+        assert_eq!(c.len(), 1, "no cozp-2, no parse check");
+        assert!(
+            (c[0].coz_ms - 3600.0).abs() < 1e-6,
+            "4000 × 4680 / 5200: {c:?}"
+        );
+        assert!((c[0].model_error() - c[0].coz_error()).abs() < 1e-9);
+    }
 }

@@ -1,7 +1,10 @@
 //! `perfvmm predict` against real runs (issue 13): the validation workload
 //! profiled in a nested guest on 1 and 2 CPUs and with its `kernel`
 //! function cut by 10 %; the predictions made from the profiles without
-//! the change must come within 40 % of the runs with it. Three rounds
+//! the change must come within 40 % of the runs with it; its need for
+//! memory, checked in memory cgroups just above and below it, must be
+//! right; and Coz must run in the guest (its figures are
+//! `predict-validate`'s). Three rounds
 //! each, compared by their medians: in this harness the same work takes
 //! ±30 % from run to run, and one slow run (a 2-CPU run that got no
 //! speed-up, 68 % off, in one CI run) must not fail the test. It guards
@@ -9,16 +12,27 @@
 //! `predict-validate`'s table (more rounds, held-out programs) in
 //! docs/predict.md.
 
-use perfvmm_tests::predict::{checks, in_rounds, profiles, run_guest};
+use perfvmm_tests::predict::{in_rounds, run_guest, runs, validate};
 
 #[test]
 fn predictions_match_real_runs() {
-    let runs = in_rounds(&["base-1", "base-2", "kernel-2"], 3);
-    let out = run_guest(&runs, 20);
+    let names = in_rounds(
+        &[
+            "base-1", "base-2", "kernel-2", "mem-2", "memfit-2", "memlow-2", "coz0-2", "cozk-2",
+        ],
+        3,
+    );
+    let out = run_guest(&names, 20);
     out.expect_contains("scenario: predict done").expect_exit(0);
-    let p = profiles(&out.console).expect("the profiles parse");
-    assert_eq!(p.len(), 3, "three programs profiled: {:?}", p.keys());
-    assert!(p.values().all(|runs| runs.len() == 3), "three rounds each");
+    let r = runs(&out.console).expect("the profiles parse");
+    let p = &r.profiles;
+    assert_eq!(p.len(), 5, "five programs profiled: {:?}", p.keys());
+    assert!(
+        ["base-1", "base-2", "kernel-2", "mem-2"]
+            .iter()
+            .all(|n| p[*n].len() == 3),
+        "three rounds each"
+    );
     let base = &p["base-2"][0];
     assert_eq!(base.cpus, 2, "taskset -c 0-1 gives 2 CPUs");
     let solve = base
@@ -39,15 +53,37 @@ fn predictions_match_real_runs() {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .ok();
-    let c = checks(&p, cores).expect("predictions");
-    assert!(c.len() >= 2, "{c:?}");
-    for check in &c {
+    let v = validate(&r, cores).expect("predictions");
+    let c = &v.checks;
+    assert!(c.len() >= 4, "{c:?}");
+    assert!(
+        c.iter().any(|c| c.kind == "memory") && c.iter().any(|c| c.kind == "memory size"),
+        "memory checked: {c:?}"
+    );
+    for check in c {
         assert!(
             check.error() <= 0.40,
-            "{}: predicted {:.0} ms, measured {:.0} ms",
+            "{}: predicted {}, measured {}",
             check.what,
-            check.predicted_ms,
-            check.measured_ms
+            check.show(check.predicted),
+            check.show(check.measured)
         );
     }
+    assert_eq!(v.fits.len(), 2, "memfit and memlow: {:?}", v.fits);
+    for f in &v.fits {
+        assert!(f.right(), "{f:?}");
+    }
+    assert_eq!(
+        r.coz.get("coz0-2").map(Vec::len),
+        Some(3),
+        "Coz ran: {:?}",
+        r.coz
+    );
+    assert_eq!(
+        r.coz.get("cozk-2").map(Vec::len),
+        Some(3),
+        "Coz ran: {:?}",
+        r.coz
+    );
+    assert_eq!(v.coz.len(), 1, "Coz beside the model: {:?}", v.coz);
 }

@@ -14,7 +14,7 @@
 
 use std::process::ExitCode;
 
-use perfvmm_tests::predict::{calibration, checks, markdown, readable_profiles, run_guest, RUNS};
+use perfvmm_tests::predict::{calibration, markdown, read_runs, run_guest, validate, RUNS};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -79,17 +79,17 @@ fn main() -> ExitCode {
             }
         }
     }
-    let (p, bad) = readable_profiles(&console);
+    let (r, bad) = read_runs(&console);
     for e in &bad {
         eprintln!("predict-validate: left out (its profile does not parse): {e}");
     }
-    match checks(&p, host_cores) {
-        Ok(c) => {
+    match validate(&r, host_cores) {
+        Ok(v) => {
             match host_cores {
                 Some(h) => println!("Predictions for VMs on {h} physical cores."),
                 None => println!("Predictions taking every vCPU as a core of its own."),
             }
-            if let Some(c) = calibration(&p) {
+            if let Some(c) = calibration(&r.profiles) {
                 let pts: Vec<String> = c
                     .iter()
                     .map(|(n, e)| format!("{n} vCPUs = {e:.2} CPUs"))
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
                     pts.join(", ")
                 );
             }
-            print!("{}", markdown(&c));
+            print!("{}", markdown(&v));
             ExitCode::SUCCESS
         }
         Err(e) => {
