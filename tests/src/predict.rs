@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use guest_hints::profile::Profile;
 use perfvmm_predict::hosts::{Host, HostTable};
-use perfvmm_predict::{median, predict, Change, Report, Request};
+use perfvmm_predict::{median, predict, Change, Request};
 
 use crate::{GuestRun, RunOutput};
 
@@ -33,6 +33,8 @@ pub enum Unit {
 /// peak=BYTES oom_kills=N ran=yes|no" line.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemoryRun {
+    /// The repetition (`2` of `memfit-2.2`; empty without one).
+    pub round: String,
     /// `memory.max` (`None`: no limit).
     pub limit: Option<u64>,
     /// `memory.peak`.
@@ -50,6 +52,7 @@ impl MemoryRun {
             f.insert(k, v);
         }
         Some(MemoryRun {
+            round: String::new(),
             limit: match *f.get("limit")? {
                 "max" => None,
                 v => Some(v.parse().ok()?),
@@ -71,6 +74,8 @@ impl MemoryRun {
 #[derive(Clone, Debug, Default)]
 pub struct Runs {
     pub profiles: HashMap<String, Vec<Profile>>,
+    /// Each profile by its full run name (`mem-2.2`).
+    pub by_run: HashMap<String, Profile>,
     /// The memory-size runs' cgroups.
     pub memory: HashMap<String, Vec<MemoryRun>>,
     /// Coz's experiments: the run's time less the delays Coz inserted, ms.
@@ -110,27 +115,28 @@ impl Check {
     }
 }
 
-/// Whether a program fits a memory size, predicted and run.
+/// Whether a program fits a memory size, predicted and run: each run
+/// predicted from the profile of its own round (the memory size was set
+/// from that profile).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FitCheck {
     pub what: &'static str,
     pub against: &'static str,
     /// The memory size (the median of its runs').
     pub limit_bytes: u64,
-    pub predicted_fits: bool,
     pub runs: usize,
+    /// Runs predicted to fit.
+    pub predicted_fits: usize,
     /// Runs that ended without the OOM killer.
     pub fitted: usize,
+    /// Runs that came out as predicted.
+    pub right: usize,
 }
 
 impl FitCheck {
     /// Every run came out as predicted.
     pub fn right(&self) -> bool {
-        match self.predicted_fits {
-            _ if self.runs == 0 => false,
-            true => self.fitted == self.runs,
-            false => self.fitted == 0,
-        }
+        self.runs > 0 && self.right == self.runs
     }
 }
 
@@ -192,9 +198,21 @@ pub fn run_guest(runs: &[String], units: u32) -> RunOutput {
         ],
     )
     .file("policy.toml", b"mode = \"static\"\n".to_vec())
-    .timeout(Duration::from_secs(3000))
+    .timeout(time_bound(runs, units))
     .l1_cpus(4)
     .run()
+}
+
+/// How long a boot making `runs` may take before it is taken for hung:
+/// five minutes for the boot and the warm-up, then 150 s for each held-out
+/// run (20–40 s each when the harness is well) and 15 s per 20 `units`
+/// for each of the validation workload's (2–5 s each).
+pub fn time_bound(runs: &[String], units: u32) -> Duration {
+    let each = |n: &String| match n.split('-').next() {
+        Some("xz" | "make") => 150,
+        _ => 15 * u64::from(units.div_ceil(20)),
+    };
+    Duration::from_secs(300 + runs.iter().map(each).sum::<u64>())
 }
 
 /// What the scenario printed (see [`Runs`]); an error names each run
@@ -213,12 +231,17 @@ pub fn read_runs(console: &str) -> (Runs, Vec<String>) {
     let (by_run, bad) = profiles_by_run(console);
     let mut r = Runs::default();
     for (name, p) in sorted(by_run) {
-        r.profiles.entry(base_name(&name)).or_default().push(p);
+        r.profiles
+            .entry(base_name(&name))
+            .or_default()
+            .push(p.clone());
+        r.by_run.insert(name, p);
     }
     let mut memory = HashMap::new();
     let mut coz = HashMap::new();
     for (name, rest) in tagged(console, "pvmem ") {
-        if let Some(m) = MemoryRun::parse(rest) {
+        if let Some(mut m) = MemoryRun::parse(rest) {
+            m.round = name.split_once('.').map_or("", |(_, n)| n).to_string();
             memory.insert(name.to_string(), m);
         }
     }
@@ -481,12 +504,10 @@ const MEMORY_SIZES: [(&str, &str); 3] = [
     ("membig-2", "4 × its peak"),
 ];
 
-/// `perfvmm predict` from `mem-2`'s profiles for a 2-CPU host of
-/// `memory` bytes, with `margin` of memory added to the peak.
-fn predict_on(r: &Runs, memory: u64, margin: f64) -> Result<Option<Report>, String> {
-    let Some(profiles) = r.profiles.get("mem-2") else {
-        return Ok(None);
-    };
+/// `perfvmm predict` from `profiles` for a 2-CPU host of `memory` bytes,
+/// with `margin` of memory added to the peak: whether the program fits,
+/// its peak with the margin, and its run time there.
+fn predict_on(profiles: &[Profile], memory: u64, margin: f64) -> Result<(bool, u64, f64), String> {
     let req = Request {
         vcpus: vec![2],
         changes: Vec::new(),
@@ -509,27 +530,32 @@ fn predict_on(r: &Runs, memory: u64, margin: f64) -> Result<Option<Report>, Stri
         host_cores: None,
         host_scaling: Vec::new(),
     };
-    predict(profiles, &req)
-        .map(Some)
-        .map_err(|e| format!("mem-2: {e}"))
+    let rep = predict(profiles, &req).map_err(|e| format!("mem-2: {e}"))?;
+    let fit = rep
+        .hosts
+        .as_ref()
+        .and_then(|h| h.fits.first())
+        .ok_or("mem-2: no host in the report")?;
+    Ok((fit.unfit.is_none(), rep.memory_need_bytes, fit.time_ms))
 }
 
-/// The median memory size of a memory-size run's repetitions.
-fn limit_of(runs: &[MemoryRun]) -> Option<u64> {
-    let limits: Vec<f64> = runs
-        .iter()
-        .filter_map(|m| m.limit)
-        .map(|l| l as f64)
-        .collect();
-    (!limits.is_empty()).then(|| median(limits) as u64)
+/// The `mem-2` profile of `m`'s round, which sized it.
+fn sized_from<'a>(r: &'a Runs, m: &MemoryRun) -> Option<&'a Profile> {
+    match m.round.as_str() {
+        "" => r.by_run.get("mem-2"),
+        n => r.by_run.get(&format!("mem-2.{n}")),
+    }
 }
 
-/// Memory checks: the program's peak, predicted from `mem-2`'s profile
-/// (its sampled resident memory) against the cgroup's own count in the
-/// runs in other memory sizes that fitted; and its run time in the memory
-/// sizes it fits.
+/// Memory checks: the program's peak, predicted from `mem-2`'s profiles
+/// (their sampled resident memory) against the cgroup's own count in the
+/// runs in other memory sizes that fitted; and its run time in each memory
+/// size that every run of it was predicted to fit.
 fn memory_checks(r: &Runs) -> Result<Vec<Check>, String> {
     let mut out = Vec::new();
+    let Some(base) = r.profiles.get("mem-2") else {
+        return Ok(out);
+    };
     let peaks: Vec<f64> = ["memfit-2", "membig-2"]
         .iter()
         .filter_map(|n| r.memory.get(*n))
@@ -537,7 +563,7 @@ fn memory_checks(r: &Runs) -> Result<Vec<Check>, String> {
         .filter(|m| m.fitted())
         .map(|m| m.peak as f64)
         .collect();
-    if let (Some(rep), false) = (predict_on(r, u64::MAX, 0.0)?, peaks.is_empty()) {
+    if !peaks.is_empty() {
         out.push(Check {
             kind: "memory",
             what: "peak memory, 2 vCPUs".into(),
@@ -545,34 +571,25 @@ fn memory_checks(r: &Runs) -> Result<Vec<Check>, String> {
             from: vec!["mem-2"],
             against: "memfit-2, membig-2",
             unit: Unit::Bytes,
-            predicted: rep.memory_need_bytes as f64,
+            predicted: predict_on(base, u64::MAX, 0.0)?.1 as f64,
             measured: median(peaks),
         });
     }
-    for (against, size) in MEMORY_SIZES {
-        let (Some(limit), Some(ran)) = (
-            r.memory.get(against).and_then(|m| limit_of(m)),
-            r.profiles.get(against),
-        ) else {
+    for f in fit_checks(r)? {
+        let Some(ran) = r.profiles.get(f.against) else {
             continue;
         };
-        let Some(rep) = predict_on(r, limit, 0.1)? else {
-            continue;
-        };
-        let Some(fit) = rep.hosts.as_ref().and_then(|h| h.fits.first()) else {
-            continue;
-        };
-        if fit.unfit.is_some() {
+        if f.predicted_fits < f.runs {
             continue;
         }
         out.push(Check {
             kind: "memory size",
-            what: format!("in {size}, {} MiB, 2 vCPUs", limit >> 20),
+            what: format!("in {}, {} MiB, 2 vCPUs", f.what, f.limit_bytes >> 20),
             held_out: false,
             from: vec!["mem-2"],
-            against,
+            against: f.against,
             unit: Unit::Ms,
-            predicted: fit.time_ms,
+            predicted: predict_on(base, f.limit_bytes, 0.1)?.2,
             measured: wall_ms(ran),
         });
     }
@@ -580,28 +597,40 @@ fn memory_checks(r: &Runs) -> Result<Vec<Check>, String> {
 }
 
 /// Whether the program fits each memory size, predicted (`perfvmm
-/// predict --hosts` with a host of that memory) and run.
+/// predict --hosts` with a host of that memory, from the profile that
+/// sized the run) and run.
 fn fit_checks(r: &Runs) -> Result<Vec<FitCheck>, String> {
     let mut out = Vec::new();
     for (against, what) in MEMORY_SIZES {
         let Some(runs) = r.memory.get(against) else {
             continue;
         };
-        let Some(limit) = limit_of(runs) else {
-            continue;
-        };
-        let Some(rep) = predict_on(r, limit, 0.1)? else {
-            continue;
-        };
-        let fits = rep.hosts.as_ref().and_then(|h| h.fits.first());
-        out.push(FitCheck {
+        let mut f = FitCheck {
             what,
             against,
-            limit_bytes: limit,
-            predicted_fits: fits.is_some_and(|f| f.unfit.is_none()),
-            runs: runs.len(),
-            fitted: runs.iter().filter(|m| m.fitted()).count(),
-        });
+            limit_bytes: 0,
+            runs: 0,
+            predicted_fits: 0,
+            fitted: 0,
+            right: 0,
+        };
+        let mut limits = Vec::new();
+        for m in runs {
+            let Some(p) = sized_from(r, m) else {
+                continue;
+            };
+            let limit = m.limit.unwrap_or(u64::MAX);
+            let fits = predict_on(std::slice::from_ref(p), limit, 0.1)?.0;
+            limits.push(limit as f64);
+            f.runs += 1;
+            f.predicted_fits += usize::from(fits);
+            f.fitted += usize::from(m.fitted());
+            f.right += usize::from(fits == m.fitted());
+        }
+        if f.runs > 0 {
+            f.limit_bytes = median(limits) as u64;
+            out.push(f);
+        }
     }
     Ok(out)
 }
@@ -678,21 +707,19 @@ fn fits_markdown(fits: &[FitCheck]) -> String {
         return String::new();
     }
     let mut o = String::from(
-        "\nMemory sizes (predict-work -m 128, from mem-2):\n\n| memory size | predicted | runs that fitted | right |\n| --- | --- | --- | --- |\n",
+        "\nMemory sizes (predict-work -m 128; each run sized from, and predicted by, its round's mem-2 profile):\n\n| memory size | predicted to fit | fitted (no OOM kill) | as predicted |\n| --- | --- | --- | --- |\n",
     );
     for f in fits {
         o.push_str(&format!(
-            "| {}, {} MiB | {} | {} of {} | {} |\n",
+            "| {}, {} MiB | {} of {} | {} of {} | {} of {} |\n",
             f.what,
             f.limit_bytes >> 20,
-            if f.predicted_fits {
-                "fits"
-            } else {
-                "does not fit"
-            },
+            f.predicted_fits,
+            f.runs,
             f.fitted,
             f.runs,
-            if f.right() { "yes" } else { "no" }
+            f.right,
+            f.runs
         ));
     }
     o
@@ -724,11 +751,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_boot_is_bounded_by_its_runs() {
+        let runs = in_rounds(&["base-1", "xz-2", "make-4"], 2);
+        assert_eq!(
+            time_bound(&runs, 40),
+            Duration::from_secs(300 + 2 * (30 + 150 + 150))
+        );
+        assert_eq!(time_bound(&[], 20), Duration::from_secs(300));
+    }
+
+    #[test]
     fn memory_lines_parse_and_bad_ones_are_left_out() {
         let m = MemoryRun::parse("limit=148897792 peak=136314880 oom_kills=0 ran=yes");
         assert_eq!(
             m,
             Some(MemoryRun {
+                round: String::new(),
                 limit: Some(148897792),
                 peak: 136314880,
                 oom_kills: 0,
@@ -768,23 +806,6 @@ pvcoz coz0-2.1: duration=soon
         assert!(!r.coz.contains_key("coz0-2"));
     }
 
-    #[test]
-    fn a_fit_check_is_right_only_when_every_run_came_out_as_predicted() {
-        let f = |predicted_fits, runs, fitted| FitCheck {
-            what: "x",
-            against: "memfit-2",
-            limit_bytes: 1,
-            predicted_fits,
-            runs,
-            fitted,
-        };
-        assert!(f(true, 3, 3).right());
-        assert!(!f(true, 3, 2).right());
-        assert!(f(false, 3, 0).right());
-        assert!(!f(false, 3, 1).right());
-        assert!(!f(true, 0, 0).right(), "no runs prove nothing");
-    }
-
     fn profile(name: &str, wall_ms: u64, peak: u64) -> Profile {
         let json = format!(
             r#"{{"format":"{}","version":1,"command":["{name}"],"wall_ms":{wall_ms},"interval_ms":10,"runs":1,
@@ -797,8 +818,9 @@ pvcoz coz0-2.1: duration=soon
         Profile::from_json(&json).expect("a test profile")
     }
 
-    fn mem(limit: u64, peak: u64, fitted: bool) -> MemoryRun {
+    fn mem(round: &str, limit: u64, peak: u64, fitted: bool) -> MemoryRun {
         MemoryRun {
+            round: round.into(),
             limit: Some(limit),
             peak,
             oom_kills: u64::from(!fitted),
@@ -807,24 +829,40 @@ pvcoz coz0-2.1: duration=soon
     }
 
     #[test]
-    fn memory_sizes_are_predicted_through_a_host_of_that_memory() {
+    fn memory_sizes_are_predicted_through_a_host_of_that_memory_from_their_round() {
         let mib = 1 << 20;
         let mut r = Runs::default();
-        r.profiles
-            .insert("mem-2".into(), vec![profile("w", 4000, 100 * mib)]);
+        for (n, peak) in [("mem-2.1", 100 * mib), ("mem-2.2", 101 * mib)] {
+            r.by_run.insert(n.into(), profile("w", 4000, peak));
+            r.profiles
+                .entry("mem-2".into())
+                .or_default()
+                .push(profile("w", 4000, peak));
+        }
         r.profiles
             .insert("memfit-2".into(), vec![profile("w", 5000, 100 * mib)]);
+        // Round 1's need (110 MiB) is below round 2's (111.1): each run is
+        // predicted from its own round's profile.
         r.memory.insert(
             "memfit-2".into(),
-            vec![mem(110 * mib + 4096, 104 * mib, true)],
+            vec![
+                mem("1", 110 * mib + 4096, 104 * mib, true),
+                mem("2", 112 * mib, 104 * mib, true),
+            ],
         );
-        r.memory
-            .insert("memlow-2".into(), vec![mem(90 * mib, 90 * mib, false)]);
+        r.memory.insert(
+            "memlow-2".into(),
+            vec![
+                mem("1", 90 * mib, 90 * mib, false),
+                mem("2", 91 * mib, 90 * mib, true),
+                mem("3", 91 * mib, 90 * mib, false),
+            ],
+        );
         let v = validate(&r, None).expect("validates");
         let peak = v.checks.iter().find(|c| c.kind == "memory").expect("peak");
         assert_eq!(
             (peak.predicted, peak.measured),
-            ((100 * mib) as f64, (104 * mib) as f64)
+            ((101 * mib) as f64, (104 * mib) as f64)
         );
         assert_eq!(peak.show(peak.measured), "104 MiB");
         let size = v
@@ -835,19 +873,30 @@ pvcoz coz0-2.1: duration=soon
         assert_eq!(size.against, "memfit-2");
         assert!((size.predicted - 4000.0).abs() < 1.0, "{size:?}");
         assert!((size.error() - 0.2).abs() < 1e-3);
-        let fits: Vec<(bool, bool)> = v
-            .fits
-            .iter()
-            .map(|f| (f.predicted_fits, f.right()))
-            .collect();
-        assert_eq!(fits, [(true, true), (false, true)]);
+        let fit = &v.fits[0];
+        assert_eq!(
+            (fit.runs, fit.predicted_fits, fit.fitted, fit.right),
+            (2, 2, 2, 2)
+        );
+        assert!(fit.right());
+        let low = &v.fits[1];
+        assert_eq!(
+            (low.runs, low.predicted_fits, low.fitted, low.right),
+            (2, 0, 1, 1),
+            "round 3 has no profile to predict from; round 2 fitted against the prediction"
+        );
+        assert!(!low.right());
+        assert!(
+            !v.checks.iter().any(|c| c.against == "memlow-2"),
+            "no run time where it does not fit"
+        );
         let md = markdown(&v);
         assert!(
-            md.contains("| its need (peak + 10 %), 110 MiB | fits | 1 of 1 | yes |"),
+            md.contains("| its need (peak + 10 %), 111 MiB | 2 of 2 | 2 of 2 | 2 of 2 |"),
             "{md}"
         );
         assert!(
-            md.contains("| 90 % of its peak, 90 MiB | does not fit | 0 of 1 | yes |"),
+            md.contains("| 90 % of its peak, 90 MiB | 0 of 2 | 1 of 2 | 1 of 2 |"),
             "{md}"
         );
     }

@@ -7,14 +7,17 @@
 //! `--host-cores N` (default: this machine's CPUs; 0: none) is the
 //! physical cores the VMs run on, as `perfvmm predict --host-cores`.
 //!
-//! Each round of runs is one guest boot (about 5 minutes), its console
+//! Each round of runs is one guest boot (5 to 10 minutes for the whole
+//! set; given up when `predict::time_bound` passes), its console
 //! saved to target/predict-validate.round-N.console as soon as it ends, so
 //! that a round lost to a crash of the nested harness loses only itself;
 //! `--console` reads saved consoles instead of booting.
 
 use std::process::ExitCode;
 
-use perfvmm_tests::predict::{calibration, markdown, read_runs, run_guest, validate, RUNS};
+use perfvmm_tests::predict::{
+    calibration, markdown, read_runs, run_guest, time_bound, validate, RUNS,
+};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -53,8 +56,9 @@ fn main() -> ExitCode {
         for r in 1..=rounds {
             let names: Vec<String> = runs.iter().map(|n| format!("{n}.{r}")).collect();
             eprintln!(
-                "predict-validate: round {r} of {rounds}: {} runs in a nested guest (about 5 minutes)",
-                names.len()
+                "predict-validate: round {r} of {rounds}: {} runs in a nested guest (taken for hung after {} minutes)",
+                names.len(),
+                time_bound(&names, units).as_secs() / 60
             );
             let out = run_guest(&names, units);
             let file = format!("target/predict-validate.round-{r}.console");
