@@ -294,10 +294,8 @@ build_workloads() {
       -o "$out/workloads/predict-work-coz"
   fi
   cp "$out/workloads/predict-work-coz" "$gdir/extra/"
-  sed -n 's/^__attribute__((noinline)) static void \([a-z_]*\)(.*/\1/p' "$src" |
-    while read -r f; do
-      echo "$f=$(grep -n "static void $f(" "$src" | cut -d: -f1)"
-    done > "$gdir/extra/predict-work-coz.lines"
+  grep -n '^__attribute__((noinline)) static void ' "$src" |
+    sed 's/^\([0-9]*\):.* void \([a-z_]*\)(.*/\2=\1/' > "$gdir/extra/predict-work-coz.lines"
   copy_shared_libs "$out/workloads/predict-work-coz" "$gdir/sysroot"
   mkdir -p "$gdir/sysroot/usr/lib/coz-profiler"
   cp /usr/lib/coz-profiler/libcoz.so "$gdir/sysroot/usr/lib/coz-profiler/"

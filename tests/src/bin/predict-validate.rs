@@ -60,7 +60,17 @@ fn main() -> ExitCode {
                 names.len(),
                 time_bound(&names, units).as_secs() / 60
             );
-            let out = run_guest(&names, units);
+            // A thread of its own per round: the harness's one retry (of a
+            // crashed nested boot) is per thread name, and a round whose
+            // retry fails too is lost alone.
+            let round = std::thread::Builder::new()
+                .name(format!("round-{r}"))
+                .spawn(move || run_guest(&names, units))
+                .map(|t| t.join());
+            let Ok(Ok(out)) = round else {
+                eprintln!("predict-validate: round {r} lost (see above); going on");
+                continue;
+            };
             let file = format!("target/predict-validate.round-{r}.console");
             let _ = std::fs::write(&file, &out.console);
             for l in out
