@@ -1,19 +1,21 @@
 //! Checks `perfvmm predict` against real runs in the nested harness and
 //! prints the validation table of docs/predict.md.
 //!
-//!   predict-validate [--units N] [--rounds N] [--runs NAME,...]
+//!   predict-validate [--units N] [--rounds N] [--first-round K] [--runs NAME,...]
 //!   predict-validate --console FILE [--console FILE ...]
 //!
 //! `--host-cores N` (default: this machine's CPUs; 0: none) is the
 //! physical cores the VMs run on, as `perfvmm predict --host-cores`.
 //!
 //! Each round of runs is one guest boot (5 to 10 minutes for the whole
-//! set; given up when `predict::time_bound` passes), its console
+//! set; given up when `predict::time_bound` passes) in a process of its
+//! own (the harness retries a crashed nested boot once per process, and
+//! a round that fails again is lost alone), its console
 //! saved to target/predict-validate.round-N.console as soon as it ends, so
 //! that a round lost to a crash of the nested harness loses only itself;
 //! `--console` reads saved consoles instead of booting.
 
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 use perfvmm_tests::predict::{
     calibration, markdown, read_runs, run_guest, time_bound, validate, RUNS,
@@ -25,6 +27,8 @@ fn main() -> ExitCode {
     let mut rounds = 3;
     let mut runs: Vec<String> = RUNS.iter().map(|s| s.to_string()).collect();
     let mut consoles: Vec<String> = Vec::new();
+    let mut first = 1;
+    let mut only: Option<u32> = None;
     // The physical cores under the VMs: this machine's (the nested
     // harness's L1 runs on them).
     let mut host_cores = std::thread::available_parallelism()
@@ -41,6 +45,15 @@ fn main() -> ExitCode {
                 Ok(n) if n >= 1 => rounds = n,
                 _ => return usage(),
             },
+            ("--first-round", Some(v)) => match v.parse() {
+                Ok(n) if n >= 1 => first = n,
+                _ => return usage(),
+            },
+            // Internal: make round N alone, in this process.
+            ("--round", Some(v)) => match v.parse() {
+                Ok(n) if n >= 1 => only = Some(n),
+                _ => return usage(),
+            },
             ("--runs", Some(v)) => runs = v.split(',').map(str::to_string).collect(),
             ("--console", Some(v)) => consoles.push(v.clone()),
             ("--host-cores", Some(v)) => match v.parse() {
@@ -51,39 +64,33 @@ fn main() -> ExitCode {
             _ => return usage(),
         }
     }
-    let mut console = String::new();
+    if let Some(r) = only {
+        return one_round(r, &runs, units);
+    }
     if consoles.is_empty() {
-        for r in 1..=rounds {
+        let last = first + rounds - 1;
+        for r in first..=last {
             let names: Vec<String> = runs.iter().map(|n| format!("{n}.{r}")).collect();
             eprintln!(
-                "predict-validate: round {r} of {rounds}: {} runs in a nested guest (taken for hung after {} minutes)",
+                "predict-validate: round {r} of {first}..{last}: {} runs in a nested guest (taken for hung after {} minutes)",
                 names.len(),
                 time_bound(&names, units).as_secs() / 60
             );
-            // A thread of its own per round: the harness's one retry (of a
-            // crashed nested boot) is per thread name, and a round whose
-            // retry fails too is lost alone.
-            let round = std::thread::Builder::new()
-                .name(format!("round-{r}"))
-                .spawn(move || run_guest(&names, units))
-                .map(|t| t.join());
-            let Ok(Ok(out)) = round else {
-                eprintln!("predict-validate: round {r} lost (see above); going on");
-                continue;
-            };
-            let file = format!("target/predict-validate.round-{r}.console");
-            let _ = std::fs::write(&file, &out.console);
-            for l in out
-                .console
-                .lines()
-                .filter(|l| l.contains("scenario: predict"))
-            {
-                eprintln!("{l}");
+            let file = round_file(r);
+            let _ = std::fs::remove_file(&file);
+            let ran = std::env::current_exe().and_then(|exe| {
+                Command::new(exe)
+                    .args(["--round", &r.to_string(), "--units", &units.to_string()])
+                    .args(["--runs", &runs.join(",")])
+                    .status()
+            });
+            match ran {
+                Ok(s) if s.success() => consoles.push(file),
+                _ => eprintln!("predict-validate: round {r} lost (see above); going on"),
             }
-            eprintln!("predict-validate: round {r} saved in {file}");
-            console.push_str(&out.console);
         }
     }
+    let mut console = String::new();
     for f in &consoles {
         match std::fs::read_to_string(f) {
             Ok(t) => console.push_str(&t),
@@ -123,9 +130,33 @@ fn main() -> ExitCode {
     }
 }
 
+fn round_file(r: u32) -> String {
+    format!("target/predict-validate.round-{r}.console")
+}
+
+/// Makes round `r` of `runs` in one boot and saves its console.
+fn one_round(r: u32, runs: &[String], units: u32) -> ExitCode {
+    let names: Vec<String> = runs.iter().map(|n| format!("{n}.{r}")).collect();
+    let out = run_guest(&names, units);
+    let file = round_file(r);
+    if let Err(e) = std::fs::write(&file, &out.console) {
+        eprintln!("predict-validate: {file}: {e}");
+        return ExitCode::from(1);
+    }
+    for l in out
+        .console
+        .lines()
+        .filter(|l| l.contains("scenario: predict"))
+    {
+        eprintln!("{l}");
+    }
+    eprintln!("predict-validate: round {r} saved in {file}");
+    ExitCode::SUCCESS
+}
+
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: predict-validate [--units N] [--rounds N] [--runs NAME,...] [--host-cores N] | --console FILE ..."
+        "usage: predict-validate [--units N] [--rounds N] [--first-round K] [--runs NAME,...] [--host-cores N] | --console FILE ..."
     );
     ExitCode::from(2)
 }
