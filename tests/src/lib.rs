@@ -816,12 +816,14 @@ impl RunOutput {
             .collect()
     }
 
-    /// The rest of the first console line that starts with `tag` (a
-    /// script's `echo "tag ..."`); panics with the console tail without one.
+    /// The rest of the first console line that has `tag` (a script's
+    /// `echo "tag ..."`; the guest's console, interleaved, can put its own
+    /// unfinished line before it); panics with the console tail without
+    /// one.
     pub fn line_after(&self, tag: &str) -> &str {
         self.console
             .lines()
-            .find_map(|l| l.strip_prefix(tag))
+            .find_map(|l| l.split_once(tag).map(|(_, rest)| rest))
             .unwrap_or_else(|| panic!("no {tag:?} line:\n{}", self.tail(80)))
     }
 
@@ -998,6 +1000,19 @@ fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tagged_line_is_found_after_the_guest_s_unfinished_line() {
+        let out = RunOutput {
+            console: "source: count 26 up=8.81test: report {\"a\": 1}\ntest: other 2\n".into(),
+            exit_code: Some(0),
+            timed_out: false,
+            wall: Duration::ZERO,
+            files: Default::default(),
+        };
+        assert_eq!(out.json_after("test: report ")["a"], 1);
+        assert_eq!(out.line_after("test: other "), "2");
+    }
 
     #[test]
     fn colours_are_taken_out_of_log_lines() {
