@@ -234,19 +234,11 @@ pub fn runs(console: &str) -> Result<Runs, String> {
 /// runs, and what was wrong with each left out.
 pub fn read_runs(console: &str) -> (Runs, Vec<String>) {
     let (by_run, bad) = profiles_by_run(console);
-    let mut r = Runs::default();
-    for (name, p) in sorted(by_run) {
-        r.profiles
-            .entry(base_name(&name))
-            .or_default()
-            .push(p.clone());
-        r.by_run.insert(name, p);
-    }
     let mut memory = HashMap::new();
     let mut coz = HashMap::new();
     for (name, rest) in tagged(console, "pvmem ") {
         if let Some(mut m) = MemoryRun::parse(rest) {
-            m.round = name.split_once('.').map_or("", |(_, n)| n).to_string();
+            m.round = split_run(name).1.to_string();
             memory.insert(name.to_string(), m);
         }
     }
@@ -258,24 +250,25 @@ pub fn read_runs(console: &str) -> (Runs, Vec<String>) {
             coz.insert(name.to_string(), ns as f64 / 1e6);
         }
     }
-    for (name, m) in sorted(memory) {
-        r.memory.entry(base_name(&name)).or_default().push(m);
-    }
-    for (name, d) in sorted(coz) {
-        r.coz.entry(base_name(&name)).or_default().push(d);
-    }
+    let r = Runs {
+        profiles: grouped(by_run.clone()),
+        by_run,
+        memory: grouped(memory),
+        coz: grouped(coz),
+    };
     (r, bad)
 }
 
-/// `base-1.2` → `base-1`.
-fn base_name(run: &str) -> String {
-    run.split('.').next().unwrap_or(run).to_string()
+/// `base-1.2` → (`base-1`, `2`); `base-1` → (`base-1`, ``).
+fn split_run(run: &str) -> (&str, &str) {
+    run.split_once('.').unwrap_or((run, ""))
 }
 
-/// By run name, then repetition number (`x.2` before `x.10`).
-fn sorted<T>(m: HashMap<String, T>) -> Vec<(String, T)> {
+/// By run name without its repetition number, each name's in repetition
+/// order (`x.2` before `x.10`).
+fn grouped<T>(m: HashMap<String, T>) -> HashMap<String, Vec<T>> {
     let key = |n: &str| {
-        let (base, round) = n.split_once('.').unwrap_or((n, ""));
+        let (base, round) = split_run(n);
         (
             base.to_string(),
             round.parse::<u64>().unwrap_or(0),
@@ -284,7 +277,13 @@ fn sorted<T>(m: HashMap<String, T>) -> Vec<(String, T)> {
     };
     let mut v: Vec<(String, T)> = m.into_iter().collect();
     v.sort_by_cached_key(|(n, _)| key(n));
-    v
+    let mut out: HashMap<String, Vec<T>> = HashMap::new();
+    for (name, t) in v {
+        out.entry(split_run(&name).0.to_string())
+            .or_default()
+            .push(t);
+    }
+    out
 }
 
 /// The console's "TAG NAME: REST" lines (anywhere in a line) as (NAME,
@@ -710,18 +709,27 @@ pub fn markdown(v: &Validation) -> String {
         if rows.is_empty() {
             continue;
         }
-        o.push_str(&format!("\n{title}:\n\n| prediction | kind | from | predicted | measured | error |\n| --- | --- | --- | --- | --- | --- |\n"));
-        for c in &rows {
-            o.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {:.1} % |\n",
-                c.what,
-                c.kind,
-                c.from.join(", "),
-                c.show(c.predicted),
-                c.show(c.measured),
-                c.error() * 100.0
-            ));
-        }
+        o.push_str(&table(
+            title,
+            &[
+                "prediction",
+                "kind",
+                "from",
+                "predicted",
+                "measured",
+                "error",
+            ],
+            rows.iter().map(|c| {
+                vec![
+                    c.what.clone(),
+                    c.kind.to_string(),
+                    c.from.join(", "),
+                    c.show(c.predicted),
+                    c.show(c.measured),
+                    percent(c.error()),
+                ]
+            }),
+        ));
         let max = rows.iter().map(|c| c.error()).fold(0.0, f64::max);
         o.push_str(&format!(
             "\nmedian error {:.1} %, largest {:.1} % ({} predictions)\n",
@@ -730,51 +738,54 @@ pub fn markdown(v: &Validation) -> String {
             rows.len()
         ));
     }
-    o.push_str(&fits_markdown(&v.fits));
-    o.push_str(&coz_markdown(&v.coz));
-    o
-}
-
-fn fits_markdown(fits: &[FitCheck]) -> String {
-    if fits.is_empty() {
-        return String::new();
+    if !v.fits.is_empty() {
+        o.push_str(&table(
+            "Memory sizes (predict-work -m 128; each run sized from, and predicted by, its round's mem-2 profile)",
+            &["memory size", "predicted to fit", "fitted (no OOM kill)", "as predicted"],
+            v.fits.iter().map(|f| {
+                let of = |n: usize| format!("{n} of {}", f.runs);
+                vec![
+                    format!("{}, {} MiB", f.what, f.limit_bytes >> 20),
+                    of(f.predicted_fits),
+                    of(f.fitted),
+                    of(f.right),
+                ]
+            }),
+        ));
     }
-    let mut o = String::from(
-        "\nMemory sizes (predict-work -m 128; each run sized from, and predicted by, its round's mem-2 profile):\n\n| memory size | predicted to fit | fitted (no OOM kill) | as predicted |\n| --- | --- | --- | --- |\n",
-    );
-    for f in fits {
-        o.push_str(&format!(
-            "| {}, {} MiB | {} of {} | {} of {} | {} of {} |\n",
-            f.what,
-            f.limit_bytes >> 20,
-            f.predicted_fits,
-            f.runs,
-            f.fitted,
-            f.runs,
-            f.right,
-            f.runs
+    if !v.coz.is_empty() {
+        let s = |ms: f64| format!("{:.1} s", ms / 1000.0);
+        o.push_str(&table(
+            "Coz's virtual speed-up beside the model (base-2's time × Coz's sped-up / baseline duration)",
+            &["prediction", "model", "Coz", "measured", "model error", "Coz error"],
+            v.coz.iter().map(|c| {
+                vec![
+                    c.what.clone(),
+                    s(c.model_ms),
+                    s(c.coz_ms),
+                    s(c.measured_ms),
+                    percent(c.model_error()),
+                    percent(c.coz_error()),
+                ]
+            }),
         ));
     }
     o
 }
 
-fn coz_markdown(coz: &[CozCheck]) -> String {
-    if coz.is_empty() {
-        return String::new();
-    }
-    let mut o = String::from(
-        "\nCoz's virtual speed-up beside the model (base-2's time × Coz's sped-up / baseline duration):\n\n| prediction | model | Coz | measured | model error | Coz error |\n| --- | --- | --- | --- | --- | --- |\n",
-    );
-    for c in coz {
-        o.push_str(&format!(
-            "| {} | {:.1} s | {:.1} s | {:.1} s | {:.1} % | {:.1} % |\n",
-            c.what,
-            c.model_ms / 1000.0,
-            c.coz_ms / 1000.0,
-            c.measured_ms / 1000.0,
-            c.model_error() * 100.0,
-            c.coz_error() * 100.0
-        ));
+/// "12.3 %" of 0.123.
+fn percent(e: f64) -> String {
+    format!("{:.1} %", e * 100.0)
+}
+
+/// A Markdown table under `title`, with a blank line before each.
+fn table(title: &str, header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+    let head: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let rule = vec!["---".to_string(); header.len()];
+    let mut o = format!("\n{title}:\n\n{}{}", line(&head), line(&rule));
+    for r in rows {
+        o.push_str(&line(&r));
     }
     o
 }

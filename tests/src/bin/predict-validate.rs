@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     if consoles.is_empty() {
         let last = first + rounds - 1;
         for r in first..=last {
-            let names: Vec<String> = runs.iter().map(|n| format!("{n}.{r}")).collect();
+            let names = round_names(&runs, r);
             eprintln!(
                 "predict-validate: round {r} of {first}..{last}: {} runs in a nested guest (taken for hung after {} minutes)",
                 names.len(),
@@ -130,13 +130,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// `runs` as round `r` names them (`base-1.3`).
+fn round_names(runs: &[String], r: u32) -> Vec<String> {
+    runs.iter().map(|n| format!("{n}.{r}")).collect()
+}
+
 fn round_file(r: u32) -> String {
     format!("target/predict-validate.round-{r}.console")
 }
 
 /// Makes round `r` of `runs` in one boot and saves its console.
 fn one_round(r: u32, runs: &[String], units: u32) -> ExitCode {
-    let names: Vec<String> = runs.iter().map(|n| format!("{n}.{r}")).collect();
+    let names = round_names(runs, r);
     let out = run_guest(&names, units);
     let file = round_file(r);
     if let Err(e) = std::fs::write(&file, &out.console) {
