@@ -1,14 +1,16 @@
 //! Where a program's CPU time goes, by function: each thread of the tree
 //! gets a software CPU-clock sampling event (`perf_event_open` through the
 //! `perf-event2` crate; no hardware counters needed), the samples' addresses
-//! are mapped through the processes' `/proc/PID/maps` to ELF symbols after
-//! the run, and each phase gets the share of its samples per function —
+//! are mapped through the processes' `/proc/PID/maps` (as they were when
+//! each sample was taken: a process that `exec`s changes them) to ELF
+//! symbols after the run, and each phase gets the share of its samples per function —
 //! overall, and while only one thread ran (its serial path).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use guest_hints::profile::FunctionTime;
+use guest_hints::trace::monotonic_ns;
 use perf_event::events::Software;
 use perf_event::{Builder, Clock, SampleFlag, Sampler};
 
@@ -19,6 +21,9 @@ const PERIOD_NS: u64 = 10_000_000;
 const RING_BYTES: usize = 16 * 1024;
 /// Threads sampled at once; more are counted, not sampled.
 const MAX_THREADS: usize = 512;
+/// Readings of one process's mappings kept; past this the newest replaces
+/// the last (a program that keeps mapping files in and out).
+const MAP_VERSIONS: usize = 32;
 /// Functions kept per phase, most first; the rest are summed as `[other]`.
 pub const MAX_FUNCTIONS: usize = 16;
 /// `PERF_RECORD_SAMPLE`, and the header `misc` bit of a kernel-mode sample.
@@ -66,12 +71,48 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
         .collect()
 }
 
+/// Each process's file mappings over the run: every reading that differs
+/// from the one before, with the time it was taken.
+#[derive(Debug, Default)]
+pub struct MapHistory {
+    readings: HashMap<u32, Vec<(f64, Vec<Mapping>)>>,
+}
+
+impl MapHistory {
+    /// Keeps `pid`'s mappings as read at `t` (milliseconds from the start).
+    pub fn record(&mut self, pid: u32, t: f64, maps: Vec<Mapping>) {
+        let v = self.readings.entry(pid).or_default();
+        if v.last().is_some_and(|(_, m)| *m == maps) {
+            return;
+        }
+        if v.len() >= MAP_VERSIONS {
+            v.pop();
+        }
+        v.push((t, maps));
+    }
+
+    /// The mapping of `pid` that held `ip` at `t`: looked up in the reading
+    /// in force then (the last taken at or before `t`), else in the later
+    /// ones (a library loaded since), else in the earlier ones.
+    pub fn find(&self, pid: u32, t: f64, ip: u64) -> Option<&Mapping> {
+        let v = self.readings.get(&pid)?;
+        let after = v.partition_point(|(at, _)| *at <= t);
+        let in_force = after.checked_sub(1);
+        let earlier = (0..in_force.unwrap_or(0)).rev();
+        in_force
+            .into_iter()
+            .chain(after..v.len())
+            .chain(earlier)
+            .find_map(|i| v[i].1.iter().find(|m| m.start <= ip && ip < m.end))
+    }
+}
+
 /// Samples the threads of a process tree while it runs.
 pub struct ThreadSampler {
     t0_ns: u64,
     samplers: HashMap<u32, Sampler>,
-    /// Each process's latest file mappings.
-    maps: HashMap<u32, Vec<Mapping>>,
+    /// Each process's file mappings, as they changed.
+    maps: MapHistory,
     samples: Vec<IpSample>,
     /// Why sampling stopped, if it did (the profile says so).
     pub unavailable: Option<String>,
@@ -85,7 +126,7 @@ impl ThreadSampler {
         ThreadSampler {
             t0_ns,
             samplers: HashMap::new(),
-            maps: HashMap::new(),
+            maps: MapHistory::default(),
             samples: Vec::new(),
             unavailable: None,
             unsampled_threads: 0,
@@ -128,7 +169,8 @@ impl ThreadSampler {
     pub fn read_maps(&mut self, proc_root: &Path, pids: &[u32]) {
         for &pid in pids {
             if let Ok(text) = std::fs::read_to_string(proc_root.join(format!("{pid}/maps"))) {
-                self.maps.insert(pid, parse_maps(&text));
+                let t = monotonic_ns().saturating_sub(self.t0_ns) as f64 / 1e6;
+                self.maps.record(pid, t, parse_maps(&text));
             }
         }
     }
@@ -155,7 +197,7 @@ impl ThreadSampler {
     }
 
     /// Stops sampling; the samples and the mappings seen.
-    pub fn finish(mut self) -> (Vec<IpSample>, HashMap<u32, Vec<Mapping>>) {
+    pub fn finish(mut self) -> (Vec<IpSample>, MapHistory) {
         self.drain();
         (self.samples, self.maps)
     }
@@ -231,11 +273,7 @@ impl Symbols {
 
 /// Names each sample's function: `name` in the program's own file,
 /// `name@file` in another (a library), `[kernel]` or `[unknown]`.
-pub fn symbolize(
-    samples: &[IpSample],
-    maps: &HashMap<u32, Vec<Mapping>>,
-    program: Option<&str>,
-) -> Vec<String> {
+pub fn symbolize(samples: &[IpSample], maps: &MapHistory, program: Option<&str>) -> Vec<String> {
     let mut files: HashMap<String, Option<Symbols>> = HashMap::new();
     samples
         .iter()
@@ -243,10 +281,7 @@ pub fn symbolize(
             if s.kernel {
                 return "[kernel]".to_string();
             }
-            let Some(m) = maps
-                .get(&s.pid)
-                .and_then(|ms| ms.iter().find(|m| m.start <= s.ip && s.ip < m.end))
-            else {
+            let Some(m) = maps.find(s.pid, s.t, s.ip) else {
                 return "[unknown]".to_string();
             };
             let syms = files
@@ -345,6 +380,64 @@ garbage line
         assert_eq!(m[1].start, 0x55d0c0a01000);
         assert_eq!(m[1].offset, 0x1000);
         assert_eq!(m[2].path, "/lib/with space.so");
+    }
+
+    /// `sh -c '... && exec prog'`: the shell's mappings, then the
+    /// program's at the same addresses (both static, not PIE).
+    #[test]
+    fn a_sample_is_named_by_the_mappings_of_its_time() {
+        let map = |path: &str, start: u64, end: u64| Mapping {
+            start,
+            end,
+            offset: 0,
+            path: path.to_string(),
+        };
+        let mut h = MapHistory::default();
+        h.record(7, 0.0, vec![map("/bin/busybox", 0x40_0000, 0x50_0000)]);
+        h.record(7, 5.0, vec![map("/bin/busybox", 0x40_0000, 0x50_0000)]);
+        h.record(7, 20.0, vec![map("/prog", 0x40_0000, 0x48_0000)]);
+        h.record(
+            7,
+            90.0,
+            vec![
+                map("/prog", 0x40_0000, 0x48_0000),
+                map("/lib.so", 0x7f00, 0x8f00),
+            ],
+        );
+        let at = |t: f64, ip: u64| h.find(7, t, ip).map(|m| m.path.as_str());
+        assert_eq!(at(3.0, 0x40_1000), Some("/bin/busybox"));
+        assert_eq!(at(30.0, 0x40_1000), Some("/prog"), "after the exec");
+        assert_eq!(
+            at(30.0, 0x7f10),
+            Some("/lib.so"),
+            "loaded before the next reading"
+        );
+        assert_eq!(
+            at(30.0, 0x49_0000),
+            Some("/bin/busybox"),
+            "only an older reading has it"
+        );
+        assert_eq!(
+            at(-1.0, 0x40_1000),
+            Some("/bin/busybox"),
+            "before the first reading"
+        );
+        assert_eq!(at(30.0, 0x10), None);
+        assert_eq!(h.find(8, 30.0, 0x40_1000), None, "another process");
+        assert_eq!(
+            h.readings[&7].len(),
+            3,
+            "an unchanged reading is not kept twice"
+        );
+        for i in 0..100u32 {
+            h.record(9, f64::from(i), vec![map("/x", u64::from(i), 100)]);
+        }
+        assert_eq!(h.readings[&9].len(), MAP_VERSIONS, "bounded");
+        assert_eq!(
+            h.find(9, 1000.0, 99).map(|m| m.start),
+            Some(99),
+            "the newest kept"
+        );
     }
 
     #[test]

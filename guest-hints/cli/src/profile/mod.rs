@@ -7,6 +7,7 @@ pub mod merge;
 pub mod phases;
 pub mod procfs;
 
+use std::collections::HashMap;
 use std::io::{ErrorKind, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -16,7 +17,7 @@ use guest_hints::profile::{Profile, FORMAT, VERSION};
 use guest_hints::trace::{monotonic_ns, TRACE_ENV};
 
 use phases::{Sample, WsWindow};
-use procfs::{Counter, Procfs};
+use procfs::{Comm, Counter, Procfs};
 
 /// How often the referenced working set is measured.
 const WS_PERIOD_MS: u32 = 200;
@@ -128,7 +129,7 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
 
     let mut sampler = functions::ThreadSampler::new(t0);
     let mut cpus_seen: Vec<u32> = Vec::new();
-    let mut mapped: Vec<u32> = Vec::new();
+    let mut mapped: HashMap<u32, Comm> = HashMap::new();
     let mut samples: Vec<RawSample> = Vec::new();
     let mut windows: Vec<WsWindow> = Vec::new();
     let (mut cpu, mut storage, mut chars, mut calls) = (
@@ -162,24 +163,18 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
         }
         let tids: Vec<u32> = snap.thread_cpu_ns.iter().map(|&(tid, _)| tid).collect();
         sampler.watch(&tids);
-        // Each process's mappings when first seen, and again every 100
-        // ticks (libraries loaded later).
-        let fresh: Vec<u32> = if tick.is_multiple_of(100) {
-            snap.pids.clone()
-        } else {
-            snap.pids
-                .iter()
-                .copied()
-                .filter(|p| !mapped.contains(p))
-                .collect()
-        };
+        // Each process's mappings when first seen, again when it has
+        // exec'd (its command name changed: `sh -c '... && exec prog'`),
+        // and every 100 ticks (libraries loaded later).
+        let fresh: Vec<u32> = snap
+            .pids
+            .iter()
+            .zip(&snap.comms)
+            .filter(|&(p, c)| tick.is_multiple_of(100) || mapped.get(p) != Some(c))
+            .map(|(&p, _)| p)
+            .collect();
         sampler.read_maps(procfs.root(), &fresh);
-        mapped.extend(
-            fresh
-                .iter()
-                .filter(|p| !mapped.contains(p))
-                .collect::<Vec<_>>(),
-        );
+        mapped.extend(snap.pids.iter().copied().zip(snap.comms.iter().copied()));
         if referenced && now >= next_ws && !snap.pids.is_empty() {
             next_ws = now + f64::from(WS_PERIOD_MS.max(interval_ms));
             match measure_referenced(&procfs, &snap.pids, last_clear.is_some()) {

@@ -18,12 +18,23 @@ pub struct Stat {
     pub cpu_ticks: u64,
     /// Resident pages.
     pub rss_pages: u64,
+    /// The command name, which an `exec` changes.
+    pub comm: Comm,
 }
+
+/// A command name as `stat` gives it: the kernel keeps 15 bytes
+/// (`TASK_COMM_LEN`), longer text is cut at 16.
+pub type Comm = [u8; 16];
 
 /// Parses a `stat` line. The command name (field 2) may hold spaces and
 /// parentheses, so fields are counted from its last `)`.
 pub fn parse_stat(text: &str) -> Option<Stat> {
-    let rest = &text[text.rfind(')')? + 1..];
+    let close = text.rfind(')')?;
+    let name = text.get(text.find('(')? + 1..close)?.as_bytes();
+    let mut comm: Comm = [0; 16];
+    let n = name.len().min(comm.len());
+    comm[..n].copy_from_slice(&name[..n]);
+    let rest = &text[close + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // f[0] is field 3 (state); field n is f[n - 3].
     let field = |n: usize| f.get(n - 3).and_then(|s| s.parse::<u64>().ok());
@@ -32,6 +43,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         ppid: u32::try_from(field(4)?).ok()?,
         cpu_ticks: field(14)?.saturating_add(field(15)?),
         rss_pages: field(24).unwrap_or(0),
+        comm,
     })
 }
 
@@ -85,6 +97,8 @@ pub fn parse_referenced(text: &str) -> Option<u64> {
 pub struct Snapshot {
     /// Processes in the tree.
     pub pids: Vec<u32>,
+    /// The command name of each of `pids`, in the same order.
+    pub comms: Vec<Comm>,
     /// Threads in state R.
     pub running: u32,
     /// Each thread's CPU time so far, in nanoseconds.
@@ -180,6 +194,7 @@ impl Procfs {
         let mut s = Snapshot::default();
         for (pid, st) in self.tree(root) {
             s.pids.push(pid);
+            s.comms.push(st.comm);
             s.rss_bytes = s
                 .rss_bytes
                 .saturating_add(st.rss_pages.saturating_mul(self.page_size));
@@ -301,10 +316,18 @@ mod tests {
                 state: b'R',
                 ppid: 4241,
                 cpu_ticks: 280,
-                rss_pages: 512
+                rss_pages: 512,
+                comm: *b"my (odd) prog\0\0\0",
             })
         );
+        let long = "7 (a name of twenty bytes) S 1 0 0 0 0 0 0 0 0 0 1 2 0 0 0 0 0 0 0 0 9";
+        assert_eq!(
+            parse_stat(long).map(|s| s.comm),
+            Some(*b"a name of twenty"),
+            "cut at 16 bytes"
+        );
         assert_eq!(parse_stat("1 (x) S"), None);
+        assert_eq!(parse_stat("1 )x( S 1 0 0 0 0 0 0 0 0 0 1 2"), None);
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat(""), None);
     }
