@@ -19,7 +19,8 @@
 //! decompressor, as under Firecracker).
 //!
 //!   cargo run --release -p perfvmm-tests --bin boot-bench -- [RUNS] --firecracker PATH
-//!       [--append KERNEL-ARGS] [--console FILE]
+//!       [--append KERNEL-ARGS] [--console FILE] [--stamp 1] [--dmesg 1]
+//!       [--kernel FILE] [--perfvmm-kernel FILE]
 
 use std::path::{Path, PathBuf};
 
@@ -62,12 +63,14 @@ fn main() {
                 ("--append", Some(v)) => opts.append = v,
                 ("--console", Some(v)) => opts.console = Some(PathBuf::from(v)),
                 ("--stamp", Some(v)) => opts.stamp = v == "1",
+                ("--dmesg", Some(v)) => opts.dmesg = v == "1",
                 ("--kernel", Some(v)) => opts.kernel = Some(PathBuf::from(v)),
                 ("--perfvmm-kernel", Some(v)) => opts.perfvmm_kernel = Some(PathBuf::from(v)),
                 _ => {
                     eprintln!(
-                        "boot-bench: with --firecracker, only RUNS, --append ARGS and \
-                         --console FILE may be given (1 vCPU, 256 MiB)"
+                        "boot-bench: with --firecracker, only RUNS, --append ARGS, \
+                         --console FILE, --stamp 1, --dmesg 1, --kernel FILE and \
+                         --perfvmm-kernel FILE may be given (1 vCPU, 256 MiB)"
                     );
                     std::process::exit(2);
                 }
@@ -135,14 +138,24 @@ const MARKER: &str = "perfvmm-bench-marker";
 /// The command line both VMMs give the kernel.
 const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off quiet";
 
-/// A two-line busybox initramfs: print the marker, reboot.
-fn bench_initramfs() -> Vec<u8> {
+/// A two-line busybox initramfs: print the marker, reboot. With `dmesg`,
+/// the guest's uptime and the kernel's log are printed between the two
+/// (after the timed part: with `quiet`, `initcall_debug` costs the boot no
+/// console output).
+fn bench_initramfs(dmesg: bool) -> Vec<u8> {
     // After the marker, a write to perfvmm's boot-timer address (perfvmm
     // then prints its exec -> first instruction; Firecracker ignores it).
+    let log = if dmesg {
+        "/bin/busybox mkdir -p /proc\n/bin/busybox mount -t proc proc /proc\n\
+         /bin/busybox echo uptime-after-marker $(/bin/busybox cat /proc/uptime)\n\
+         /bin/busybox dmesg\n"
+    } else {
+        ""
+    };
     let init = format!(
         "#!/bin/busybox sh\n/bin/busybox echo {MARKER}\n\
          /bin/busybox mount -t devtmpfs dev /dev\n\
-         /bin/busybox devmem 0xd1000000 8 123\n/bin/busybox reboot -f\n"
+         /bin/busybox devmem 0xd1000000 8 123\n{log}/bin/busybox reboot -f\n"
     );
     bench::busybox_initramfs("boot-bench", &init)
 }
@@ -186,6 +199,8 @@ struct SideBySide {
     console: Option<PathBuf>,
     /// Prefix each console line with the milliseconds since the VMM's exec.
     stamp: bool,
+    /// Print the guest kernel's log after `/init` (see [`bench_initramfs`]).
+    dmesg: bool,
     /// Another kernel for both (an ELF vmlinux, say) instead of the demo
     /// guest's bzImage.
     kernel: Option<PathBuf>,
@@ -253,9 +268,13 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
     let out = run
         .file("firecracker", read_or_exit(firecracker))
         .file("vmm-run", bench::c_helper("boot-bench", "vmm-run"))
-        .file("bench.cpio", bench_initramfs())
+        .file("bench.cpio", bench_initramfs(opts.dmesg))
         .file("fc.json", fc_config.to_string().into_bytes())
-        .timeout(std::time::Duration::from_secs(120 + 60 * runs as u64))
+        // The kernel's log, printed on an emulated serial port, takes about
+        // a minute a boot under the nested harness.
+        .timeout(std::time::Duration::from_secs(
+            120 + (60 + 200 * u64::from(opts.dmesg)) * runs as u64,
+        ))
         .run();
     if let Some(path) = &opts.console {
         if let Err(e) = std::fs::write(path, &out.console) {
