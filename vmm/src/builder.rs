@@ -159,13 +159,23 @@ fn kvm_err<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, 
 /// Builds the VM `cfg` describes and starts its vCPUs; `start` is when
 /// perfvmm started (boot times and log timestamps count from it).
 pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vm, VmError> {
+    // When each setup step ended (`--boot-timer` prints them).
+    let mut steps = Vec::new();
+    let mut mark = |step| steps.push((step, start.elapsed()));
     let policy = load_policy(cfg)?;
     let cfg = &within_policy(cfg, &policy);
     let mem = Inputs::create_memory(cfg)?;
+    mark("memory");
     let inputs = Inputs::load(cfg, policy, mem, start)?;
+    mark("inputs");
     let entry = load_guest(cfg, &inputs)?;
+    mark("kernel");
     let (kvm, vm, slots) = create_kvm_vm(cfg, &inputs.mem, inputs.hotplug)?;
+    mark("kvm");
     let b = VmBuilder::new(cfg, start, inputs, (vm, slots), None)?;
+    for (step, at) in steps {
+        b.times.record(step, at);
+    }
     b.attach_all(&kvm, Boot::Fresh(entry))
 }
 
@@ -593,11 +603,12 @@ fn boot_timer_report(regions: Vec<(usize, usize)>) -> InitHook {
         let m = memstat::sample(&regions);
         eprintln!(
             "perfvmm: boot-timer: first_instruction_ms={first:.1} init_ms={init:.1} \
-             rss_kib={} guest_resident_kib={} vmm_own_kib={} peak_rss_kib={}",
+             rss_kib={} guest_resident_kib={} vmm_own_kib={} peak_rss_kib={} setup_ms={}",
             m.rss_kib,
             m.guest_resident_kib,
             m.rss_kib.saturating_sub(m.guest_resident_kib),
-            m.peak_rss_kib
+            m.peak_rss_kib,
+            t.setup_line()
         );
     })
 }
@@ -896,6 +907,7 @@ impl<'a> VmBuilder<'a> {
         memory: MemoryManager,
         cpus: CpuHotplug,
     ) -> Result<Vm, VmError> {
+        self.times.mark("devices");
         let CpuHotplug { states, ged } = cpus;
         let clock = self.vm_clock();
         let mut held_vcpus = None;
@@ -926,6 +938,7 @@ impl<'a> VmBuilder<'a> {
                 cpus,
             )?;
         }
+        self.times.mark("vcpus");
         // Signals are blocked before any vCPU thread exists, so they inherit
         // the mask and SIGINT/SIGTERM reach only the event loop's signalfd.
         let signals = event_loop::block_stop_signals()?;

@@ -193,7 +193,10 @@ pub struct Cli {
     pub log_limit: u64,
 
     /// Print boot timings (perfvmm start to first guest instruction and to
-    /// the guest's /init) and perfvmm's own memory use on standard error;
+    /// the guest's /init, and when each setup step ended: memory mapped,
+    /// policy and logs ready, kernel loaded, KVM VM created, devices
+    /// attached, vCPUs created) and perfvmm's own memory use on standard
+    /// error;
     /// with --restore, the restore's steps (state read, memory mapped, KVM
     /// set up, devices and vCPUs restored: the guest runs on).
     #[arg(long)]

@@ -173,6 +173,42 @@ struct Series {
     /// perfvmm only, from its boot timer.
     first: Vec<f64>,
     own: Vec<f64>,
+    /// perfvmm only: its setup steps, each `(step, ms since its start)`.
+    setup: Vec<Vec<(String, f64)>>,
+}
+
+/// The `setup_ms=step:ms,step:ms,...` field of a boot-timer line.
+fn setup_steps(line: &str) -> Vec<(String, f64)> {
+    let Some(list) = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("setup_ms="))
+    else {
+        return Vec::new();
+    };
+    list.split(',')
+        .filter_map(|s| {
+            let (step, ms) = s.split_once(':')?;
+            Some((step.to_string(), ms.parse().ok()?))
+        })
+        .collect()
+}
+
+/// "step median · step median ...", in the steps' order.
+fn setup_summary(runs: &[Vec<(String, f64)>]) -> String {
+    let Some(first) = runs.first() else {
+        return "—".into();
+    };
+    first
+        .iter()
+        .map(|(step, _)| {
+            let mut v: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.iter().find(|(s, _)| s == step).map(|x| x.1))
+                .collect();
+            format!("{step} {:.0}", median(&mut v))
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
 }
 
 /// "median (min–max)".
@@ -313,6 +349,7 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
                 s.first
                     .push(field(&t, "first_instruction_ms").unwrap_or(f64::NAN));
                 s.own.push(field(&t, "vmm_own_kib").unwrap_or(f64::NAN));
+                s.setup.push(setup_steps(&t));
             }
         }
     }
@@ -377,9 +414,33 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
         );
     }
     println!(
+        "  perfvmm's setup, median ms from its start to the end of each step:\n    \
+         unpacking: {}\n    --guest-decompress: {}",
+        setup_summary(&perfvmm_s.setup),
+        setup_summary(&gd_s.setup)
+    );
+    println!(
         "  runs: perfvmm {}, perfvmm --guest-decompress {}, Firecracker {} (of {runs} each)",
         perfvmm_s.init.len(),
         gd_s.init.len(),
         fc_s.init.len()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_steps_are_read_and_summed_up_by_median() {
+        let line = "perfvmm: boot-timer: first_instruction_ms=88.2 init_ms=5085.9 \
+                    setup_ms=memory:5.7,kernel:49.9,bad,kvm:x";
+        let a = setup_steps(line);
+        assert_eq!(a, vec![("memory".into(), 5.7), ("kernel".into(), 49.9)]);
+        assert!(setup_steps("perfvmm: boot-timer: init_ms=1").is_empty());
+        let b = setup_steps("setup_ms=memory:4.0,kernel:60.0");
+        let c = setup_steps("setup_ms=memory:9.0,kernel:70.0");
+        assert_eq!(setup_summary(&[a, b, c]), "memory 6 · kernel 60");
+        assert_eq!(setup_summary(&[]), "—");
+    }
 }

@@ -1,7 +1,7 @@
 //! Boot timer: the guest's `/init` writes a magic byte to a fixed MMIO
 //! address; perfvmm records when, as Firecracker's `--boot-timer` does.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::layout::BOOT_TIMER_MAGIC;
@@ -14,6 +14,8 @@ pub struct BootTimes {
     pub start: Instant,
     pub first_instruction: OnceLock<Duration>,
     pub init_reached: OnceLock<Duration>,
+    /// perfvmm's setup before the first instruction: when each step ended.
+    pub setup: Mutex<Vec<(&'static str, Duration)>>,
 }
 
 impl BootTimes {
@@ -22,7 +24,32 @@ impl BootTimes {
             start,
             first_instruction: OnceLock::new(),
             init_reached: OnceLock::new(),
+            setup: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Records that setup step `step` ended now.
+    pub fn mark(&self, step: &'static str) {
+        self.record(step, self.start.elapsed());
+    }
+
+    /// Records that setup step `step` ended at `at` (since the start).
+    pub fn record(&self, step: &'static str, at: Duration) {
+        if let Ok(mut s) = self.setup.lock() {
+            s.push((step, at));
+        }
+    }
+
+    /// The setup steps as `name:ms,name:ms,...` (milliseconds since the
+    /// start, in the order they ended).
+    pub fn setup_line(&self) -> String {
+        let Ok(s) = self.setup.lock() else {
+            return String::new();
+        };
+        s.iter()
+            .map(|(n, d)| format!("{n}:{:.1}", d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Records the first guest instruction (the boot vCPU's first `KVM_RUN`).
@@ -89,5 +116,16 @@ mod tests {
         t.write(0, &[BOOT_TIMER_MAGIC]);
         assert!(times.init_reached.get().is_some());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn setup_steps_print_in_the_order_they_ended() {
+        let times = BootTimes::new(Instant::now());
+        assert_eq!(times.setup_line(), "");
+        times.record("memory", Duration::from_micros(3_250));
+        times.record("kernel", Duration::from_millis(61));
+        times.mark("vcpus");
+        let line = times.setup_line();
+        assert!(line.starts_with("memory:3.2,kernel:61.0,vcpus:"), "{line}");
     }
 }
