@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod cpio;
+pub mod exits;
 pub mod fit;
 pub mod host_restore;
 pub mod predict;

@@ -20,7 +20,13 @@
 //!
 //!   cargo run --release -p perfvmm-tests --bin boot-bench -- [RUNS] --firecracker PATH
 //!       [--append KERNEL-ARGS] [--console FILE] [--stamp 1] [--dmesg 1]
-//!       [--kernel FILE] [--perfvmm-kernel FILE]
+//!       [--kernel FILE] [--perfvmm-kernel FILE] [--exits 1]
+//!
+//! `--exits 1` also counts each run's exits to the host's KVM, by reason,
+//! port, MSR and MMIO address (tracepoint histograms in the host's kernel,
+//! `perfvmm_tests::exits`), and prints the three VMMs' medians side by
+//! side. The histograms cost each exit a little, so the times of such a
+//! run are not comparable with a run without them.
 
 use std::path::{Path, PathBuf};
 
@@ -66,11 +72,12 @@ fn main() {
                 ("--dmesg", Some(v)) => opts.dmesg = v == "1",
                 ("--kernel", Some(v)) => opts.kernel = Some(PathBuf::from(v)),
                 ("--perfvmm-kernel", Some(v)) => opts.perfvmm_kernel = Some(PathBuf::from(v)),
+                ("--exits", Some(v)) => opts.exits = v == "1",
                 _ => {
                     eprintln!(
                         "boot-bench: with --firecracker, only RUNS, --append ARGS, \
-                         --console FILE, --stamp 1, --dmesg 1, --kernel FILE and \
-                         --perfvmm-kernel FILE may be given (1 vCPU, 256 MiB)"
+                         --console FILE, --stamp 1, --dmesg 1, --kernel FILE, \
+                         --perfvmm-kernel FILE and --exits 1 may be given (1 vCPU, 256 MiB)"
                     );
                     std::process::exit(2);
                 }
@@ -243,6 +250,48 @@ struct SideBySide {
     /// A kernel for perfvmm alone (experiments only: the comparison is
     /// then not like for like).
     perfvmm_kernel: Option<PathBuf>,
+    /// Count each run's exits to the host's KVM (see `exits`).
+    exits: bool,
+}
+
+/// The benchmark's shell script: an untimed boot of each VMM, then `runs`
+/// rounds of perfvmm, perfvmm --guest-decompress and Firecracker, each run
+/// bracketed by the exit histograms when `exits` is on.
+fn side_by_side_script(
+    runs: usize,
+    cmds: [(&str, &str); 3],
+    fc_kernel: &str,
+    stamp: bool,
+    exits: bool,
+) -> String {
+    let mut rounds = String::new();
+    for (label, cmd) in cmds {
+        if exits {
+            rounds.push_str("exits_arm\n");
+        }
+        rounds.push_str(&format!(
+            "@FILES@/vmm-run {label} {MARKER} {cmd} </dev/null\n"
+        ));
+        if exits {
+            rounds.push_str(&format!("exits_dump {label}\n"));
+        }
+    }
+    let [(_, perfvmm), _, (_, fc)] = cmds;
+    let (functions, setup) = if exits {
+        (perfvmm_tests::exits::sh_functions(), "exits_setup\n")
+    } else {
+        (String::new(), "")
+    };
+    format!(
+        "chmod 755 @FILES@/vmm-run @FILES@/firecracker\n\
+         export VMM_RUN_STAMP={}\n\
+         sed -i 's|KERNEL_PATH|{fc_kernel}|; s|FILES_DIR|@FILES@|' @FILES@/fc.json\n\
+         {functions}{setup}\
+         @FILES@/vmm-run warmup-perfvmm {MARKER} {perfvmm} </dev/null >/dev/null\n\
+         @FILES@/vmm-run warmup-firecracker {MARKER} {fc} </dev/null >/dev/null\n\
+         for i in $(seq {runs}); do\n{rounds}done\n",
+        u8::from(stamp)
+    )
 }
 
 fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
@@ -273,18 +322,16 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
     );
     let guest_decompress = format!("{perfvmm} --guest-decompress");
     let fc = "@FILES@/firecracker --no-api --config-file @FILES@/fc.json";
-    let script = format!(
-        "chmod 755 @FILES@/vmm-run @FILES@/firecracker\n\
-         export VMM_RUN_STAMP={}\n\
-         sed -i 's|KERNEL_PATH|{fc_kernel}|; s|FILES_DIR|@FILES@|' @FILES@/fc.json\n\
-         @FILES@/vmm-run warmup-perfvmm {MARKER} {perfvmm} </dev/null >/dev/null\n\
-         @FILES@/vmm-run warmup-firecracker {MARKER} {fc} </dev/null >/dev/null\n\
-         for i in $(seq {runs}); do\n\
-         @FILES@/vmm-run perfvmm {MARKER} {perfvmm} </dev/null\n\
-         @FILES@/vmm-run guest-decompress {MARKER} {guest_decompress} </dev/null\n\
-         @FILES@/vmm-run firecracker {MARKER} {fc} </dev/null\n\
-         done\n",
-        u8::from(opts.stamp)
+    let script = side_by_side_script(
+        runs,
+        [
+            ("perfvmm", &perfvmm),
+            ("guest-decompress", &guest_decompress),
+            ("firecracker", fc),
+        ],
+        fc_kernel,
+        opts.stamp,
+        opts.exits,
     );
     println!(
         "boot-bench: mode {:?}, perfvmm, perfvmm --guest-decompress and Firecracker ({}) \
@@ -419,6 +466,18 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
         setup_summary(&perfvmm_s.setup),
         setup_summary(&gd_s.setup)
     );
+    if opts.exits {
+        let exits = perfvmm_tests::exits::parse(&out.console);
+        println!(
+            "  exits to the host's KVM, exec -> exit (columns: Firecracker, perfvmm, \
+             perfvmm --guest-decompress):\n{}",
+            perfvmm_tests::exits::table(
+                &exits,
+                &["firecracker", "perfvmm", "guest-decompress"],
+                12
+            )
+        );
+    }
     println!(
         "  runs: perfvmm {}, perfvmm --guest-decompress {}, Firecracker {} (of {runs} each)",
         perfvmm_s.init.len(),
@@ -430,6 +489,33 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_script_brackets_each_run_with_the_exit_histograms_only_when_asked() {
+        let cmds = [
+            ("perfvmm", "PV"),
+            ("guest-decompress", "GD"),
+            ("firecracker", "FC"),
+        ];
+        let plain = side_by_side_script(3, cmds, "@KERNEL@", false, false);
+        assert!(!plain.contains("exits_"));
+        assert!(plain.contains("vmm-run warmup-firecracker perfvmm-bench-marker FC"));
+        assert!(plain.contains("seq 3"));
+        let s = side_by_side_script(3, cmds, "@KERNEL@", true, true);
+        assert!(s.contains("VMM_RUN_STAMP=1"));
+        for label in ["perfvmm", "guest-decompress", "firecracker"] {
+            let run = format!("@FILES@/vmm-run {label} ");
+            let at = s.find(&run).unwrap();
+            assert!(s[..at].ends_with("exits_arm\n"), "{label}");
+            assert!(
+                s[at..].contains(&format!("\nexits_dump {label}\n")),
+                "{label}"
+            );
+        }
+        // The functions are defined, and tracefs set up, before the first use.
+        assert!(s.find("exits_dump() {").unwrap() < s.find("exits_setup\n").unwrap());
+        assert!(s.find("exits_setup\n").unwrap() < s.find("exits_arm\n").unwrap());
+    }
 
     #[test]
     fn setup_steps_are_read_and_summed_up_by_median() {
