@@ -56,3 +56,46 @@ pub const SH_WAIT_FOR: &str = r#"wait_for() {
   done
 }
 "#;
+
+/// The `setup_ms=step:ms,step:ms,...` field of a boot-timer or
+/// restore-timer line: each of perfvmm's setup steps and when it ended, in
+/// milliseconds since perfvmm's start. Malformed pairs are left out.
+pub fn setup_steps(line: &str) -> Vec<(String, f64)> {
+    let Some(list) = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("setup_ms="))
+    else {
+        return Vec::new();
+    };
+    list.split(',')
+        .filter_map(|s| {
+            let (step, ms) = s.split_once(':')?;
+            Some((step.to_string(), ms.parse().ok()?))
+        })
+        .collect()
+}
+
+/// When setup step `step` of `line` ended (see [`setup_steps`]).
+pub fn setup_step(line: &str, step: &str) -> Option<f64> {
+    setup_steps(line)
+        .into_iter()
+        .find_map(|(s, ms)| (s == step).then_some(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_steps_are_read_in_order_and_malformed_ones_left_out() {
+        let line = "perfvmm: boot-timer: first_instruction_ms=88.2 init_ms=5085.9 \
+                    setup_ms=memory:5.7,kernel:49.9,bad,kvm:x";
+        assert_eq!(
+            setup_steps(line),
+            vec![("memory".into(), 5.7), ("kernel".into(), 49.9)]
+        );
+        assert!(setup_steps("perfvmm: boot-timer: init_ms=1").is_empty());
+        assert_eq!(setup_step(line, "kernel"), Some(49.9));
+        assert_eq!(setup_step(line, "kvm"), None);
+    }
+}

@@ -35,21 +35,21 @@ pub struct RestoreTimes {
 }
 
 impl RestoreTimes {
-    /// Reads `perfvmm: restore-timer: state_ms=.. memory_ms=.. kvm_ms=..
-    /// ready_ms=..`.
+    /// Reads `perfvmm: restore-timer: ready_ms=.. peak_rss_kib=..
+    /// setup_ms=state:..,memory:..,kvm:..,...`.
     pub fn parse(line: &str) -> Option<Self> {
         let rest = line.split_once("restore-timer:")?.1;
-        let get = |key: &str| -> Option<f64> {
-            rest.split_whitespace()
-                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))?
-                .parse()
-                .ok()
-        };
+        let ready_ms = rest
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ready_ms="))?
+            .parse()
+            .ok()?;
+        let step = |s| crate::bench::setup_step(rest, s);
         Some(RestoreTimes {
-            state_ms: get("state_ms")?,
-            memory_ms: get("memory_ms")?,
-            kvm_ms: get("kvm_ms")?,
-            ready_ms: get("ready_ms")?,
+            state_ms: step("state")?,
+            memory_ms: step("memory")?,
+            kvm_ms: step("kvm")?,
+            ready_ms,
         })
     }
 }
@@ -157,12 +157,16 @@ mod tests {
     #[test]
     fn the_restore_line_is_read() {
         let t = RestoreTimes::parse(
-            "perfvmm: restore-timer: state_ms=0.4 memory_ms=0.5 kvm_ms=7.5 ready_ms=8.3 \
-             peak_rss_kib=4188",
+            "perfvmm: restore-timer: ready_ms=8.3 peak_rss_kib=4188 \
+             setup_ms=state:0.4,memory:0.5,kvm:7.5,devices:7.9,vcpus:8.1",
         )
         .unwrap();
         assert_eq!((t.state_ms, t.kvm_ms, t.ready_ms), (0.4, 7.5, 8.3));
         assert!(RestoreTimes::parse("perfvmm: boot-timer: ready_ms=1").is_none());
-        assert!(RestoreTimes::parse("perfvmm: restore-timer: state_ms=x").is_none());
+        // A step missing or malformed: no times.
+        assert!(RestoreTimes::parse(
+            "perfvmm: restore-timer: ready_ms=8.3 setup_ms=state:x,memory:0.5,kvm:7.5"
+        )
+        .is_none());
     }
 }

@@ -227,8 +227,8 @@ fn resume(
     held: bool,
     memory: impl FnOnce(&Shape) -> Result<GuestMem, VmError>,
 ) -> Result<Vm, VmError> {
-    let ms = || start.elapsed().as_secs_f64() * 1e3;
-    let state_ms = ms();
+    // When each restore step ended (`--boot-timer` prints them).
+    let mut steps = vec![("state", start.elapsed())];
     let vcpus = std::mem::take(&mut state.vcpus);
     let cfg = &restored_config(cfg, &state);
     if state.shape.regions != memory_layout(cfg) {
@@ -240,19 +240,23 @@ fn resume(
     let policy = load_policy(cfg)?;
     let mem = memory(&state.shape)?;
     let inputs = Inputs::load(cfg, policy, mem, start)?;
-    let memory_ms = ms();
+    steps.push(("memory", start.elapsed()));
     let (kvm, vm, slots) = create_kvm_vm(cfg, &inputs.mem, inputs.hotplug)?;
     restore_kvm_state(&vm, &state)?;
-    let kvm_ms = ms();
+    steps.push(("kvm", start.elapsed()));
     let b = VmBuilder::new(cfg, start, inputs, (vm, slots), Some(state))?;
+    for (step, at) in steps {
+        b.times.record(step, at);
+    }
+    let times = b.times.clone();
     let vm = b.attach_all(&kvm, Boot::Restore { vcpus, held })?;
     if cfg.boot_timer {
         // Times since perfvmm started; the guest runs from `ready_ms` on.
         eprintln!(
-            "perfvmm: restore-timer: state_ms={state_ms:.1} memory_ms={memory_ms:.1} \
-             kvm_ms={kvm_ms:.1} ready_ms={:.1} peak_rss_kib={}",
-            ms(),
-            memstat::sample(&[]).peak_rss_kib
+            "perfvmm: restore-timer: ready_ms={:.1} peak_rss_kib={} setup_ms={}",
+            start.elapsed().as_secs_f64() * 1e3,
+            memstat::sample(&[]).peak_rss_kib,
+            times.setup_line()
         );
     }
     Ok(vm)

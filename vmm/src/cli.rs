@@ -196,9 +196,10 @@ pub struct Cli {
     /// the guest's /init, and when each setup step ended: memory mapped,
     /// policy and logs ready, kernel loaded, KVM VM created, devices
     /// attached, vCPUs created) and perfvmm's own memory use on standard
-    /// error;
-    /// with --restore, the restore's steps (state read, memory mapped, KVM
-    /// set up, devices and vCPUs restored: the guest runs on).
+    /// error, as `setup_ms=step:ms,...`; with --restore, when the restore
+    /// was ready (the guest runs on) and, in the same form, when its steps
+    /// ended (state read, memory mapped, KVM set up, devices and vCPUs
+    /// restored).
     #[arg(long)]
     pub boot_timer: bool,
 

@@ -184,22 +184,6 @@ struct Series {
     setup: Vec<Vec<(String, f64)>>,
 }
 
-/// The `setup_ms=step:ms,step:ms,...` field of a boot-timer line.
-fn setup_steps(line: &str) -> Vec<(String, f64)> {
-    let Some(list) = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("setup_ms="))
-    else {
-        return Vec::new();
-    };
-    list.split(',')
-        .filter_map(|s| {
-            let (step, ms) = s.split_once(':')?;
-            Some((step.to_string(), ms.parse().ok()?))
-        })
-        .collect()
-}
-
 /// "step median · step median ...", in the steps' order.
 fn setup_summary(runs: &[Vec<(String, f64)>]) -> String {
     let Some(first) = runs.first() else {
@@ -396,7 +380,7 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
                 s.first
                     .push(field(&t, "first_instruction_ms").unwrap_or(f64::NAN));
                 s.own.push(field(&t, "vmm_own_kib").unwrap_or(f64::NAN));
-                s.setup.push(setup_steps(&t));
+                s.setup.push(bench::setup_steps(&t));
             }
         }
     }
@@ -518,14 +502,12 @@ mod tests {
     }
 
     #[test]
-    fn setup_steps_are_read_and_summed_up_by_median() {
+    fn setup_steps_are_summed_up_by_median() {
         let line = "perfvmm: boot-timer: first_instruction_ms=88.2 init_ms=5085.9 \
                     setup_ms=memory:5.7,kernel:49.9,bad,kvm:x";
-        let a = setup_steps(line);
-        assert_eq!(a, vec![("memory".into(), 5.7), ("kernel".into(), 49.9)]);
-        assert!(setup_steps("perfvmm: boot-timer: init_ms=1").is_empty());
-        let b = setup_steps("setup_ms=memory:4.0,kernel:60.0");
-        let c = setup_steps("setup_ms=memory:9.0,kernel:70.0");
+        let a = bench::setup_steps(line);
+        let b = bench::setup_steps("setup_ms=memory:4.0,kernel:60.0");
+        let c = bench::setup_steps("setup_ms=memory:9.0,kernel:70.0");
         assert_eq!(setup_summary(&[a, b, c]), "memory 6 · kernel 60");
         assert_eq!(setup_summary(&[]), "—");
     }

@@ -71,11 +71,17 @@ impl<'a> Results<'a> {
 
     /// The median of `key` over the results that start with `kind`.
     fn median(&self, kind: &str, key: &str) -> f64 {
+        self.median_of(kind, |l| field(l, key))
+    }
+
+    /// The median of what `get` reads from the results that start with
+    /// `kind`.
+    fn median_of(&self, kind: &str, get: impl Fn(&str) -> Option<f64>) -> f64 {
         median(
             self.0
                 .iter()
                 .filter(|l| l.starts_with(kind))
-                .filter_map(|l| field(l, key))
+                .filter_map(|l| get(l))
                 .collect(),
         )
     }
@@ -198,15 +204,16 @@ fn main() {
     for &size in &sizes {
         let results = Results::tagged(&out.console, &format!("bench: size={size} "));
         let pick = |kind: &str, key: &str| results.median(kind, key);
+        let step = |s: &str| results.median_of("restore-timer", |l| bench::setup_step(l, s));
         println!(
             "| {size} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
             pick("snapshot", "pause_ms"),
             pick("snapshot", "written_bytes") / (1 << 20) as f64,
             pick("snapshot", "disk_kib") / 1024.0,
             pick("fresh", "first_instruction_ms"),
-            pick("restore-timer", "state_ms"),
-            pick("restore-timer", "memory_ms"),
-            pick("restore-timer", "kvm_ms"),
+            step("state"),
+            step("memory"),
+            step("kvm"),
             pick("restore-timer", "ready_ms"),
         );
     }

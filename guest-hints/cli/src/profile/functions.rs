@@ -3,8 +3,8 @@
 //! `perf-event2` crate; no hardware counters needed), the samples' addresses
 //! are mapped through the processes' `/proc/PID/maps` (as they were when
 //! each sample was taken: a process that `exec`s changes them) to ELF
-//! symbols after the run, and each phase gets the share of its samples per function —
-//! overall, and while only one thread ran (its serial path).
+//! symbols after the run, and each phase gets the share of its samples per
+//! function — overall, and while only one thread ran (its serial path).
 
 use std::collections::HashMap;
 use std::path::Path;
