@@ -187,8 +187,9 @@ pub fn in_rounds(runs: &[&str], rounds: u32) -> Vec<String> {
 
 /// Boots a 4-vCPU guest and makes the `runs` (see [`RUNS`]; `NAME.N` is
 /// the Nth repetition of NAME); `units` sizes the validation workload
-/// (millions of steps per unit of work).
-pub fn run_guest(runs: &[String], units: u32) -> RunOutput {
+/// (millions of steps per unit of work); `l1_cpus` is the nested
+/// harness's L1 host's vCPUs (4 in the tests).
+pub fn run_guest(runs: &[String], units: u32, l1_cpus: u32) -> RunOutput {
     let cmdline = format!("pvrun=predict pvunits={units} pvpredict={}", runs.join(","));
     // A static VM: the policy resizes nothing while the runs are timed.
     GuestRun::demo(
@@ -204,7 +205,7 @@ pub fn run_guest(runs: &[String], units: u32) -> RunOutput {
     )
     .file("policy.toml", b"mode = \"static\"\n".to_vec())
     .timeout(time_bound(runs, units))
-    .l1_cpus(4)
+    .l1_cpus(l1_cpus)
     .run()
 }
 

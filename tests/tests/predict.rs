@@ -22,7 +22,7 @@ fn predictions_match_real_runs() {
         ],
         3,
     );
-    let out = run_guest(&names, 20);
+    let out = run_guest(&names, 20, 4);
     out.expect_contains("scenario: predict done").expect_exit(0);
     let r = runs(&out.console).expect("the profiles parse");
     let p = &r.profiles;

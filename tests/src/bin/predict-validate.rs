@@ -1,11 +1,12 @@
 //! Checks `perfvmm predict` against real runs in the nested harness and
 //! prints the validation table of docs/predict.md.
 //!
-//!   predict-validate [--units N] [--rounds N] [--first-round K] [--runs NAME,...]
+//!   predict-validate [--units N] [--rounds N] [--first-round K] [--runs NAME,...] [--l1-cpus N]
 //!   predict-validate --console FILE [--console FILE ...]
 //!
 //! `--host-cores N` (default: this machine's CPUs; 0: none) is the
 //! physical cores the VMs run on, as `perfvmm predict --host-cores`.
+//! `--l1-cpus N` (default 4) is the nested harness's L1 host's vCPUs.
 //!
 //! Each round of runs is one guest boot (5 to 10 minutes for the whole
 //! set; given up when `predict::time_bound` passes) in a process of its
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
     let mut consoles: Vec<String> = Vec::new();
     let mut first = 1;
     let mut only: Option<u32> = None;
+    let mut l1_cpus = 4;
     // The physical cores under the VMs: this machine's (the nested
     // harness's L1 runs on them).
     let mut host_cores = std::thread::available_parallelism()
@@ -54,6 +56,10 @@ fn main() -> ExitCode {
                 Ok(n) if n >= 1 => only = Some(n),
                 _ => return usage(),
             },
+            ("--l1-cpus", Some(v)) => match v.parse() {
+                Ok(n) if (1..=8).contains(&n) => l1_cpus = n,
+                _ => return usage(),
+            },
             ("--runs", Some(v)) => runs = v.split(',').map(str::to_string).collect(),
             ("--console", Some(v)) => consoles.push(v.clone()),
             ("--host-cores", Some(v)) => match v.parse() {
@@ -65,7 +71,7 @@ fn main() -> ExitCode {
         }
     }
     if let Some(r) = only {
-        return one_round(r, &runs, units);
+        return one_round(r, &runs, units, l1_cpus);
     }
     if consoles.is_empty() {
         let last = first + rounds - 1;
@@ -82,6 +88,7 @@ fn main() -> ExitCode {
                 Command::new(exe)
                     .args(["--round", &r.to_string(), "--units", &units.to_string()])
                     .args(["--runs", &runs.join(",")])
+                    .args(["--l1-cpus", &l1_cpus.to_string()])
                     .status()
             });
             match ran {
@@ -140,9 +147,9 @@ fn round_file(r: u32) -> String {
 }
 
 /// Makes round `r` of `runs` in one boot and saves its console.
-fn one_round(r: u32, runs: &[String], units: u32) -> ExitCode {
+fn one_round(r: u32, runs: &[String], units: u32, l1_cpus: u32) -> ExitCode {
     let names = round_names(runs, r);
-    let out = run_guest(&names, units);
+    let out = run_guest(&names, units, l1_cpus);
     let file = round_file(r);
     if let Err(e) = std::fs::write(&file, &out.console) {
         eprintln!("predict-validate: {file}: {e}");
@@ -161,7 +168,7 @@ fn one_round(r: u32, runs: &[String], units: u32) -> ExitCode {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: predict-validate [--units N] [--rounds N] [--first-round K] [--runs NAME,...] [--host-cores N] | --console FILE ..."
+        "usage: predict-validate [--units N] [--rounds N] [--first-round K] [--runs NAME,...] [--host-cores N] [--l1-cpus N] | --console FILE ..."
     );
     ExitCode::from(2)
 }

@@ -157,10 +157,6 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
             io_calls: calls.update(snap.io.iter().map(|(p, c)| (*p, c.calls))),
         };
         samples.push(s);
-        // The CPUs the program may use (taskset may narrow them after exec).
-        if let Some(n) = procfs.cpus_allowed(pid) {
-            cpus_seen.push(n);
-        }
         let tids: Vec<u32> = snap.thread_cpu_ns.iter().map(|&(tid, _)| tid).collect();
         sampler.watch(&tids);
         // Each process's mappings when first seen, again when it has
@@ -173,6 +169,13 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
             .filter(|&(p, c)| tick.is_multiple_of(100) || mapped.get(p) != Some(c))
             .map(|(&p, _)| p)
             .collect();
+        // The CPUs the program may use (taskset may narrow them after
+        // exec): on a change in the tree and every 10 ticks.
+        if !fresh.is_empty() || tick.is_multiple_of(10) {
+            if let Some(n) = procfs.cpus_allowed(pid) {
+                cpus_seen.push(n);
+            }
+        }
         sampler.read_maps(procfs.root(), &fresh);
         mapped.extend(snap.pids.iter().copied().zip(snap.comms.iter().copied()));
         if referenced && now >= next_ws && !snap.pids.is_empty() {

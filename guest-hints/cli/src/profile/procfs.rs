@@ -116,6 +116,11 @@ pub struct Procfs {
     ns_per_tick: u64,
     /// Whether per-thread `schedstat` gives nanoseconds (else clock ticks).
     pub schedstat: bool,
+    /// Whether each thread lists its children (`/proc/PID/task/TID/children`,
+    /// `CONFIG_PROC_CHILDREN`): the tree is then walked from its root,
+    /// instead of reading every process's `stat` on each look, which under
+    /// emulation took the profiler a whole CPU (docs/predict.md).
+    pub children: bool,
 }
 
 impl Procfs {
@@ -127,11 +132,13 @@ impl Procfs {
             .ok()
             .and_then(|t| parse_schedstat(&t))
             .is_some();
+        let children = root.join("thread-self/children").exists();
         Procfs {
             root,
             page_size: rustix::param::page_size() as u64,
             ns_per_tick: 1_000_000_000 / ticks,
             schedstat,
+            children,
         }
     }
 
@@ -150,27 +157,23 @@ impl Procfs {
         count_cpu_list(list.trim())
     }
 
-    /// `root` and its descendants, from every process's parent in `/proc`.
-    fn tree(&self, root: u32) -> Vec<(u32, Stat)> {
-        let mut all: Vec<(u32, Stat)> = Vec::new();
+    /// `root` and its descendants, from every process's parent in `/proc`
+    /// (when threads do not list their children).
+    fn tree_by_scan(&self, root: u32) -> Vec<u32> {
+        let mut all: Vec<(u32, u32)> = Vec::new();
         if let Ok(dir) = fs::read_dir(&self.root) {
             for e in dir.flatten() {
                 let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                     continue;
                 };
-                if let Some(st) = fs::read_to_string(e.path().join("stat"))
-                    .ok()
-                    .and_then(|t| parse_stat(&t))
-                {
-                    all.push((pid, st));
+                if let Some(st) = self.stat(&e.path()) {
+                    all.push((pid, st.ppid));
                 }
             }
         }
-        let mut children: HashMap<u32, Vec<usize>> = HashMap::new();
-        let mut index: HashMap<u32, usize> = HashMap::new();
-        for (i, (pid, st)) in all.iter().enumerate() {
-            children.entry(st.ppid).or_default().push(i);
-            index.insert(*pid, i);
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        for &(pid, ppid) in &all {
+            children.entry(ppid).or_default().push(pid);
         }
         let mut out = Vec::new();
         let mut seen = HashSet::new();
@@ -179,53 +182,48 @@ impl Procfs {
             if !seen.insert(pid) {
                 continue;
             }
-            if let Some(&i) = index.get(&pid) {
-                out.push(all[i]);
-            }
+            out.push(pid);
             if let Some(kids) = children.get(&pid) {
-                queue.extend(kids.iter().map(|&i| all[i].0));
+                queue.extend(kids);
             }
         }
         out
     }
 
-    /// The tree under `root` now.
+    fn stat(&self, dir: &Path) -> Option<Stat> {
+        fs::read_to_string(dir.join("stat"))
+            .ok()
+            .and_then(|t| parse_stat(&t))
+    }
+
+    /// The tree under `root` now: each process from `root` down, and the
+    /// threads of each.
     pub fn snapshot(&self, root: u32) -> Snapshot {
         let mut s = Snapshot::default();
-        for (pid, st) in self.tree(root) {
+        let mut queue = if self.children {
+            vec![root]
+        } else {
+            self.tree_by_scan(root)
+        };
+        queue.reverse();
+        let mut seen = HashSet::new();
+        while let Some(pid) = queue.pop() {
+            if !seen.insert(pid) {
+                continue;
+            }
+            let dir = self.root.join(pid.to_string());
+            // A process that ended since it was listed is left out.
+            let Some(st) = self.stat(&dir) else {
+                continue;
+            };
             s.pids.push(pid);
             s.comms.push(st.comm);
             s.rss_bytes = s
                 .rss_bytes
                 .saturating_add(st.rss_pages.saturating_mul(self.page_size));
-            let task = self.root.join(pid.to_string()).join("task");
-            if let Ok(dir) = fs::read_dir(&task) {
-                for e in dir.flatten() {
-                    let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
-                    else {
-                        continue;
-                    };
-                    let Some(t) = fs::read_to_string(e.path().join("stat"))
-                        .ok()
-                        .and_then(|t| parse_stat(&t))
-                    else {
-                        continue;
-                    };
-                    if t.state == b'R' {
-                        s.running += 1;
-                    }
-                    let ns = if self.schedstat {
-                        fs::read_to_string(e.path().join("schedstat"))
-                            .ok()
-                            .and_then(|t| parse_schedstat(&t))
-                    } else {
-                        None
-                    };
-                    let ns = ns.unwrap_or(t.cpu_ticks.saturating_mul(self.ns_per_tick));
-                    s.thread_cpu_ns.push((tid, ns));
-                }
-            }
-            if let Some(io) = fs::read_to_string(self.root.join(pid.to_string()).join("io"))
+            let kids = self.threads(&dir, &mut s);
+            queue.extend(kids);
+            if let Some(io) = fs::read_to_string(dir.join("io"))
                 .ok()
                 .and_then(|t| parse_io(&t))
             {
@@ -233,6 +231,45 @@ impl Procfs {
             }
         }
         s
+    }
+
+    /// Adds the threads of the process in `dir` to `s`; their children,
+    /// when threads list them.
+    fn threads(&self, dir: &Path, s: &mut Snapshot) -> Vec<u32> {
+        let mut kids = Vec::new();
+        let Ok(tasks) = fs::read_dir(dir.join("task")) else {
+            return kids;
+        };
+        for e in tasks.flatten() {
+            let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let path = e.path();
+            let Some(t) = self.stat(&path) else {
+                continue;
+            };
+            if t.state == b'R' {
+                s.running += 1;
+            }
+            let ns = if self.schedstat {
+                fs::read_to_string(path.join("schedstat"))
+                    .ok()
+                    .and_then(|t| parse_schedstat(&t))
+            } else {
+                None
+            };
+            let ns = ns.unwrap_or(t.cpu_ticks.saturating_mul(self.ns_per_tick));
+            s.thread_cpu_ns.push((tid, ns));
+            if self.children {
+                if let Ok(list) = fs::read_to_string(path.join("children")) {
+                    kids.extend(
+                        list.split_whitespace()
+                            .filter_map(|p| p.parse::<u32>().ok()),
+                    );
+                }
+            }
+        }
+        kids
     }
 
     /// Bytes of pages `pid` referenced since its last [`Self::clear_refs`].
@@ -367,10 +404,40 @@ mod tests {
     }
 
     #[test]
+    fn a_child_is_found_both_ways() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .expect("sleep runs");
+        let me = std::process::id();
+        let mut p = Procfs::new();
+        let mut trees = Vec::new();
+        for children in [p.children, false] {
+            p.children = children;
+            trees.push(p.snapshot(me).pids);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        for pids in &trees {
+            assert_eq!(pids.first(), Some(&me), "{pids:?}");
+            assert!(pids.contains(&child.id()), "{pids:?}");
+        }
+        // Other tests' children may come and go meanwhile.
+        let sorted = |v: &Vec<u32>| {
+            let mut v = v.clone();
+            v.sort_unstable();
+            v
+        };
+        assert!(sorted(&trees[0]).contains(&child.id()));
+        assert!(sorted(&trees[1]).contains(&child.id()));
+    }
+
+    #[test]
     fn this_process_is_its_own_tree() {
         let p = Procfs::new();
         let s = p.snapshot(std::process::id());
-        assert_eq!(s.pids, vec![std::process::id()]);
+        // First: the root (other tests may have children of their own).
+        assert_eq!(s.pids.first(), Some(&std::process::id()));
         assert!(s.running >= 1, "the test thread is running");
         assert!(s.rss_bytes > 0);
         assert!(!s.thread_cpu_ns.is_empty());
