@@ -215,7 +215,7 @@ pub fn run_guest(runs: &[String], units: u32, l1_cpus: u32) -> RunOutput {
 /// for each of the validation workload's (2–5 s each).
 pub fn time_bound(runs: &[String], units: u32) -> Duration {
     let each = |n: &String| match n.split('-').next() {
-        Some("xz" | "make") => 150,
+        Some("xz" | "make" | "bare" | "xzcost") => 150,
         _ => 15 * u64::from(units.div_ceil(20)),
     };
     Duration::from_secs(300 + runs.iter().map(each).sum::<u64>())

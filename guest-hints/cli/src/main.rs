@@ -102,6 +102,14 @@ enum Cmd {
         /// Milliseconds between samples (at least 1).
         #[arg(long, value_name = "MS", default_value_t = 10)]
         interval_ms: u32,
+        /// Do not sample where CPU time goes by function (no perf events on
+        /// the program's threads): the profile has no `functions`.
+        #[arg(long, conflicts_with = "merge")]
+        no_functions: bool,
+        /// Do not measure the referenced working set (no clearing of the
+        /// program's referenced bits): the working set is the resident set.
+        #[arg(long, conflicts_with = "merge")]
+        no_working_set: bool,
         /// Profiles of runs of one binary to combine (medians, with their
         /// spread) instead of running a command.
         #[arg(long, value_name = "PROFILE", num_args = 1.., conflicts_with = "command")]
@@ -227,9 +235,18 @@ fn main() -> ExitCode {
         Cmd::Profile {
             output,
             interval_ms,
+            no_functions,
+            no_working_set,
             merge,
             command,
-        } => cmd_profile(&output, interval_ms, &merge, &command),
+        } => {
+            let opts = profile::Options {
+                interval_ms,
+                functions: !no_functions,
+                working_set: !no_working_set,
+            };
+            cmd_profile(&output, &opts, &merge, &command)
+        }
         Cmd::Embed {
             binary,
             profile,
@@ -379,7 +396,12 @@ fn fail(cmd: &str, msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn cmd_profile(output: &Path, interval_ms: u32, merge: &[PathBuf], command: &[String]) -> ExitCode {
+fn cmd_profile(
+    output: &Path,
+    opts: &profile::Options,
+    merge: &[PathBuf],
+    command: &[String],
+) -> ExitCode {
     if !merge.is_empty() {
         let mut inputs = Vec::new();
         for path in merge {
@@ -403,14 +425,14 @@ fn cmd_profile(output: &Path, interval_ms: u32, merge: &[PathBuf], command: &[St
             "give a command after -- (perfhint profile -o FILE -- CMD ARGS...) or --merge PROFILES",
         );
     }
-    if interval_ms == 0 {
+    if opts.interval_ms == 0 {
         return fail("profile", "--interval-ms must be at least 1");
     }
     // Refuse an output that cannot be written before running anything.
     if let Err(e) = files::check_writable(output) {
         return fail("profile", e);
     }
-    let (p, status) = match profile::profile(command, interval_ms) {
+    let (p, status) = match profile::profile(command, opts) {
         Ok(r) => r,
         Err(e) => return fail("profile", e),
     };

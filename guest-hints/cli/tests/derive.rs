@@ -222,6 +222,45 @@ fn profile_of_a_shell_script_with_phases_exits_as_it_does() {
 }
 
 #[test]
+fn profile_parts_can_be_turned_off_and_the_profile_says_so() {
+    let _turn = measuring();
+    let dir = scratch("parts-off");
+    let out = dir.join("p.json");
+    let o = perfhint()
+        .args(["profile", "--no-functions", "--no-working-set", "-o"])
+        .arg(&out)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let p: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(p["working_set_source"], "rss", "{p:#}");
+    let notes = p["notes"].to_string();
+    assert!(notes.contains("--no-working-set"), "{notes}");
+    assert!(notes.contains("--no-functions"), "{notes}");
+    assert!(p["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|ph| ph["functions"].as_array().is_none_or(Vec::is_empty)));
+    // Not with --merge: there is nothing to sample.
+    let o = perfhint()
+        .args(["profile", "--no-functions", "-o"])
+        .arg(dir.join("m.json"))
+        .args(["--merge"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn profile_refuses_bad_arguments_with_one_line() {
     let dir = scratch("args");
     let out = dir.join("p.json");

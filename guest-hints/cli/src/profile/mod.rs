@@ -75,9 +75,21 @@ fn trace_path() -> PathBuf {
     ))
 }
 
-/// Runs `command`, sampling every `interval_ms`; returns its profile and
-/// its exit status.
-pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitStatus), String> {
+/// How `perfhint profile` samples.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Milliseconds between samples of `/proc`.
+    pub interval_ms: u32,
+    /// Whether to sample where CPU time goes, by function.
+    pub functions: bool,
+    /// Whether to measure the referenced working set.
+    pub working_set: bool,
+}
+
+/// Runs `command`, sampling as `opts` says; returns its profile and its
+/// exit status.
+pub fn profile(command: &[String], opts: &Options) -> Result<(Profile, ExitStatus), String> {
+    let interval_ms = opts.interval_ms;
     let (program, args) = command
         .split_first()
         .ok_or_else(|| "no command given".to_string())?;
@@ -128,6 +140,9 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
     let ms_since = |t: u64| t.saturating_sub(t0) as f64 / 1e6;
 
     let mut sampler = functions::ThreadSampler::new(t0);
+    if !opts.functions {
+        sampler.unavailable = Some("--no-functions".into());
+    }
     let mut cpus_seen: Vec<u32> = Vec::new();
     let mut mapped: HashMap<u32, Comm> = HashMap::new();
     let mut samples: Vec<RawSample> = Vec::new();
@@ -138,7 +153,10 @@ pub fn profile(command: &[String], interval_ms: u32) -> Result<(Profile, ExitSta
         Counter::default(),
         Counter::default(),
     );
-    let mut referenced = true;
+    let mut referenced = opts.working_set;
+    if !referenced {
+        notes.push("--no-working-set: the working set is the resident set (RSS)".into());
+    }
     let mut last_clear: Option<f64> = None;
     let progress = std::io::stderr().is_terminal();
     let mut shown_at: Option<f64> = None;
