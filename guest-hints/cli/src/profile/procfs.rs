@@ -118,8 +118,8 @@ pub struct Procfs {
     pub schedstat: bool,
     /// Whether each thread lists its children (`/proc/PID/task/TID/children`,
     /// `CONFIG_PROC_CHILDREN`): the tree is then walked from its root,
-    /// instead of reading every process's `stat` on each look, which under
-    /// emulation took the profiler a whole CPU (docs/predict.md).
+    /// instead of reading every process's `stat` on each look
+    /// (`docs/derived-hints.md` gives what each costs).
     pub children: bool,
 }
 
