@@ -234,6 +234,7 @@ pub fn runs(console: &str) -> Result<Runs, String> {
 /// console can interleave a kernel message with a profile's lines): the
 /// runs, and what was wrong with each left out.
 pub fn read_runs(console: &str) -> (Runs, Vec<String>) {
+    let console = &mend_console(console);
     let (by_run, bad) = profiles_by_run(console);
     let mut memory = HashMap::new();
     let mut coz = HashMap::new();
@@ -289,6 +290,57 @@ fn grouped<T>(m: HashMap<String, T>) -> HashMap<String, Vec<T>> {
 
 /// The console's "TAG NAME: REST" lines (anywhere in a line) as (NAME,
 /// REST).
+/// Where a kernel message's time stamp (`[  297.142103] `) starts in
+/// `line`, if it holds one.
+fn kernel_stamp(line: &str) -> Option<usize> {
+    line.match_indices('[').map(|(i, _)| i).find(|&i| {
+        let rest = line[i + 1..].trim_start_matches(' ');
+        let Some((secs, tail)) = rest.split_once('.') else {
+            return false;
+        };
+        let micros = tail.get(..6).unwrap_or("");
+        !secs.is_empty()
+            && secs.bytes().all(|b| b.is_ascii_digit())
+            && micros.len() == 6
+            && micros.bytes().all(|b| b.is_ascii_digit())
+            && tail[6..].starts_with(']')
+    })
+}
+
+/// The console with the lines the guest kernel's messages cut in two made
+/// whole again. A message the kernel prints to the console while the
+/// scenario prints a line (an RCU stall or soft-lockup report under
+/// emulation) lands in the middle of it: the line's head, then the
+/// message's lines, then the line's tail. `dmesg -n 1` keeps most
+/// messages off the console, but not the most urgent ones.
+pub fn mend_console(console: &str) -> String {
+    let mut out = String::with_capacity(console.len());
+    let mut head: Option<&str> = None;
+    for line in console.lines() {
+        let stamp = kernel_stamp(line);
+        match (head, stamp) {
+            // Still inside the message.
+            (Some(_), Some(0)) => continue,
+            (Some(h), _) => {
+                out.push_str(h);
+                out.push_str(line);
+                out.push('\n');
+                head = None;
+            }
+            (None, Some(i)) if i > 0 => head = Some(&line[..i]),
+            (None, _) => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    if let Some(h) = head {
+        out.push_str(h);
+        out.push('\n');
+    }
+    out
+}
+
 fn tagged<'a>(console: &'a str, tag: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
     console.lines().filter_map(move |line| {
         let (_, rest) = line.split_once(tag)?;
@@ -794,6 +846,33 @@ fn table(title: &str, header: &[&str], rows: impl Iterator<Item = Vec<String>>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_cut_by_kernel_messages_are_mended() {
+        // As in validation runs G and H: a message inside a word, one of
+        // two lines inside a line's indentation, and a line of its own.
+        let console = "pvprofile a.1: {\n\
+                       pvpro[  338.076534] rcu: INFO: stall\n\
+                       [  338.076534] rcu: \t1-....: (673 ticks)\n\
+                       file a.1:   \"x\": 1\n\
+                       pvprofile a.1:   [  297.142103] watchdog: BUG: soft lockup\n\
+                       }\n\
+                       [  300.000001] a message of its own\n\
+                       pvprofile a.1: [not a stamp] stays\n";
+        assert_eq!(
+            mend_console(console),
+            "pvprofile a.1: {\npvprofile a.1:   \"x\": 1\npvprofile a.1:   }\n\
+             [  300.000001] a message of its own\npvprofile a.1: [not a stamp] stays\n"
+        );
+        assert_eq!(kernel_stamp("x [ 1.123456] y"), Some(2));
+        assert_eq!(kernel_stamp("[12.12345] short"), None);
+        assert_eq!(kernel_stamp("[a.123456]"), None);
+        // A console that ends inside a message keeps the line's head.
+        assert_eq!(
+            mend_console("pvprofile a.1: {[ 1.000000] m"),
+            "pvprofile a.1: {\n"
+        );
+    }
 
     #[test]
     fn a_boot_is_bounded_by_its_runs() {
