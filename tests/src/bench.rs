@@ -19,6 +19,12 @@ pub fn read_or_exit(tool: &str, path: &Path) -> Vec<u8> {
 pub fn c_helper(tool: &str, name: &str) -> Vec<u8> {
     let ws = crate::workspace();
     let out = ws.build.join(name);
+    // On a fresh clone the build folder is made by the first guest run,
+    // which comes after this.
+    if let Err(e) = std::fs::create_dir_all(&ws.build) {
+        eprintln!("{tool}: {}: {e}", ws.build.display());
+        std::process::exit(1);
+    }
     let status = Command::new("gcc")
         .args(["-O2", "-Wall", "-Werror", "-static", "-o"])
         .arg(&out)

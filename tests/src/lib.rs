@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cpio;
 pub mod exits;
 pub mod fit;
+pub mod guestprof;
 pub mod host_restore;
 pub mod predict;
 pub mod report;

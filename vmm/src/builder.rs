@@ -1039,10 +1039,13 @@ impl<'a> VmBuilder<'a> {
         states: Arc<Mutex<CpuStates>>,
         ged: EventFd,
     ) -> Result<VcpuManager, VmError> {
-        let supported = kvm_err(
+        let mut supported = kvm_err(
             "KVM_GET_SUPPORTED_CPUID",
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
         )?;
+        if kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+            crate::arch::cpuid::declare_tsc_deadline(&mut supported);
+        }
         let msrs = kvm_err("KVM_GET_MSR_INDEX_LIST", kvm.get_msr_index_list())?;
         let ctx = VcpuContext {
             pio: Arc::new(std::mem::take(&mut self.pio)),

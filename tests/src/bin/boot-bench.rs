@@ -20,13 +20,20 @@
 //!
 //!   cargo run --release -p perfvmm-tests --bin boot-bench -- [RUNS] --firecracker PATH
 //!       [--append KERNEL-ARGS] [--console FILE] [--stamp 1] [--dmesg 1]
-//!       [--kernel FILE] [--perfvmm-kernel FILE] [--exits 1]
+//!       [--kernel FILE] [--perfvmm-kernel FILE] [--exits 1] [--guest-profile host|SYSTEM.MAP]
 //!
 //! `--exits 1` also counts each run's exits to the host's KVM, by reason,
 //! port, MSR and MMIO address (tracepoint histograms in the host's kernel,
 //! `perfvmm_tests::exits`), and prints the three VMMs' medians side by
 //! side. The histograms cost each exit a little, so the times of such a
 //! run are not comparable with a run without them.
+//!
+//! `--guest-profile host|SYSTEM.MAP` samples where each guest is during
+//! its boot from the host's KVM tracepoints (`perfvmm_tests::guestprof`)
+//! and names the functions from the host's own kernel symbols (`host`: the
+//! nested harness's L1 runs the guest's kernel) or from a `System.map` of
+//! the guest's kernel; add `--append nokaslr` so that the guest's
+//! addresses are the link-time ones.
 
 use std::path::{Path, PathBuf};
 
@@ -73,15 +80,25 @@ fn main() {
                 ("--kernel", Some(v)) => opts.kernel = Some(PathBuf::from(v)),
                 ("--perfvmm-kernel", Some(v)) => opts.perfvmm_kernel = Some(PathBuf::from(v)),
                 ("--exits", Some(v)) => opts.exits = v == "1",
+                ("--guest-profile", Some(v)) => opts.guest_profile = Some(PathBuf::from(v)),
                 _ => {
                     eprintln!(
                         "boot-bench: with --firecracker, only RUNS, --append ARGS, \
                          --console FILE, --stamp 1, --dmesg 1, --kernel FILE, \
-                         --perfvmm-kernel FILE and --exits 1 may be given (1 vCPU, 256 MiB)"
+                         --perfvmm-kernel FILE, --exits 1 and --guest-profile host|SYSTEM.MAP \
+                         may be given (1 vCPU, 256 MiB)"
                     );
                     std::process::exit(2);
                 }
             }
+        }
+        if let Some(map) = opts
+            .guest_profile
+            .as_ref()
+            .filter(|m| *m != Path::new("host"))
+        {
+            // Before the runs, not after them.
+            read_or_exit(map);
         }
         side_by_side(runs, &fc, &opts);
         return;
@@ -236,36 +253,50 @@ struct SideBySide {
     perfvmm_kernel: Option<PathBuf>,
     /// Count each run's exits to the host's KVM (see `exits`).
     exits: bool,
+    /// Sample where each guest is, named from the host's kernel symbols
+    /// (`host`) or this `System.map` (see `guestprof`).
+    guest_profile: Option<PathBuf>,
 }
 
 /// The benchmark's shell script: an untimed boot of each VMM, then `runs`
 /// rounds of perfvmm, perfvmm --guest-decompress and Firecracker, each run
-/// bracketed by the exit histograms when `exits` is on.
+/// bracketed by the exit histograms when `exits` is on and by the guest
+/// profile's trace when `profile` is.
 fn side_by_side_script(
     runs: usize,
     cmds: [(&str, &str); 3],
     fc_kernel: &str,
     stamp: bool,
-    exits: bool,
+    (exits, profile): (bool, bool),
 ) -> String {
     let mut rounds = String::new();
     for (label, cmd) in cmds {
         if exits {
             rounds.push_str("exits_arm\n");
         }
+        if profile {
+            rounds.push_str("gprof_arm\n");
+        }
         rounds.push_str(&format!(
             "@FILES@/vmm-run {label} {MARKER} {cmd} </dev/null\n"
         ));
+        if profile {
+            rounds.push_str(&format!("gprof_dump {label}\n"));
+        }
         if exits {
             rounds.push_str(&format!("exits_dump {label}\n"));
         }
     }
     let [(_, perfvmm), _, (_, fc)] = cmds;
-    let (functions, setup) = if exits {
-        (perfvmm_tests::exits::sh_functions(), "exits_setup\n")
-    } else {
-        (String::new(), "")
-    };
+    let (mut functions, mut setup) = (String::new(), String::new());
+    if exits {
+        functions.push_str(&perfvmm_tests::exits::sh_functions());
+        setup.push_str("exits_setup\n");
+    }
+    if profile {
+        functions.push_str(perfvmm_tests::guestprof::sh_functions());
+        setup.push_str("gprof_setup\n");
+    }
     format!(
         "chmod 755 @FILES@/vmm-run @FILES@/firecracker\n\
          export VMM_RUN_STAMP={}\n\
@@ -315,7 +346,7 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
         ],
         fc_kernel,
         opts.stamp,
-        opts.exits,
+        (opts.exits, opts.guest_profile.is_some()),
     );
     println!(
         "boot-bench: mode {:?}, perfvmm, perfvmm --guest-decompress and Firecracker ({}) \
@@ -462,11 +493,42 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
             )
         );
     }
+    if let Some(map) = &opts.guest_profile {
+        guest_profile(&out.console, map);
+    }
     println!(
         "  runs: perfvmm {}, perfvmm --guest-decompress {}, Firecracker {} (of {runs} each)",
         perfvmm_s.init.len(),
         gd_s.init.len(),
         fc_s.init.len()
+    );
+}
+
+/// The guest profile's table (see `guestprof`), functions named from the
+/// host's symbols (`host`) or a `System.map`.
+fn guest_profile(console: &str, map: &Path) {
+    use perfvmm_tests::guestprof;
+    let map = if map == Path::new("host") {
+        guestprof::SymbolMap::from_host(console).unwrap_or_default()
+    } else {
+        guestprof::SymbolMap::parse(&String::from_utf8_lossy(&read_or_exit(map)))
+    };
+    if map.is_empty() {
+        println!(
+            "  guest profile: no kernel text symbols to name the samples with (Debian's \
+             System.map is a placeholder; the host's /proc/kallsyms was not printed or \
+             its addresses were hidden)"
+        );
+        return;
+    }
+    println!(
+        "  where each guest was, sampled at the host's interrupts, exec -> exit:\n{}",
+        guestprof::report(
+            &guestprof::parse(console),
+            &["firecracker", "perfvmm", "guest-decompress"],
+            &map,
+            30
+        )
     );
 }
 
@@ -481,11 +543,12 @@ mod tests {
             ("guest-decompress", "GD"),
             ("firecracker", "FC"),
         ];
-        let plain = side_by_side_script(3, cmds, "@KERNEL@", false, false);
+        let plain = side_by_side_script(3, cmds, "@KERNEL@", false, (false, false));
         assert!(!plain.contains("exits_"));
+        assert!(!plain.contains("gprof_"));
         assert!(plain.contains("vmm-run warmup-firecracker perfvmm-bench-marker FC"));
         assert!(plain.contains("seq 3"));
-        let s = side_by_side_script(3, cmds, "@KERNEL@", true, true);
+        let s = side_by_side_script(3, cmds, "@KERNEL@", true, (true, false));
         assert!(s.contains("VMM_RUN_STAMP=1"));
         for label in ["perfvmm", "guest-decompress", "firecracker"] {
             let run = format!("@FILES@/vmm-run {label} ");
@@ -499,6 +562,14 @@ mod tests {
         // The functions are defined, and tracefs set up, before the first use.
         assert!(s.find("exits_dump() {").unwrap() < s.find("exits_setup\n").unwrap());
         assert!(s.find("exits_setup\n").unwrap() < s.find("exits_arm\n").unwrap());
+        // The guest profile alone: its own bracket, set up once before.
+        let p = side_by_side_script(2, cmds, "@KERNEL@", false, (false, true));
+        assert!(!p.contains("exits_"));
+        let at = p.find("@FILES@/vmm-run firecracker ").unwrap();
+        assert!(p[..at].ends_with("gprof_arm\n"));
+        assert!(p[at..].contains("\ngprof_dump firecracker\n"));
+        assert!(p.find("gprof_dump() {").unwrap() < p.find("gprof_setup\n").unwrap());
+        assert!(p.find("gprof_setup\n").unwrap() < p.find("gprof_arm\n").unwrap());
     }
 
     #[test]
