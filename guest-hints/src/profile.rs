@@ -114,6 +114,13 @@ pub struct ProfilePhase {
     /// (absent in older profiles: then parallelism p50 × duration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_ms: Option<f64>,
+    /// CPU time the profiler itself used in the phase, milliseconds, when
+    /// it ran on the program's CPUs: time the program could not have, and
+    /// work that grows with the program's (it samples what the program
+    /// runs). A model counts it with `cpu_ms` as the run's demand. Absent
+    /// when the profiler ran on CPUs of its own, and in older profiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profiler_cpu_ms: Option<f64>,
     /// Where that CPU time went, by function, most first (empty: not
     /// sampled; see `perfhint profile --functions`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -283,6 +290,13 @@ impl Profile {
             if p.cpu_ms.is_some_and(|c| !(c.is_finite() && c >= 0.0)) {
                 return bad(format!("{at}: cpu_ms is not a finite, positive number"));
             }
+            if p.profiler_cpu_ms
+                .is_some_and(|c| !(c.is_finite() && c >= 0.0))
+            {
+                return bad(format!(
+                    "{at}: profiler_cpu_ms is not a finite, positive number"
+                ));
+            }
             let share = |x: f64| x.is_finite() && (0.0..=1.0).contains(&x);
             if let Some(f) = p
                 .functions
@@ -393,6 +407,10 @@ fn join(a: &ProfilePhase, b: &ProfilePhase) -> ProfilePhase {
         io_class: more_io.io_class.clone(),
         samples: a.samples + b.samples,
         cpu_ms: match (a.cpu_ms, b.cpu_ms) {
+            (Some(x), Some(y)) => Some(x + y),
+            _ => None,
+        },
+        profiler_cpu_ms: match (a.profiler_cpu_ms, b.profiler_cpu_ms) {
             (Some(x), Some(y)) => Some(x + y),
             _ => None,
         },
@@ -540,6 +558,7 @@ mod tests {
             io_class: "none".into(),
             samples: dur / 10,
             cpu_ms: None,
+            profiler_cpu_ms: None,
             functions: Vec::new(),
             spread: None,
         }

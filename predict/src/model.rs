@@ -165,7 +165,7 @@ impl ProgramModel {
     pub fn fit_on(profiles: &[Profile], host: &HostCpus) -> Result<ProgramModel, PredictError> {
         let first = profiles.first().ok_or(PredictError::NoProfile)?;
         check_same_program(profiles)?;
-        let mut notes = Vec::new();
+        let mut notes = profiler_cost_notes(profiles);
         for (i, p) in profiles.iter().enumerate() {
             if p.phases.is_empty() {
                 return Err(PredictError::EmptyProfile(i + 1));
@@ -273,6 +273,7 @@ fn gathered(phases: &[ProfilePhase], name: &str) -> ProfilePhase {
     one.duration_ms = phases.iter().map(|x| x.duration_ms).sum();
     let cpu: f64 = phases.iter().map(cpu_of).sum();
     one.cpu_ms = Some(cpu);
+    one.profiler_cpu_ms = phases.iter().map(|x| x.profiler_cpu_ms).sum();
     one.max_useful = phases.iter().map(|x| x.max_useful).max().unwrap_or(1);
     one.peak_bytes = phases.iter().map(|x| x.peak_bytes).max().unwrap_or(0);
     one.working_set_bytes = phases
@@ -330,6 +331,33 @@ fn check_same_program(profiles: &[Profile]) -> Result<(), PredictError> {
 /// CPU time of a profiled phase, ms (older profiles: p50 × duration).
 fn cpu_of(p: &ProfilePhase) -> f64 {
     p.cpu_ms.unwrap_or(p.parallelism_p50 * p.duration_ms as f64)
+}
+
+/// A note for each profile whose profiler ran on the program's CPUs and
+/// took a noticeable share of them (5 % of the program's CPU time or
+/// more): the run it profiled was slowed by that much at most, and so are
+/// the times predicted from it. (Natively the profiler costs about 1 %;
+/// under the nested harness's emulation 75 %.)
+fn profiler_cost_notes(profiles: &[Profile]) -> Vec<String> {
+    profiles
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let own: f64 = p.phases.iter().filter_map(|x| x.profiler_cpu_ms).sum();
+            let program: f64 = p.phases.iter().map(cpu_of).sum();
+            (program > 0.0 && own >= 0.05 * program).then(|| {
+                format!(
+                    "profile {}: the profiler used {:.1} s of CPU on the program's CPUs, {:.0} % of the \
+                     program's {:.1} s: that run was slowed by up to that much, and so are the times \
+                     predicted from it",
+                    i + 1,
+                    own / 1000.0,
+                    100.0 * own / program,
+                    program / 1000.0
+                )
+            })
+        })
+        .collect()
 }
 
 /// One observation of a phase: the profile's vCPUs, what they were worth
@@ -612,6 +640,7 @@ pub(crate) mod tests {
                     io_class: "none".into(),
                     samples: dur / 10,
                     cpu_ms: Some(cpu),
+                    profiler_cpu_ms: None,
                     functions: Vec::new(),
                     spread: None,
                 };
@@ -635,6 +664,26 @@ pub(crate) mod tests {
             notes: Vec::new(),
             phases,
         }
+    }
+
+    #[test]
+    fn a_profiler_that_took_the_programs_cpus_is_noted_not_modelled() {
+        // xz -T4 profiled on 1 CPU with the profiler on that CPU (nested
+        // harness, 2026-12-04): 26.6 s, 15.0 s of the program's CPU time,
+        // 11.5 s of the profiler's.
+        let mut p = profile(1, &[(None, 26_600, 15_000.0, 4)]);
+        let quiet = ProgramModel::fit(std::slice::from_ref(&p)).unwrap();
+        assert!(!quiet.notes.iter().any(|n| n.contains("profiler")));
+        p.phases[0].profiler_cpu_ms = Some(11_500.0);
+        let m = ProgramModel::fit(std::slice::from_ref(&p)).unwrap();
+        let note = m.notes.iter().find(|n| n.contains("profiler")).unwrap();
+        assert!(note.contains("11.5 s") && note.contains("77 %"), "{note}");
+        // The times are the profile's, as before.
+        assert!(close(m.time_ms(2, 1.0), quiet.time_ms(2, 1.0)));
+        // A cheap profiler (natively about 1 %) is not worth a note.
+        p.phases[0].profiler_cpu_ms = Some(150.0);
+        let m = ProgramModel::fit(&[p]).unwrap();
+        assert!(!m.notes.iter().any(|n| n.contains("profiler")));
     }
 
     #[test]

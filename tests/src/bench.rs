@@ -63,6 +63,13 @@ pub const SH_WAIT_FOR: &str = r#"wait_for() {
 }
 "#;
 
+/// The number in `key=NUMBER`, a whitespace-separated word of `line` (the
+/// form of perfvmm's boot-timer and restore-timer lines and of vmm-run's).
+pub fn field(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
 /// The `setup_ms=step:ms,step:ms,...` field of a boot-timer or
 /// restore-timer line: each of perfvmm's setup steps and when it ended, in
 /// milliseconds since perfvmm's start. Malformed pairs are left out.

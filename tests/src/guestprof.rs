@@ -330,6 +330,146 @@ fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
+/// What a sample's function is part of, for the picture: a few kinds of
+/// boot work, by name, and the rest.
+fn kind(name: &str) -> usize {
+    const KINDS: [&[&str]; 5] = [
+        &["(physical"],
+        &[
+            "setup_boot_APIC_clock",
+            "calibrate_APIC_clock",
+            "lapic_cal_handler",
+        ],
+        &[
+            "mpi",
+            "rsa_",
+            "pkcs",
+            "x509",
+            "asn1",
+            "test_akcipher",
+            "crypto_",
+        ],
+        &["free_reserved_area", "free_init_pages", "free_initmem"],
+        &["srso_", "__x86_return_thunk"],
+    ];
+    KINDS
+        .iter()
+        .position(|k| k.iter().any(|p| name.starts_with(p)))
+        .unwrap_or(KINDS.len())
+}
+
+/// The kinds' names and colours, in [`kind`]'s order, "other" last.
+const KIND_STYLE: [(&str, plotters::style::RGBColor); 6] = [
+    (
+        "decompressor, reboot (physical addresses)",
+        plotters::style::RGBColor(230, 97, 1),
+    ),
+    (
+        "APIC timer calibration",
+        plotters::style::RGBColor(200, 0, 60),
+    ),
+    (
+        "RSA: crypto self-tests, certificates",
+        plotters::style::RGBColor(94, 60, 153),
+    ),
+    (
+        "freeing init memory",
+        plotters::style::RGBColor(27, 158, 119),
+    ),
+    (
+        "SRSO return thunks",
+        plotters::style::RGBColor(120, 120, 120),
+    ),
+    (
+        "other kernel work",
+        plotters::style::RGBColor(166, 206, 227),
+    ),
+];
+
+/// A picture of every run: a row per boot, time from the VMM's exec to
+/// the right, each sample a stripe coloured by what it was doing. Blank
+/// stretches are the guest not running: the VMM's setup before its first
+/// instruction, or the host handling its exits.
+pub fn write_svg(
+    runs: &[Run],
+    labels: &[&str],
+    map: &SymbolMap,
+    path: &std::path::Path,
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    let rows: Vec<&Run> = labels
+        .iter()
+        .flat_map(|l| runs.iter().filter(move |r| r.label == *l))
+        .collect();
+    let end = rows
+        .iter()
+        .filter_map(|r| r.samples.last().map(|s| s.0))
+        .fold(100.0, f64::max);
+    let height = 120 + 28 * rows.len() as u32;
+    let root = SVGBackend::new(path, (960, height)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let names: Vec<String> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let n = rows[..i].iter().filter(|x| x.label == r.label).count() + 1;
+            format!("{} {n}", r.label)
+        })
+        .collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption("where each guest was during its boot", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(140)
+        .build_cartesian_2d(0.0..end * 1.02, -0.5..rows.len() as f64 - 0.5)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(rows.len())
+        .y_label_formatter(&|y| {
+            let i = y.round();
+            if (y - i).abs() < 0.01 && i >= 0.0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .x_desc("ms since the VMM's exec")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (row, run) in rows.iter().enumerate() {
+        let y = row as f64;
+        let stripes = run.samples.iter().enumerate().map(|(i, &(t, rip))| {
+            // A sample stands for the time to the next, at most 10 ms.
+            let next = run.samples.get(i + 1).map_or(t + 3.0, |s| s.0);
+            let color = KIND_STYLE[kind(map.name(rip))].1;
+            Rectangle::new(
+                [(t, y - 0.35), (next.min(t + 10.0), y + 0.35)],
+                color.filled(),
+            )
+        });
+        chart.draw_series(stripes).map_err(|e| err(&e))?;
+    }
+    for (name, color) in KIND_STYLE {
+        chart
+            .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
+            .map_err(|e| err(&e))?
+            .label(name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.4))
+        .label_font(("sans-serif", 12))
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +529,31 @@ not a line
         assert_eq!(map.name(0xffff_ffff_8100_0400), "weak_fn");
         assert!(map.name(0x100_0000).starts_with("(physical"));
         assert!(map.name(0xffff_ffff_8000_1000).starts_with("(below"));
+    }
+
+    #[test]
+    fn samples_are_sorted_into_kinds_of_boot_work() {
+        assert_eq!(kind("(physical: decompressor, early entry)"), 0);
+        assert_eq!(kind("setup_boot_APIC_clock"), 1);
+        assert_eq!(kind("mpihelp_submul_1"), 2);
+        assert_eq!(kind("free_reserved_area"), 3);
+        assert_eq!(kind("srso_return_thunk"), 4);
+        assert_eq!(kind("load_new_mm_cr3"), KIND_STYLE.len() - 1);
+    }
+
+    #[test]
+    fn the_picture_has_a_row_per_run_and_a_legend() {
+        let dir = std::env::temp_dir().join(format!("guestprof-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("boot.svg");
+        let map = SymbolMap::parse(MAP);
+        write_svg(&parse(CONSOLE), &["fc", "pv"], &map, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(svg.contains("fc 1") && svg.contains("pv 1"), "{svg}");
+        assert!(svg.contains("APIC timer calibration"));
+        // One stripe per sample at least: 3 for fc, 1 for pv.
+        assert!(svg.matches("<rect").count() >= 4);
     }
 
     #[test]

@@ -39,11 +39,7 @@ impl RestoreTimes {
     /// setup_ms=state:..,memory:..,kvm:..,...`.
     pub fn parse(line: &str) -> Option<Self> {
         let rest = line.split_once("restore-timer:")?.1;
-        let ready_ms = rest
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("ready_ms="))?
-            .parse()
-            .ok()?;
+        let ready_ms = crate::bench::field(rest, "ready_ms")?;
         let step = |s| crate::bench::setup_step(rest, s);
         Some(RestoreTimes {
             state_ms: step("state")?,

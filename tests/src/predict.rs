@@ -189,8 +189,32 @@ pub fn in_rounds(runs: &[&str], rounds: u32) -> Vec<String> {
 /// the Nth repetition of NAME); `units` sizes the validation workload
 /// (millions of steps per unit of work); `l1_cpus` is the nested
 /// harness's L1 host's vCPUs (4 in the tests).
-pub fn run_guest(runs: &[String], units: u32, l1_cpus: u32) -> RunOutput {
-    let cmdline = format!("pvrun=predict pvunits={units} pvpredict={}", runs.join(","));
+/// Where the guest scenario runs the profiler of a run on fewer than 4
+/// CPUs: on CPU 3, apart from the program's (the default), or among the
+/// program's own CPUs (it then takes its time from the program, but keeps
+/// no vCPU busy beyond the program's; `predict-validate --profiler-cpus`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProfilerCpus {
+    #[default]
+    Apart,
+    Among,
+}
+
+impl ProfilerCpus {
+    /// As `--profiler-cpus` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProfilerCpus::Apart => "apart",
+            ProfilerCpus::Among => "among",
+        }
+    }
+}
+
+pub fn run_guest(runs: &[String], units: u32, l1_cpus: u32, profiler: ProfilerCpus) -> RunOutput {
+    let mut cmdline = format!("pvrun=predict pvunits={units} pvpredict={}", runs.join(","));
+    if profiler == ProfilerCpus::Among {
+        cmdline.push_str(" pvprofcpus=among");
+    }
     // A static VM: the policy resizes nothing while the runs are timed.
     GuestRun::demo(
         &cmdline,

@@ -12,7 +12,7 @@
 //! `predict-validate`'s table (more rounds, held-out programs) in
 //! docs/predict.md.
 
-use perfvmm_tests::predict::{in_rounds, run_guest, runs, validate};
+use perfvmm_tests::predict::{in_rounds, run_guest, runs, validate, ProfilerCpus};
 
 #[test]
 fn predictions_match_real_runs() {
@@ -22,7 +22,7 @@ fn predictions_match_real_runs() {
         ],
         3,
     );
-    let out = run_guest(&names, 20, 4);
+    let out = run_guest(&names, 20, 4, ProfilerCpus::Apart);
     out.expect_contains("scenario: predict done").expect_exit(0);
     let r = runs(&out.console).expect("the profiles parse");
     let p = &r.profiles;

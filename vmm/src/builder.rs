@@ -173,9 +173,7 @@ pub fn build(cfg: &VmConfig, start: Instant) -> Result<Vm, VmError> {
     let (kvm, vm, slots) = create_kvm_vm(cfg, &inputs.mem, inputs.hotplug)?;
     mark("kvm");
     let b = VmBuilder::new(cfg, start, inputs, (vm, slots), None)?;
-    for (step, at) in steps {
-        b.times.record(step, at);
-    }
+    b.times.record_all(&steps);
     b.attach_all(&kvm, Boot::Fresh(entry))
 }
 
@@ -245,9 +243,7 @@ fn resume(
     restore_kvm_state(&vm, &state)?;
     steps.push(("kvm", start.elapsed()));
     let b = VmBuilder::new(cfg, start, inputs, (vm, slots), Some(state))?;
-    for (step, at) in steps {
-        b.times.record(step, at);
-    }
+    b.times.record_all(&steps);
     let times = b.times.clone();
     let vm = b.attach_all(&kvm, Boot::Restore { vcpus, held })?;
     if cfg.boot_timer {
@@ -1043,7 +1039,7 @@ impl<'a> VmBuilder<'a> {
             "KVM_GET_SUPPORTED_CPUID",
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
         )?;
-        if kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+        if kvm.check_extension(Cap::TscDeadlineTimer) {
             crate::arch::cpuid::declare_tsc_deadline(&mut supported);
         }
         let msrs = kvm_err("KVM_GET_MSR_INDEX_LIST", kvm.get_msr_index_list())?;

@@ -33,11 +33,14 @@
 //! and names the functions from the host's own kernel symbols (`host`: the
 //! nested harness's L1 runs the guest's kernel) or from a `System.map` of
 //! the guest's kernel; add `--append nokaslr` so that the guest's
-//! addresses are the link-time ones.
+//! addresses are the link-time ones. `--svg FILE` draws each boot's
+//! samples on a time line. A console saved with `--console` can be read
+//! again: `boot-bench --profile-console FILE [--guest-profile host|MAP]
+//! [--svg FILE]`.
 
 use std::path::{Path, PathBuf};
 
-use perfvmm_tests::bench;
+use perfvmm_tests::bench::{self, field};
 use perfvmm_tests::GuestRun;
 
 fn median(v: &mut [f64]) -> f64 {
@@ -46,11 +49,6 @@ fn median(v: &mut [f64]) -> f64 {
         return f64::NAN;
     }
     v[v.len() / 2]
-}
-
-fn field(line: &str, key: &str) -> Option<f64> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
 fn main() {
@@ -63,6 +61,10 @@ fn main() {
         None => 5,
     };
     let mut extra: Vec<String> = args.collect();
+    if extra.first().map(String::as_str) == Some("--profile-console") {
+        profile_console(&extra[1..]);
+        return;
+    }
     if let Some(i) = extra.iter().position(|a| a == "--firecracker") {
         let Some(fc) = extra.get(i + 1).map(PathBuf::from) else {
             eprintln!("boot-bench: --firecracker needs the path of a Firecracker binary");
@@ -81,11 +83,12 @@ fn main() {
                 ("--perfvmm-kernel", Some(v)) => opts.perfvmm_kernel = Some(PathBuf::from(v)),
                 ("--exits", Some(v)) => opts.exits = v == "1",
                 ("--guest-profile", Some(v)) => opts.guest_profile = Some(PathBuf::from(v)),
+                ("--svg", Some(v)) => opts.svg = Some(PathBuf::from(v)),
                 _ => {
                     eprintln!(
                         "boot-bench: with --firecracker, only RUNS, --append ARGS, \
                          --console FILE, --stamp 1, --dmesg 1, --kernel FILE, \
-                         --perfvmm-kernel FILE, --exits 1 and --guest-profile host|SYSTEM.MAP \
+                         --perfvmm-kernel FILE, --exits 1, --guest-profile host|SYSTEM.MAP and --svg FILE \
                          may be given (1 vCPU, 256 MiB)"
                     );
                     std::process::exit(2);
@@ -256,6 +259,8 @@ struct SideBySide {
     /// Sample where each guest is, named from the host's kernel symbols
     /// (`host`) or this `System.map` (see `guestprof`).
     guest_profile: Option<PathBuf>,
+    /// Where to draw the guest profile (with `guest_profile`).
+    svg: Option<PathBuf>,
 }
 
 /// The benchmark's shell script: an untimed boot of each VMM, then `runs`
@@ -494,7 +499,7 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
         );
     }
     if let Some(map) = &opts.guest_profile {
-        guest_profile(&out.console, map);
+        guest_profile(&out.console, map, opts.svg.as_deref());
     }
     println!(
         "  runs: perfvmm {}, perfvmm --guest-decompress {}, Firecracker {} (of {runs} each)",
@@ -504,9 +509,32 @@ fn side_by_side(runs: usize, firecracker: &Path, opts: &SideBySide) {
     );
 }
 
+/// `--profile-console FILE [--guest-profile host|SYSTEM.MAP] [--svg FILE]`:
+/// the guest profile of a console saved by an earlier `--console`.
+fn profile_console(args: &[String]) {
+    let usage = || -> ! {
+        eprintln!(
+            "boot-bench: --profile-console FILE [--guest-profile host|SYSTEM.MAP] [--svg FILE]"
+        );
+        std::process::exit(2);
+    };
+    let Some(console) = args.first() else { usage() };
+    let (mut map, mut svg) = (PathBuf::from("host"), None);
+    let mut rest = args[1..].iter();
+    while let Some(a) = rest.next() {
+        match (a.as_str(), rest.next()) {
+            ("--guest-profile", Some(v)) => map = PathBuf::from(v),
+            ("--svg", Some(v)) => svg = Some(PathBuf::from(v)),
+            _ => usage(),
+        }
+    }
+    let text = String::from_utf8_lossy(&read_or_exit(Path::new(console))).into_owned();
+    guest_profile(&text, &map, svg.as_deref());
+}
+
 /// The guest profile's table (see `guestprof`), functions named from the
 /// host's symbols (`host`) or a `System.map`.
-fn guest_profile(console: &str, map: &Path) {
+fn guest_profile(console: &str, map: &Path, svg: Option<&Path>) {
     use perfvmm_tests::guestprof;
     let map = if map == Path::new("host") {
         guestprof::SymbolMap::from_host(console).unwrap_or_default()
@@ -521,15 +549,18 @@ fn guest_profile(console: &str, map: &Path) {
         );
         return;
     }
+    let runs = guestprof::parse(console);
+    let labels = ["firecracker", "perfvmm", "guest-decompress"];
     println!(
         "  where each guest was, sampled at the host's interrupts, exec -> exit:\n{}",
-        guestprof::report(
-            &guestprof::parse(console),
-            &["firecracker", "perfvmm", "guest-decompress"],
-            &map,
-            30
-        )
+        guestprof::report(&runs, &labels, &map, 30)
     );
+    if let Some(path) = svg {
+        match guestprof::write_svg(&runs, &labels, &map, path) {
+            Ok(()) => println!("  the boots as a picture: {}", path.display()),
+            Err(e) => eprintln!("boot-bench: {e}"),
+        }
+    }
 }
 
 #[cfg(test)]

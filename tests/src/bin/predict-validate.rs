@@ -2,11 +2,14 @@
 //! prints the validation table of docs/predict.md.
 //!
 //!   predict-validate [--units N] [--rounds N] [--first-round K] [--runs NAME,...] [--l1-cpus N]
+//!       [--profiler-cpus apart|among]
 //!   predict-validate --console FILE [--console FILE ...]
 //!
 //! `--host-cores N` (default: this machine's CPUs; 0: none) is the
 //! physical cores the VMs run on, as `perfvmm predict --host-cores`.
 //! `--l1-cpus N` (default 4) is the nested harness's L1 host's vCPUs.
+//! `--profiler-cpus among` runs each profiler on its program's own CPUs
+//! instead of on CPU 3 apart from them (`predict::ProfilerCpus`).
 //!
 //! Each round of runs is one guest boot (5 to 10 minutes for the whole
 //! set; given up when `predict::time_bound` passes) in a process of its
@@ -19,7 +22,7 @@
 use std::process::{Command, ExitCode};
 
 use perfvmm_tests::predict::{
-    calibration, markdown, read_runs, run_guest, time_bound, validate, RUNS,
+    calibration, markdown, read_runs, run_guest, time_bound, validate, ProfilerCpus, RUNS,
 };
 
 fn main() -> ExitCode {
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
     let mut first = 1;
     let mut only: Option<u32> = None;
     let mut l1_cpus = 4;
+    let mut profiler = ProfilerCpus::Apart;
     // The physical cores under the VMs: this machine's (the nested
     // harness's L1 runs on them).
     let mut host_cores = std::thread::available_parallelism()
@@ -60,6 +64,11 @@ fn main() -> ExitCode {
                 Ok(n) if (1..=8).contains(&n) => l1_cpus = n,
                 _ => return usage(),
             },
+            ("--profiler-cpus", Some(v)) => match v.as_str() {
+                "apart" => profiler = ProfilerCpus::Apart,
+                "among" => profiler = ProfilerCpus::Among,
+                _ => return usage(),
+            },
             ("--runs", Some(v)) => runs = v.split(',').map(str::to_string).collect(),
             ("--console", Some(v)) => consoles.push(v.clone()),
             ("--host-cores", Some(v)) => match v.parse() {
@@ -71,7 +80,7 @@ fn main() -> ExitCode {
         }
     }
     if let Some(r) = only {
-        return one_round(r, &runs, units, l1_cpus);
+        return one_round(r, &runs, units, l1_cpus, profiler);
     }
     if consoles.is_empty() {
         let last = first + rounds - 1;
@@ -89,6 +98,7 @@ fn main() -> ExitCode {
                     .args(["--round", &r.to_string(), "--units", &units.to_string()])
                     .args(["--runs", &runs.join(",")])
                     .args(["--l1-cpus", &l1_cpus.to_string()])
+                    .args(["--profiler-cpus", profiler.name()])
                     .status()
             });
             match ran {
@@ -147,9 +157,15 @@ fn round_file(r: u32) -> String {
 }
 
 /// Makes round `r` of `runs` in one boot and saves its console.
-fn one_round(r: u32, runs: &[String], units: u32, l1_cpus: u32) -> ExitCode {
+fn one_round(
+    r: u32,
+    runs: &[String],
+    units: u32,
+    l1_cpus: u32,
+    profiler: ProfilerCpus,
+) -> ExitCode {
     let names = round_names(runs, r);
-    let out = run_guest(&names, units, l1_cpus);
+    let out = run_guest(&names, units, l1_cpus, profiler);
     let file = round_file(r);
     if let Err(e) = std::fs::write(&file, &out.console) {
         eprintln!("predict-validate: {file}: {e}");
@@ -168,7 +184,7 @@ fn one_round(r: u32, runs: &[String], units: u32, l1_cpus: u32) -> ExitCode {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: predict-validate [--units N] [--rounds N] [--first-round K] [--runs NAME,...] [--host-cores N] [--l1-cpus N] | --console FILE ..."
+        "usage: predict-validate [--units N] [--rounds N] [--first-round K] [--runs NAME,...] [--host-cores N] [--l1-cpus N] [--profiler-cpus apart|among] | --console FILE ..."
     );
     ExitCode::from(2)
 }

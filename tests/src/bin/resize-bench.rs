@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use perfvmm_tests::bench::field;
 use perfvmm_tests::fit::Fit;
 use perfvmm_tests::timeline::Timeline;
 use perfvmm_tests::trace::{self, parse_sample, GuestSample, VmShape};
@@ -42,11 +43,6 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
         return f64::NAN;
     }
     v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-fn field(line: &str, key: &str) -> Option<f64> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
 fn values(out: &RunOutput, key: &str) -> Vec<f64> {

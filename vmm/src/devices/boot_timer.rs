@@ -40,6 +40,13 @@ impl BootTimes {
         }
     }
 
+    /// Records steps that ended before this record existed, in order.
+    pub fn record_all(&self, steps: &[(&'static str, Duration)]) {
+        for &(step, at) in steps {
+            self.record(step, at);
+        }
+    }
+
     /// The setup steps as `name:ms,name:ms,...` (milliseconds since the
     /// start, in the order they ended).
     pub fn setup_line(&self) -> String {

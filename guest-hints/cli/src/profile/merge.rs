@@ -144,6 +144,11 @@ pub fn merge(inputs: &[(String, Profile)]) -> Result<Profile, String> {
                 .map(|(_, ph)| ph.cpu_ms)
                 .collect::<Option<Vec<f64>>>()
                 .map(|v| median(&v)),
+            profiler_cpu_ms: runs
+                .iter()
+                .map(|(_, ph)| ph.profiler_cpu_ms)
+                .collect::<Option<Vec<f64>>>()
+                .map(|v| median(&v)),
             functions: mean_functions(runs.iter().map(|(_, ph)| *ph)),
             spread: Some(Spread {
                 start_ms: start_s,
@@ -228,6 +233,7 @@ mod tests {
             io_class: "none".into(),
             samples: dur / 10,
             cpu_ms: None,
+            profiler_cpu_ms: None,
             functions: Vec::new(),
             spread: None,
         }

@@ -35,6 +35,15 @@ struct RawSample {
     io_storage: u64,
     io_chars: u64,
     io_calls: u64,
+    profiler_cpu_ns: u64,
+}
+
+/// The profiler's own CPU time so far (all its threads), nanoseconds.
+fn own_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
 }
 
 /// Where a program named on the command line is: as given when it has a
@@ -144,6 +153,7 @@ pub fn profile(command: &[String], opts: &Options) -> Result<(Profile, ExitStatu
         sampler.unavailable = Some("--no-functions".into());
     }
     let mut cpus_seen: Vec<u32> = Vec::new();
+    let mut program_cpu_list: Option<String> = None;
     let mut mapped: HashMap<u32, Comm> = HashMap::new();
     let mut samples: Vec<RawSample> = Vec::new();
     let mut windows: Vec<WsWindow> = Vec::new();
@@ -173,6 +183,7 @@ pub fn profile(command: &[String], opts: &Options) -> Result<(Profile, ExitStatu
             io_storage: storage.update(snap.io.iter().map(|(p, c)| (*p, c.storage))),
             io_chars: chars.update(snap.io.iter().map(|(p, c)| (*p, c.chars))),
             io_calls: calls.update(snap.io.iter().map(|(p, c)| (*p, c.calls))),
+            profiler_cpu_ns: own_cpu_ns(),
         };
         samples.push(s);
         let tids: Vec<u32> = snap.thread_cpu_ns.iter().map(|&(tid, _)| tid).collect();
@@ -190,8 +201,9 @@ pub fn profile(command: &[String], opts: &Options) -> Result<(Profile, ExitStatu
         // The CPUs the program may use (taskset may narrow them after
         // exec): on a change in the tree and every 10 ticks.
         if !fresh.is_empty() || tick.is_multiple_of(10) {
-            if let Some(n) = procfs.cpus_allowed(pid) {
-                cpus_seen.push(n);
+            if let Some(list) = procfs.cpus_allowed_list(&pid.to_string()) {
+                cpus_seen.extend(procfs::count_cpu_list(&list));
+                program_cpu_list = Some(list);
             }
         }
         sampler.read_maps(procfs.root(), &fresh);
@@ -277,22 +289,39 @@ pub fn profile(command: &[String], opts: &Options) -> Result<(Profile, ExitStatu
                 r.io_chars
             },
             io_calls: r.io_calls,
+            profiler_cpu_ns: r.profiler_cpu_ns,
         })
         .collect();
+    // Where the profiler ran on the program's CPUs, its own CPU time went
+    // with the program's (see ProfilePhase::profiler_cpu_ms).
+    let shared = match (&program_cpu_list, procfs.cpus_allowed_list("self")) {
+        (Some(program), Some(own)) => procfs::cpu_lists_meet(program, &own),
+        _ => false,
+    };
+    if shared {
+        notes.push(
+            "the profiler ran on the program's CPUs: its own CPU time is in each phase's profiler_cpu_ms"
+                .into(),
+        );
+    }
     let interval_f = f64::from(interval_ms);
     let segs = phases::cut(&trace.events, &samples, wall, interval_f);
     let phases = segs
         .iter()
         .enumerate()
         .map(|(i, seg)| {
-            phases::phase_stats(
+            let mut p = phases::phase_stats(
                 seg,
                 i as u32 + 1,
                 &samples,
                 &windows,
                 !referenced,
                 interval_f,
-            )
+            );
+            if shared {
+                p.profiler_cpu_ms = Some(phases::profiler_cpu_ms(seg, &samples));
+            }
+            p
         })
         .collect();
     let mut phases = phases::tidy(phases);

@@ -120,6 +120,8 @@ pub struct Sample {
     pub io_bytes: u64,
     /// Read and write calls.
     pub io_calls: u64,
+    /// The profiler's own CPU time, nanoseconds.
+    pub profiler_cpu_ns: u64,
 }
 
 /// Bytes of pages referenced between `start` and `end`.
@@ -630,9 +632,16 @@ pub fn phase_stats(
                 .max(0.0)
                 / 1e6,
         )),
+        profiler_cpu_ms: None,
         functions: Vec::new(),
         spread: None,
     }
+}
+
+/// The profiler's own CPU time within `seg`, milliseconds.
+pub fn profiler_cpu_ms(seg: &Segment, samples: &[Sample]) -> f64 {
+    let at = |t| total_at(samples, t, |s| s.profiler_cpu_ns);
+    round3((at(seg.end) - at(seg.start)).max(0.0) / 1e6)
 }
 
 /// Makes rounded phases contiguous: each starts where the previous ended.
@@ -690,6 +699,7 @@ mod tests {
                 rss: rss(t),
                 io_bytes: 0,
                 io_calls: 0,
+                profiler_cpu_ns: 0,
             });
             t += 10.0;
         }

@@ -147,14 +147,14 @@ impl Procfs {
         &self.root
     }
 
-    /// How many CPUs process `pid` may run on (its `Cpus_allowed_list`),
-    /// or `None` when it cannot be read.
-    pub fn cpus_allowed(&self, pid: u32) -> Option<u32> {
-        let status = fs::read_to_string(self.root.join(pid.to_string()).join("status")).ok()?;
+    /// The `Cpus_allowed_list` of process `who` (a pid, or `self`): the
+    /// CPUs it may run on, or `None` when it cannot be read.
+    pub fn cpus_allowed_list(&self, who: &str) -> Option<String> {
+        let status = fs::read_to_string(self.root.join(who).join("status")).ok()?;
         let list = status
             .lines()
             .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
-        count_cpu_list(list.trim())
+        Some(list.trim().to_string())
     }
 
     /// `root` and its descendants, from every process's parent in `/proc`
@@ -315,6 +315,25 @@ impl Counter {
 }
 
 /// The number of CPUs in a list such as `0-3,6,8-9`.
+/// Whether two CPU lists (`0-3,6`) share a CPU; false where either does
+/// not parse.
+pub fn cpu_lists_meet(a: &str, b: &str) -> bool {
+    let ranges = |list: &str| -> Option<Vec<(u32, u32)>> {
+        list.split(',')
+            .filter(|p| !p.is_empty())
+            .map(|part| match part.split_once('-') {
+                Some((x, y)) => Some((x.parse().ok()?, y.parse().ok()?)),
+                None => part.parse().ok().map(|x| (x, x)),
+            })
+            .collect()
+    };
+    let (Some(a), Some(b)) = (ranges(a), ranges(b)) else {
+        return false;
+    };
+    a.iter()
+        .any(|&(a0, a1)| b.iter().any(|&(b0, b1)| a0 <= b1 && b0 <= a1))
+}
+
 pub fn count_cpu_list(list: &str) -> Option<u32> {
     let mut n: u32 = 0;
     for part in list.split(',').filter(|p| !p.is_empty()) {
@@ -332,6 +351,16 @@ pub fn count_cpu_list(list: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cpu_lists_meet_where_they_share_a_cpu() {
+        use super::cpu_lists_meet;
+        assert!(cpu_lists_meet("0-3", "3"));
+        assert!(cpu_lists_meet("0,2", "1-2"));
+        assert!(!cpu_lists_meet("0", "3"));
+        assert!(!cpu_lists_meet("0-1", "2-3,5"));
+        assert!(!cpu_lists_meet("x", "0"));
+    }
+
     #[test]
     fn cpu_lists_count() {
         assert_eq!(count_cpu_list("0-3,6,8-9"), Some(7));
