@@ -335,9 +335,8 @@ fn cpu_of(p: &ProfilePhase) -> f64 {
 
 /// A note for each profile whose profiler ran on the program's CPUs and
 /// took a noticeable share of them (5 % of the program's CPU time or
-/// more): the run it profiled was slowed by that much at most, and so are
-/// the times predicted from it. (Natively the profiler costs about 1 %;
-/// under the nested harness's emulation 75 %.)
+/// more), which the model takes out (see [`alone_ms`]). (Natively the
+/// profiler costs about 1 %; under the nested harness's emulation 75 %.)
 fn profiler_cost_notes(profiles: &[Profile]) -> Vec<String> {
     profiles
         .iter()
@@ -348,8 +347,8 @@ fn profiler_cost_notes(profiles: &[Profile]) -> Vec<String> {
             (program > 0.0 && own >= 0.05 * program).then(|| {
                 format!(
                     "profile {}: the profiler used {:.1} s of CPU on the program's CPUs, {:.0} % of the \
-                     program's {:.1} s: that run was slowed by up to that much, and so are the times \
-                     predicted from it",
+                     program's {:.1} s; the time it kept the program off them is taken out: the \
+                     predictions are of the program alone",
                     i + 1,
                     own / 1000.0,
                     100.0 * own / program,
@@ -358,6 +357,20 @@ fn profiler_cost_notes(profiles: &[Profile]) -> Vec<String> {
             })
         })
         .collect()
+}
+
+/// A phase's duration without the profiler, where it ran on the program's
+/// CPUs (`profiler_cpu_ms`): when the phase had threads for all `cpus` of
+/// its profile, each ms of the profiler's CPU time kept a thread off a CPU
+/// and cost the phase 1/`k` ms (`k`: the CPUs it had, as worth on the
+/// host); with a CPU to spare, the profiler ran on that. Never less than
+/// the program's own CPU time spread over `k`.
+fn alone_ms(p: &ProfilePhase, cpus: u32, k: f64, threads: u32) -> f64 {
+    let d = p.duration_ms as f64;
+    match p.profiler_cpu_ms {
+        Some(f) if threads >= cpus && k > 0.0 => (d - f / k).max(cpu_of(p) / k).min(d),
+        _ => d,
+    }
 }
 
 /// One observation of a phase: the profile's vCPUs, what they were worth
@@ -376,9 +389,9 @@ fn fit_phase(name: String, points: &[Point], notes: &mut Vec<String>) -> PhaseMo
     // median run stands for them (a run slowed by the host's other work
     // must not pull the fit, as a mean lets it).
     let mut by_k: Vec<(f64, Vec<(f64, f64)>)> = Vec::new();
-    for &(_, cpus, p) in points {
+    for &(vcpus, cpus, p) in points {
         let k = cpus.min(f64::from(threads)).max(1.0);
-        let run = (p.duration_ms as f64, cpu_of(p));
+        let run = (alone_ms(p, vcpus, k, threads), cpu_of(p));
         match by_k.iter_mut().find(|(kk, _)| *kk == k) {
             Some((_, runs)) => runs.push(run),
             None => by_k.push((k, vec![run])),
@@ -667,21 +680,38 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_profiler_that_took_the_programs_cpus_is_noted_not_modelled() {
+    fn the_time_a_profiler_took_from_the_programs_cpus_is_taken_out() {
         // xz -T4 profiled on 1 CPU with the profiler on that CPU (nested
         // harness, 2026-12-04): 26.6 s, 15.0 s of the program's CPU time,
-        // 11.5 s of the profiler's.
+        // 11.5 s of the profiler's; alone it ran 14.9 s on 1 CPU, 7.1 s on 2.
         let mut p = profile(1, &[(None, 26_600, 15_000.0, 4)]);
         let quiet = ProgramModel::fit(std::slice::from_ref(&p)).unwrap();
         assert!(!quiet.notes.iter().any(|n| n.contains("profiler")));
+        assert!(
+            quiet.time_ms(2, 1.0) > 19_000.0,
+            "{}",
+            quiet.time_ms(2, 1.0)
+        );
         p.phases[0].profiler_cpu_ms = Some(11_500.0);
         let m = ProgramModel::fit(std::slice::from_ref(&p)).unwrap();
         let note = m.notes.iter().find(|n| n.contains("profiler")).unwrap();
         assert!(note.contains("11.5 s") && note.contains("77 %"), "{note}");
-        // The times are the profile's, as before.
-        assert!(close(m.time_ms(2, 1.0), quiet.time_ms(2, 1.0)));
+        // 15.1 s alone: 15.0 s of work over 4 threads, 0.1 s of waiting.
+        assert!(close(m.time_ms(1, 1.0), 15_100.0), "{}", m.time_ms(1, 1.0));
+        assert!(close(m.time_ms(2, 1.0), 7_600.0), "{}", m.time_ms(2, 1.0));
+        // A serial phase profiled on 1 CPU: the profiler took the CPU from
+        // it too. Profiled on 2 CPUs, it had a CPU to spare.
+        let mut s1 = profile(1, &[(None, 2_000, 1_000.0, 1)]);
+        s1.phases[0].profiler_cpu_ms = Some(1_000.0);
+        let m = ProgramModel::fit(&[s1]).unwrap();
+        assert!(close(m.time_ms(2, 1.0), 1_000.0), "{}", m.time_ms(2, 1.0));
+        let mut s2 = profile(2, &[(None, 1_500, 1_000.0, 1)]);
+        s2.phases[0].profiler_cpu_ms = Some(700.0);
+        let m = ProgramModel::fit(&[s2]).unwrap();
+        assert!(close(m.time_ms(2, 1.0), 1_500.0), "{}", m.time_ms(2, 1.0));
         // A cheap profiler (natively about 1 %) is not worth a note.
-        p.phases[0].profiler_cpu_ms = Some(150.0);
+        let mut p = profile(1, &[(None, 1_000, 1_000.0, 1)]);
+        p.phases[0].profiler_cpu_ms = Some(10.0);
         let m = ProgramModel::fit(&[p]).unwrap();
         assert!(!m.notes.iter().any(|n| n.contains("profiler")));
     }

@@ -80,6 +80,9 @@ pub struct Runs {
     pub memory: HashMap<String, Vec<MemoryRun>>,
     /// Coz's experiments: the run's time less the delays Coz inserted, ms.
     pub coz: HashMap<String, Vec<f64>>,
+    /// Held-out programs run without the profiler (`bare-xz-2`): their
+    /// wall times, ms.
+    pub bare: HashMap<String, Vec<f64>>,
 }
 
 /// One prediction checked against a run.
@@ -276,11 +279,22 @@ pub fn read_runs(console: &str) -> (Runs, Vec<String>) {
             coz.insert(name.to_string(), ns as f64 / 1e6);
         }
     }
+    let mut bare = HashMap::new();
+    for (name, rest) in tagged(console, "pvtime ") {
+        let real = rest
+            .strip_prefix("real ")
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|r| r.parse::<f64>().ok());
+        if let (true, Some(s)) = (name.starts_with("bare-"), real) {
+            bare.insert(name.to_string(), s * 1000.0);
+        }
+    }
     let r = Runs {
         profiles: grouped(by_run.clone()),
         by_run,
         memory: grouped(memory),
         coz: grouped(coz),
+        bare: grouped(bare),
     };
     (r, bad)
 }
@@ -413,9 +427,12 @@ pub fn calibration(p: &HashMap<String, Vec<Profile>>) -> Option<Vec<(u32, f64)>>
 /// Checks with the VMs on a machine of `host_cores` physical cores (the
 /// nested harness's host: its 4-vCPU L1 runs on them). The held-out
 /// programs are predicted with the machine's [`calibration`] as well (the
-/// validation workload's own checks are not: it measured it).
+/// validation workload's own checks are not: it measured it), and checked
+/// against their runs without the profiler where there are some (`bare`,
+/// see [`Runs::bare`]): what a prediction is for.
 pub fn checks(
     p: &HashMap<String, Vec<Profile>>,
+    bare: &HashMap<String, Vec<f64>>,
     host_cores: Option<u32>,
 ) -> Result<Vec<Check>, String> {
     let scaling = calibration(p).unwrap_or_default();
@@ -428,8 +445,20 @@ pub fn checks(
                    cpus: u32,
                    changes: &[&str]|
      -> Result<(), String> {
-        let (Some(target), true) = (p.get(against), from.iter().all(|f| p.contains_key(*f))) else {
+        let alone = bare
+            .get(&format!("bare-{against}"))
+            .filter(|v| held_out && !v.is_empty());
+        let measured = match (alone, p.get(against)) {
+            (Some(v), _) => median(v.clone()),
+            (None, Some(target)) => wall_ms(target),
+            (None, None) => return Ok(()),
+        };
+        if !from.iter().all(|f| p.contains_key(*f)) {
             return Ok(());
+        }
+        let what = match alone {
+            Some(_) => format!("{what}, run alone"),
+            None => what.to_string(),
         };
         let profiles: Vec<Profile> = from.iter().flat_map(|f| p[*f].iter().cloned()).collect();
         let req = Request {
@@ -451,13 +480,13 @@ pub fn checks(
         let s = &r.scaling[0];
         out.push(Check {
             kind,
-            what: what.to_string(),
+            what,
             held_out,
             from: from.to_vec(),
             against,
             unit: Unit::Ms,
             predicted: s.time_after_ms.unwrap_or(s.time_ms),
-            measured: wall_ms(target),
+            measured,
         });
         Ok(())
     };
@@ -573,7 +602,7 @@ fn wall_ms(runs: &[Profile]) -> f64 {
 
 /// Every check, fit and Coz comparison the runs allow (see [`checks`]).
 pub fn validate(r: &Runs, host_cores: Option<u32>) -> Result<Validation, String> {
-    let mut checks = checks(&r.profiles, host_cores)?;
+    let mut checks = checks(&r.profiles, &r.bare, host_cores)?;
     let fits = fit_checks(r)?;
     checks.extend(memory_checks(r, &fits, host_cores)?);
     let coz = coz_checks(r, &checks);
@@ -952,6 +981,33 @@ pvcoz coz0-2.1: duration=soon
         assert!(!r.memory.contains_key("memfit-2"), "a bad line is left out");
         assert_eq!(r.coz["cozk-2"], [1000.0, 2000.0]);
         assert!(!r.coz.contains_key("coz0-2"));
+    }
+
+    #[test]
+    fn held_out_programs_are_checked_against_their_runs_without_the_profiler() {
+        let console = "\
+pvtime bare-xz-2.1: real 7.11 user 13.23 sys 0.74
+pvtime xz-2.1: real 12.39 user 20.06 sys 4.28
+pvtime bare-xz-1.1: soon
+";
+        let (mut r, _) = read_runs(console);
+        assert_eq!(r.bare["bare-xz-2"], [7110.0]);
+        assert_eq!(r.bare.len(), 1, "profiled runs and bad lines are not bare");
+        // xz-2's profile and the bare run: checked against the bare one.
+        r.profiles
+            .insert("xz-1".into(), vec![profile("xz", 14_000, 1)]);
+        r.profiles
+            .insert("xz-2".into(), vec![profile("xz", 12_390, 1)]);
+        let c = checks(&r.profiles, &r.bare, None).unwrap();
+        let x = c.iter().find(|c| c.what.starts_with("xz: 1 → 2")).unwrap();
+        assert_eq!(
+            (x.measured, x.what.as_str()),
+            (7110.0, "xz: 1 → 2 vCPUs, run alone")
+        );
+        // Without a bare run, against the profiled one.
+        let c = checks(&r.profiles, &HashMap::new(), None).unwrap();
+        let x = c.iter().find(|c| c.what.starts_with("xz: 1 → 2")).unwrap();
+        assert_eq!((x.measured, x.what.as_str()), (12_390.0, "xz: 1 → 2 vCPUs"));
     }
 
     fn profile(name: &str, wall_ms: u64, peak: u64) -> Profile {
