@@ -14,6 +14,11 @@
 
 use perfvmm_tests::predict::{in_rounds, run_guest, runs, validate, ProfilerCpus};
 
+/// predict-work's size: about 1.5 s a run on 2 vCPUs on a quick day of
+/// the nested harness, 5 s on a slow one. (At 20 units, 0.7 s on a quick
+/// day: one stalled run was then twice another, and the check failed.)
+const UNITS: u32 = 40;
+
 #[test]
 fn predictions_match_real_runs() {
     let names = in_rounds(
@@ -22,7 +27,7 @@ fn predictions_match_real_runs() {
         ],
         3,
     );
-    let out = run_guest(&names, 20, 4, ProfilerCpus::Apart);
+    let out = run_guest(&names, UNITS, 4, ProfilerCpus::Apart);
     out.expect_contains("scenario: predict done").expect_exit(0);
     let r = runs(&out.console).expect("the profiles parse");
     let p = &r.profiles;

@@ -1035,13 +1035,10 @@ impl<'a> VmBuilder<'a> {
         states: Arc<Mutex<CpuStates>>,
         ged: EventFd,
     ) -> Result<VcpuManager, VmError> {
-        let mut supported = kvm_err(
+        let supported = kvm_err(
             "KVM_GET_SUPPORTED_CPUID",
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
         )?;
-        if kvm.check_extension(Cap::TscDeadlineTimer) {
-            crate::arch::cpuid::declare_tsc_deadline(&mut supported);
-        }
         let msrs = kvm_err("KVM_GET_MSR_INDEX_LIST", kvm.get_msr_index_list())?;
         let ctx = VcpuContext {
             pio: Arc::new(std::mem::take(&mut self.pio)),

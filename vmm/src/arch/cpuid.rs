@@ -37,7 +37,6 @@ const LEAF_AMD_SIZE_IDS: u32 = 0x8000_0008;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
-const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 const AMD_ECX_CMP_LEGACY: u32 = 1 << 1;
 const AMD_ECX_TOPOEXT: u32 = 1 << 22;
@@ -91,20 +90,6 @@ pub fn configure(cpuid: &mut CpuId, index: u32, max_vcpus: u32) {
             "vCPU {index}: CPUID with {} entries not accepted ({e:?}); the guest sees KVM's topology",
             entries.len()
         ),
-    }
-}
-
-/// Declares the TSC-deadline timer in leaf 1 (ECX bit 24). KVM emulates it
-/// where it reports `KVM_CAP_TSC_DEADLINE_TIMER`, but leaves the bit out
-/// of its supported CPUID for the VMM to set. Without it the guest arms
-/// its timer through the APIC's initial-count register and first
-/// calibrates that timer against another clock: about 80 ms of a nested
-/// boot (`setup_boot_APIC_clock`, `boot-bench --guest-profile`).
-pub fn declare_tsc_deadline(cpuid: &mut CpuId) {
-    for e in cpuid.as_mut_slice() {
-        if e.function == LEAF_FEATURES {
-            e.ecx |= ECX_TSC_DEADLINE;
-        }
     }
 }
 
@@ -259,28 +244,6 @@ mod tests {
         let mut c = supported.clone();
         configure(&mut c, index, max);
         c.as_slice().to_vec()
-    }
-
-    #[test]
-    fn the_tsc_deadline_timer_is_declared_in_leaf_1_only() {
-        let mut c = kvm_61_on_epyc();
-        let before = c.as_slice().to_vec();
-        assert_eq!(cpuid(&before, 1, 0)[2] & ECX_TSC_DEADLINE, 0);
-        declare_tsc_deadline(&mut c);
-        let after = c.as_slice();
-        assert_eq!(
-            cpuid(after, 1, 0)[2],
-            cpuid(&before, 1, 0)[2] | ECX_TSC_DEADLINE
-        );
-        for (a, b) in after.iter().zip(&before).filter(|(a, _)| a.function != 1) {
-            assert_eq!(
-                cpuid(after, a.function, a.index),
-                cpuid(&before, b.function, b.index)
-            );
-        }
-        // And it survives the per-vCPU configuration.
-        let v = configured(&c, 0, 2);
-        assert_ne!(cpuid(&v, 1, 0)[2] & ECX_TSC_DEADLINE, 0);
     }
 
     #[test]
