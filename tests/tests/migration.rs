@@ -137,7 +137,12 @@ fn a_guest_writing_memory_moves_live_and_finishes_right() {
 
     let report = out.json_after("test: report ");
     eprintln!("migration: {report}; guest saw {done}");
-    assert!(report["rounds"].as_u64() >= Some(2), "{report}");
+    // The guest's writes during the copy were tracked and sent again: in
+    // a further round or, where the host copies fast enough that they fit
+    // the downtime budget after the first (seen on a quick host), at the
+    // stop.
+    let again = report["rounds"].as_u64() >= Some(2) || report["final_bytes"].as_u64() > Some(0);
+    assert!(again, "{report}");
     assert!(report["downtime_ms"].as_f64().is_some(), "{report}");
 
     let s1 = out.json_after("test: status1 ");
