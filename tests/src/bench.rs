@@ -2,10 +2,22 @@
 //! share: the files they put beside the VMMs in the host they run in. Each
 //! stops the benchmark with a line naming `tool` when it cannot.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
 use crate::cpio::CpioWriter;
+
+/// Prints `usage` and ends the tool (status 0) when its arguments ask for
+/// help (`-h`, `--help`) anywhere: the benchmarks pass other arguments on
+/// to the VMM in a nested boot, which a request for help must not start.
+pub fn help_or_go_on(args: &[String], usage: &str) {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        // Not println!: a closed pipe (`| head`) must not panic.
+        let _ = writeln!(std::io::stdout(), "{usage}");
+        std::process::exit(0);
+    }
+}
 
 /// `path`'s bytes, or the benchmark ends with status 1.
 pub fn read_or_exit(tool: &str, path: &Path) -> Vec<u8> {

@@ -51,8 +51,30 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+const USAGE: &str = "usage: boot-bench [RUNS] [PERFVMM-ARGS...]
+       boot-bench [RUNS] --firecracker PATH [--append KERNEL-ARGS] [--console FILE] [--stamp 1]
+                  [--dmesg 1] [--kernel FILE] [--perfvmm-kernel FILE] [--exits 1]
+                  [--guest-profile host|SYSTEM.MAP] [--svg FILE]
+       boot-bench --profile-console FILE [--guest-profile host|SYSTEM.MAP] [--svg FILE]
+  RUNS (5): boots of each VMM. Alone, perfvmm boots the demo guest RUNS times with
+  --boot-timer and the PERFVMM-ARGS (--memory 256M unless given) and prints exec ->
+  first guest instruction, -> /init, and its own memory.
+  --firecracker PATH: perfvmm, perfvmm --guest-decompress and Firecracker (static,
+  built as docs/benchmarks.md says) boot the same kernel, busybox initramfs and
+  command line alternately in one host, 1 vCPU, 256 MiB: medians, ranges, ratios.
+  --append: more kernel arguments for both; --console: save the host's console;
+  --stamp 1: the host's time on each console line; --dmesg 1: the guest prints its
+  uptime and log after the marker; --kernel: this kernel for both VMMs;
+  --perfvmm-kernel: this kernel for perfvmm alone; --exits 1: count the guests'
+  exits to the host's KVM; --guest-profile: sample where each guest spends its boot
+  (host: name functions from the host's kernel; add --append nokaslr);
+  --svg: draw those samples on a time line.
+  --profile-console: read a saved console's samples again instead of booting.";
+
 fn main() {
-    let mut args = std::env::args().skip(1).peekable();
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    bench::help_or_go_on(&all, USAGE);
+    let mut args = all.into_iter().peekable();
     let runs: usize = match args.peek().and_then(|a| a.parse().ok()) {
         Some(n) => {
             args.next();

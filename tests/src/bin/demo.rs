@@ -53,7 +53,6 @@ fn options() -> Result<Options, String> {
         match a.as_str() {
             "--raw" => o.raw = true,
             "--out" => o.out = PathBuf::from(args.next().ok_or("--out needs a directory")?),
-            "-h" | "--help" => return Err(String::new()),
             _ => o.perfvmm.push(a),
         }
     }
@@ -188,6 +187,8 @@ fn summary(out: &RunOutput, picture: Option<&Path>, dir: &Path) -> Vec<String> {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    perfvmm_tests::bench::help_or_go_on(&args, USAGE);
     let o = match options() {
         Ok(o) => o,
         Err(e) => {

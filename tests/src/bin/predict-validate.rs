@@ -27,6 +27,7 @@ use perfvmm_tests::predict::{
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    perfvmm_tests::bench::help_or_go_on(&args, USAGE);
     let mut units = 20;
     let mut rounds = 3;
     let mut runs: Vec<String> = RUNS.iter().map(|s| s.to_string()).collect();
@@ -182,9 +183,20 @@ fn one_round(
     ExitCode::SUCCESS
 }
 
+const USAGE: &str =
+    "usage: predict-validate [--units N] [--rounds N] [--first-round K] [--runs NAME,...]
+                        [--host-cores N] [--l1-cpus N] [--profiler-cpus apart|among]
+       predict-validate --console FILE [--console FILE ...]
+  Boots the nested harness once a round (3 rounds by default), makes the runs of
+  docs/predict.md's validation table (--runs: only these), saves each round's
+  console to target/predict-validate.round-N.console, and prints the table.
+  --units: predict-work's units (20); --first-round: number rounds from K;
+  --host-cores: physical cores under the VMs (this machine's; 0: none);
+  --l1-cpus: the harness's L1 vCPUs (4); --profiler-cpus among: each profiler
+  on its program's own CPUs instead of on CPU 3.
+  --console: compute the table from saved consoles instead of booting.";
+
 fn usage() -> ExitCode {
-    eprintln!(
-        "usage: predict-validate [--units N] [--rounds N] [--first-round K] [--runs NAME,...] [--host-cores N] [--l1-cpus N] [--profiler-cpus apart|among] | --console FILE ..."
-    );
+    eprintln!("{USAGE}");
     ExitCode::from(2)
 }

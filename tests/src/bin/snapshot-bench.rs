@@ -110,8 +110,22 @@ rm -rf $d
     )
 }
 
+const USAGE: &str = "usage: snapshot-bench [RUNS] [SIZES]
+       snapshot-bench [RUNS] --firecracker PATH
+       snapshot-bench [RUNS] [SIZES] --migrate [--kinds idle,busy,busy-ws]
+       snapshot-bench [RUNS] [SIZES] --on-host
+  RUNS (3): runs of each; SIZES: guest memory sizes in MiB (256,1024,3072).
+  Alone: per size, snapshot an idle guest (--stop) and restore it in a new
+  perfvmm; medians of the pause, the bytes written and the restore's steps.
+  --firecracker PATH: perfvmm and Firecracker snapshot and restore the same
+  guest alternately (1 vCPU, 256 MiB): exec -> the restored guest's first line.
+  --migrate: move a guest live between two perfvmm processes, idle, busy and
+  busy with its working set declared (--kinds: some of these).
+  --on-host: time restores on this machine's own /dev/kvm.";
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    bench::help_or_go_on(&args, USAGE);
     if let Some(i) = args.iter().position(|a| a == "--firecracker") {
         let Some(fc) = args.get(i + 1).map(PathBuf::from) else {
             eprintln!("snapshot-bench: --firecracker needs the path of a Firecracker binary");
