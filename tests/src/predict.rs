@@ -17,10 +17,109 @@ use crate::{GuestRun, RunOutput};
 
 /// The runs the scenario makes by default, in order.
 pub const RUNS: &[&str] = &[
-    "base-1", "base-2", "base-4", "kernel-2", "parse-2", "solve-2", "slow-1", "mem-2", "memfit-2",
-    "memlow-2", "membig-2", "coz0-2", "cozk-2", "cozp-2", "xz-1", "xz-2", "xz-4", "make-1",
-    "make-2", "make-4",
+    "base-1", "base-2", "base-4", "cal-1", "cal-2", "cal-4", "kernel-2", "parse-2", "solve-2",
+    "slow-1", "mem-2", "memfit-2", "memlow-2", "membig-2", "coz0-2", "cozk-2", "cozp-2", "xz-1",
+    "xz-2", "xz-4", "make-1", "make-2", "make-4",
 ];
+
+/// The runs `predict-validate --native` makes by default: those a machine
+/// of 2 CPUs, without the guest's cgroup v2 hierarchy, can make (no
+/// 4-CPU, `cpu.max` or memory-limit runs), and the held-out programs
+/// without the profiler beside them. Not Coz's: preloaded into `taskset`,
+/// it wants debugging information for the system's `taskset`, which the
+/// guest's busybox spares it.
+pub const NATIVE_RUNS: &[&str] = &[
+    "base-1",
+    "base-2",
+    "cal-1",
+    "cal-2",
+    "kernel-2",
+    "parse-2",
+    "solve-2",
+    "xz-1",
+    "bare-xz-1",
+    "xz-2",
+    "bare-xz-2",
+    "make-1",
+    "bare-make-1",
+    "make-2",
+    "bare-make-2",
+];
+
+/// How much work each native run does: sized so that a run on this kind
+/// of machine takes seconds, as the guest's runs do under emulation.
+#[derive(Clone, Debug)]
+pub struct NativeWork {
+    /// predict-work's units (`pvunits`).
+    pub units: u32,
+    /// Copies of the input in xz's input (`pvxzcopies`).
+    pub xz_copies: u32,
+    /// More make variables for the make project (`pvmakevars`).
+    pub make_vars: String,
+}
+
+impl Default for NativeWork {
+    fn default() -> Self {
+        NativeWork {
+            units: 100,
+            xz_copies: 10,
+            make_vars: "FUNCS=3000".into(),
+        }
+    }
+}
+
+/// Makes `runs` on this machine, outside any VM: the guest scenario's
+/// `predict` part with the guest's programs (built by `images/build.sh`)
+/// from `build/guest/extra`, each profiler on the machine's last CPU
+/// (on a machine of 2, apart from a 1-CPU program but among a 2-CPU
+/// program's CPUs). Prints each run's
+/// start on standard error; returns what the scenario printed.
+pub fn run_native(runs: &[String], work: &NativeWork) -> Result<String, String> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        return Err(format!(
+            "this machine has {cpus} CPU; the native runs need 2"
+        ));
+    }
+    let ws = crate::workspace();
+    crate::guest_image();
+    let extra = ws.build.join("guest/extra");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![extra.clone()];
+    dirs.extend(std::env::split_paths(&path));
+    let path = std::env::join_paths(dirs).map_err(|e| e.to_string())?;
+    let mut child = Command::new("sh")
+        .arg(ws.root.join("images/guest-scenario"))
+        .arg("predict")
+        .env("PATH", path)
+        .env("pvdir", &extra)
+        .env("pvprofpin", (cpus - 1).to_string())
+        .env("pvunits", work.units.to_string())
+        .env("pvxzcopies", work.xz_copies.to_string())
+        .env("pvmakevars", &work.make_vars)
+        .env("pvpredict", runs.join(","))
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run the scenario: {e}"))?;
+    let mut console = String::new();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.map_err(|e| format!("reading the scenario's output: {e}"))?;
+            if line.starts_with("scenario: predict") {
+                eprintln!("{line}");
+            }
+            console.push_str(&line);
+            console.push('\n');
+        }
+    }
+    match child.wait() {
+        Ok(s) if s.success() => Ok(console),
+        Ok(s) => Err(format!("the scenario ended with {s}")),
+        Err(e) => Err(format!("the scenario: {e}")),
+    }
+}
 
 /// What a check's figures count.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -409,17 +508,27 @@ pub fn profiles_by_run(console: &str) -> (HashMap<String, Profile>, Vec<String>)
     (good, bad)
 }
 
-/// What vCPUs are worth on the machine, measured by the validation
-/// workload's runs on 1, 2 and 4 vCPUs (`perfvmm predict --calibrate`);
-/// `None` without them.
-pub fn calibration(p: &HashMap<String, Vec<Profile>>) -> Option<Vec<(u32, f64)>> {
-    let runs: Vec<Profile> = ["base-1", "base-2", "base-4"]
-        .iter()
-        .filter_map(|n| p.get(*n))
-        .flatten()
-        .cloned()
-        .collect();
-    perfvmm_predict::calibrate(&runs).ok()
+/// What vCPUs are worth on the machine (`perfvmm predict --calibrate`),
+/// and from which runs: the calibration runs (`cal-N`: the validation
+/// workload's parallel kernel alone) where there are some, else the
+/// validation workload's own runs (`base-N`; consoles from before the
+/// calibration runs). `--calibrate` takes its program to be parallel
+/// wherever it has threads: `base-N`'s solve phase ends in a serial
+/// `reduce`, which it then counted against the machine (natively, on 2
+/// real CPUs: 1.76). `None` without either.
+pub fn calibration(p: &HashMap<String, Vec<Profile>>) -> Option<(Vec<(u32, f64)>, &'static str)> {
+    let from = |names: [&'static str; 3]| -> Option<Vec<(u32, f64)>> {
+        let runs: Vec<Profile> = names
+            .iter()
+            .filter_map(|n| p.get(*n))
+            .flatten()
+            .cloned()
+            .collect();
+        perfvmm_predict::calibrate(&runs).ok()
+    };
+    from(["cal-1", "cal-2", "cal-4"])
+        .map(|c| (c, "cal-1, cal-2, cal-4"))
+        .or_else(|| from(["base-1", "base-2", "base-4"]).map(|c| (c, "base-1, base-2, base-4")))
 }
 
 /// Every check the profiles allow (a check whose runs are missing is left
@@ -435,7 +544,7 @@ pub fn checks(
     bare: &HashMap<String, Vec<f64>>,
     host_cores: Option<u32>,
 ) -> Result<Vec<Check>, String> {
-    let scaling = calibration(p).unwrap_or_default();
+    let scaling = calibration(p).map(|c| c.0).unwrap_or_default();
     let mut out = Vec::new();
     let mut add = |kind: &'static str,
                    what: &str,
@@ -1020,6 +1129,37 @@ pvtime bare-xz-1.1: soon
             guest_hints::profile::FORMAT
         );
         Profile::from_json(&json).expect("a test profile")
+    }
+
+    /// A run of one phase on 4 threads, `wall_ms` long, on `cpus` vCPUs.
+    fn threaded(cpus: u32, wall_ms: u64, cpu_ms: u64) -> Profile {
+        let json = format!(
+            r#"{{"format":"{}","version":1,"command":["w"],"wall_ms":{wall_ms},"interval_ms":10,"runs":1,
+            "cpu_time_source":"schedstat","working_set_source":"rss","io_source":"chars","cpus":{cpus},
+            "phases":[{{"id":1,"name":"solve","source":"hint","start_ms":0,"duration_ms":{wall_ms},
+            "parallelism_p50":1.0,"parallelism_p95":1.0,"max_useful":4,"working_set_bytes":1,
+            "peak_bytes":1,"io_bytes_per_sec":0,"io_class":"none","samples":10,"cpu_ms":{cpu_ms}}}]}}"#,
+            guest_hints::profile::FORMAT
+        );
+        Profile::from_json(&json).expect("a test profile")
+    }
+
+    #[test]
+    fn the_machine_is_calibrated_from_the_parallel_runs_not_the_serial_tail() {
+        // Two real CPUs. base: 800 ms of parallel work and a serial 100 ms
+        // in the same phase; cal: the parallel work alone.
+        let mut p: HashMap<String, Vec<Profile>> = HashMap::new();
+        p.insert("base-1".into(), vec![threaded(1, 900, 900)]);
+        p.insert("base-2".into(), vec![threaded(2, 500, 900)]);
+        let (c, from) = calibration(&p).expect("calibrated from base");
+        assert_eq!(from, "base-1, base-2, base-4");
+        assert!((c[0].1 - 1.8).abs() < 0.01, "{c:?}");
+        p.insert("cal-1".into(), vec![threaded(1, 800, 800)]);
+        p.insert("cal-2".into(), vec![threaded(2, 400, 800)]);
+        let (c, from) = calibration(&p).expect("calibrated from cal");
+        assert_eq!(from, "cal-1, cal-2, cal-4");
+        assert_eq!(c[0].0, 2);
+        assert!((c[0].1 - 2.0).abs() < 0.01, "{c:?}");
     }
 
     fn mem(round: &str, limit: u64, peak: u64, fitted: bool) -> MemoryRun {

@@ -3,7 +3,12 @@
 //!
 //!   predict-validate [--units N] [--rounds N] [--first-round K] [--runs NAME,...] [--l1-cpus N]
 //!       [--profiler-cpus apart|among]
+//!   predict-validate --native [--rounds N] [--units N] [--runs NAME,...]
 //!   predict-validate --console FILE [--console FILE ...]
+//!
+//! `--native` makes the runs on this machine instead, outside any VM
+//! (`predict::run_native`): no emulation, so far less spread from run to
+//! run, but only what its CPUs and its cgroups allow (`NATIVE_RUNS`).
 //!
 //! `--host-cores N` (default: this machine's CPUs; 0: none) is the
 //! physical cores the VMs run on, as `perfvmm predict --host-cores`.
@@ -22,13 +27,16 @@
 use std::process::{Command, ExitCode};
 
 use perfvmm_tests::predict::{
-    calibration, markdown, read_runs, run_guest, time_bound, validate, ProfilerCpus, RUNS,
+    calibration, markdown, read_runs, run_guest, run_native, time_bound, validate, NativeWork,
+    ProfilerCpus, NATIVE_RUNS, RUNS,
 };
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
     perfvmm_tests::bench::help_or_go_on(&args, USAGE);
-    let mut units = 20;
+    let native = args.iter().any(|a| a == "--native");
+    args.retain(|a| a != "--native");
+    let mut units: Option<u32> = None;
     let mut rounds = 3;
     let mut runs: Vec<String> = RUNS.iter().map(|s| s.to_string()).collect();
     let mut consoles: Vec<String> = Vec::new();
@@ -36,6 +44,7 @@ fn main() -> ExitCode {
     let mut only: Option<u32> = None;
     let mut l1_cpus = 4;
     let mut profiler = ProfilerCpus::Apart;
+    let mut runs_given = false;
     // The physical cores under the VMs: this machine's (the nested
     // harness's L1 runs on them).
     let mut host_cores = std::thread::available_parallelism()
@@ -45,7 +54,7 @@ fn main() -> ExitCode {
     while let Some(a) = it.next() {
         match (a.as_str(), it.next()) {
             ("--units", Some(v)) => match v.parse() {
-                Ok(n) => units = n,
+                Ok(n) => units = Some(n),
                 Err(_) => return usage(),
             },
             ("--rounds", Some(v)) => match v.parse() {
@@ -70,7 +79,10 @@ fn main() -> ExitCode {
                 "among" => profiler = ProfilerCpus::Among,
                 _ => return usage(),
             },
-            ("--runs", Some(v)) => runs = v.split(',').map(str::to_string).collect(),
+            ("--runs", Some(v)) => {
+                runs = v.split(',').map(str::to_string).collect();
+                runs_given = true;
+            }
             ("--console", Some(v)) => consoles.push(v.clone()),
             ("--host-cores", Some(v)) => match v.parse() {
                 Ok(0) => host_cores = None,
@@ -80,6 +92,22 @@ fn main() -> ExitCode {
             _ => return usage(),
         }
     }
+    if native {
+        let native_runs: Vec<String> = if runs_given {
+            runs.clone()
+        } else {
+            NATIVE_RUNS.iter().map(|s| s.to_string()).collect()
+        };
+        let work = NativeWork {
+            units: units.unwrap_or(NativeWork::default().units),
+            ..NativeWork::default()
+        };
+        match native_rounds(&native_runs, rounds, &work) {
+            Ok(file) => consoles.push(file),
+            Err(code) => return code,
+        }
+    }
+    let units = units.unwrap_or(20);
     if let Some(r) = only {
         return one_round(r, &runs, units, l1_cpus, profiler);
     }
@@ -128,13 +156,13 @@ fn main() -> ExitCode {
                 Some(h) => println!("Predictions for VMs on {h} physical cores."),
                 None => println!("Predictions taking every vCPU as a core of its own."),
             }
-            if let Some(c) = calibration(&r.profiles) {
+            if let Some((c, from)) = calibration(&r.profiles) {
                 let pts: Vec<String> = c
                     .iter()
                     .map(|(n, e)| format!("{n} vCPUs = {e:.2} CPUs"))
                     .collect();
                 println!(
-                    "Held-out programs predicted with the machine's measured scaling (from base-1, base-2, base-4): {}.",
+                    "Held-out programs predicted with the machine's measured scaling (from {from}): {}.",
                     pts.join(", ")
                 );
             }
@@ -146,6 +174,32 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Makes `rounds` rounds of `runs` on this machine, outside any VM, one
+/// after the other in one process (no harness to crash), and saves what
+/// they printed; returns the file.
+fn native_rounds(runs: &[String], rounds: u32, work: &NativeWork) -> Result<String, ExitCode> {
+    let names: Vec<String> = (1..=rounds).flat_map(|r| round_names(runs, r)).collect();
+    eprintln!(
+        "predict-validate: {} runs on this machine ({rounds} rounds; predict-work at {} units, \
+         xz on {} copies of its input, make {})",
+        names.len(),
+        work.units,
+        work.xz_copies,
+        work.make_vars
+    );
+    let console = run_native(&names, work).map_err(|e| {
+        eprintln!("predict-validate: {e}");
+        ExitCode::from(1)
+    })?;
+    let file = "target/predict-validate.native.console".to_string();
+    if let Err(e) = std::fs::write(&file, &console) {
+        eprintln!("predict-validate: {file}: {e}");
+        return Err(ExitCode::from(1));
+    }
+    eprintln!("predict-validate: saved in {file}");
+    Ok(file)
 }
 
 /// `runs` as round `r` names them (`base-1.3`).
@@ -186,6 +240,7 @@ fn one_round(
 const USAGE: &str =
     "usage: predict-validate [--units N] [--rounds N] [--first-round K] [--runs NAME,...]
                         [--host-cores N] [--l1-cpus N] [--profiler-cpus apart|among]
+       predict-validate --native [--rounds N] [--units N] [--runs NAME,...]
        predict-validate --console FILE [--console FILE ...]
   Boots the nested harness once a round (3 rounds by default), makes the runs of
   docs/predict.md's validation table (--runs: only these), saves each round's
@@ -194,6 +249,10 @@ const USAGE: &str =
   --host-cores: physical cores under the VMs (this machine's; 0: none);
   --l1-cpus: the harness's L1 vCPUs (4); --profiler-cpus among: each profiler
   on its program's own CPUs instead of on CPU 3.
+  --native: make the runs on this machine instead, outside any VM, with the
+  guest's programs (build/guest/extra) at sizes that take seconds here: the
+  runs a 2-CPU machine can make (no 4-CPU, cpu.max or memory-limit runs),
+  3 rounds one after the other, saved to target/predict-validate.native.console.
   --console: compute the table from saved consoles instead of booting.";
 
 fn usage() -> ExitCode {
