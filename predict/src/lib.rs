@@ -195,7 +195,9 @@ pub fn predict(profiles: &[Profile], req: &Request) -> Result<Report, PredictErr
 /// What vCPUs are worth on the machine the profiles ran on, from profiles
 /// of one *calibration* program taken on 1 vCPU and on more: for each
 /// other vCPU count `n`, the effective CPUs at which the model fitted on
-/// 1 vCPU takes the median measured time at `n` (between 1 and `n`).
+/// 1 vCPU takes the median measured time at `n` (between 1 and `n`;
+/// without the profiler's time where it ran on the program's CPUs, as the
+/// model is: [`model::alone_wall_ms`]).
 /// Work on `n` vCPUs is then predicted at those CPUs: on a machine whose
 /// vCPUs share cores, or slow each other down, less than `n`.
 pub fn calibrate(profiles: &[Profile]) -> Result<Vec<(u32, f64)>, PredictError> {
@@ -217,10 +219,12 @@ pub fn calibrate(profiles: &[Profile]) -> Result<Vec<(u32, f64)>, PredictError> 
     Ok(counts
         .into_iter()
         .map(|n| {
+            // The model is of the program alone: so are the runs it is
+            // held against (where their profiler ran among their CPUs).
             let walls = profiles
                 .iter()
                 .filter(|p| p.cpus == n)
-                .map(|p| p.wall_ms as f64)
+                .map(model::alone_wall_ms)
                 .collect();
             (n, effective_for(&model, median(walls), f64::from(n)))
         })
@@ -285,5 +289,20 @@ mod tests {
             calibrate(&[run(1, 2000)]),
             Err(PredictError::Calibration(_))
         ));
+    }
+
+    #[test]
+    fn calibration_holds_the_runs_without_their_profiler_against_the_model() {
+        // The profiler on the program's CPUs took 1 s of CPU in each run:
+        // alone, 4 s on 1 vCPU and 2 s on 2 (2 CPUs' worth). Its 2.5 s
+        // profiled on 2 vCPUs is 2 s alone (1 s over 2 CPUs), not a sign
+        // that 2 vCPUs are worth 1.6.
+        let mut one = run(1, 5000);
+        one.phases[0].profiler_cpu_ms = Some(1000.0);
+        let mut two = run(2, 2500);
+        two.phases[0].profiler_cpu_ms = Some(1000.0);
+        assert!((model::alone_wall_ms(&two) - 2000.0).abs() < 1e-6);
+        let c = calibrate(&[one, two]).unwrap();
+        assert!((c[0].1 - 2.0).abs() < 1e-6, "{c:?}");
     }
 }

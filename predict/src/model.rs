@@ -373,6 +373,23 @@ fn alone_ms(p: &ProfilePhase, cpus: u32, k: f64, threads: u32) -> f64 {
     }
 }
 
+/// A profile's run time without the profiler, ms: its wall time less what
+/// [`alone_ms`] takes out of each phase (its CPUs counted as they are,
+/// up to the phase's threads). What a model, which is of the program
+/// alone, is compared with when it calibrates a machine.
+pub fn alone_wall_ms(p: &Profile) -> f64 {
+    let taken: f64 = p
+        .phases
+        .iter()
+        .map(|ph| {
+            let threads = ph.max_useful.max(1);
+            let k = f64::from(p.cpus.min(threads).max(1));
+            ph.duration_ms as f64 - alone_ms(ph, p.cpus, k, threads)
+        })
+        .sum();
+    (p.wall_ms as f64 - taken).max(0.0)
+}
+
 /// One observation of a phase: the profile's vCPUs, what they were worth
 /// on the host, and the phase.
 type Point<'a> = (u32, f64, &'a ProfilePhase);

@@ -74,7 +74,7 @@ impl Default for NativeWork {
 /// (on a machine of 2, apart from a 1-CPU program but among a 2-CPU
 /// program's CPUs). Prints each run's
 /// start on standard error; returns what the scenario printed.
-pub fn run_native(runs: &[String], work: &NativeWork) -> Result<String, String> {
+pub fn run_native(runs: &[String], work: &NativeWork, held_out_lean: bool) -> Result<String, String> {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -100,6 +100,7 @@ pub fn run_native(runs: &[String], work: &NativeWork) -> Result<String, String> 
         .env("pvxzcopies", work.xz_copies.to_string())
         .env("pvmakevars", &work.make_vars)
         .env("pvpredict", runs.join(","))
+        .env("pvheldlean", if held_out_lean { "1" } else { "0" })
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run the scenario: {e}"))?;
@@ -287,10 +288,6 @@ pub fn in_rounds(runs: &[&str], rounds: u32) -> Vec<String> {
         .collect()
 }
 
-/// Boots a 4-vCPU guest and makes the `runs` (see [`RUNS`]; `NAME.N` is
-/// the Nth repetition of NAME); `units` sizes the validation workload
-/// (millions of steps per unit of work); `l1_cpus` is the nested
-/// harness's L1 host's vCPUs (4 in the tests).
 /// Where the guest scenario runs the profiler of a run on fewer than 4
 /// CPUs: on CPU 3, apart from the program's (the default), or among the
 /// program's own CPUs (it then takes its time from the program, but keeps
@@ -312,11 +309,40 @@ impl ProfilerCpus {
     }
 }
 
-pub fn run_guest(runs: &[String], units: u32, l1_cpus: u32, profiler: ProfilerCpus) -> RunOutput {
-    let mut cmdline = format!("pvrun=predict pvunits={units} pvpredict={}", runs.join(","));
-    if profiler == ProfilerCpus::Among {
-        cmdline.push_str(" pvprofcpus=among");
+/// How the scenario profiles: where the profiler runs, and whether the
+/// held-out programs' profiles are lean (`pvheldlean`: no functions, no
+/// working set, a sample every 100 ms; their checks are of scaling only,
+/// and each part costs the program time under emulation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Profiling {
+    pub cpus: ProfilerCpus,
+    pub held_out_lean: bool,
+}
+
+impl Profiling {
+    /// The scenario's kernel command-line words for it.
+    fn words(self) -> String {
+        let mut w = String::new();
+        if self.cpus == ProfilerCpus::Among {
+            w.push_str(" pvprofcpus=among");
+        }
+        if self.held_out_lean {
+            w.push_str(" pvheldlean=1");
+        }
+        w
     }
+}
+
+/// Boots a 4-vCPU guest and makes the `runs` (see [`RUNS`]; `NAME.N` is
+/// the Nth repetition of NAME); `units` sizes the validation workload
+/// (millions of steps per unit of work); `l1_cpus` is the nested
+/// harness's L1 host's vCPUs (4 in the tests).
+pub fn run_guest(runs: &[String], units: u32, l1_cpus: u32, profiling: Profiling) -> RunOutput {
+    let cmdline = format!(
+        "pvrun=predict pvunits={units} pvpredict={}{}",
+        runs.join(","),
+        profiling.words()
+    );
     // A static VM: the policy resizes nothing while the runs are timed.
     GuestRun::demo(
         &cmdline,

@@ -12,7 +12,7 @@
 //! `predict-validate`'s table (more rounds, held-out programs) in
 //! docs/predict.md.
 
-use perfvmm_tests::predict::{in_rounds, run_guest, runs, validate, ProfilerCpus};
+use perfvmm_tests::predict::{in_rounds, run_guest, runs, validate, Profiling};
 
 /// predict-work's size: about 1.5 s a run on 2 vCPUs on a quick day of
 /// the nested harness, 5 s on a slow one. (At 20 units, 0.7 s on a quick
@@ -27,7 +27,7 @@ fn predictions_match_real_runs() {
         ],
         3,
     );
-    let out = run_guest(&names, UNITS, 4, ProfilerCpus::Apart);
+    let out = run_guest(&names, UNITS, 4, Profiling::default());
     out.expect_contains("scenario: predict done").expect_exit(0);
     let r = runs(&out.console).expect("the profiles parse");
     let p = &r.profiles;

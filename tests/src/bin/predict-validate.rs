@@ -14,7 +14,9 @@
 //! physical cores the VMs run on, as `perfvmm predict --host-cores`.
 //! `--l1-cpus N` (default 4) is the nested harness's L1 host's vCPUs.
 //! `--profiler-cpus among` runs each profiler on its program's own CPUs
-//! instead of on CPU 3 apart from them (`predict::ProfilerCpus`).
+//! instead of on CPU 3 apart from them (`predict::ProfilerCpus`);
+//! `--held-out-profile lean` profiles the held-out programs with only
+//! what their scaling checks need (`predict::Profiling`).
 //!
 //! Each round of runs is one guest boot (5 to 10 minutes for the whole
 //! set; given up when `predict::time_bound` passes) in a process of its
@@ -28,7 +30,7 @@ use std::process::{Command, ExitCode};
 
 use perfvmm_tests::predict::{
     calibration, markdown, read_runs, run_guest, run_native, time_bound, validate, NativeWork,
-    ProfilerCpus, NATIVE_RUNS, RUNS,
+    ProfilerCpus, Profiling, NATIVE_RUNS, RUNS,
 };
 
 fn main() -> ExitCode {
@@ -43,7 +45,7 @@ fn main() -> ExitCode {
     let mut first = 1;
     let mut only: Option<u32> = None;
     let mut l1_cpus = 4;
-    let mut profiler = ProfilerCpus::Apart;
+    let mut profiling = Profiling::default();
     let mut runs_given = false;
     // The physical cores under the VMs: this machine's (the nested
     // harness's L1 runs on them).
@@ -75,8 +77,13 @@ fn main() -> ExitCode {
                 _ => return usage(),
             },
             ("--profiler-cpus", Some(v)) => match v.as_str() {
-                "apart" => profiler = ProfilerCpus::Apart,
-                "among" => profiler = ProfilerCpus::Among,
+                "apart" => profiling.cpus = ProfilerCpus::Apart,
+                "among" => profiling.cpus = ProfilerCpus::Among,
+                _ => return usage(),
+            },
+            ("--held-out-profile", Some(v)) => match v.as_str() {
+                "full" => profiling.held_out_lean = false,
+                "lean" => profiling.held_out_lean = true,
                 _ => return usage(),
             },
             ("--runs", Some(v)) => {
@@ -102,14 +109,14 @@ fn main() -> ExitCode {
             units: units.unwrap_or(NativeWork::default().units),
             ..NativeWork::default()
         };
-        match native_rounds(&native_runs, rounds, &work) {
+        match native_rounds(&native_runs, rounds, &work, profiling.held_out_lean) {
             Ok(file) => consoles.push(file),
             Err(code) => return code,
         }
     }
     let units = units.unwrap_or(20);
     if let Some(r) = only {
-        return one_round(r, &runs, units, l1_cpus, profiler);
+        return one_round(r, &runs, units, l1_cpus, profiling);
     }
     if consoles.is_empty() {
         let last = first + rounds - 1;
@@ -127,7 +134,11 @@ fn main() -> ExitCode {
                     .args(["--round", &r.to_string(), "--units", &units.to_string()])
                     .args(["--runs", &runs.join(",")])
                     .args(["--l1-cpus", &l1_cpus.to_string()])
-                    .args(["--profiler-cpus", profiler.name()])
+                    .args(["--profiler-cpus", profiling.cpus.name()])
+                    .args([
+                        "--held-out-profile",
+                        if profiling.held_out_lean { "lean" } else { "full" },
+                    ])
                     .status()
             });
             match ran {
@@ -179,7 +190,12 @@ fn main() -> ExitCode {
 /// Makes `rounds` rounds of `runs` on this machine, outside any VM, one
 /// after the other in one process (no harness to crash), and saves what
 /// they printed; returns the file.
-fn native_rounds(runs: &[String], rounds: u32, work: &NativeWork) -> Result<String, ExitCode> {
+fn native_rounds(
+    runs: &[String],
+    rounds: u32,
+    work: &NativeWork,
+    held_out_lean: bool,
+) -> Result<String, ExitCode> {
     let names: Vec<String> = (1..=rounds).flat_map(|r| round_names(runs, r)).collect();
     eprintln!(
         "predict-validate: {} runs on this machine ({rounds} rounds; predict-work at {} units, \
@@ -189,7 +205,7 @@ fn native_rounds(runs: &[String], rounds: u32, work: &NativeWork) -> Result<Stri
         work.xz_copies,
         work.make_vars
     );
-    let console = run_native(&names, work).map_err(|e| {
+    let console = run_native(&names, work, held_out_lean).map_err(|e| {
         eprintln!("predict-validate: {e}");
         ExitCode::from(1)
     })?;
@@ -217,10 +233,10 @@ fn one_round(
     runs: &[String],
     units: u32,
     l1_cpus: u32,
-    profiler: ProfilerCpus,
+    profiling: Profiling,
 ) -> ExitCode {
     let names = round_names(runs, r);
-    let out = run_guest(&names, units, l1_cpus, profiler);
+    let out = run_guest(&names, units, l1_cpus, profiling);
     let file = round_file(r);
     if let Err(e) = std::fs::write(&file, &out.console) {
         eprintln!("predict-validate: {file}: {e}");
@@ -240,7 +256,8 @@ fn one_round(
 const USAGE: &str =
     "usage: predict-validate [--units N] [--rounds N] [--first-round K] [--runs NAME,...]
                         [--host-cores N] [--l1-cpus N] [--profiler-cpus apart|among]
-       predict-validate --native [--rounds N] [--units N] [--runs NAME,...]
+                        [--held-out-profile full|lean]
+       predict-validate --native [--held-out-profile full|lean] [--rounds N] [--units N] [--runs NAME,...]
        predict-validate --console FILE [--console FILE ...]
   Boots the nested harness once a round (3 rounds by default), makes the runs of
   docs/predict.md's validation table (--runs: only these), saves each round's
@@ -248,7 +265,9 @@ const USAGE: &str =
   --units: predict-work's units (20); --first-round: number rounds from K;
   --host-cores: physical cores under the VMs (this machine's; 0: none);
   --l1-cpus: the harness's L1 vCPUs (4); --profiler-cpus among: each profiler
-  on its program's own CPUs instead of on CPU 3.
+  on its program's own CPUs instead of on CPU 3; --held-out-profile lean: the
+  held-out programs profiled without functions or working set, a sample
+  every 100 ms (their checks are of scaling only).
   --native: make the runs on this machine instead, outside any VM, with the
   guest's programs (build/guest/extra) at sizes that take seconds here: the
   runs a 2-CPU machine can make (no 4-CPU, cpu.max or memory-limit runs),
