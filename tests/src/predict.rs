@@ -730,9 +730,17 @@ pub fn checks(
     Ok(out)
 }
 
-/// The median wall time of `runs`, ms.
+/// The median run time of `runs` without their profiler, ms: the wall
+/// time less what the profiler kept the program from where it ran on the
+/// program's CPUs (`model::alone_wall_ms`; the wall time itself where it
+/// ran apart). The predictions are of the program alone: so is what they
+/// are checked against.
 fn wall_ms(runs: &[Profile]) -> f64 {
-    median(runs.iter().map(|t| t.wall_ms as f64).collect())
+    median(
+        runs.iter()
+            .map(perfvmm_predict::model::alone_wall_ms)
+            .collect(),
+    )
 }
 
 /// Every check, fit and Coz comparison the runs allow (see [`checks`]).
