@@ -310,9 +310,11 @@ impl ProfilerCpus {
 }
 
 /// How the scenario profiles: where the profiler runs, and whether the
-/// held-out programs' profiles are lean (`pvheldlean`: no functions, no
-/// working set, a sample every 100 ms; their checks are of scaling only,
-/// and each part costs the program time under emulation).
+/// held-out programs' profiles and the calibration runs' are lean
+/// (`pvheldlean`: no functions, no working set, a sample every 100 ms,
+/// the profiler among the program's CPUs; their checks are of scaling
+/// only, and under emulation each part, and a third busy vCPU, costs the
+/// program time).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Profiling {
     pub cpus: ProfilerCpus,

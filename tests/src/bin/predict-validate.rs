@@ -266,8 +266,9 @@ const USAGE: &str =
   --host-cores: physical cores under the VMs (this machine's; 0: none);
   --l1-cpus: the harness's L1 vCPUs (4); --profiler-cpus among: each profiler
   on its program's own CPUs instead of on CPU 3; --held-out-profile lean: the
-  held-out programs profiled without functions or working set, a sample
-  every 100 ms (their checks are of scaling only).
+  held-out programs and the calibration runs profiled without functions or
+  working set, a sample every 100 ms, the profiler among their CPUs (their
+  checks are of scaling only).
   --native: make the runs on this machine instead, outside any VM, with the
   guest's programs (build/guest/extra) at sizes that take seconds here: the
   runs a 2-CPU machine can make (no 4-CPU, cpu.max or memory-limit runs),
