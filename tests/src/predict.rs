@@ -72,9 +72,14 @@ impl Default for NativeWork {
 /// `predict` part with the guest's programs (built by `images/build.sh`)
 /// from `build/guest/extra`, each profiler on the machine's last CPU
 /// (on a machine of 2, apart from a 1-CPU program but among a 2-CPU
-/// program's CPUs). Prints each run's
-/// start on standard error; returns what the scenario printed.
-pub fn run_native(runs: &[String], work: &NativeWork, held_out_lean: bool) -> Result<String, String> {
+/// program's CPUs; a lean profiler among the program's, `held_out_lean`
+/// as in [`Profiling`]). Prints each run's start on standard error;
+/// returns what the scenario printed.
+pub fn run_native(
+    runs: &[String],
+    work: &NativeWork,
+    held_out_lean: bool,
+) -> Result<String, String> {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

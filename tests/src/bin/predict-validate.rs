@@ -137,7 +137,11 @@ fn main() -> ExitCode {
                     .args(["--profiler-cpus", profiling.cpus.name()])
                     .args([
                         "--held-out-profile",
-                        if profiling.held_out_lean { "lean" } else { "full" },
+                        if profiling.held_out_lean {
+                            "lean"
+                        } else {
+                            "full"
+                        },
                     ])
                     .status()
             });
@@ -228,13 +232,7 @@ fn round_file(r: u32) -> String {
 }
 
 /// Makes round `r` of `runs` in one boot and saves its console.
-fn one_round(
-    r: u32,
-    runs: &[String],
-    units: u32,
-    l1_cpus: u32,
-    profiling: Profiling,
-) -> ExitCode {
+fn one_round(r: u32, runs: &[String], units: u32, l1_cpus: u32, profiling: Profiling) -> ExitCode {
     let names = round_names(runs, r);
     let out = run_guest(&names, units, l1_cpus, profiling);
     let file = round_file(r);
