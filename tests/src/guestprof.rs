@@ -330,17 +330,33 @@ fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
-/// What a sample's function is part of, for the picture: a few kinds of
-/// boot work, by name, and the rest.
-fn kind(name: &str) -> usize {
-    const KINDS: [&[&str]; 5] = [
-        &["(physical"],
-        &[
+/// A kind of boot work in the picture: the function-name prefixes that
+/// make a sample one of it, its name in the legend and its colour.
+struct Kind {
+    prefixes: &'static [&'static str],
+    name: &'static str,
+    color: plotters::style::RGBColor,
+}
+
+/// The kinds, in the legend's order; the last, with no prefixes, is the
+/// rest.
+const KINDS: [Kind; 6] = [
+    Kind {
+        prefixes: &["(physical"],
+        name: "decompressor, reboot (physical addresses)",
+        color: plotters::style::RGBColor(230, 97, 1),
+    },
+    Kind {
+        prefixes: &[
             "setup_boot_APIC_clock",
             "calibrate_APIC_clock",
             "lapic_cal_handler",
         ],
-        &[
+        name: "APIC timer calibration",
+        color: plotters::style::RGBColor(200, 0, 60),
+    },
+    Kind {
+        prefixes: &[
             "mpi",
             "rsa_",
             "pkcs",
@@ -349,42 +365,34 @@ fn kind(name: &str) -> usize {
             "test_akcipher",
             "crypto_",
         ],
-        &["free_reserved_area", "free_init_pages", "free_initmem"],
-        &["srso_", "__x86_return_thunk"],
-    ];
+        name: "RSA: crypto self-tests, certificates",
+        color: plotters::style::RGBColor(94, 60, 153),
+    },
+    Kind {
+        prefixes: &["free_reserved_area", "free_init_pages", "free_initmem"],
+        name: "freeing init memory",
+        color: plotters::style::RGBColor(27, 158, 119),
+    },
+    Kind {
+        prefixes: &["srso_", "__x86_return_thunk"],
+        name: "SRSO return thunks",
+        color: plotters::style::RGBColor(120, 120, 120),
+    },
+    Kind {
+        prefixes: &[],
+        name: "other kernel work",
+        color: plotters::style::RGBColor(166, 206, 227),
+    },
+];
+
+/// Which of [`KINDS`] a sample's function is part of (the last: none of
+/// the others).
+fn kind(name: &str) -> usize {
     KINDS
         .iter()
-        .position(|k| k.iter().any(|p| name.starts_with(p)))
-        .unwrap_or(KINDS.len())
+        .position(|k| k.prefixes.iter().any(|p| name.starts_with(p)))
+        .unwrap_or(KINDS.len() - 1)
 }
-
-/// The kinds' names and colours, in [`kind`]'s order, "other" last.
-const KIND_STYLE: [(&str, plotters::style::RGBColor); 6] = [
-    (
-        "decompressor, reboot (physical addresses)",
-        plotters::style::RGBColor(230, 97, 1),
-    ),
-    (
-        "APIC timer calibration",
-        plotters::style::RGBColor(200, 0, 60),
-    ),
-    (
-        "RSA: crypto self-tests, certificates",
-        plotters::style::RGBColor(94, 60, 153),
-    ),
-    (
-        "freeing init memory",
-        plotters::style::RGBColor(27, 158, 119),
-    ),
-    (
-        "SRSO return thunks",
-        plotters::style::RGBColor(120, 120, 120),
-    ),
-    (
-        "other kernel work",
-        plotters::style::RGBColor(166, 206, 227),
-    ),
-];
 
 /// A run's samples as stripes `(from ms, to ms, kind)`: a sample stands
 /// for the time to the next one, at most 10 ms (longer, the guest was not
@@ -458,11 +466,11 @@ pub fn write_svg(
     for (row, run) in rows.iter().enumerate() {
         let y = row as f64;
         let stripes = stripes(&run.samples, map).into_iter().map(|(from, to, k)| {
-            Rectangle::new([(from, y - 0.35), (to, y + 0.35)], KIND_STYLE[k].1.filled())
+            Rectangle::new([(from, y - 0.35), (to, y + 0.35)], KINDS[k].color.filled())
         });
         chart.draw_series(stripes).map_err(|e| err(&e))?;
     }
-    for (name, color) in KIND_STYLE {
+    for Kind { name, color, .. } in KINDS {
         chart
             .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
             .map_err(|e| err(&e))?
@@ -548,7 +556,7 @@ not a line
         assert_eq!(kind("mpihelp_submul_1"), 2);
         assert_eq!(kind("free_reserved_area"), 3);
         assert_eq!(kind("srso_return_thunk"), 4);
-        assert_eq!(kind("load_new_mm_cr3"), KIND_STYLE.len() - 1);
+        assert_eq!(kind("load_new_mm_cr3"), KINDS.len() - 1);
     }
 
     #[test]
