@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use perfvmm_tests::bench::field;
+use perfvmm_tests::bench::{self, field};
 use perfvmm_tests::fit::Fit;
 use perfvmm_tests::timeline::Timeline;
 use perfvmm_tests::trace::{self, parse_sample, GuestSample, VmShape};
@@ -712,6 +712,18 @@ fn print_validation(runs: &[Vec<Run>]) {
     println!("  runs within 5 points on all four: {within}/{all}");
 }
 
+/// `flag`'s value as a count of at least 1, or the benchmark ends with
+/// status 2 (a typo must not quietly run the default).
+fn count_or_exit(flag: &str, v: &str) -> u32 {
+    match v.parse() {
+        Ok(n) if n >= 1 => n,
+        _ => {
+            eprintln!("resize-bench: {flag} takes a count of at least 1, not {v:?}\n{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn main() {
     let mut latency_rounds = 5;
     let mut rounds = 3;
@@ -719,21 +731,19 @@ fn main() {
     let mut names: Option<String> = None;
     let mut mode_names: Option<String> = None;
     let mut outputs = Outputs::default();
-    let mut args = std::env::args().skip(1);
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    bench::help_or_go_on(&argv, USAGE);
+    let mut args = argv.into_iter();
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_default();
         match a.as_str() {
-            "--latency-rounds" => latency_rounds = value().parse().unwrap_or(latency_rounds),
-            "--rounds" => rounds = value().parse().unwrap_or(rounds),
+            "--latency-rounds" => latency_rounds = count_or_exit(&a, &value()),
+            "--rounds" => rounds = count_or_exit(&a, &value()),
             "--only" => only = Some(value()),
             "--workloads" => names = Some(value()),
             "--modes" => mode_names = Some(value()),
             "--svg" => outputs.svg = Some(PathBuf::from(value())),
             "--traces" => outputs.traces = Some(PathBuf::from(value())),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return;
-            }
             _ => {
                 eprintln!("resize-bench: unknown argument {a}\n{USAGE}");
                 std::process::exit(2);

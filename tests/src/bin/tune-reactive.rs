@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use perfvmm_policy::config::{Mode, Policy, ReactivePolicy};
 use perfvmm_policy::engine::VmLimits;
 use perfvmm_policy::simulate::{simulate, LatencyModel, SimConfig, Trace};
+use perfvmm_tests::bench;
 
 /// The benchmark's elastic VM (resize-bench's `--cpus 1,max=4 --memory
 /// 512M,max=1G`).
@@ -123,7 +124,9 @@ fn main() {
     let mut latency = "nested".to_string();
     let mut seeds = 3;
     let mut paths = Vec::new();
-    let mut args = std::env::args().skip(1);
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    bench::help_or_go_on(&argv, USAGE);
+    let mut args = argv.into_iter();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--latency" => latency = args.next().unwrap_or_default(),
@@ -131,10 +134,6 @@ fn main() {
                 Some(n) if n > 0 => seeds = n,
                 _ => fail("--seeds takes a positive number"),
             },
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return;
-            }
             _ if a.starts_with('-') => fail(&format!("unknown argument {a}")),
             _ => paths.push(PathBuf::from(a)),
         }
