@@ -460,7 +460,11 @@ impl GuestRun {
             }
             Some(_) => None,
             // The L1 host itself failed (QEMU TCG's nested SVM has been
-            // seen to double-fault in kvm_amd under heavy exit rates).
+            // seen to double-fault in kvm_amd under heavy exit rates, and
+            // L1's kernel to hit a vCPU thread's stack guard page).
+            None if out.console.contains(PANIC_END) => Some(
+                "a kernel panicked (L1's, or the guest's), and the run was stopped at once".into(),
+            ),
             None => Some(format!(
                 "the L1 host never reported perfvmm's exit (timed_out={})",
                 out.timed_out
@@ -549,7 +553,13 @@ impl GuestRun {
             // Reaped on a thread of its own; it ends with the VM or by itself.
             std::thread::spawn(move || beside.wait());
         }
-        let mut out = collect(child, self.timeout, self.stream, |status| status.code());
+        let mut out = collect(
+            child,
+            self.timeout,
+            self.stream,
+            |status| status.code(),
+            None,
+        );
         for (name, last_only) in &self.fetch {
             if let Ok(text) = std::fs::read_to_string(dir.join(name)) {
                 let text = if *last_only {
@@ -649,7 +659,7 @@ impl GuestRun {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start qemu-system-x86_64 (installed by scripts/setup-host.sh)");
-        let out = collect(child, self.timeout, self.stream, |_| None);
+        let out = collect(child, self.timeout, self.stream, |_| None, Some(PANIC_END));
         let _ = std::fs::remove_dir_all(&dir);
         // perfvmm's status is the one L1's init reported.
         let code = out.console.lines().rev().find_map(|l| {
@@ -930,12 +940,20 @@ impl Stream {
     }
 }
 
-/// Reads a child's stdout and stderr until it exits or `timeout` passes.
+/// The last line Linux prints of a panic. L1's kernel, started with
+/// `panic=-1`, should then reboot and QEMU (`-no-reboot`) exit; after a
+/// panic in `error_entry` it has been seen to hang instead, until the
+/// run's timeout (37 minutes for a validation round).
+const PANIC_END: &str = "---[ end Kernel panic";
+
+/// Reads a child's stdout and stderr until it exits, `timeout` passes, or
+/// its output shows `stop_at` (then it is killed: nothing more will come).
 fn collect(
     mut child: Child,
     timeout: Duration,
     stream: Stream,
     code: impl Fn(std::process::ExitStatus) -> Option<i32>,
+    stop_at: Option<&str>,
 ) -> RunOutput {
     let start = Instant::now();
     let console = Arc::new(Mutex::new(Vec::new()));
@@ -970,11 +988,16 @@ fn collect(
     })
     .collect();
     let mut timed_out = false;
+    let mut scanned = 0;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
             Ok(None) if start.elapsed() > timeout => {
                 timed_out = true;
+                let _ = child.kill();
+                break child.wait().ok();
+            }
+            Ok(None) if shows(&console, stop_at, &mut scanned) => {
                 let _ = child.kill();
                 break child.wait().ok();
             }
@@ -997,6 +1020,18 @@ fn collect(
         wall: start.elapsed(),
         files: Default::default(),
     }
+}
+
+/// Whether the output so far shows `text`, searching only what came since
+/// the last call (`scanned`: how far it read).
+fn shows(console: &Mutex<Vec<u8>>, text: Option<&str>, scanned: &mut usize) -> bool {
+    let Some(text) = text.map(str::as_bytes) else {
+        return false;
+    };
+    let bytes = console.lock().unwrap_or_else(|p| p.into_inner());
+    let from = scanned.saturating_sub(text.len());
+    *scanned = bytes.len();
+    bytes[from..].windows(text.len()).any(|w| w == text)
 }
 
 #[cfg(test)]
@@ -1040,6 +1075,44 @@ mod tests {
             wall: Duration::ZERO,
             files: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_panic_stops_the_run_at_once_and_is_the_harness_s_failure() {
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                "echo booting; echo '---[ end Kernel panic - not syncing ]---'; exec sleep 60",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let out = collect(
+            child,
+            Duration::from_secs(50),
+            Stream::Off,
+            |_| None,
+            Some(PANIC_END),
+        );
+        assert!(out.wall < Duration::from_secs(20), "waited {:?}", out.wall);
+        assert!(!out.timed_out);
+        assert_eq!(out.exit_code, None);
+        let why = GuestRun::raw(Vec::new()).harness_failure(&out);
+        assert!(why.is_some_and(|w| w.contains("panicked")));
+    }
+
+    #[test]
+    fn text_split_across_two_reads_is_seen() {
+        let console = Mutex::new(b"abc ---[ end Ker".to_vec());
+        let mut scanned = 0;
+        assert!(!shows(&console, Some(PANIC_END), &mut scanned));
+        console
+            .lock()
+            .unwrap()
+            .extend_from_slice(b"nel panic - x ]---");
+        assert!(shows(&console, Some(PANIC_END), &mut scanned));
+        assert!(!shows(&console, None, &mut 0));
     }
 
     #[test]
