@@ -98,40 +98,17 @@ pub struct Options {
 /// Runs `command`, sampling as `opts` says; returns its profile and its
 /// exit status.
 pub fn profile(command: &[String], opts: &Options) -> Result<(Profile, ExitStatus), String> {
-    let interval_ms = opts.interval_ms;
     let (program, args) = command
         .split_first()
         .ok_or_else(|| "no command given".to_string())?;
     let mut notes: Vec<String> = Vec::new();
     let binary = resolve_program(program);
-    let build_id = match &binary {
-        Some(b) => match std::fs::read(b) {
-            Ok(data) => match crate::elf::build_id(&data) {
-                Ok(id) => {
-                    if id.is_none() {
-                        notes.push(format!("{} has no GNU build-id", b.display()));
-                    }
-                    id
-                }
-                Err(e) => {
-                    notes.push(format!("{}: {e}: no build-id", b.display()));
-                    None
-                }
-            },
-            Err(e) => {
-                notes.push(format!("cannot read {}: {e}: no build-id", b.display()));
-                None
-            }
-        },
-        None => None,
-    };
-
+    let build_id = binary.as_deref().and_then(|b| build_id_of(b, &mut notes));
     let online = std::thread::available_parallelism().map_or(0, |n| n.get() as u32);
     let trace = trace_path();
     std::fs::File::create(&trace)
         .map_err(|e| format!("cannot create the trace file {}: {e}", trace.display()))?;
     let procfs = Procfs::new();
-    let interval = Duration::from_millis(u64::from(interval_ms));
 
     let t0 = monotonic_ns();
     let mut child = match Command::new(program)
@@ -145,116 +122,29 @@ pub fn profile(command: &[String], opts: &Options) -> Result<(Profile, ExitStatu
             return Err(format!("cannot run {program}: {e}"));
         }
     };
-    let pid = child.id();
-    let ms_since = |t: u64| t.saturating_sub(t0) as f64 / 1e6;
-
-    let mut sampler = functions::ThreadSampler::new(t0);
-    if !opts.functions {
-        sampler.unavailable = Some("--no-functions".into());
-    }
-    let mut cpus_seen: Vec<u32> = Vec::new();
-    let mut program_cpu_list: Option<String> = None;
-    let mut mapped: HashMap<u32, Comm> = HashMap::new();
-    let mut samples: Vec<RawSample> = Vec::new();
-    let mut windows: Vec<WsWindow> = Vec::new();
-    let (mut cpu, mut storage, mut chars, mut calls) = (
-        Counter::default(),
-        Counter::default(),
-        Counter::default(),
-        Counter::default(),
-    );
-    let mut referenced = opts.working_set;
-    if !referenced {
-        notes.push("--no-working-set: the working set is the resident set (RSS)".into());
-    }
-    let mut last_clear: Option<f64> = None;
-    let progress = std::io::stderr().is_terminal();
-    let mut shown_at: Option<f64> = None;
-    let mut tick: u64 = 0;
-    let mut next_ws: f64 = 0.0;
+    let mut watch = Watch::new(&procfs, child.id(), t0, opts, &mut notes);
     let status = loop {
-        let snap = procfs.snapshot(pid);
-        let now = ms_since(monotonic_ns());
-        let s = RawSample {
-            t: now,
-            running: snap.running,
-            cpu_ns: cpu.update(snap.thread_cpu_ns.iter().copied()),
-            rss: snap.rss_bytes,
-            io_storage: storage.update(snap.io.iter().map(|(p, c)| (*p, c.storage))),
-            io_chars: chars.update(snap.io.iter().map(|(p, c)| (*p, c.chars))),
-            io_calls: calls.update(snap.io.iter().map(|(p, c)| (*p, c.calls))),
-            profiler_cpu_ns: own_cpu_ns(),
-        };
-        samples.push(s);
-        let tids: Vec<u32> = snap.thread_cpu_ns.iter().map(|&(tid, _)| tid).collect();
-        sampler.watch(&tids);
-        // Each process's mappings when first seen, again when it has
-        // exec'd (its command name changed: `sh -c '... && exec prog'`),
-        // and every 100 ticks (libraries loaded later).
-        let fresh: Vec<u32> = snap
-            .pids
-            .iter()
-            .zip(&snap.comms)
-            .filter(|&(p, c)| tick.is_multiple_of(100) || mapped.get(p) != Some(c))
-            .map(|(&p, _)| p)
-            .collect();
-        // The CPUs the program may use (taskset may narrow them after
-        // exec): on a change in the tree and every 10 ticks.
-        if !fresh.is_empty() || tick.is_multiple_of(10) {
-            if let Some(list) = procfs.cpus_allowed_list(&pid.to_string()) {
-                cpus_seen.extend(procfs::count_cpu_list(&list));
-                program_cpu_list = Some(list);
-            }
-        }
-        sampler.read_maps(procfs.root(), &fresh);
-        mapped.extend(snap.pids.iter().copied().zip(snap.comms.iter().copied()));
-        if referenced && now >= next_ws && !snap.pids.is_empty() {
-            next_ws = now + f64::from(WS_PERIOD_MS.max(interval_ms));
-            match measure_referenced(&procfs, &snap.pids, last_clear.is_some()) {
-                Ok(bytes) => {
-                    let end = ms_since(monotonic_ns());
-                    if let (Some(start), Some(bytes)) = (last_clear, bytes) {
-                        windows.push(WsWindow { start, end, bytes });
-                    }
-                    last_clear = Some(end);
-                }
-                Err(e) => {
-                    referenced = false;
-                    notes.push(format!(
-                        "the referenced working set could not be measured ({e}): \
-                         the working set is the resident set (RSS)"
-                    ));
-                }
-            }
-        }
-        if progress
-            && now >= PROGRESS_AFTER.as_millis() as f64
-            && shown_at.is_none_or(|t| now - t >= 1000.0)
-        {
-            eprint!(
-                "\rperfhint profile: {:.0} s, {} threads running, {} MiB resident   ",
-                now / 1000.0,
-                s.running,
-                s.rss >> 20
-            );
-            shown_at = Some(now);
-        }
+        watch.sample();
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) => {}
+            Ok(None) => watch.sleep_to_next_tick(),
             Err(e) => {
                 let _ = std::fs::remove_file(&trace);
                 return Err(format!("cannot wait for {program}: {e}"));
             }
         }
-        // The next tick on the grid; when late, the first one still ahead.
-        let elapsed = monotonic_ns().saturating_sub(t0);
-        let step = interval.as_nanos() as u64;
-        tick = (elapsed / step + 1).max(tick + 1);
-        let next = tick * step;
-        std::thread::sleep(Duration::from_nanos(next.saturating_sub(elapsed)));
     };
-    let wall = ms_since(monotonic_ns());
+    let wall = watch.ms_now();
+    let Watch {
+        sampler,
+        cpus_seen,
+        program_cpu_list,
+        samples,
+        windows,
+        referenced,
+        shown_at,
+        ..
+    } = watch;
     let cpus = program_cpus(&cpus_seen, online, &mut notes);
     if shown_at.is_some() {
         eprint!("\r\x1b[K");
@@ -276,22 +166,7 @@ pub fn profile(command: &[String], opts: &Options) -> Result<(Profile, ExitStatu
         );
     }
     let use_storage = samples.last().is_some_and(|s| s.io_storage > 0);
-    let samples: Vec<Sample> = samples
-        .iter()
-        .map(|r| Sample {
-            t: r.t,
-            running: r.running,
-            cpu_ns: r.cpu_ns,
-            rss: r.rss,
-            io_bytes: if use_storage {
-                r.io_storage
-            } else {
-                r.io_chars
-            },
-            io_calls: r.io_calls,
-            profiler_cpu_ns: r.profiler_cpu_ns,
-        })
-        .collect();
+    let samples = with_io(&samples, use_storage);
     // Where the profiler ran on the program's CPUs, its own CPU time went
     // with the program's (see ProfilePhase::profiler_cpu_ms).
     let shared = match (&program_cpu_list, procfs.cpus_allowed_list("self")) {
@@ -304,27 +179,15 @@ pub fn profile(command: &[String], opts: &Options) -> Result<(Profile, ExitStatu
                 .into(),
         );
     }
-    let interval_f = f64::from(interval_ms);
-    let segs = phases::cut(&trace.events, &samples, wall, interval_f);
-    let phases = segs
-        .iter()
-        .enumerate()
-        .map(|(i, seg)| {
-            let mut p = phases::phase_stats(
-                seg,
-                i as u32 + 1,
-                &samples,
-                &windows,
-                !referenced,
-                interval_f,
-            );
-            if shared {
-                p.profiler_cpu_ms = Some(phases::profiler_cpu_ms(seg, &samples));
-            }
-            p
-        })
-        .collect();
-    let mut phases = phases::tidy(phases);
+    let run = Run {
+        samples: &samples,
+        windows: &windows,
+        rss_only: !referenced,
+        wall,
+        interval_ms: f64::from(opts.interval_ms),
+        shared,
+    };
+    let mut phases = run.phases(&trace.events);
     attribute_functions(
         sampler,
         &mut phases,
@@ -339,7 +202,7 @@ pub fn profile(command: &[String], opts: &Options) -> Result<(Profile, ExitStatu
         binary: binary.map(|b| b.display().to_string()),
         build_id,
         wall_ms: wall.round() as u64,
-        interval_ms,
+        interval_ms: opts.interval_ms,
         runs: 1,
         cpu_time_source: if procfs.schedstat {
             "schedstat"
@@ -354,6 +217,270 @@ pub fn profile(command: &[String], opts: &Options) -> Result<(Profile, ExitStatu
         phases,
     };
     Ok((profile, status))
+}
+
+/// A finished run, as its phases are measured from it.
+struct Run<'a> {
+    samples: &'a [Sample],
+    windows: &'a [WsWindow],
+    /// The working set is the resident set (it could not be measured).
+    rss_only: bool,
+    wall: f64,
+    interval_ms: f64,
+    /// The profiler shared the program's CPUs.
+    shared: bool,
+}
+
+impl Run<'_> {
+    /// The run cut into phases at `events`, each with its measures (and
+    /// the profiler's own CPU time where it shared the program's CPUs).
+    fn phases(&self, events: &[events::Event]) -> Vec<guest_hints::profile::ProfilePhase> {
+        let segs = phases::cut(events, self.samples, self.wall, self.interval_ms);
+        let measured = segs
+            .iter()
+            .enumerate()
+            .map(|(i, seg)| {
+                let mut p = phases::phase_stats(
+                    seg,
+                    i as u32 + 1,
+                    self.samples,
+                    self.windows,
+                    self.rss_only,
+                    self.interval_ms,
+                );
+                if self.shared {
+                    p.profiler_cpu_ms = Some(phases::profiler_cpu_ms(seg, self.samples));
+                }
+                p
+            })
+            .collect();
+        phases::tidy(measured)
+    }
+}
+
+/// The GNU build-id of the program's file, noting why there is none.
+fn build_id_of(binary: &Path, notes: &mut Vec<String>) -> Option<String> {
+    let data = match std::fs::read(binary) {
+        Ok(data) => data,
+        Err(e) => {
+            notes.push(format!(
+                "cannot read {}: {e}: no build-id",
+                binary.display()
+            ));
+            return None;
+        }
+    };
+    match crate::elf::build_id(&data) {
+        Ok(None) => {
+            notes.push(format!("{} has no GNU build-id", binary.display()));
+            None
+        }
+        Ok(id) => id,
+        Err(e) => {
+            notes.push(format!("{}: {e}: no build-id", binary.display()));
+            None
+        }
+    }
+}
+
+/// The samples as the phases read them, with the storage I/O counters
+/// where the kernel kept them, else the character counters.
+fn with_io(raw: &[RawSample], use_storage: bool) -> Vec<Sample> {
+    raw.iter()
+        .map(|r| Sample {
+            t: r.t,
+            running: r.running,
+            cpu_ns: r.cpu_ns,
+            rss: r.rss,
+            io_bytes: if use_storage {
+                r.io_storage
+            } else {
+                r.io_chars
+            },
+            io_calls: r.io_calls,
+            profiler_cpu_ns: r.profiler_cpu_ns,
+        })
+        .collect()
+}
+
+/// What the profiler gathers while the program runs, a tick at a time.
+struct Watch<'a> {
+    procfs: &'a Procfs,
+    notes: &'a mut Vec<String>,
+    pid: u32,
+    t0: u64,
+    interval_ms: u32,
+    sampler: functions::ThreadSampler,
+    /// The CPU counts the program's affinity allowed, as sampled.
+    cpus_seen: Vec<u32>,
+    /// Its affinity as last read.
+    program_cpu_list: Option<String>,
+    /// Each process's command name when its mappings were last read.
+    mapped: HashMap<u32, Comm>,
+    samples: Vec<RawSample>,
+    windows: Vec<WsWindow>,
+    cpu: Counter,
+    storage: Counter,
+    chars: Counter,
+    calls: Counter,
+    /// Whether the referenced working set is (still) measured.
+    referenced: bool,
+    last_clear: Option<f64>,
+    next_ws: f64,
+    /// Whether progress is shown (on a terminal), and when it last was.
+    progress: bool,
+    shown_at: Option<f64>,
+    tick: u64,
+}
+
+impl<'a> Watch<'a> {
+    fn new(
+        procfs: &'a Procfs,
+        pid: u32,
+        t0: u64,
+        opts: &Options,
+        notes: &'a mut Vec<String>,
+    ) -> Self {
+        let mut sampler = functions::ThreadSampler::new(t0);
+        if !opts.functions {
+            sampler.unavailable = Some("--no-functions".into());
+        }
+        if !opts.working_set {
+            notes.push("--no-working-set: the working set is the resident set (RSS)".into());
+        }
+        Watch {
+            procfs,
+            notes,
+            pid,
+            t0,
+            interval_ms: opts.interval_ms,
+            sampler,
+            cpus_seen: Vec::new(),
+            program_cpu_list: None,
+            mapped: HashMap::new(),
+            samples: Vec::new(),
+            windows: Vec::new(),
+            cpu: Counter::default(),
+            storage: Counter::default(),
+            chars: Counter::default(),
+            calls: Counter::default(),
+            referenced: opts.working_set,
+            last_clear: None,
+            next_ws: 0.0,
+            progress: std::io::stderr().is_terminal(),
+            shown_at: None,
+            tick: 0,
+        }
+    }
+
+    /// Milliseconds since the program was started.
+    fn ms_now(&self) -> f64 {
+        monotonic_ns().saturating_sub(self.t0) as f64 / 1e6
+    }
+
+    /// One tick: the tree's counters, the threads to sample by function,
+    /// mappings and affinity where they may have changed, the working set
+    /// when it is due, and progress.
+    fn sample(&mut self) {
+        let snap = self.procfs.snapshot(self.pid);
+        let now = self.ms_now();
+        let s = RawSample {
+            t: now,
+            running: snap.running,
+            cpu_ns: self.cpu.update(snap.thread_cpu_ns.iter().copied()),
+            rss: snap.rss_bytes,
+            io_storage: self
+                .storage
+                .update(snap.io.iter().map(|(p, c)| (*p, c.storage))),
+            io_chars: self
+                .chars
+                .update(snap.io.iter().map(|(p, c)| (*p, c.chars))),
+            io_calls: self
+                .calls
+                .update(snap.io.iter().map(|(p, c)| (*p, c.calls))),
+            profiler_cpu_ns: own_cpu_ns(),
+        };
+        self.samples.push(s);
+        let tids: Vec<u32> = snap.thread_cpu_ns.iter().map(|&(tid, _)| tid).collect();
+        self.sampler.watch(&tids);
+        self.maps_and_affinity(&snap);
+        if self.referenced && now >= self.next_ws && !snap.pids.is_empty() {
+            self.next_ws = now + f64::from(WS_PERIOD_MS.max(self.interval_ms));
+            self.working_set(&snap.pids);
+        }
+        self.show_progress(now, &s);
+    }
+
+    /// Reads each process's mappings when first seen, again when it has
+    /// exec'd (its command name changed: `sh -c '... && exec prog'`), and
+    /// every 100 ticks (libraries loaded later); and the CPUs the program
+    /// may use (taskset may narrow them after exec), on a change in the
+    /// tree and every 10 ticks.
+    fn maps_and_affinity(&mut self, snap: &procfs::Snapshot) {
+        let fresh: Vec<u32> = snap
+            .pids
+            .iter()
+            .zip(&snap.comms)
+            .filter(|&(p, c)| self.tick.is_multiple_of(100) || self.mapped.get(p) != Some(c))
+            .map(|(&p, _)| p)
+            .collect();
+        if !fresh.is_empty() || self.tick.is_multiple_of(10) {
+            if let Some(list) = self.procfs.cpus_allowed_list(&self.pid.to_string()) {
+                self.cpus_seen.extend(procfs::count_cpu_list(&list));
+                self.program_cpu_list = Some(list);
+            }
+        }
+        self.sampler.read_maps(self.procfs.root(), &fresh);
+        self.mapped
+            .extend(snap.pids.iter().copied().zip(snap.comms.iter().copied()));
+    }
+
+    /// Closes a working-set window (the bytes referenced since the last
+    /// one) and opens the next; on a refusal, falls back to the RSS.
+    fn working_set(&mut self, pids: &[u32]) {
+        match measure_referenced(self.procfs, pids, self.last_clear.is_some()) {
+            Ok(bytes) => {
+                let end = self.ms_now();
+                if let (Some(start), Some(bytes)) = (self.last_clear, bytes) {
+                    self.windows.push(WsWindow { start, end, bytes });
+                }
+                self.last_clear = Some(end);
+            }
+            Err(e) => {
+                self.referenced = false;
+                self.notes.push(format!(
+                    "the referenced working set could not be measured ({e}): \
+                     the working set is the resident set (RSS)"
+                ));
+            }
+        }
+    }
+
+    /// A line of progress on a terminal, once a second past the first few.
+    fn show_progress(&mut self, now: f64, s: &RawSample) {
+        if self.progress
+            && now >= PROGRESS_AFTER.as_millis() as f64
+            && self.shown_at.is_none_or(|t| now - t >= 1000.0)
+        {
+            eprint!(
+                "\rperfhint profile: {:.0} s, {} threads running, {} MiB resident   ",
+                now / 1000.0,
+                s.running,
+                s.rss >> 20
+            );
+            self.shown_at = Some(now);
+        }
+    }
+
+    /// Sleeps until the next tick on the grid; when late, the first one
+    /// still ahead.
+    fn sleep_to_next_tick(&mut self) {
+        let elapsed = monotonic_ns().saturating_sub(self.t0);
+        let step = u64::from(self.interval_ms.max(1)) * 1_000_000;
+        self.tick = (elapsed / step + 1).max(self.tick + 1);
+        let next = self.tick * step;
+        std::thread::sleep(Duration::from_nanos(next.saturating_sub(elapsed)));
+    }
 }
 
 /// The CPUs the program could use: the most its affinity allowed while
