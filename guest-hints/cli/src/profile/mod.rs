@@ -23,6 +23,9 @@ use procfs::{Comm, Counter, Procfs};
 const WS_PERIOD_MS: u32 = 200;
 /// Runs longer than this show progress (on a terminal).
 const PROGRESS_AFTER: Duration = Duration::from_secs(3);
+/// Readying the kernel for sampling (`functions::ready_the_kernel`) takes
+/// this long or more: the profile's notes say so.
+const READY_NOTE_MS: u64 = 50;
 
 /// One sample with both kinds of I/O counters; which one the profile uses
 /// is chosen after the run.
@@ -109,6 +112,14 @@ pub fn profile(command: &[String], opts: &Options) -> Result<(Profile, ExitStatu
     std::fs::File::create(&trace)
         .map_err(|e| format!("cannot create the trace file {}: {e}", trace.display()))?;
     let procfs = Procfs::new();
+    let readying = monotonic_ns();
+    let _sampling_ready = opts.functions.then(functions::ready_the_kernel);
+    let ready_ms = monotonic_ns().saturating_sub(readying) / 1_000_000;
+    if ready_ms >= READY_NOTE_MS {
+        notes.push(format!(
+            "readying the kernel for sampling took {ready_ms} ms, before the program started"
+        ));
+    }
 
     let t0 = monotonic_ns();
     let mut child = match Command::new(program)
