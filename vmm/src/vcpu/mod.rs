@@ -168,6 +168,14 @@ impl Gate {
     }
 }
 
+/// Whether `rip` and `cr0` are those of an x86 vCPU just out of reset (or
+/// INIT): the reset vector's offset and protection and paging off.
+fn is_reset_state(rip: u64, cr0: u64) -> bool {
+    const CR0_PE: u64 = 1;
+    const CR0_PG: u64 = 1 << 31;
+    rip == 0xfff0 && cr0 & (CR0_PE | CR0_PG) == 0
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -180,7 +188,7 @@ impl Vcpu {
         };
         log::error!(
             "vCPU {}: triple fault at rip={:#x} rsp={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} \
-             idt={:#x}+{:#x} gdt={:#x}+{:#x} efer={:#x}",
+             idt={:#x}+{:#x} gdt={:#x}+{:#x} efer={:#x}{}",
             self.index,
             r.rip,
             r.rsp,
@@ -192,7 +200,13 @@ impl Vcpu {
             sr.idt.limit,
             sr.gdt.base,
             sr.gdt.limit,
-            sr.efer
+            sr.efer,
+            if is_reset_state(r.rip, sr.cr0) {
+                " (the state of a vCPU just reset: on AMD, KVM resets a vCPU after a triple \
+                 fault, so these registers do not say where it crashed)"
+            } else {
+                ""
+            }
         );
     }
 
@@ -379,5 +393,16 @@ mod tests {
         gate.open();
         assert!(passed.join().unwrap());
         assert!(!gate.holds() && !gate.is_closed());
+    }
+
+    #[test]
+    fn a_vcpu_just_reset_is_told_from_one_that_crashed_running() {
+        // What perfvmm read after a nested guest's triple fault (AMD).
+        assert!(is_reset_state(0xfff0, 0x10));
+        assert!(is_reset_state(0xfff0, 0x6000_0010));
+        // A kernel's state: protected mode and paging on.
+        assert!(!is_reset_state(0xffff_ffff_8100_0000, 0x8005_0033));
+        // Real mode elsewhere than the reset vector.
+        assert!(!is_reset_state(0x7c00, 0x10));
     }
 }
