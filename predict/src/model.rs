@@ -185,15 +185,17 @@ impl ProgramModel {
                 "the profiles' unnamed phases differ from run to run: they are modelled as one, `(unnamed)`"
                     .to_string(),
             );
-            regrouped = profiles.iter().map(named_and_the_rest).collect();
-            // A run whose unnamed phases were all too short to be seen has
-            // one phase fewer: the model takes its phases from a run with
-            // the most (not from whichever came first).
-            let most = regrouped
+            // A run with no unnamed phase (none, or all too short to be
+            // seen) spent no time in one: it counts as 0 ms of `(unnamed)`,
+            // so that the median over the runs is not one run's stray time.
+            let rest = profiles
                 .iter()
-                .max_by_key(|p| p.phases.len())
-                .unwrap_or(&regrouped[0]);
-            (most, &regrouped[..])
+                .any(|p| p.phases.iter().any(|x| x.name.is_none()));
+            regrouped = profiles
+                .iter()
+                .map(|p| named_and_the_rest(p, rest))
+                .collect();
+            (&regrouped[0], &regrouped[..])
         } else {
             notes.push(
                 "the profiles' phases differ from run to run: each run is modelled as one phase"
@@ -250,13 +252,16 @@ fn named(p: &Profile) -> Vec<&str> {
     p.phases.iter().filter_map(|x| x.name.as_deref()).collect()
 }
 
-/// `p` with its named phases and, last, its unnamed ones as one.
-fn named_and_the_rest(p: &Profile) -> Profile {
+/// `p` with its named phases and, last, its unnamed ones as one; with
+/// `rest`, that one is there even if `p` has no unnamed phase (0 ms).
+fn named_and_the_rest(p: &Profile, rest: bool) -> Profile {
     let (named, unnamed): (Vec<ProfilePhase>, Vec<ProfilePhase>) =
         p.phases.iter().cloned().partition(|x| x.name.is_some());
     let mut phases = named;
     if !unnamed.is_empty() {
         phases.push(gathered(&unnamed, "(unnamed)"));
+    } else if let (true, Some(any)) = (rest, phases.first()) {
+        phases.push(no_time(any, "(unnamed)"));
     }
     Profile {
         phases,
@@ -295,6 +300,29 @@ fn gathered(phases: &[ProfilePhase], name: &str) -> ProfilePhase {
         (x.functions.as_slice(), w)
     }));
     one
+}
+
+/// A phase named `name` in which nothing ran: `like`'s other fields, no
+/// time, CPU, memory, I/O or functions.
+fn no_time(like: &ProfilePhase, name: &str) -> ProfilePhase {
+    ProfilePhase {
+        name: Some(name.to_string()),
+        source: "unmarked".to_string(),
+        duration_ms: 0,
+        parallelism_p50: 0.0,
+        parallelism_p95: 0.0,
+        max_useful: 1,
+        working_set_bytes: 0,
+        peak_bytes: 0,
+        io_bytes_per_sec: 0,
+        io_class: "none".to_string(),
+        samples: 0,
+        cpu_ms: Some(0.0),
+        profiler_cpu_ms: None,
+        functions: Vec::new(),
+        spread: None,
+        ..like.clone()
+    }
 }
 
 fn phase_name(p: &ProfilePhase) -> String {
@@ -799,6 +827,25 @@ pub(crate) mod tests {
         let other = ProgramModel::fit(&[b, a]).unwrap();
         assert_eq!(one.phases.len(), 2, "{:?}", one.phases);
         assert!(close(one.time_ms(1, 1.0), other.time_ms(1, 1.0)));
+    }
+
+    #[test]
+    fn one_run_s_stray_unnamed_time_is_not_taken_for_every_run_s() {
+        // Three runs of one program; one began with 500 ms before its
+        // first named phase (validation run T's mem-2).
+        let plain = profile(2, &[(Some("x"), 1000, 1000.0, 1)]);
+        let stray = profile(2, &[(None, 500, 450.0, 1), (Some("x"), 1000, 1000.0, 1)]);
+        for runs in [
+            [stray.clone(), plain.clone(), plain.clone()],
+            [plain.clone(), plain.clone(), stray.clone()],
+        ] {
+            let m = ProgramModel::fit(&runs).unwrap();
+            assert_eq!(m.phases.len(), 2, "{:?}", m.phases);
+            assert!(close(m.time_ms(2, 1.0), 1000.0), "{}", m.time_ms(2, 1.0));
+        }
+        // Where most runs have it, it counts.
+        let m = ProgramModel::fit(&[stray.clone(), stray, plain]).unwrap();
+        assert!(close(m.time_ms(2, 1.0), 1500.0), "{}", m.time_ms(2, 1.0));
     }
 
     #[test]
