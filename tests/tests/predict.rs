@@ -10,7 +10,10 @@
 //! speed-up, 68 % off, in one CI run) must not fail the test. It guards
 //! against a broken model, not for the accuracy target: that is
 //! `predict-validate`'s table (more rounds, held-out programs) in
-//! docs/predict.md.
+//! docs/predict.md. (A CI run of 2026-12-05 failed it with "kernel −10 %"
+//! predicted at 3.4 s against 2.4 s: two of its three `base-2` runs began
+//! with the pause that the profiler's readying of the kernel has since
+//! removed; docs/predict.md, run T.)
 
 use perfvmm_tests::predict::{in_rounds, run_guest, runs, validate, Profiling};
 
