@@ -380,30 +380,29 @@ impl GuestRun {
         }
     }
 
-    /// A nested run, retried once (loudly, and counted in the report) when
-    /// the harness rather than perfvmm failed; a second such failure fails
-    /// the test.
+    /// A nested run, retried (loudly, and counted in the report) when the
+    /// harness rather than perfvmm failed, up to [`HARNESS_RETRIES`] times
+    /// a test; one more such failure fails the test.
     fn run_nested_retried(&self) -> RunOutput {
-        let first = self.run_nested();
-        let Some(why) = self.harness_failure(&first) else {
-            return first;
-        };
-        self.say_retry(&why, &first);
-        let retries = report::retry(&why);
-        assert!(
-            retries == 1,
-            "harness: {}: needs retry {retries} ({why}); a test gets one retry only",
-            report::test_name()
-        );
-        let second = self.run_nested();
-        if let Some(again) = self.harness_failure(&second) {
-            panic!(
-                "harness: the retried run failed too: {again} (first run: {why}); \
-                 a test gets one retry only. Console tail:\n{}",
-                second.tail(40)
-            );
+        let mut whys: Vec<String> = Vec::new();
+        loop {
+            let out = self.run_nested();
+            let Some(why) = self.harness_failure(&out) else {
+                return out;
+            };
+            if report::retries() >= HARNESS_RETRIES {
+                panic!(
+                    "harness: {}: the run failed again: {why} (before: {}); a test gets \
+                     {HARNESS_RETRIES} retries. Console tail:\n{}",
+                    report::test_name(),
+                    whys.join("; "),
+                    out.tail(40)
+                );
+            }
+            let n = report::retry(&why);
+            self.say_retry(&why, &out, &format!("retry {n} of {HARNESS_RETRIES}"));
+            whys.push(why);
         }
-        second
     }
 
     /// For benchmarks, which run many VMs: like [`GuestRun::run`], each
@@ -418,7 +417,7 @@ impl GuestRun {
         let Some(why) = self.harness_failure(&first) else {
             return Ok(first);
         };
-        self.say_retry(&why, &first);
+        self.say_retry(&why, &first, "retrying once");
         let second = self.run_nested();
         match self.harness_failure(&second) {
             Some(again) => Err(format!(
@@ -429,7 +428,7 @@ impl GuestRun {
     }
 
     /// Says on stderr why a nested run is retried, with perfvmm's own lines.
-    fn say_retry(&self, why: &str, first: &RunOutput) {
+    fn say_retry(&self, why: &str, first: &RunOutput, retry: &str) {
         let said: Vec<&str> = first
             .console
             .lines()
@@ -442,7 +441,7 @@ impl GuestRun {
             })
             .collect();
         eprintln!(
-            "harness: {why}; retrying once. perfvmm said:\n{}\nConsole tail:\n{}",
+            "harness: {why}; {retry}. perfvmm said:\n{}\nConsole tail:\n{}",
             said.join("\n"),
             first.tail(15)
         );
@@ -465,6 +464,9 @@ impl GuestRun {
             None if out.console.contains(PANIC_END) => Some(
                 "a kernel panicked (L1's, or the guest's), and the run was stopped at once".into(),
             ),
+            None if out.l1_triple_fault => {
+                Some("L1 triple-faulted (QEMU's log), and its QEMU ended".into())
+            }
             None => Some(format!(
                 "the L1 host never reported perfvmm's exit (timed_out={})",
                 out.timed_out
@@ -626,6 +628,7 @@ impl GuestRun {
         let mut bytes = std::fs::read(base).expect("read L1 base initramfs");
         bytes.extend_from_slice(&run.finish());
         std::fs::write(&initrd, bytes).expect("write L1 initramfs");
+        let qemu_log = dir.join("l1-qemu.log");
 
         let child = Command::new("qemu-system-x86_64")
             .args([
@@ -649,6 +652,11 @@ impl GuestRun {
                 "stdio",
                 "-no-reboot",
             ])
+            // QEMU logs a triple fault of L1 (and each CPU's reset) here.
+            .arg("-d")
+            .arg("cpu_reset")
+            .arg("-D")
+            .arg(&qemu_log)
             .arg("-kernel")
             .arg(&l1_kernel)
             .arg("-initrd")
@@ -660,6 +668,8 @@ impl GuestRun {
             .spawn()
             .expect("start qemu-system-x86_64 (installed by scripts/setup-host.sh)");
         let out = collect(child, self.timeout, self.stream, |_| None, Some(PANIC_END));
+        let l1_triple_fault =
+            std::fs::read_to_string(&qemu_log).is_ok_and(|l| l.contains("Triple fault"));
         let _ = std::fs::remove_dir_all(&dir);
         // perfvmm's status is the one L1's init reported.
         let code = out.console.lines().rev().find_map(|l| {
@@ -671,6 +681,7 @@ impl GuestRun {
         RunOutput {
             exit_code: code,
             files,
+            l1_triple_fault,
             ..out
         }
     }
@@ -781,6 +792,8 @@ pub struct RunOutput {
     pub wall: Duration,
     /// Files asked for with [`GuestRun::fetch`].
     pub files: std::collections::HashMap<String, String>,
+    /// Nested runs: QEMU logged a triple fault of the L1 host.
+    pub l1_triple_fault: bool,
 }
 
 impl RunOutput {
@@ -940,6 +953,12 @@ impl Stream {
     }
 }
 
+/// Retries a test gets for nested runs the harness, not perfvmm, failed.
+/// Two: on 2026-12-05 the L1 host of the nested harness (QEMU TCG, nested
+/// SVM) ended with no word from perfvmm in 2 of 6 validation rounds and in
+/// both runs of one CI test, which one retry could not carry.
+pub const HARNESS_RETRIES: usize = 2;
+
 /// The last line Linux prints of a panic. L1's kernel, started with
 /// `panic=-1`, should then reboot and QEMU (`-no-reboot`) exit; after a
 /// panic in `error_entry` it has been seen to hang instead, until the
@@ -1019,6 +1038,7 @@ fn collect(
         timed_out,
         wall: start.elapsed(),
         files: Default::default(),
+        l1_triple_fault: false,
     }
 }
 
@@ -1046,6 +1066,7 @@ mod tests {
             timed_out: false,
             wall: Duration::ZERO,
             files: Default::default(),
+            l1_triple_fault: false,
         };
         assert_eq!(out.json_after("test: report ")["a"], 1);
         assert_eq!(out.line_after("test: other "), "2");
@@ -1074,6 +1095,7 @@ mod tests {
             timed_out: code.is_none(),
             wall: Duration::ZERO,
             files: Default::default(),
+            l1_triple_fault: false,
         }
     }
 
@@ -1125,6 +1147,11 @@ mod tests {
         let crash = run.expect_crash();
         assert_eq!(crash.harness_failure(&exited(Some(3))), None);
         assert!(crash.harness_failure(&exited(None)).is_some());
+        // QEMU's log names an L1 triple fault.
+        let mut l1 = exited(None);
+        l1.l1_triple_fault = true;
+        let why = crash.harness_failure(&l1).unwrap_or_default();
+        assert!(why.contains("L1 triple-faulted"), "{why}");
     }
 
     /// Runs the SIGTERM script in `shell` around a stand-in for perfvmm

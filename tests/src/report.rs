@@ -71,15 +71,26 @@ fn append(dir: &Path, file: &str, line: &str) -> std::io::Result<()> {
         .write_all(line.as_bytes())
 }
 
+/// The tests that had a retry, once per retry.
+fn lock_done() -> std::sync::MutexGuard<'static, Vec<String>> {
+    static DONE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    DONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Records a retry of a nested run by the running test; returns how many
 /// it has had in this process, this one included.
 pub fn retry(reason: &str) -> usize {
-    static DONE: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let name = test_name();
-    let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut done = lock_done();
     done.push(name.clone());
     record(RETRIES, reason);
     done.iter().filter(|n| **n == name).count()
+}
+
+/// How many retries the running test has had in this process.
+pub fn retries() -> usize {
+    let name = test_name();
+    lock_done().iter().filter(|n| **n == name).count()
 }
 
 /// Marks the running test skipped: says so on stderr (past libtest's

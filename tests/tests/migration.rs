@@ -24,7 +24,7 @@ wait_sock() {
   while [ ! -S "$1" ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
 }
 # A guest that crashed (exit 3) ends the script with 3, as a lone
-# perfvmm's would: the harness retries such a run once (a known QEMU TCG
+# perfvmm's would: the harness retries such a run (a known QEMU TCG
 # nested-SVM fault) and reports the retry.
 crash=0
 crashed() { [ "$1" = 3 ] && crash=3; return 0; }
@@ -174,7 +174,7 @@ fn a_guest_writing_memory_moves_live_and_finishes_right() {
 const OUTGROW: &str = r#"
 F=@FILES@
 # A guest that crashed (exit 3) ends the script with 3, as a lone
-# perfvmm's would: the harness retries such a run once (a known QEMU TCG
+# perfvmm's would: the harness retries such a run (a known QEMU TCG
 # nested-SVM fault) and reports the retry.
 crash=0
 crashed() { [ "$1" = 3 ] && crash=3; return 0; }
