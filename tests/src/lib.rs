@@ -443,7 +443,7 @@ impl GuestRun {
         eprintln!(
             "harness: {why}; {retry}. perfvmm said:\n{}\nConsole tail:\n{}",
             said.join("\n"),
-            first.tail(15)
+            first.tail(30)
         );
     }
 

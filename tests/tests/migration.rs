@@ -29,6 +29,15 @@ wait_sock() {
 crash=0
 crashed() { [ "$1" = 3 ] && crash=3; return 0; }
 printf '[memory]\nmax = "128M"\n' >$F/small.toml
+# Should a perfvmm here never end, the logs' last lines reach the console
+# before the harness's timeout stops L1 (which it retries as its own
+# failure): what hung is then on record. (Polled, so that it ends within a
+# second of the script, holding no output open.)
+(
+  t0=$(cut -d. -f1 /proc/uptime)
+  while [ $(($(cut -d. -f1 /proc/uptime) - t0)) -lt 780 ] && [ ! -e $F/ended ]; do sleep 1; done
+  [ -e $F/ended ] || for f in $F/*.log; do tail -n 6 "$f" | sed "s|^|hung ${f##*/}: |"; done
+) &
 @PERFVMM@ --kernel @KERNEL@ --initrd @INITRD@ \
   --cmdline "quiet pvrun=migrate pvmib=48 pvsecs=40" \
   --cpus 1,max=2 --memory 256M --api-sock $F/api --allow-migrate \
@@ -78,6 +87,7 @@ echo "test: report $(tr -d '\n' <$F/report.json)"
 echo "test: status1 $(tr -d '\n' <$F/status1.json)"
 echo "test: status2 $(tr -d '\n' <$F/status2.json)"
 echo "test: hints at the target $(grep -c '"kind"' $F/hints2.log)"
+touch $F/ended
 exit $crash
 "#;
 
@@ -181,6 +191,15 @@ crashed() { [ "$1" = 3 ] && crash=3; return 0; }
 printf '[vcpus]\nmax = 2\n[migration]\ntarget = "unix:%s/big.sock"\nafter_ms = 500\n' $F >$F/small.toml
 printf '[migration]\nafter_ms = 500\n[migration.data]\ngenome = "unix:%s/data.sock"\n' $F >$F/big.toml
 printf '[migration]\nlocal_data = ["genome"]\n' >$F/data.toml
+# Should a perfvmm here never end, the logs' last lines reach the console
+# before the harness's timeout stops L1 (which it retries as its own
+# failure): what hung is then on record. (Polled, so that it ends within a
+# second of the script, holding no output open.)
+(
+  t0=$(cut -d. -f1 /proc/uptime)
+  while [ $(($(cut -d. -f1 /proc/uptime) - t0)) -lt 480 ] && [ ! -e $F/ended ]; do sleep 1; done
+  [ -e $F/ended ] || for f in $F/*.log; do tail -n 6 "$f" | sed "s|^|hung ${f##*/}: |"; done
+) &
 @PERFVMM@ --incoming unix:$F/data.sock --policy $F/data.toml \
   --decision-log $F/decisions3.jsonl </dev/null >$F/data.log 2>&1 &
 dat=$!
@@ -209,6 +228,7 @@ sed 's/^/target: /' $F/target.log
 sed 's/^/data: /' $F/data.log
 grep -h '"event":"migration' $F/decisions.jsonl $F/decisions2.jsonl $F/decisions3.jsonl |
   sed 's/^/decision: /'
+touch $F/ended
 exit $crash
 "#;
 
