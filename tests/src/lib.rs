@@ -468,8 +468,9 @@ impl GuestRun {
                 Some("L1 triple-faulted (QEMU's log), and its QEMU ended".into())
             }
             None => Some(format!(
-                "the L1 host never reported perfvmm's exit (timed_out={})",
-                out.timed_out
+                "the L1 host never reported perfvmm's exit (timed_out={}; QEMU's {})",
+                out.timed_out,
+                out.ended.as_deref().unwrap_or("end unknown")
             )),
         }
     }
@@ -794,6 +795,10 @@ pub struct RunOutput {
     pub files: std::collections::HashMap<String, String>,
     /// Nested runs: QEMU logged a triple fault of the L1 host.
     pub l1_triple_fault: bool,
+    /// How the process the harness started (perfvmm, its script, or L1's
+    /// QEMU) ended: "exit status: 0", "signal: 11 (SIGSEGV)"; `None` if
+    /// unknown.
+    pub ended: Option<String>,
 }
 
 impl RunOutput {
@@ -1039,6 +1044,7 @@ fn collect(
         wall: start.elapsed(),
         files: Default::default(),
         l1_triple_fault: false,
+        ended: status.map(|s| s.to_string()),
     }
 }
 
@@ -1067,6 +1073,7 @@ mod tests {
             wall: Duration::ZERO,
             files: Default::default(),
             l1_triple_fault: false,
+            ended: None,
         };
         assert_eq!(out.json_after("test: report ")["a"], 1);
         assert_eq!(out.line_after("test: other "), "2");
@@ -1096,6 +1103,7 @@ mod tests {
             wall: Duration::ZERO,
             files: Default::default(),
             l1_triple_fault: false,
+            ended: None,
         }
     }
 
@@ -1152,6 +1160,11 @@ mod tests {
         l1.l1_triple_fault = true;
         let why = crash.harness_failure(&l1).unwrap_or_default();
         assert!(why.contains("L1 triple-faulted"), "{why}");
+        // Else how QEMU ended is named.
+        let mut gone = exited(None);
+        gone.ended = Some("signal: 11 (SIGSEGV)".into());
+        let why = crash.harness_failure(&gone).unwrap_or_default();
+        assert!(why.contains("QEMU's signal: 11 (SIGSEGV)"), "{why}");
     }
 
     /// Runs the SIGTERM script in `shell` around a stand-in for perfvmm
