@@ -80,11 +80,9 @@ fn lock_done() -> std::sync::MutexGuard<'static, Vec<String>> {
 /// Records a retry of a nested run by the running test; returns how many
 /// it has had in this process, this one included.
 pub fn retry(reason: &str) -> usize {
-    let name = test_name();
-    let mut done = lock_done();
-    done.push(name.clone());
+    lock_done().push(test_name());
     record(RETRIES, reason);
-    done.iter().filter(|n| **n == name).count()
+    retries()
 }
 
 /// How many retries the running test has had in this process.

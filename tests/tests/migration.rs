@@ -9,8 +9,36 @@ use perfvmm_tests::GuestRun;
 use serde_json::Value;
 use std::time::Duration;
 
-const SCRIPT: &str = r#"
+/// What both scripts begin with: `$F`; the status a guest's crash gives
+/// the script (`crashed RC`) and `finish`, which ends it with that status;
+/// and, should a perfvmm here never end, the logs' last lines on the
+/// console two minutes before the harness's timeout stops L1 (which it
+/// retries as its own failure), so that what hung is on record. The
+/// record is polled, so that it ends within a second of the script,
+/// holding no output open.
+const PRELUDE: &str = r#"
 F=@FILES@
+# A guest that crashed (exit 3) ends the script with 3, as a lone
+# perfvmm's would: the harness retries such a run (a known QEMU TCG
+# nested-SVM fault) and reports the retry.
+crash=0
+crashed() { [ "$1" = 3 ] && crash=3; return 0; }
+finish() { touch $F/ended; exit $crash; }
+(
+  t0=$(cut -d. -f1 /proc/uptime)
+  while [ $(($(cut -d. -f1 /proc/uptime) - t0)) -lt @HUNG_AFTER@ ] && [ ! -e $F/ended ]; do sleep 1; done
+  [ -e $F/ended ] || for f in $F/*.log; do tail -n 6 "$f" | sed "s|^|hung ${f##*/}: |"; done
+) &
+"#;
+
+/// `body` after [`PRELUDE`], for a run the harness stops after `timeout`.
+fn script(body: &str, timeout: Duration) -> GuestRun {
+    let hung_after = timeout.saturating_sub(Duration::from_secs(120)).as_secs();
+    let prelude = PRELUDE.replace("@HUNG_AFTER@", &hung_after.to_string());
+    GuestRun::script(&format!("{prelude}{body}")).timeout(timeout)
+}
+
+const SCRIPT: &str = r#"
 wait_for() {
   i=0
   while ! grep -q "$2" "$1" 2>/dev/null; do
@@ -23,21 +51,7 @@ wait_sock() {
   i=0
   while [ ! -S "$1" ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
 }
-# A guest that crashed (exit 3) ends the script with 3, as a lone
-# perfvmm's would: the harness retries such a run (a known QEMU TCG
-# nested-SVM fault) and reports the retry.
-crash=0
-crashed() { [ "$1" = 3 ] && crash=3; return 0; }
 printf '[memory]\nmax = "128M"\n' >$F/small.toml
-# Should a perfvmm here never end, the logs' last lines reach the console
-# before the harness's timeout stops L1 (which it retries as its own
-# failure): what hung is then on record. (Polled, so that it ends within a
-# second of the script, holding no output open.)
-(
-  t0=$(cut -d. -f1 /proc/uptime)
-  while [ $(($(cut -d. -f1 /proc/uptime) - t0)) -lt 780 ] && [ ! -e $F/ended ]; do sleep 1; done
-  [ -e $F/ended ] || for f in $F/*.log; do tail -n 6 "$f" | sed "s|^|hung ${f##*/}: |"; done
-) &
 @PERFVMM@ --kernel @KERNEL@ --initrd @INITRD@ \
   --cmdline "quiet pvrun=migrate pvmib=48 pvsecs=40" \
   --cpus 1,max=2 --memory 256M --api-sock $F/api --allow-migrate \
@@ -87,16 +101,12 @@ echo "test: report $(tr -d '\n' <$F/report.json)"
 echo "test: status1 $(tr -d '\n' <$F/status1.json)"
 echo "test: status2 $(tr -d '\n' <$F/status2.json)"
 echo "test: hints at the target $(grep -c '"kind"' $F/hints2.log)"
-touch $F/ended
-exit $crash
+finish
 "#;
 
 #[test]
 fn a_guest_writing_memory_moves_live_and_finishes_right() {
-    let out = GuestRun::script(SCRIPT)
-        .timeout(Duration::from_secs(900))
-        .l1_cpus(2)
-        .run();
+    let out = script(SCRIPT, Duration::from_secs(900)).l1_cpus(2).run();
     let c = &out.console;
     let tail = || out.tail(100);
     if let Ok(path) = std::env::var("PERFVMM_MIGRATION_CONSOLE") {
@@ -182,24 +192,9 @@ fn a_guest_writing_memory_moves_live_and_finishes_right() {
 /// host, unless the guest declared its work not relocatable; then, on the
 /// bigger host, to the host that holds the data set the guest names.
 const OUTGROW: &str = r#"
-F=@FILES@
-# A guest that crashed (exit 3) ends the script with 3, as a lone
-# perfvmm's would: the harness retries such a run (a known QEMU TCG
-# nested-SVM fault) and reports the retry.
-crash=0
-crashed() { [ "$1" = 3 ] && crash=3; return 0; }
 printf '[vcpus]\nmax = 2\n[migration]\ntarget = "unix:%s/big.sock"\nafter_ms = 500\n' $F >$F/small.toml
 printf '[migration]\nafter_ms = 500\n[migration.data]\ngenome = "unix:%s/data.sock"\n' $F >$F/big.toml
 printf '[migration]\nlocal_data = ["genome"]\n' >$F/data.toml
-# Should a perfvmm here never end, the logs' last lines reach the console
-# before the harness's timeout stops L1 (which it retries as its own
-# failure): what hung is then on record. (Polled, so that it ends within a
-# second of the script, holding no output open.)
-(
-  t0=$(cut -d. -f1 /proc/uptime)
-  while [ $(($(cut -d. -f1 /proc/uptime) - t0)) -lt 480 ] && [ ! -e $F/ended ]; do sleep 1; done
-  [ -e $F/ended ] || for f in $F/*.log; do tail -n 6 "$f" | sed "s|^|hung ${f##*/}: |"; done
-) &
 @PERFVMM@ --incoming unix:$F/data.sock --policy $F/data.toml \
   --decision-log $F/decisions3.jsonl </dev/null >$F/data.log 2>&1 &
 dat=$!
@@ -228,16 +223,12 @@ sed 's/^/target: /' $F/target.log
 sed 's/^/data: /' $F/data.log
 grep -h '"event":"migration' $F/decisions.jsonl $F/decisions2.jsonl $F/decisions3.jsonl |
   sed 's/^/decision: /'
-touch $F/ended
-exit $crash
+finish
 "#;
 
 #[test]
 fn the_policy_moves_a_vm_whose_declared_need_outgrows_its_host() {
-    let out = GuestRun::script(OUTGROW)
-        .timeout(Duration::from_secs(600))
-        .l1_cpus(2)
-        .run();
+    let out = script(OUTGROW, Duration::from_secs(600)).l1_cpus(2).run();
     let c = &out.console;
     let tail = || out.tail(80);
     for line in [

@@ -211,7 +211,7 @@ impl ThreadSampler {
 /// with up to 1.1 s in which neither the program nor the profiler ran, and
 /// the profiler's system time grew by as much: in 10 of 12 rounds of
 /// validation run S. With this event on the profiler itself, opened before
-/// the clock starts and held until the run ends, none of 3 rounds of run T
+/// the clock starts and held until the run ends, none of 6 rounds of run T
 /// had it (docs/predict.md). `None` if it cannot be opened: the sampler says
 /// why when it opens its own events.
 pub fn ready_the_kernel() -> Option<perf_event::Counter> {
